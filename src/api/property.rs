@@ -1,0 +1,110 @@
+//! OMERO property names and the official image's `CONFIG_*` environment convention.
+//!
+//! `/startup/50-config.py` turns `CONFIG_<x>` into a property by
+//! `re.sub("([^_])_([^_])", r"\1.\2", x)` and then `re.sub("__", "_", ...)`. Python's `re.sub`
+//! takes non-overlapping matches, so not every name survives the trip (a one-letter part such
+//! as `a.b.c`, or `_` next to `.`): `env_name` refuses those rather than set the wrong property.
+
+/// Properties the operator sets itself, with the spec field to use instead.
+pub const MANAGED: &[(&str, &str)] = &[
+    ("omero.db.host", "spec.database.host"),
+    ("omero.db.port", "spec.database.port"),
+    ("omero.db.name", "spec.database.name"),
+    ("omero.db.user", "spec.database.user"),
+    ("omero.db.pass", "spec.database.passwordSecret"),
+    ("omero.cluster.read_only", "spec.nodes[].readOnly"),
+    ("omero.cluster.read_only.db", "spec.nodes[].readOnly.db"),
+    ("omero.cluster.read_only.repo", "spec.nodes[].readOnly.repo"),
+    ("omero.sessions.timeout", "spec.sessions.idleTimeout"),
+    ("omero.sessions.maximum", "spec.sessions.maxLifetime"),
+    ("omero.pixeldata.memoizer.dir.local", "spec.nodes[].readOnly.repo (the operator provides a writable directory)"),
+];
+
+/// The spec field that sets `key`, when the operator manages it.
+pub fn managed_by(key: &str) -> Option<&'static str> {
+    MANAGED.iter().find(|(k, _)| *k == key).map(|(_, field)| *field)
+}
+
+/// The environment variable that sets `key`, or why no variable can.
+pub fn env_name(key: &str) -> Result<String, String> {
+    if key.is_empty() {
+        return Err("the property name is empty".into());
+    }
+    if let Some(c) = key.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("'{c}' cannot appear in a property name (letters, digits, '.', '_' and '-' only)"));
+    }
+    let encoded: String = key
+        .chars()
+        .map(|c| match c {
+            '.' => "_".to_string(),
+            '_' => "__".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    let name = format!("CONFIG_{encoded}");
+    if decode(&encoded) != key {
+        return Err(format!(
+            "the image's CONFIG_ convention would read {name} back as '{}', not '{key}'",
+            decode(&encoded)
+        ));
+    }
+    Ok(name)
+}
+
+/// What `50-config.py` makes of the part after `CONFIG_`.
+pub fn decode(encoded: &str) -> String {
+    let chars: Vec<char> = encoded.chars().collect();
+    let mut dotted = String::with_capacity(chars.len());
+    let mut i = 0;
+    // re.sub("([^_])_([^_])", r"\1.\2"): scan left to right, each match consumes three chars.
+    while i < chars.len() {
+        if i + 2 < chars.len() && chars[i] != '_' && chars[i + 1] == '_' && chars[i + 2] != '_' {
+            dotted.push(chars[i]);
+            dotted.push('.');
+            dotted.push(chars[i + 2]);
+            i += 3;
+        } else {
+            dotted.push(chars[i]);
+            i += 1;
+        }
+    }
+    dotted.replace("__", "_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_dots_and_underscores_as_the_image_expects() {
+        assert_eq!(env_name("omero.db.host").unwrap(), "CONFIG_omero_db_host");
+        assert_eq!(
+            env_name("omero.policy.binary_access").unwrap(),
+            "CONFIG_omero_policy_binary__access"
+        );
+        assert_eq!(env_name("Ice.IPv6").unwrap(), "CONFIG_Ice_IPv6");
+        assert_eq!(
+            env_name("omero.pixeldata.memoizer.dir.local").unwrap(),
+            "CONFIG_omero_pixeldata_memoizer_dir_local"
+        );
+        assert_eq!(env_name("omero.jvmcfg.percent.blitz").unwrap(), "CONFIG_omero_jvmcfg_percent_blitz");
+    }
+
+    #[test]
+    fn decode_matches_python_non_overlapping_substitution() {
+        // Known outputs of the Python expression for these inputs.
+        assert_eq!(decode("omero_db_host"), "omero.db.host");
+        assert_eq!(decode("a_b_c"), "a.b_c");
+        assert_eq!(decode("omero_policy_binary__access"), "omero.policy.binary_access");
+    }
+
+    #[test]
+    fn refuses_names_that_would_not_round_trip() {
+        let err = env_name("omero.a.b").unwrap_err();
+        assert!(err.contains("would read CONFIG_omero_a_b back as 'omero.a_b'"), "{err}");
+        assert!(env_name("omero._x").is_err());
+        assert!(env_name(".omero").is_err());
+        assert!(env_name("omero.x y").unwrap_err().contains("' ' cannot appear"));
+        assert!(env_name("").is_err());
+    }
+}

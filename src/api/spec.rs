@@ -1,0 +1,426 @@
+//! `OmeroCluster` spec. Field docs become `kubectl explain` text; CEL rules here are checked by
+//! the API server at `kubectl apply`, and again (with field paths and fixes) by `validate`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Duration, OmeroClusterStatus};
+
+/// An OMERO.server cluster: one Deployment per node sharing one database and one binary
+/// repository, with session-aware drains and read-only nodes.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "omero.openmicroscopy.org",
+    version = "v1alpha1",
+    kind = "OmeroCluster",
+    namespaced,
+    shortname = "omc",
+    status = "OmeroClusterStatus",
+    printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.nodeCount"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyNodes"}"#,
+    printcolumn = r#"{"name":"Serving","type":"integer","jsonPath":".status.servingNodes"}"#,
+    printcolumn = r#"{"name":"Draining","type":"integer","jsonPath":".status.drainingNodes"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(
+    validation = Rule::new("self.topology != 'independent' || self.nodes.filter(n, !has(n.readOnly) || !n.readOnly.db || !n.readOnly.repo).size() <= 1").message("independent topology allows at most one read-write node: two read-write OMERO servers on one database close each other's sessions; set readOnly.db and readOnly.repo on the others").field_path(".nodes"),
+    validation = Rule::new("self.topology != 'grid' || self.nodes.filter(n, has(n.master) && n.master).size() == 1").message("grid topology needs exactly one node with master: true").field_path(".nodes"),
+    validation = Rule::new("self.topology == 'grid' || self.nodes.all(n, !has(n.master) || !n.master)").message("master is only meaningful in grid topology; remove it or set topology: grid").field_path(".nodes")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OmeroClusterSpec {
+    /// OMERO.server image, e.g. `openmicroscopy/omero-server:5.6`.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Image pull policy for every node (`Always`, `IfNotPresent`, `Never`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// Secrets used to pull the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// `independent` (default): every node is a full OMERO.server, at most one read-write.
+    /// `grid`: one IceGrid application, a master plus workers.
+    #[serde(default)]
+    pub topology: Topology,
+    /// The OMERO database (PostgreSQL).
+    pub database: DatabaseSpec,
+    /// The binary repository (`/OMERO`).
+    pub repository: RepositorySpec,
+    /// OMERO properties for every node, e.g. `omero.jvmcfg.percent.blitz: "50"`. Passed
+    /// through the image's `CONFIG_*` environment convention.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// Session lifetimes; they also bound how long a drain can take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<SessionsSpec>,
+    /// The OMERO nodes; each becomes one Deployment with one replica.
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub nodes: Vec<NodeSpec>,
+    /// How nodes leave service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainSpec>,
+    /// The entry Service and the per-node Services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceSpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Topology {
+    /// Every node is its own OMERO.server (as IDR runs them); the entry Service spreads new
+    /// sessions over routable nodes with client-IP affinity.
+    #[default]
+    Independent,
+    /// One IceGrid application: the master runs the registry and Glacier2; OMERO's
+    /// configRedirector steers new sessions.
+    Grid,
+}
+
+/// A reference to one key of a Secret in the cluster's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Key in the Secret that holds the value.
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// Host name of PostgreSQL.
+    #[schemars(length(min = 1))]
+    pub host: String,
+    /// Port (default 5432).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// Database name (default `omero`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Database user (default `omero`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The Secret key holding the user's password. It is passed to the pods by reference,
+    /// never copied into an object.
+    pub password_secret: SecretKeyRef,
+    /// A separate endpoint and credentials for read-only nodes (a SELECT-only role or a
+    /// streaming replica). Fields left out fall back to the ones above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<ReadOnlyDatabaseSpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadOnlyDatabaseSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<SecretKeyRef>,
+}
+
+pub const DEFAULT_DB_PORT: u16 = 5432;
+pub const DEFAULT_DB_NAME: &str = "omero";
+pub const DEFAULT_DB_USER: &str = "omero";
+
+/// A database endpoint with every default filled in.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DatabaseEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub name: String,
+    pub user: String,
+    pub password_secret: SecretKeyRef,
+}
+
+impl DatabaseSpec {
+    /// The endpoint read-write nodes (and the session probe) use.
+    pub fn primary(&self) -> DatabaseEndpoint {
+        DatabaseEndpoint {
+            host: self.host.clone(),
+            port: self.port.unwrap_or(DEFAULT_DB_PORT),
+            name: self.name.clone().unwrap_or_else(|| DEFAULT_DB_NAME.into()),
+            user: self.user.clone().unwrap_or_else(|| DEFAULT_DB_USER.into()),
+            password_secret: self.password_secret.clone(),
+        }
+    }
+
+    /// The endpoint read-only nodes use: `readOnly` overrides, field by field.
+    pub fn for_read_only(&self) -> DatabaseEndpoint {
+        let primary = self.primary();
+        let Some(ro) = &self.read_only else {
+            return primary;
+        };
+        DatabaseEndpoint {
+            host: ro.host.clone().unwrap_or(primary.host),
+            port: ro.port.unwrap_or(primary.port),
+            name: ro.name.clone().unwrap_or(primary.name),
+            user: ro.user.clone().unwrap_or(primary.user),
+            password_secret: ro.password_secret.clone().unwrap_or(primary.password_secret),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositorySpec {
+    /// An existing PersistentVolumeClaim holding the binary repository, mounted at `/OMERO`
+    /// on every node. The operator never owns or deletes it.
+    #[schemars(length(min = 1))]
+    pub claim_name: String,
+    /// An existing claim for a shared Bio-Formats memo cache, mounted at
+    /// `/OMERO/BioFormatsCache` (`omero.pixeldata.memoizer.dir`). Optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memo_cache_claim_name: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionsSpec {
+    /// Default idle timeout of a session (`omero.sessions.timeout`; OMERO's default is 10m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+    /// Default maximum lifetime of a session (`omero.sessions.maximum`; OMERO's default is
+    /// none, so a session in steady use never ends and only the drain deadline bounds a drain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime: Option<Duration>,
+}
+
+/// One OMERO node: one Deployment, one pod, one per-node Service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("!has(self.sessionProbe) || self.sessionProbe.type != 'database' || !has(self.readOnly) || !self.readOnly.db").message("a read-only database node writes no session rows, so the database probe cannot count its sessions; use sessionProbe.type metrics or none").field_path(".sessionProbe.type")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// Node name: a DNS label, unique in the cluster. Objects are named `<cluster>-<name>`.
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Grid topology only: this node runs the IceGrid registry and Glacier2. Exactly one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<bool>,
+    /// Run this node read-only: `db` (no writes to the database) and/or `repo` (repository
+    /// mounted read-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<ReadOnlySpec>,
+    /// OMERO properties for this node; they override the cluster's `config`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// Compute resources of the OMERO container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Extra environment variables of the OMERO container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// How this node's open sessions are counted during a drain. Default: `database` for
+    /// nodes that write to the database, `none` for read-only database nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_probe: Option<SessionProbe>,
+}
+
+impl NodeSpec {
+    pub fn read_only_db(&self) -> bool {
+        self.read_only.as_ref().is_some_and(|r| r.db)
+    }
+
+    pub fn read_only_repo(&self) -> bool {
+        self.read_only.as_ref().is_some_and(|r| r.repo)
+    }
+
+    /// A node that can write either the database or the repository.
+    pub fn is_read_write(&self) -> bool {
+        !(self.read_only_db() && self.read_only_repo())
+    }
+
+    pub fn is_master(&self) -> bool {
+        self.master == Some(true)
+    }
+
+    /// The probe in force, with the default filled in.
+    pub fn effective_session_probe(&self) -> SessionProbe {
+        self.session_probe.clone().unwrap_or_else(|| SessionProbe {
+            kind: if self.read_only_db() {
+                SessionProbeKind::None
+            } else {
+                SessionProbeKind::Database
+            },
+            ..SessionProbe::default()
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct ReadOnlySpec {
+    /// `omero.cluster.read_only.db`: the node never writes the database.
+    #[serde(default)]
+    pub db: bool,
+    /// `omero.cluster.read_only.repo`: the repository is mounted read-only.
+    #[serde(default)]
+    pub repo: bool,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(
+    validation = Rule::new("self.type != 'metrics' || has(self.port)").message("a metrics probe needs port: the port of the node's Prometheus endpoint").field_path(".port")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionProbe {
+    /// `database` (SQL on the OMERO database; read-write nodes), `metrics` (a Prometheus text
+    /// endpoint on the node's pod) or `none` (only the drain deadline ends a drain).
+    #[serde(rename = "type", default)]
+    pub kind: SessionProbeKind,
+    /// metrics: port on the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// metrics: HTTP path (default `/metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// metrics: name of the gauge holding the open session count (default
+    /// `omero_sessions_active`); samples with several label sets are summed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// How often to probe while draining (default 15s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+}
+
+pub const DEFAULT_METRICS_PATH: &str = "/metrics";
+pub const DEFAULT_SESSIONS_METRIC: &str = "omero_sessions_active";
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(15);
+
+impl SessionProbe {
+    pub fn interval(&self) -> Duration {
+        self.interval.unwrap_or(DEFAULT_PROBE_INTERVAL)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SessionProbeKind {
+    #[default]
+    Database,
+    Metrics,
+    None,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainSpec {
+    /// How long a drain may take. Default: `sessions.maxLifetime` if set, else 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// What happens at the deadline: `Proceed` (default; the node counts as drained and the
+    /// sessions still open are reported) or `Hold` (the node stays Draining until its
+    /// sessions end or the drain is forced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_deadline: Option<OnDeadline>,
+    /// How many nodes automatic work (restarts, rollouts) may take out of service at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_unavailable: Option<u32>,
+}
+
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum OnDeadline {
+    #[default]
+    Proceed,
+    Hold,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Type of the entry Service (`ClusterIP` default, `NodePort`, `LoadBalancer`).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<ServiceType>,
+    /// Annotations of the entry Service (e.g. for a cloud load balancer).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Client-IP affinity timeout of the entry Service in seconds (default 10800, 3 hours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub session_affinity_timeout_seconds: Option<i32>,
+}
+
+pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: i32 = 10800;
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+impl OmeroClusterSpec {
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain
+            .as_ref()
+            .and_then(|d| d.timeout)
+            .or_else(|| self.sessions.as_ref().and_then(|s| s.max_lifetime))
+            .unwrap_or(DEFAULT_DRAIN_TIMEOUT)
+    }
+
+    pub fn on_deadline(&self) -> OnDeadline {
+        self.drain.as_ref().and_then(|d| d.on_deadline).unwrap_or_default()
+    }
+
+    pub fn max_unavailable(&self) -> u32 {
+        self.drain.as_ref().and_then(|d| d.max_unavailable).unwrap_or(1).max(1)
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}

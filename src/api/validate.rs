@@ -1,0 +1,205 @@
+//! Every rule the spec must satisfy, each error naming the field and the fix. The CRD schema
+//! carries the same rules (patterns, CEL) where the API server can check them; this is the
+//! authority for what it cannot (names across objects, property names, the image convention)
+//! and for `omero-operator render`, which has no API server.
+
+use std::{collections::BTreeSet, fmt};
+
+use kube::ResourceExt;
+
+use super::{OmeroCluster, SecretKeyRef, SessionProbeKind, Topology, property};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    /// JSON path of the offending field, e.g. `spec.nodes[1].name`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Longest Kubernetes object name the operator creates (`<cluster>-<node>` is a Service name,
+/// a DNS-1035 label).
+const MAX_OBJECT_NAME: usize = 63;
+
+/// Checks the whole cluster; returns every problem found, in field order.
+pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
+    let mut errors = Errors::default();
+    let spec = &cluster.spec;
+    let cluster_name = cluster.name_any();
+
+    if !is_dns1035_label(&cluster_name) {
+        errors.push(
+            "metadata.name",
+            format!(
+                "'{cluster_name}' cannot prefix Service names: use lower-case letters, digits and '-', starting with a letter"
+            ),
+        );
+    }
+    if spec.image.trim().is_empty() {
+        errors.push("spec.image", "is empty: set the OMERO.server image, e.g. openmicroscopy/omero-server:5.6");
+    }
+    if spec.database.host.trim().is_empty() {
+        errors.push("spec.database.host", "is empty: set the PostgreSQL host name");
+    }
+    check_secret_ref(&mut errors, "spec.database.passwordSecret", &spec.database.password_secret);
+    if let Some(ro) = &spec.database.read_only
+        && let Some(secret) = &ro.password_secret
+    {
+        check_secret_ref(&mut errors, "spec.database.readOnly.passwordSecret", secret);
+    }
+    if spec.repository.claim_name.trim().is_empty() {
+        errors.push("spec.repository.claimName", "is empty: name the existing PersistentVolumeClaim of the binary repository");
+    }
+    check_config(&mut errors, "spec.config", spec.config.keys());
+
+    if let Some(sessions) = &spec.sessions {
+        for (field, value) in [("idleTimeout", sessions.idle_timeout), ("maxLifetime", sessions.max_lifetime)] {
+            if value.is_some_and(|d| d.is_zero()) {
+                errors.push(format!("spec.sessions.{field}"), "must be a positive duration, e.g. 10m; leave it out for OMERO's default");
+            }
+        }
+    }
+    if let Some(drain) = &spec.drain {
+        if drain.timeout.is_some_and(|d| d.is_zero()) {
+            errors.push("spec.drain.timeout", "must be a positive duration, e.g. 1h");
+        }
+        if drain.max_unavailable == Some(0) {
+            errors.push("spec.drain.maxUnavailable", "must be at least 1");
+        }
+    }
+
+    check_nodes(&mut errors, cluster);
+    errors.finish()
+}
+
+fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
+    let spec = &cluster.spec;
+    let cluster_name = cluster.name_any();
+    if spec.nodes.is_empty() {
+        errors.push("spec.nodes", "is empty: declare at least one node");
+        return;
+    }
+    let mut seen = BTreeSet::new();
+    for (i, node) in spec.nodes.iter().enumerate() {
+        let at = |field: &str| format!("spec.nodes[{i}].{field}");
+        if !is_dns1123_label(&node.name) {
+            errors.push(
+                at("name"),
+                format!("'{}' is not a DNS label: use lower-case letters, digits and '-', starting and ending with a letter or digit", node.name),
+            );
+        } else if cluster_name.len() + 1 + node.name.len() > MAX_OBJECT_NAME {
+            errors.push(
+                at("name"),
+                format!(
+                    "'{cluster_name}-{}' is longer than {MAX_OBJECT_NAME} characters: shorten the node or cluster name",
+                    node.name
+                ),
+            );
+        }
+        if !seen.insert(node.name.as_str()) {
+            errors.push(at("name"), format!("'{}' is used by another node: node names must be unique", node.name));
+        }
+        if node.master == Some(true) && spec.topology != Topology::Grid {
+            errors.push(at("master"), "is only meaningful in grid topology: remove it or set spec.topology: grid");
+        }
+        check_config(errors, &at("config"), node.config.keys());
+        if let Some(probe) = &node.session_probe {
+            match probe.kind {
+                SessionProbeKind::Metrics if probe.port.is_none() => errors.push(
+                    at("sessionProbe.port"),
+                    "is required for a metrics probe: set the port of the node's Prometheus endpoint",
+                ),
+                SessionProbeKind::Database if node.read_only_db() => errors.push(
+                    at("sessionProbe.type"),
+                    "database cannot count sessions of a read-only database node (it writes no session rows): use metrics (e.g. omero-prometheus-tools) or none",
+                ),
+                _ => {}
+            }
+            if probe.interval.is_some_and(|d| d.is_zero()) {
+                errors.push(at("sessionProbe.interval"), "must be a positive duration, e.g. 15s");
+            }
+            if let Some(path) = &probe.path
+                && !path.starts_with('/')
+            {
+                errors.push(at("sessionProbe.path"), format!("'{path}' must start with '/'"));
+            }
+        }
+    }
+
+    match spec.topology {
+        Topology::Independent => {
+            let read_write: Vec<&str> =
+                spec.nodes.iter().filter(|n| n.is_read_write()).map(|n| n.name.as_str()).collect();
+            if read_write.len() > 1 {
+                errors.push(
+                    "spec.nodes",
+                    format!(
+                        "independent topology allows at most one read-write node, found {} ({}): two read-write OMERO servers on one database close each other's sessions and fight over the repository lock; set readOnly: {{db: true, repo: true}} on all but one",
+                        read_write.len(),
+                        read_write.join(", ")
+                    ),
+                );
+            }
+        }
+        Topology::Grid => {
+            let masters = spec.nodes.iter().filter(|n| n.is_master()).count();
+            if masters != 1 {
+                errors.push(
+                    "spec.nodes",
+                    format!("grid topology needs exactly one node with master: true, found {masters}"),
+                );
+            }
+        }
+    }
+}
+
+fn check_secret_ref(errors: &mut Errors, field: &str, secret: &SecretKeyRef) {
+    if secret.name.trim().is_empty() {
+        errors.push(format!("{field}.name"), "is empty: name the Secret that holds the database password");
+    }
+    if secret.key.trim().is_empty() {
+        errors.push(format!("{field}.key"), "is empty: name the key of the Secret that holds the password, e.g. password");
+    }
+}
+
+fn check_config<'a>(errors: &mut Errors, field: &str, keys: impl Iterator<Item = &'a String>) {
+    for key in keys {
+        if let Some(instead) = property::managed_by(key) {
+            errors.push(format!("{field}.{key}"), format!("is set by the operator: use {instead} instead"));
+        } else if let Err(why) = property::env_name(key) {
+            errors.push(format!("{field}.{key}"), format!("cannot be passed to the image: {why}"));
+        }
+    }
+}
+
+fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn is_dns1035_label(s: &str) -> bool {
+    is_dns1123_label(s) && s.as_bytes()[0].is_ascii_lowercase()
+}
+
+#[derive(Default)]
+struct Errors(Vec<ValidationError>);
+
+impl Errors {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ValidationError { field: field.into(), message: message.into() });
+    }
+
+    fn finish(self) -> Result<(), Vec<ValidationError>> {
+        if self.0.is_empty() { Ok(()) } else { Err(self.0) }
+    }
+}

@@ -1,0 +1,8 @@
+//! omero-operator: runs OMERO.server clusters on Kubernetes.
+//!
+//! `api` is the resource; `render` and `drain` are pure decisions; `omero` and `controller`
+//! are the adapters to OMERO and to the API server.
+
+pub mod api;
+pub mod omero;
+pub mod render;

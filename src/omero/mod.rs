@@ -1,0 +1,1 @@
+//! The OMERO side: session probes (database, metrics).

@@ -1,0 +1,1 @@
+//! Desired objects per node, from the spec. Pure: no I/O.
