@@ -163,10 +163,7 @@ mod tests {
         for bad in ["", "10", "m", "1.5h", "10 m", "-1s", "1d", "1hh", "10M"] {
             assert!(matches!(bad.parse::<Duration>(), Err(DurationError::Malformed(_))), "{bad}");
         }
-        assert!(matches!(
-            "99999999999999999999h".parse::<Duration>(),
-            Err(DurationError::Overflow(_))
-        ));
+        assert!(matches!("99999999999999999999h".parse::<Duration>(), Err(DurationError::Overflow(_))));
     }
 
     #[test]

@@ -17,7 +17,10 @@ pub const MANAGED: &[(&str, &str)] = &[
     ("omero.cluster.read_only.repo", "spec.nodes[].readOnly.repo"),
     ("omero.sessions.timeout", "spec.sessions.idleTimeout"),
     ("omero.sessions.maximum", "spec.sessions.maxLifetime"),
-    ("omero.pixeldata.memoizer.dir.local", "spec.nodes[].readOnly.repo (the operator provides a writable directory)"),
+    (
+        "omero.pixeldata.memoizer.dir.local",
+        "spec.nodes[].readOnly.repo (the operator provides a writable directory)",
+    ),
 ];
 
 /// The spec field that sets `key`, when the operator manages it.
@@ -31,7 +34,9 @@ pub fn env_name(key: &str) -> Result<String, String> {
         return Err("the property name is empty".into());
     }
     if let Some(c) = key.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(format!("'{c}' cannot appear in a property name (letters, digits, '.', '_' and '-' only)"));
+        return Err(format!(
+            "'{c}' cannot appear in a property name (letters, digits, '.', '_' and '-' only)"
+        ));
     }
     let encoded: String = key
         .chars()
@@ -78,10 +83,7 @@ mod tests {
     #[test]
     fn encodes_dots_and_underscores_as_the_image_expects() {
         assert_eq!(env_name("omero.db.host").unwrap(), "CONFIG_omero_db_host");
-        assert_eq!(
-            env_name("omero.policy.binary_access").unwrap(),
-            "CONFIG_omero_policy_binary__access"
-        );
+        assert_eq!(env_name("omero.policy.binary_access").unwrap(), "CONFIG_omero_policy_binary__access");
         assert_eq!(env_name("Ice.IPv6").unwrap(), "CONFIG_Ice_IPv6");
         assert_eq!(
             env_name("omero.pixeldata.memoizer.dir.local").unwrap(),

@@ -3,9 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
-};
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -278,11 +276,7 @@ impl NodeSpec {
     /// The probe in force, with the default filled in.
     pub fn effective_session_probe(&self) -> SessionProbe {
         self.session_probe.clone().unwrap_or_else(|| SessionProbe {
-            kind: if self.read_only_db() {
-                SessionProbeKind::None
-            } else {
-                SessionProbeKind::Database
-            },
+            kind: if self.read_only_db() { SessionProbeKind::None } else { SessionProbeKind::Database },
             ..SessionProbe::default()
         })
     }

@@ -42,7 +42,8 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
         );
     }
     if spec.image.trim().is_empty() {
-        errors.push("spec.image", "is empty: set the OMERO.server image, e.g. openmicroscopy/omero-server:5.6");
+        errors
+            .push("spec.image", "is empty: set the OMERO.server image, e.g. openmicroscopy/omero-server:5.6");
     }
     if spec.database.host.trim().is_empty() {
         errors.push("spec.database.host", "is empty: set the PostgreSQL host name");
@@ -54,14 +55,21 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
         check_secret_ref(&mut errors, "spec.database.readOnly.passwordSecret", secret);
     }
     if spec.repository.claim_name.trim().is_empty() {
-        errors.push("spec.repository.claimName", "is empty: name the existing PersistentVolumeClaim of the binary repository");
+        errors.push(
+            "spec.repository.claimName",
+            "is empty: name the existing PersistentVolumeClaim of the binary repository",
+        );
     }
     check_config(&mut errors, "spec.config", spec.config.keys());
 
     if let Some(sessions) = &spec.sessions {
-        for (field, value) in [("idleTimeout", sessions.idle_timeout), ("maxLifetime", sessions.max_lifetime)] {
+        for (field, value) in [("idleTimeout", sessions.idle_timeout), ("maxLifetime", sessions.max_lifetime)]
+        {
             if value.is_some_and(|d| d.is_zero()) {
-                errors.push(format!("spec.sessions.{field}"), "must be a positive duration, e.g. 10m; leave it out for OMERO's default");
+                errors.push(
+                    format!("spec.sessions.{field}"),
+                    "must be a positive duration, e.g. 10m; leave it out for OMERO's default",
+                );
             }
         }
     }
@@ -103,10 +111,16 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
             );
         }
         if !seen.insert(node.name.as_str()) {
-            errors.push(at("name"), format!("'{}' is used by another node: node names must be unique", node.name));
+            errors.push(
+                at("name"),
+                format!("'{}' is used by another node: node names must be unique", node.name),
+            );
         }
         if node.master == Some(true) && spec.topology != Topology::Grid {
-            errors.push(at("master"), "is only meaningful in grid topology: remove it or set spec.topology: grid");
+            errors.push(
+                at("master"),
+                "is only meaningful in grid topology: remove it or set spec.topology: grid",
+            );
         }
         check_config(errors, &at("config"), node.config.keys());
         if let Some(probe) = &node.session_probe {
@@ -164,7 +178,10 @@ fn check_secret_ref(errors: &mut Errors, field: &str, secret: &SecretKeyRef) {
         errors.push(format!("{field}.name"), "is empty: name the Secret that holds the database password");
     }
     if secret.key.trim().is_empty() {
-        errors.push(format!("{field}.key"), "is empty: name the key of the Secret that holds the password, e.g. password");
+        errors.push(
+            format!("{field}.key"),
+            "is empty: name the key of the Secret that holds the password, e.g. password",
+        );
     }
 }
 
