@@ -4,5 +4,11 @@
 //! are the adapters to OMERO and to the API server.
 
 pub mod api;
+pub mod controller;
+pub mod drain;
+mod error;
 pub mod omero;
 pub mod render;
+pub mod telemetry;
+
+pub use error::{Error, Result};

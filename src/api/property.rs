@@ -21,6 +21,9 @@ pub const MANAGED: &[(&str, &str)] = &[
         "omero.pixeldata.memoizer.dir.local",
         "spec.nodes[].readOnly.repo (the operator provides a writable directory)",
     ),
+    ("omero.cluster.redirector", "spec.topology (grid enables configRedirector)"),
+    ("omero.master.host", "spec.topology and spec.nodes[].master (grid wiring)"),
+    ("omero.server.nodedescriptors", "spec.nodes (grid: the master lists one Blitz per worker)"),
 ];
 
 /// The spec field that sets `key`, when the operator manages it.

@@ -97,6 +97,9 @@ pub struct NodeStatus {
     /// Set once when the drain starts; never moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_deadline: Option<Time>,
+    /// The deadline passed before the sessions ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deadline_reached: bool,
     /// Human-readable state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -1,1 +1,138 @@
 //! The OMERO side: session probes (database, metrics).
+//!
+//! These are I/O adapters. The drain state machine sees only what [`SessionProbes::count`]
+//! returns: `Ok(Some(n))` open sessions, `Ok(None)` when the node has no probe, or an error,
+//! never a made-up zero.
+
+mod database;
+mod error;
+mod ice_proxy;
+mod metrics;
+pub mod prometheus_text;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::{DatabaseEndpoint, SessionProbe, SessionProbeKind};
+
+pub use database::{LIVE_NODES_SQL, OPEN_SESSIONS_SQL};
+pub use error::ProbeError;
+pub use metrics::sum_metric;
+
+/// What to probe: one node's pod and the probe in force for it.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeTarget<'a> {
+    /// The pod's IP (`status.podIP`).
+    pub pod_ip: &'a str,
+    /// The effective probe, defaults filled (`NodeSpec::effective_session_probe`).
+    pub probe: &'a SessionProbe,
+    /// Needed by `database` probes; ignored by the others.
+    pub database: Option<DatabaseCredentials<'a>>,
+}
+
+/// Where the database probe connects, with the password the controller read from the Secret.
+#[derive(Clone, Copy)]
+pub struct DatabaseCredentials<'a> {
+    pub endpoint: &'a DatabaseEndpoint,
+    pub password: &'a str,
+}
+
+impl std::fmt::Debug for DatabaseCredentials<'_> {
+    // Derived Debug would print the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseCredentials")
+            .field("endpoint", self.endpoint)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Time limits of one probe. The defaults keep a probe well inside the default 15 s interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeTimeouts {
+    /// TCP connect to PostgreSQL or to the metrics endpoint.
+    pub connect: Duration,
+    /// PostgreSQL `statement_timeout` of each query, enforced by the server.
+    pub statement: Duration,
+    /// The whole probe, enforced here: pool wait, connect, authentication and queries, or the
+    /// HTTP request and its body.
+    pub total: Duration,
+}
+
+impl Default for ProbeTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            statement: Duration::from_secs(5),
+            total: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The session probes of every cluster the operator runs. Cheap to clone: clones share the
+/// database pools (one per host, port, database and user, whichever cluster asks) and the
+/// HTTP client.
+#[derive(Clone, Default)]
+pub struct SessionProbes {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    timeouts: ProbeTimeouts,
+    pools: database::Pools,
+    http: metrics::HttpClient,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self::new(ProbeTimeouts::default())
+    }
+}
+
+impl Inner {
+    fn new(timeouts: ProbeTimeouts) -> Self {
+        Self { timeouts, pools: database::Pools::default(), http: metrics::http_client(&timeouts) }
+    }
+}
+
+impl SessionProbes {
+    pub fn new(timeouts: ProbeTimeouts) -> Self {
+        Self { inner: Arc::new(Inner::new(timeouts)) }
+    }
+
+    pub fn timeouts(&self) -> ProbeTimeouts {
+        self.inner.timeouts
+    }
+
+    /// Open sessions on the target's node: `Ok(None)` for `type: none`, an error whenever the
+    /// count is unknown.
+    pub async fn count(&self, target: &ProbeTarget<'_>) -> Result<Option<u64>, ProbeError> {
+        let inner = &*self.inner;
+        let count = match target.probe.kind {
+            SessionProbeKind::None => return Ok(None),
+            SessionProbeKind::Database => {
+                let pod_ip = parse_pod_ip(target.pod_ip)?;
+                let credentials = target.database.ok_or_else(|| {
+                    ProbeError::Config("a database probe needs the database endpoint and password".into())
+                })?;
+                database::count(&inner.pools, &inner.timeouts, &credentials, pod_ip).await?
+            }
+            SessionProbeKind::Metrics => {
+                let pod_ip = parse_pod_ip(target.pod_ip)?;
+                metrics::count(&inner.http, &inner.timeouts, pod_ip, target.probe).await?
+            }
+        };
+        tracing::debug!(pod_ip = target.pod_ip, probe = ?target.probe.kind, count, "counted open sessions");
+        Ok(Some(count))
+    }
+
+    /// How many database pools exist (one per host, port, database and user).
+    pub fn database_pools(&self) -> usize {
+        self.inner.pools.len()
+    }
+}
+
+fn parse_pod_ip(pod_ip: &str) -> Result<IpAddr, ProbeError> {
+    pod_ip.parse().map_err(|_| ProbeError::Config(format!("pod IP {pod_ip:?} is not an IP address")))
+}

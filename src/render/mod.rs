@@ -1,1 +1,173 @@
 //! Desired objects per node, from the spec. Pure: no I/O.
+//!
+//! `render` turns a validated `OmeroCluster` into one Deployment and one Service per node plus
+//! the entry Service. Every map is a `BTreeMap` and every list is built in a fixed order, so the
+//! same spec always renders byte-identical objects (server-side apply then has nothing to do).
+
+mod config;
+mod deployment;
+mod grid;
+mod labels;
+mod probes;
+mod service;
+mod volumes;
+
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
+
+use crate::api::OmeroCluster;
+
+pub use labels::{cluster_selector, entry_service_name, node_object_name, node_selector_labels};
+
+/// Everything the operator creates for one cluster. `apiVersion`/`kind` are left to the
+/// caller (server-side apply adds them); names, namespace, labels and owners are set.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    /// One per node, in spec order.
+    pub deployments: Vec<Deployment>,
+    /// One per node, in spec order, then the entry Service.
+    pub services: Vec<Service>,
+}
+
+/// The objects `cluster` needs. Assumes `crate::api::validate(cluster)` passed: property names
+/// it would reject make this panic with a message saying so.
+pub fn render(cluster: &OmeroCluster) -> Desired {
+    let nodes = &cluster.spec.nodes;
+    let deployments = nodes.iter().map(|node| deployment::deployment(cluster, node)).collect();
+    let services = nodes
+        .iter()
+        .map(|node| service::node_service(cluster, node))
+        .chain(std::iter::once(service::entry_service(cluster)))
+        .collect();
+    Desired { deployments, services }
+}
+
+/// Ports of a node that runs Glacier2: every node in `independent` topology, the master in
+/// `grid`. Names are IANA-style service names (at most 15 characters).
+pub(crate) const CLIENT_PORTS: [(&str, i32); 4] =
+    [("glacier2-tcp", 4063), ("glacier2-ssl", 4064), ("glacier2-ws", 4065), ("glacier2-wss", 4066)];
+
+/// The IceGrid registry of a `grid` master; grid workers reach it through the master's
+/// per-node Service. Never on the entry Service: it is internal to the grid.
+pub(crate) const REGISTRY_PORT: (&str, i32) = ("ice-registry", 4061);
+
+/// The OMERO CLI inside the official image (`/startup/50-config.py` and `99-run.sh` use it).
+pub(crate) const OMERO_CLI: &str = "/opt/omero/server/venv3/bin/omero";
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
+
+    use super::*;
+
+    /// A valid two-node independent cluster: one read-write node, one read-only node.
+    pub(crate) const BASE: &str = r#"
+apiVersion: omero.openmicroscopy.org/v1alpha1
+kind: OmeroCluster
+metadata:
+  name: omc
+  namespace: imaging
+  uid: 0a1b2c3d-0000-4000-8000-000000000001
+spec:
+  image: openmicroscopy/omero-server:5.6
+  database:
+    host: db.example
+    passwordSecret: {name: omero-db, key: password}
+  repository:
+    claimName: omero-repo
+  nodes:
+    - name: rw
+    - name: ro
+      readOnly: {db: true, repo: true}
+"#;
+
+    /// Parses a cluster from YAML and checks it is valid, since `render` assumes so.
+    pub(crate) fn cluster(yaml: &str) -> OmeroCluster {
+        let cluster: OmeroCluster = serde_norway::from_str(yaml).expect("test YAML parses");
+        if let Err(errors) = crate::api::validate(&cluster) {
+            panic!("test cluster must be valid: {errors:?}");
+        }
+        cluster
+    }
+
+    /// `BASE` with `edit` applied to its parsed form (for fields YAML would make verbose).
+    pub(crate) fn base_with(edit: impl FnOnce(&mut OmeroCluster)) -> OmeroCluster {
+        let mut c = cluster(BASE);
+        edit(&mut c);
+        c
+    }
+
+    pub(crate) fn deployment_of<'a>(desired: &'a Desired, node: &str) -> &'a Deployment {
+        let name = node_object_name("omc", node);
+        desired
+            .deployments
+            .iter()
+            .find(|d| d.metadata.name.as_deref() == Some(name.as_str()))
+            .unwrap_or_else(|| panic!("no deployment {name}"))
+    }
+
+    pub(crate) fn service_named<'a>(desired: &'a Desired, name: &str) -> &'a Service {
+        desired
+            .services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no service {name}"))
+    }
+
+    pub(crate) fn pod_spec<'a>(desired: &'a Desired, node: &str) -> &'a PodSpec {
+        deployment_of(desired, node).spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    pub(crate) fn container<'a>(desired: &'a Desired, node: &str) -> &'a Container {
+        &pod_spec(desired, node).containers[0]
+    }
+
+    pub(crate) fn env_of<'a>(desired: &'a Desired, node: &str, name: &str) -> Option<&'a EnvVar> {
+        container(desired, node).env.as_ref()?.iter().find(|e| e.name == name)
+    }
+
+    /// The literal value of an environment variable, failing if it is absent or not literal.
+    pub(crate) fn env_value<'a>(desired: &'a Desired, node: &str, name: &str) -> &'a str {
+        env_of(desired, node, name)
+            .unwrap_or_else(|| panic!("{node}: no env {name}"))
+            .value
+            .as_deref()
+            .unwrap_or_else(|| panic!("{node}: env {name} has no literal value"))
+    }
+
+    #[test]
+    fn renders_one_deployment_and_service_per_node_plus_the_entry_service() {
+        let desired = render(&cluster(BASE));
+        let names = |v: Vec<Option<String>>| v.into_iter().map(Option::unwrap).collect::<Vec<_>>();
+        assert_eq!(
+            names(desired.deployments.iter().map(|d| d.metadata.name.clone()).collect()),
+            ["omc-rw", "omc-ro"]
+        );
+        assert_eq!(
+            names(desired.services.iter().map(|s| s.metadata.name.clone()).collect()),
+            ["omc-rw", "omc-ro", "omc"]
+        );
+    }
+
+    #[test]
+    fn rendering_is_deterministic_down_to_the_bytes() {
+        let yaml = format!(
+            "{BASE}  config:\n    omero.jvmcfg.percent.blitz: \"50\"\n    omero.search.batch: \"100\"\n    \
+             omero.policy.binary_access: \"-read\"\n  sessions: {{idleTimeout: 30m, maxLifetime: 8h}}\n  \
+             service:\n    annotations: {{b: \"2\", a: \"1\"}}\n"
+        );
+        let bytes = |d: Desired| serde_json::to_string(&(d.deployments, d.services)).unwrap();
+        let first = bytes(render(&cluster(&yaml)));
+        for _ in 0..5 {
+            // A fresh parse each time: HashMap-ordered input anywhere would show up here.
+            assert_eq!(bytes(render(&cluster(&yaml))), first);
+        }
+    }
+
+    #[test]
+    fn node_order_in_the_spec_is_the_order_of_the_objects() {
+        let c = base_with(|c| c.spec.nodes.reverse());
+        let desired = render(&c);
+        assert_eq!(desired.deployments[0].metadata.name.as_deref(), Some("omc-ro"));
+        assert_eq!(desired.services.last().unwrap().metadata.name.as_deref(), Some("omc"));
+    }
+}

@@ -1,0 +1,66 @@
+//! Time of one `render` of a 50-node cluster (1 read-write + 49 read-only), the largest
+//! realistic shape: `cargo bench --bench render`. Plain `Instant`, no harness.
+
+use std::{fmt::Write, hint::black_box, time::Instant};
+
+use omero_operator::{api::OmeroCluster, render::render};
+
+const NODES: usize = 50;
+const WARMUP: usize = 50;
+const RUNS: usize = 2_000;
+
+fn cluster() -> OmeroCluster {
+    let mut yaml = String::from(
+        r#"apiVersion: omero.openmicroscopy.org/v1alpha1
+kind: OmeroCluster
+metadata: {name: bench, namespace: imaging, uid: 0a1b2c3d-0000-4000-8000-000000000001}
+spec:
+  image: openmicroscopy/omero-server:5.6.11
+  database:
+    host: db.example
+    passwordSecret: {name: omero-db, key: password}
+    readOnly: {user: reader, passwordSecret: {name: reader-db, key: password}}
+  repository: {claimName: omero-repo, memoCacheClaimName: omero-memo}
+  sessions: {idleTimeout: 30m, maxLifetime: 8h}
+  config:
+    omero.jvmcfg.percent.blitz: "50"
+    omero.policy.binary_access: "-read,-write,-image,-plate"
+    omero.search.batch: "100"
+  service: {type: LoadBalancer, annotations: {example.com/owner: imaging}}
+  nodes:
+    - name: rw
+      resources: {requests: {cpu: "4", memory: 16Gi}, limits: {memory: 16Gi}}
+"#,
+    );
+    for i in 1..NODES {
+        write!(
+            yaml,
+            "    - name: ro-{i}\n      readOnly: {{db: true, repo: true}}\n      \
+             sessionProbe: {{type: metrics, port: 9449}}\n      config: {{omero.jvmcfg.percent.blitz: \"60\"}}\n"
+        )
+        .unwrap();
+    }
+    let cluster: OmeroCluster = serde_norway::from_str(&yaml).expect("bench cluster parses");
+    omero_operator::api::validate(&cluster).expect("bench cluster is valid");
+    cluster
+}
+
+fn main() {
+    let cluster = cluster();
+    for _ in 0..WARMUP {
+        black_box(render(black_box(&cluster)));
+    }
+    let start = Instant::now();
+    let mut objects = 0;
+    for _ in 0..RUNS {
+        let desired = render(black_box(&cluster));
+        objects = desired.deployments.len() + desired.services.len();
+        black_box(desired);
+    }
+    let mean = start.elapsed() / RUNS as u32;
+    println!(
+        "render: {NODES} nodes, {objects} objects per render, mean {:.1} us per render ({:.2} us per object) over {RUNS} runs",
+        mean.as_secs_f64() * 1e6,
+        mean.as_secs_f64() * 1e6 / objects as f64
+    );
+}

@@ -1,0 +1,152 @@
+//! The cluster port on a real API server: server-side apply with one field manager, the
+//! status subresource, label patches on pods, Events.
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Pod, Secret, Service},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    runtime::events::{self, Recorder, Reporter},
+};
+use serde_json::json;
+
+use super::port::{ChildKind, Children, ClusterPort, Event, EventType};
+use crate::{
+    Error,
+    api::{OmeroCluster, OmeroClusterStatus, SecretKeyRef, keys},
+    render,
+};
+
+/// The one field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = keys::MANAGER;
+
+#[derive(Clone)]
+pub struct KubePort {
+    client: Client,
+    recorder: Recorder,
+}
+
+impl KubePort {
+    pub fn new(client: Client) -> Self {
+        let reporter =
+            Reporter { controller: keys::MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        Self { recorder: Recorder::new(client.clone(), reporter), client }
+    }
+
+    fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>>(
+        &self,
+        ns: &str,
+    ) -> Api<K> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    fn apply_params() -> PatchParams {
+        PatchParams::apply(FIELD_MANAGER).force()
+    }
+}
+
+fn selector(cluster: &OmeroCluster) -> String {
+    render::cluster_selector(&cluster.name_any())
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn namespace(cluster: &OmeroCluster) -> Result<String, Error> {
+    cluster.namespace().ok_or_else(|| Error::MissingNamespace(cluster.name_any()))
+}
+
+impl ClusterPort for KubePort {
+    async fn children(&self, cluster: &OmeroCluster) -> Result<Children, Error> {
+        let ns = namespace(cluster)?;
+        let lp = ListParams::default().labels(&selector(cluster));
+        Ok(Children {
+            deployments: self.api::<Deployment>(&ns).list(&lp).await?.items,
+            services: self.api::<Service>(&ns).list(&lp).await?.items,
+            pods: self.api::<Pod>(&ns).list(&lp).await?.items,
+        })
+    }
+
+    async fn apply_deployment(&self, ns: &str, deployment: &Deployment) -> Result<(), Error> {
+        let name = deployment.name_any();
+        self.api::<Deployment>(ns).patch(&name, &Self::apply_params(), &Patch::Apply(deployment)).await?;
+        Ok(())
+    }
+
+    async fn apply_service(&self, ns: &str, service: &Service) -> Result<(), Error> {
+        let name = service.name_any();
+        self.api::<Service>(ns).patch(&name, &Self::apply_params(), &Patch::Apply(service)).await?;
+        Ok(())
+    }
+
+    async fn delete_child(&self, ns: &str, kind: ChildKind, name: &str) -> Result<(), Error> {
+        let result = match kind {
+            ChildKind::Deployment => {
+                self.api::<Deployment>(ns).delete(name, &DeleteParams::background()).await.map(drop)
+            }
+            ChildKind::Service => {
+                self.api::<Service>(ns).delete(name, &DeleteParams::background()).await.map(drop)
+            }
+        };
+        match result {
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    async fn set_routable(&self, ns: &str, pod: &str, routable: bool) -> Result<(), Error> {
+        // A merge patch on the pod itself: the template is untouched, so nothing restarts.
+        let value = if routable { json!("true") } else { json!(null) };
+        let patch = json!({"metadata": {"labels": {keys::ROUTABLE_LABEL: value}}});
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        self.api::<Pod>(ns).patch(pod, &params, &Patch::Merge(&patch)).await?;
+        Ok(())
+    }
+
+    async fn secret_value(&self, ns: &str, secret: &SecretKeyRef) -> Result<String, Error> {
+        let found = self.api::<Secret>(ns).get(&secret.name).await?;
+        let missing = || Error::SecretKeyMissing { name: secret.name.clone(), key: secret.key.clone() };
+        let bytes = found
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&secret.key))
+            .map(|b| b.0.clone())
+            .or_else(|| {
+                found.string_data.as_ref().and_then(|d| d.get(&secret.key)).map(|s| s.clone().into_bytes())
+            })
+            .ok_or_else(missing)?;
+        String::from_utf8(bytes)
+            .map_err(|_| Error::SecretNotUtf8 { name: secret.name.clone(), key: secret.key.clone() })
+    }
+
+    async fn patch_status(&self, cluster: &OmeroCluster, status: &OmeroClusterStatus) -> Result<(), Error> {
+        let ns = namespace(cluster)?;
+        let body = json!({
+            "apiVersion": OmeroCluster::api_version(&()),
+            "kind": OmeroCluster::kind(&()),
+            "status": status,
+        });
+        self.api::<OmeroCluster>(&ns)
+            .patch_status(&cluster.name_any(), &Self::apply_params(), &Patch::Apply(body))
+            .await?;
+        Ok(())
+    }
+
+    async fn publish(&self, cluster: &OmeroCluster, event: &Event) -> Result<(), Error> {
+        let ev = events::Event {
+            type_: match event.type_ {
+                EventType::Normal => events::EventType::Normal,
+                EventType::Warning => events::EventType::Warning,
+            },
+            reason: event.reason.clone(),
+            note: Some(event.note.clone()),
+            action: event.action.clone(),
+            secondary: None,
+        };
+        self.recorder.publish(&ev, &cluster.object_ref(&())).await?;
+        Ok(())
+    }
+}

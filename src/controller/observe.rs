@@ -1,0 +1,151 @@
+//! Reads what the pods say into the drain machine's observations. Pure.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::{api::keys, drain::PodObservation};
+
+/// Waiting reasons that mean the pod will not start without someone changing something.
+const FAILING_REASONS: &[&str] = &[
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
+/// Each node's current pod, by node name. When a node has several (the old one still
+/// terminating), the live one wins, then the newest.
+pub fn pods_by_node(pods: &[Pod]) -> BTreeMap<String, PodObservation> {
+    let mut chosen: BTreeMap<String, &Pod> = BTreeMap::new();
+    for pod in pods {
+        let Some(node) = pod.metadata.labels.as_ref().and_then(|l| l.get(keys::NODE_LABEL)) else {
+            continue;
+        };
+        let better = match chosen.get(node) {
+            None => true,
+            Some(current) => rank(pod) > rank(current),
+        };
+        if better {
+            chosen.insert(node.clone(), pod);
+        }
+    }
+    chosen.into_iter().map(|(node, pod)| (node, observe_pod(pod))).collect()
+}
+
+fn rank(pod: &Pod) -> (bool, Option<k8s_openapi::jiff::Timestamp>) {
+    (pod.metadata.deletion_timestamp.is_none(), pod.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+pub fn observe_pod(pod: &Pod) -> PodObservation {
+    let status = pod.status.as_ref();
+    let terminating = pod.metadata.deletion_timestamp.is_some();
+    let ready = !terminating
+        && status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let failure = status.and_then(|s| s.container_statuses.as_ref()).and_then(|cs| {
+        cs.iter().find_map(|c| {
+            let waiting = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = waiting.reason.as_deref()?;
+            FAILING_REASONS.contains(&reason).then(|| match &waiting.message {
+                Some(message) => format!("container {}: {reason}: {message}", c.name),
+                None => format!("container {}: {reason}", c.name),
+            })
+        })
+    });
+    PodObservation {
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        ip: status.and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()),
+        ready,
+        routable: pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(keys::ROUTABLE_LABEL))
+            .is_some_and(|v| v == "true"),
+        image: pod.spec.as_ref().and_then(|s| s.containers.first()).and_then(|c| c.image.clone()),
+        failure,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> Pod {
+        serde_norway::from_str(yaml).unwrap()
+    }
+
+    const READY: &str = r#"
+metadata:
+  name: omero-rw-abc
+  creationTimestamp: "2026-01-01T00:00:00Z"
+  labels: {omero.openmicroscopy.org/node: rw, omero.openmicroscopy.org/routable: "true"}
+spec:
+  containers: [{name: omero-server, image: "openmicroscopy/omero-server:5.6"}]
+status:
+  podIP: 10.0.0.5
+  conditions: [{type: Ready, status: "True"}]
+"#;
+
+    #[test]
+    fn a_ready_labelled_pod_is_ready_and_routable() {
+        let o = observe_pod(&pod(READY));
+        assert_eq!(o.name, "omero-rw-abc");
+        assert_eq!(o.ip.as_deref(), Some("10.0.0.5"));
+        assert!(o.ready && o.routable);
+        assert_eq!(o.image.as_deref(), Some("openmicroscopy/omero-server:5.6"));
+        assert_eq!(o.failure, None);
+    }
+
+    #[test]
+    fn a_terminating_pod_is_not_ready() {
+        let mut p = pod(READY);
+        p.metadata.deletion_timestamp = p.metadata.creation_timestamp.clone();
+        assert!(!observe_pod(&p).ready);
+    }
+
+    #[test]
+    fn a_crash_looping_pod_reports_the_failure() {
+        let p = pod(r#"
+metadata: {name: p, labels: {omero.openmicroscopy.org/node: rw}}
+status:
+  conditions: [{type: Ready, status: "False"}]
+  containerStatuses:
+  - name: omero-server
+    image: x
+    imageID: ""
+    ready: false
+    restartCount: 5
+    state: {waiting: {reason: CrashLoopBackOff, message: back-off 5m0s}}
+"#);
+        let o = observe_pod(&p);
+        assert!(!o.ready && !o.routable);
+        assert_eq!(o.failure.as_deref(), Some("container omero-server: CrashLoopBackOff: back-off 5m0s"));
+    }
+
+    #[test]
+    fn the_live_pod_wins_over_a_terminating_newer_one_and_newest_over_older() {
+        let old = pod(READY);
+        let mut newer = pod(READY);
+        newer.metadata.name = Some("omero-rw-new".into());
+        newer.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-01-02T00:00:00Z".parse().unwrap(),
+        ));
+        let by_node = pods_by_node(&[old.clone(), newer.clone()]);
+        assert_eq!(by_node["rw"].name, "omero-rw-new");
+        newer.metadata.deletion_timestamp = newer.metadata.creation_timestamp.clone();
+        let by_node = pods_by_node(&[newer, old]);
+        assert_eq!(by_node["rw"].name, "omero-rw-abc");
+    }
+
+    #[test]
+    fn pods_without_a_node_label_are_ignored() {
+        let mut p = pod(READY);
+        p.metadata.labels = None;
+        assert!(pods_by_node(&[p]).is_empty());
+    }
+}

@@ -1,0 +1,102 @@
+//! The controller's two ports: the cluster (Kubernetes objects, status, events) and the
+//! session counter (OMERO). The reconcile pipeline talks only through these, so scenario
+//! tests run it against in-memory doubles, and `kube_port` / `omero` are the real adapters.
+
+use std::future::Future;
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Pod, Service},
+};
+
+use crate::{
+    Error,
+    api::{DatabaseEndpoint, OmeroCluster, OmeroClusterStatus, SecretKeyRef, SessionProbe},
+};
+
+/// What exists of one cluster: objects labelled as its children, and its nodes' pods.
+#[derive(Clone, Debug, Default)]
+pub struct Children {
+    pub deployments: Vec<Deployment>,
+    pub services: Vec<Service>,
+    pub pods: Vec<Pod>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ChildKind {
+    Deployment,
+    Service,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// A Kubernetes Event about the OmeroCluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub type_: EventType,
+    /// PascalCase, e.g. `DrainStarted`.
+    pub reason: String,
+    pub note: String,
+    /// PascalCase action the operator took or refused, e.g. `Drain`.
+    pub action: String,
+}
+
+pub trait ClusterPort: Send + Sync + 'static {
+    /// The cluster's children and pods (by the cluster label), as they are now.
+    fn children(&self, cluster: &OmeroCluster) -> impl Future<Output = Result<Children, Error>> + Send;
+    /// Server-side apply with the operator's field manager.
+    fn apply_deployment(
+        &self,
+        ns: &str,
+        deployment: &Deployment,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    fn apply_service(&self, ns: &str, service: &Service) -> impl Future<Output = Result<(), Error>> + Send;
+    fn delete_child(
+        &self,
+        ns: &str,
+        kind: ChildKind,
+        name: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Adds or removes `omero.openmicroscopy.org/routable=true` on the pod itself.
+    fn set_routable(
+        &self,
+        ns: &str,
+        pod: &str,
+        routable: bool,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    fn secret_value(
+        &self,
+        ns: &str,
+        secret: &SecretKeyRef,
+    ) -> impl Future<Output = Result<String, Error>> + Send;
+    /// Writes the status subresource.
+    fn patch_status(
+        &self,
+        cluster: &OmeroCluster,
+        status: &OmeroClusterStatus,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    fn publish(
+        &self,
+        cluster: &OmeroCluster,
+        event: &Event,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// One node's session count request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionQuery {
+    pub pod_ip: String,
+    /// The node's probe with defaults filled in.
+    pub probe: SessionProbe,
+    /// For `database` probes: where to connect and the password.
+    pub database: Option<(DatabaseEndpoint, String)>,
+}
+
+pub trait SessionCounter: Send + Sync + 'static {
+    /// `Ok(None)` when the node has no probe (`none`); an error is never a count.
+    fn count(&self, query: &SessionQuery) -> impl Future<Output = Result<Option<u64>, String>> + Send;
+}

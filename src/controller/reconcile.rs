@@ -1,0 +1,229 @@
+//! One reconcile of one OmeroCluster: read what exists -> validate -> render -> decide (drain)
+//! -> apply the difference -> status. Every decision is made by a pure function; this file
+//! only sequences them around the ports.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration as StdDuration};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde_json::Value;
+use tracing::{debug, info};
+
+use super::{
+    Context, diff,
+    port::{ChildKind, ClusterPort, Event, SessionCounter, SessionQuery},
+    status::{self, Assessment},
+};
+use crate::{
+    Error,
+    api::{self, NodePhase, OmeroCluster, SessionProbeKind},
+    drain::{self, NodeInput, PodObservation, Policy, ProbeOutcome},
+    render,
+};
+
+/// Reconcile at least this often, so drift is corrected even without watch events.
+pub const RESYNC: StdDuration = StdDuration::from_secs(300);
+
+/// Returns when to look at the cluster again without a watch event.
+pub async fn reconcile<P: ClusterPort, S: SessionCounter>(
+    cluster: Arc<OmeroCluster>,
+    ctx: Arc<Context<P, S>>,
+) -> Result<StdDuration, Error> {
+    let name = cluster.name_any();
+    let ns = cluster.namespace().ok_or_else(|| Error::MissingNamespace(name.clone()))?;
+    let now = ctx.clock.now();
+    let old = cluster.status.clone().unwrap_or_default();
+    let children = ctx.port.children(&cluster).await?;
+
+    if let Err(errors) = api::validate(&cluster) {
+        // Change nothing that runs: only the status and an Event say what is wrong.
+        let assessment = Assessment {
+            generation: cluster.meta().generation,
+            nodes: old.nodes.clone(),
+            invalid: &errors,
+            ..Default::default()
+        };
+        let next = status::next_status(&old, &assessment, now);
+        let events = status::transition_events(&old, &next, &[]);
+        write_status(&ctx.port, &cluster, &old, &next, &events).await?;
+        return Ok(RESYNC);
+    }
+
+    // Apply what differs from what runs, and remove the children of nodes that left the spec.
+    let desired = render::render(&cluster);
+    let mut events: Vec<Event> = Vec::new();
+    for deployment in &desired.deployments {
+        let existing = children.deployments.iter().find(|d| d.metadata.name == deployment.metadata.name);
+        if diff::needs_apply(&to_value(deployment)?, existing.map(to_value).transpose()?.as_ref()) {
+            info!(cluster = %name, deployment = ?deployment.metadata.name, "applying");
+            ctx.port.apply_deployment(&ns, deployment).await?;
+        }
+    }
+    for service in &desired.services {
+        let existing = children.services.iter().find(|s| s.metadata.name == service.metadata.name);
+        if diff::needs_apply(&to_value(service)?, existing.map(to_value).transpose()?.as_ref()) {
+            info!(cluster = %name, service = ?service.metadata.name, "applying");
+            ctx.port.apply_service(&ns, service).await?;
+        }
+    }
+    for (kind, child) in orphans(&cluster, &children, &desired) {
+        info!(cluster = %name, ?kind, child, "deleting: its node left the spec");
+        ctx.port.delete_child(&ns, kind, &child).await?;
+        if kind == ChildKind::Deployment {
+            events.push(status::event(
+                super::port::EventType::Normal,
+                "NodeRemoved",
+                "Delete",
+                format!("deleted {child}: its node is no longer in the spec"),
+            ));
+        }
+    }
+
+    // Decide every node's phase and drain step.
+    let node_names: Vec<&str> = cluster.spec.nodes.iter().map(|n| n.name.as_str()).collect();
+    let request = drain::parse_request(cluster.annotations(), &node_names);
+    let pods = super::observe::pods_by_node(&children.pods);
+    let mut probes = BTreeMap::new();
+    for node in &cluster.spec.nodes {
+        if drain::probe_due(old.node(&node.name), now) {
+            let outcome = probe(&ctx, &cluster, &ns, node, pods.get(&node.name)).await;
+            debug!(cluster = %name, node = %node.name, ?outcome, "session probe");
+            probes.insert(node.name.as_str(), outcome);
+        }
+    }
+    let inputs: Vec<NodeInput<'_>> = cluster
+        .spec
+        .nodes
+        .iter()
+        .map(|node| NodeInput {
+            name: &node.name,
+            previous: old.node(&node.name),
+            pod: pods.get(&node.name),
+            drain_requested: request.nodes.contains(&node.name),
+            probe: probes.remove(node.name.as_str()),
+            probe_interval: node.effective_session_probe().interval(),
+        })
+        .collect();
+    let policy = Policy {
+        timeout: cluster.spec.drain_timeout(),
+        on_deadline: cluster.spec.on_deadline(),
+        force: request.force,
+    };
+    let decisions = drain::step(&inputs, &policy, now);
+
+    for decision in &decisions {
+        if let (Some(routable), Some(pod)) = (decision.set_routable, &decision.status.pod) {
+            info!(cluster = %name, node = %decision.status.name, routable, "labelling pod");
+            ctx.port.set_routable(&ns, pod, routable).await?;
+        }
+        events.extend(decision.events.iter().map(status::drain_event));
+    }
+
+    let refused = decisions
+        .iter()
+        .filter(|d| request.nodes.contains(&d.status.name) && d.status.phase == NodePhase::Serving)
+        .map(|d| d.status.name.clone())
+        .collect();
+    let assessment = Assessment {
+        generation: cluster.meta().generation,
+        nodes: decisions.into_iter().map(|d| d.status).collect(),
+        invalid: &[],
+        drain_problems: &request.problems,
+        refused,
+    };
+    let next = status::next_status(&old, &assessment, now);
+    events.extend(status::transition_events(&old, &next, &request.problems));
+    write_status(&ctx.port, &cluster, &old, &next, &events).await?;
+
+    Ok(requeue_after(&next.nodes, now))
+}
+
+/// Publishes the events, then writes the status if it changed.
+async fn write_status<P: ClusterPort>(
+    port: &P,
+    cluster: &OmeroCluster,
+    old: &api::OmeroClusterStatus,
+    next: &api::OmeroClusterStatus,
+    events: &[Event],
+) -> Result<(), Error> {
+    for event in events {
+        info!(cluster = %cluster.name_any(), reason = %event.reason, note = %event.note, "event");
+        port.publish(cluster, event).await?;
+    }
+    if next != old {
+        port.patch_status(cluster, next).await?;
+    }
+    Ok(())
+}
+
+/// Next look: the earliest probe or deadline of a draining node, else the resync period.
+fn requeue_after(nodes: &[api::NodeStatus], now: Timestamp) -> StdDuration {
+    drain::next_wakeup(nodes)
+        .map(|at| {
+            let wait = at.duration_since(now);
+            StdDuration::try_from(wait).unwrap_or(StdDuration::ZERO).max(StdDuration::from_secs(1))
+        })
+        .map_or(RESYNC, |wait| wait.min(RESYNC))
+}
+
+async fn probe<P: ClusterPort, S: SessionCounter>(
+    ctx: &Context<P, S>,
+    cluster: &OmeroCluster,
+    ns: &str,
+    node: &api::NodeSpec,
+    pod: Option<&PodObservation>,
+) -> ProbeOutcome {
+    let probe = node.effective_session_probe();
+    if probe.kind == SessionProbeKind::None {
+        return ProbeOutcome::NoProbe;
+    }
+    let Some(pod_ip) = pod.and_then(|p| p.ip.clone()) else {
+        return ProbeOutcome::Failed("the node's pod has no IP yet".into());
+    };
+    let database = if probe.kind == SessionProbeKind::Database {
+        let endpoint = cluster.spec.database.primary();
+        match ctx.port.secret_value(ns, &endpoint.password_secret).await {
+            Ok(password) => Some((endpoint, password)),
+            Err(e) => return ProbeOutcome::Failed(format!("reading the database password: {e}")),
+        }
+    } else {
+        None
+    };
+    match ctx.sessions.count(&SessionQuery { pod_ip, probe, database }).await {
+        Ok(Some(n)) => ProbeOutcome::Count(n),
+        Ok(None) => ProbeOutcome::NoProbe,
+        Err(e) => ProbeOutcome::Failed(e),
+    }
+}
+
+/// Children labelled as this cluster's (and owned by it) that the spec no longer renders.
+fn orphans(
+    cluster: &OmeroCluster,
+    children: &super::port::Children,
+    desired: &render::Desired,
+) -> Vec<(ChildKind, String)> {
+    let uid = cluster.uid();
+    let owned = |meta: &kube::api::ObjectMeta| {
+        meta.owner_references.as_ref().is_some_and(|refs| refs.iter().any(|r| Some(&r.uid) == uid.as_ref()))
+    };
+    let wanted_deployments: Vec<_> = desired.deployments.iter().map(|d| &d.metadata.name).collect();
+    let wanted_services: Vec<_> = desired.services.iter().map(|s| &s.metadata.name).collect();
+    let deployments = children
+        .deployments
+        .iter()
+        .filter(|d| owned(&d.metadata) && !wanted_deployments.contains(&&d.metadata.name))
+        .filter_map(|d| d.metadata.name.clone())
+        .map(|n| (ChildKind::Deployment, n));
+    let services = children
+        .services
+        .iter()
+        .filter(|s| owned(&s.metadata) && !wanted_services.contains(&&s.metadata.name))
+        .filter_map(|s| s.metadata.name.clone())
+        .map(|n| (ChildKind::Service, n));
+    deployments.chain(services).collect()
+}
+
+fn to_value(object: &impl Serialize) -> Result<Value, Error> {
+    serde_json::to_value(object).map_err(|source| Error::Serialize { what: "a child object".into(), source })
+}

@@ -1,0 +1,21 @@
+//! The operator's one error type.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0} has no namespace")]
+    MissingNamespace(String),
+    #[error("Secret {name} has no key {key}")]
+    SecretKeyMissing { name: String, key: String },
+    #[error("Secret {name} key {key} is not UTF-8")]
+    SecretNotUtf8 { name: String, key: String },
+    #[error("serialising {what}: {source}")]
+    Serialize { what: String, source: serde_json::Error },
+    #[error(
+        "the OmeroCluster CRD is not installed (or not readable): {0}; install it with `omero-operator crd | kubectl apply -f -`"
+    )]
+    CrdMissing(kube::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,328 @@
+//! OMERO configuration of a node, as the official image takes it: one `CONFIG_<x>` environment
+//! variable per property (`/startup/50-config.py` runs `omero config set` for each).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, SecretKeySelector};
+
+use super::{grid, volumes};
+use crate::api::{DatabaseEndpoint, NodeSpec, OmeroCluster, SecretKeyRef, property};
+
+/// Downward-API variable holding the pod IP; grid wiring refers to it as `$(OMERO_POD_IP)`.
+pub(crate) const POD_IP_ENV: &str = "OMERO_POD_IP";
+/// Where OMERO's TempFileManager writes (`omero.util.temp_files`).
+pub(crate) const TMPDIR_ENV: &str = "OMERO_TMPDIR";
+/// Read by `psql` in `/startup/60-database.sh`, which passes `-h`, `-U` and the database name
+/// but no `-p`: without it a database on another port never answers the start-up wait loop.
+const PGPORT_ENV: &str = "PGPORT";
+
+/// The value of one property.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Value {
+    /// Taken as is: `$` is escaped so Kubernetes does not expand `$(NAME)` inside it.
+    Literal(String),
+    /// Kubernetes expands `$(NAME)` references to variables defined earlier in the list.
+    Expand(String),
+    /// Read from a Secret by the kubelet; the value never appears in an object.
+    Secret(SecretKeyRef),
+}
+
+/// Every property of `node`, by name: the cluster's `config`, overridden by the node's, then
+/// the ones the operator manages (validation keeps those out of both maps).
+pub(crate) fn properties(cluster: &OmeroCluster, node: &NodeSpec) -> BTreeMap<String, Value> {
+    let spec = &cluster.spec;
+    let mut props: BTreeMap<String, Value> =
+        spec.config.iter().chain(&node.config).map(|(k, v)| (k.clone(), Value::Literal(v.clone()))).collect();
+    let mut set = |key: &str, value: Value| props.insert(key.to_string(), value);
+
+    let db = database(cluster, node);
+    set("omero.db.host", Value::Literal(db.host));
+    set("omero.db.port", Value::Literal(db.port.to_string()));
+    set("omero.db.name", Value::Literal(db.name));
+    set("omero.db.user", Value::Literal(db.user));
+    set("omero.db.pass", Value::Secret(db.password_secret));
+
+    if let Some(sessions) = &spec.sessions {
+        if let Some(idle) = sessions.idle_timeout {
+            set("omero.sessions.timeout", Value::Literal(idle.as_millis().to_string()));
+        }
+        if let Some(max) = sessions.max_lifetime {
+            set("omero.sessions.maximum", Value::Literal(max.as_millis().to_string()));
+        }
+    }
+
+    // Set only when true: OMERO's default is false, and absent reads better in `render`.
+    if node.read_only_db() {
+        set("omero.cluster.read_only.db", Value::Literal("true".into()));
+    }
+    if node.read_only_repo() {
+        set("omero.cluster.read_only.repo", Value::Literal("true".into()));
+        // Memo files cannot be written next to the repository; OMERO uses this directory
+        // (and only when the repository is read-only).
+        set("omero.pixeldata.memoizer.dir.local", Value::Literal(volumes::MEMO_LOCAL_DIR.into()));
+    }
+
+    for (key, value) in grid::properties(cluster, node) {
+        set(key, value);
+    }
+    props
+}
+
+/// The container's environment, in a fixed order: the pod IP (grid; it must come before the
+/// variables that refer to it), the properties sorted by name, `PGPORT`, `OMERO_TMPDIR` on
+/// read-only nodes, then the node's own `env`. A variable of the node's `env` whose name the
+/// operator sets is left out: the operator's wiring (database, read-only flags) wins.
+pub(crate) fn env(cluster: &OmeroCluster, node: &NodeSpec) -> Vec<EnvVar> {
+    let mut env = Vec::new();
+    if grid::is_grid(cluster) {
+        env.push(EnvVar {
+            name: POD_IP_ENV.into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector { field_path: "status.podIP".into(), api_version: None }),
+                ..EnvVarSource::default()
+            }),
+            value: None,
+        });
+    }
+    for (key, value) in properties(cluster, node) {
+        let name = property::env_name(&key).unwrap_or_else(|why| {
+            panic!("validate() rejects property '{key}' ({why}); render needs a valid cluster")
+        });
+        env.push(env_var(name, value));
+    }
+    let port = database(cluster, node).port;
+    env.push(env_var(PGPORT_ENV.into(), Value::Literal(port.to_string())));
+    if volumes::has_writable_tmp(node) {
+        env.push(env_var(TMPDIR_ENV.into(), Value::Literal(volumes::TMP_DIR.into())));
+    }
+
+    let ours: BTreeSet<String> = env.iter().map(|e| e.name.clone()).collect();
+    env.extend(node.env.iter().filter(|e| !ours.contains(&e.name)).cloned());
+    env
+}
+
+/// The endpoint a node uses: the read-only one (with fallbacks) when it must not write.
+fn database(cluster: &OmeroCluster, node: &NodeSpec) -> DatabaseEndpoint {
+    let db = &cluster.spec.database;
+    if node.read_only_db() { db.for_read_only() } else { db.primary() }
+}
+
+fn env_var(name: String, value: Value) -> EnvVar {
+    match value {
+        Value::Literal(v) => EnvVar { name, value: Some(escape(&v)), value_from: None },
+        Value::Expand(v) => EnvVar { name, value: Some(v), value_from: None },
+        Value::Secret(secret) => EnvVar {
+            name,
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.name,
+                    key: secret.key,
+                    optional: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+    }
+}
+
+/// Kubernetes expands `$(NAME)` in `value` and turns `$$` into `$`; doubling every `$` makes
+/// any string come out exactly as written.
+fn escape(value: &str) -> String {
+    value.replace('$', "$$")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::{
+        render,
+        tests::{BASE, base_with, cluster, container, env_of, env_value},
+    };
+
+    fn names(env: &[EnvVar]) -> Vec<&str> {
+        env.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    #[test]
+    fn database_endpoint_of_a_read_write_node_is_the_primary_with_defaults() {
+        let desired = render(&cluster(BASE));
+        assert_eq!(env_value(&desired, "rw", "CONFIG_omero_db_host"), "db.example");
+        assert_eq!(env_value(&desired, "rw", "CONFIG_omero_db_port"), "5432");
+        assert_eq!(env_value(&desired, "rw", "CONFIG_omero_db_name"), "omero");
+        assert_eq!(env_value(&desired, "rw", "CONFIG_omero_db_user"), "omero");
+        assert_eq!(env_value(&desired, "rw", "PGPORT"), "5432");
+    }
+
+    #[test]
+    fn password_comes_from_the_secret_by_reference() {
+        let desired = render(&cluster(BASE));
+        let pass = env_of(&desired, "rw", "CONFIG_omero_db_pass").unwrap();
+        assert_eq!(pass.value, None);
+        let secret = pass.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!((secret.name.as_str(), secret.key.as_str()), ("omero-db", "password"));
+        assert_eq!(secret.optional, None);
+    }
+
+    #[test]
+    fn the_password_never_appears_inline_anywhere() {
+        // Secret names and keys that would show up if anything copied them into a value.
+        let yaml = BASE.replace("{name: omero-db, key: password}", "{name: s3cr3t-name, key: s3cr3t-key}");
+        let desired = render(&cluster(&yaml));
+        for c in desired.deployments.iter().map(|d| d.spec.as_ref().unwrap().template.spec.as_ref().unwrap())
+        {
+            for e in c.containers[0].env.as_ref().unwrap() {
+                let v = e.value.as_deref().unwrap_or("");
+                assert!(!v.contains("s3cr3t"), "{} = {v}", e.name);
+            }
+        }
+        for node in ["rw", "ro"] {
+            assert_eq!(env_of(&desired, node, "CONFIG_omero_db_pass").unwrap().value, None);
+        }
+    }
+
+    #[test]
+    fn read_only_db_nodes_use_the_read_only_endpoint_field_by_field() {
+        let yaml = BASE.replace(
+            "    passwordSecret: {name: omero-db, key: password}\n",
+            "    passwordSecret: {name: omero-db, key: password}\n    port: 5433\n    readOnly:\n      \
+             host: replica.example\n      user: reader\n      passwordSecret: {name: reader-db, key: pw}\n",
+        );
+        let desired = render(&cluster(&yaml));
+        assert_eq!(env_value(&desired, "ro", "CONFIG_omero_db_host"), "replica.example");
+        assert_eq!(env_value(&desired, "ro", "CONFIG_omero_db_user"), "reader");
+        assert_eq!(env_value(&desired, "ro", "CONFIG_omero_db_port"), "5433", "falls back to the primary's");
+        assert_eq!(env_value(&desired, "ro", "CONFIG_omero_db_name"), "omero");
+        assert_eq!(env_value(&desired, "ro", "PGPORT"), "5433");
+        let secret = env_of(&desired, "ro", "CONFIG_omero_db_pass").unwrap().value_from.clone().unwrap();
+        assert_eq!(secret.secret_key_ref.unwrap().name, "reader-db");
+        // The read-write node keeps the primary.
+        assert_eq!(env_value(&desired, "rw", "CONFIG_omero_db_host"), "db.example");
+        assert_eq!(env_value(&desired, "rw", "CONFIG_omero_db_user"), "omero");
+    }
+
+    #[test]
+    fn read_only_flags_follow_the_node() {
+        let desired = render(&cluster(BASE));
+        assert_eq!(env_value(&desired, "ro", "CONFIG_omero_cluster_read__only_db"), "true");
+        assert_eq!(env_value(&desired, "ro", "CONFIG_omero_cluster_read__only_repo"), "true");
+        assert!(env_of(&desired, "rw", "CONFIG_omero_cluster_read__only_db").is_none());
+        assert!(env_of(&desired, "rw", "CONFIG_omero_cluster_read__only_repo").is_none());
+    }
+
+    #[test]
+    fn read_only_db_alone_sets_only_the_db_flag() {
+        let c = base_with(|c| {
+            c.spec.nodes.remove(0);
+            c.spec.nodes[0].read_only = Some(crate::api::ReadOnlySpec { db: true, repo: false });
+        });
+        let desired = render(&c);
+        assert_eq!(env_value(&desired, "ro", "CONFIG_omero_cluster_read__only_db"), "true");
+        assert!(env_of(&desired, "ro", "CONFIG_omero_cluster_read__only_repo").is_none());
+        assert!(env_of(&desired, "ro", "CONFIG_omero_pixeldata_memoizer_dir_local").is_none());
+    }
+
+    #[test]
+    fn read_only_repo_nodes_get_a_local_memo_directory() {
+        let desired = render(&cluster(BASE));
+        assert_eq!(
+            env_value(&desired, "ro", "CONFIG_omero_pixeldata_memoizer_dir_local"),
+            volumes::MEMO_LOCAL_DIR
+        );
+        assert!(env_of(&desired, "rw", "CONFIG_omero_pixeldata_memoizer_dir_local").is_none());
+    }
+
+    #[test]
+    fn read_only_nodes_get_omero_tmpdir() {
+        let desired = render(&cluster(BASE));
+        assert_eq!(env_value(&desired, "ro", "OMERO_TMPDIR"), volumes::TMP_DIR);
+        assert!(env_of(&desired, "rw", "OMERO_TMPDIR").is_none());
+    }
+
+    #[test]
+    fn sessions_are_passed_in_milliseconds() {
+        let yaml = format!("{BASE}  sessions: {{idleTimeout: 30m, maxLifetime: 8h}}\n");
+        let desired = render(&cluster(&yaml));
+        for node in ["rw", "ro"] {
+            assert_eq!(env_value(&desired, node, "CONFIG_omero_sessions_timeout"), "1800000");
+            assert_eq!(env_value(&desired, node, "CONFIG_omero_sessions_maximum"), "28800000");
+        }
+    }
+
+    #[test]
+    fn sessions_left_out_are_not_set() {
+        let desired = render(&cluster(&format!("{BASE}  sessions: {{idleTimeout: 90s}}\n")));
+        assert_eq!(env_value(&desired, "rw", "CONFIG_omero_sessions_timeout"), "90000");
+        assert!(env_of(&desired, "rw", "CONFIG_omero_sessions_maximum").is_none());
+        let desired = render(&cluster(BASE));
+        assert!(env_of(&desired, "rw", "CONFIG_omero_sessions_timeout").is_none());
+    }
+
+    #[test]
+    fn node_config_overrides_cluster_config() {
+        let yaml = BASE.replace(
+            "    - name: rw\n",
+            "    - name: rw\n      config:\n        omero.jvmcfg.percent.blitz: \"70\"\n        omero.search.batch: \"9\"\n",
+        ) + "  config:\n    omero.jvmcfg.percent.blitz: \"50\"\n    omero.mail.host: smtp.example\n";
+        let desired = render(&cluster(&yaml));
+        assert_eq!(env_value(&desired, "rw", "CONFIG_omero_jvmcfg_percent_blitz"), "70");
+        assert_eq!(env_value(&desired, "rw", "CONFIG_omero_search_batch"), "9");
+        assert_eq!(env_value(&desired, "rw", "CONFIG_omero_mail_host"), "smtp.example");
+        assert_eq!(env_value(&desired, "ro", "CONFIG_omero_jvmcfg_percent_blitz"), "50");
+        assert!(env_of(&desired, "ro", "CONFIG_omero_search_batch").is_none());
+    }
+
+    #[test]
+    fn property_names_use_the_images_underscore_escaping() {
+        let yaml = format!("{BASE}  config:\n    omero.policy.binary_access: \"-read,+write\"\n");
+        let desired = render(&cluster(&yaml));
+        assert_eq!(env_value(&desired, "rw", "CONFIG_omero_policy_binary__access"), "-read,+write");
+    }
+
+    #[test]
+    fn dollar_signs_in_values_survive_kubernetes_expansion() {
+        let yaml = format!("{BASE}  config:\n    omero.mail.from: \"$(HOSTNAME) costs $$5 $\"\n");
+        let desired = render(&cluster(&yaml));
+        assert_eq!(env_value(&desired, "rw", "CONFIG_omero_mail_from"), "$$(HOSTNAME) costs $$$$5 $$");
+    }
+
+    #[test]
+    fn properties_come_sorted_by_name_between_fixed_variables() {
+        let yaml = format!(
+            "{BASE}  config:\n    omero.zzz.last: \"1\"\n    Ice.IPv6: \"0\"\n    omero.aaa.first: \"1\"\n"
+        );
+        let c = cluster(&yaml);
+        let env = container(&render(&c), "ro").env.clone().unwrap();
+        let props: Vec<_> = properties(&c, &c.spec.nodes[1]).into_keys().collect();
+        let mut sorted = props.clone();
+        sorted.sort();
+        assert_eq!(props, sorted);
+        let expected: Vec<String> = props
+            .iter()
+            .map(|k| property::env_name(k).unwrap())
+            .chain(["PGPORT".to_string(), "OMERO_TMPDIR".to_string()])
+            .collect();
+        assert_eq!(names(&env), expected);
+        assert_eq!(env[0].name, "CONFIG_Ice_IPv6");
+    }
+
+    #[test]
+    fn extra_env_comes_last_and_cannot_replace_the_operators_variables() {
+        let yaml = BASE.replace(
+            "    - name: rw\n",
+            "    - name: rw\n      env:\n        - {name: JAVA_OPTS, value: \"-Xss2m\"}\n        \
+             - {name: CONFIG_omero_db_host, value: elsewhere}\n        - {name: TZ, value: UTC}\n",
+        );
+        let desired = render(&cluster(&yaml));
+        let env = container(&desired, "rw").env.clone().unwrap();
+        assert_eq!(names(&env)[env.len() - 2..], ["JAVA_OPTS", "TZ"]);
+        assert_eq!(env_value(&desired, "rw", "CONFIG_omero_db_host"), "db.example");
+        assert_eq!(env.iter().filter(|e| e.name == "CONFIG_omero_db_host").count(), 1);
+    }
+
+    #[test]
+    fn independent_nodes_have_no_pod_ip_variable() {
+        let desired = render(&cluster(BASE));
+        assert!(env_of(&desired, "rw", POD_IP_ENV).is_none());
+    }
+}

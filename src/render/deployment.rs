@@ -1,0 +1,259 @@
+//! A node's Deployment: one replica of the official OMERO.server image.
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
+        core::v1::{
+            Capabilities, Container, ContainerPort, PodSecurityContext, PodSpec, PodTemplateSpec,
+            SeccompProfile, SecurityContext,
+        },
+    },
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
+};
+use kube::ResourceExt;
+
+use super::{config, grid, labels, probes, volumes};
+use crate::api::{NodeSpec, OmeroCluster};
+
+/// The container every node runs.
+pub(crate) const CONTAINER_NAME: &str = "omero-server";
+
+/// uid and gid of `omero-server` in the official image.
+const OMERO_UID: i64 = 1000;
+
+/// The time a Blitz gets between SIGTERM and SIGKILL. A drain ends before the pod is stopped,
+/// so this only covers the shutdown itself: icegridnode deactivates each server (Ice's
+/// `IceGrid.Node.WaitTime` defaults to 60 s per server) and Blitz closes its sessions in the
+/// database. 300 s, as manics/kubernetes-omero uses, leaves room for a slow database.
+const TERMINATION_GRACE_SECONDS: i64 = 300;
+
+/// A rollout that has not become available within the startup probe's budget plus ten
+/// minutes (scheduling, image pull) is reported as failed by the Deployment controller.
+const PROGRESS_DEADLINE_SECONDS: i32 = probes::STARTUP_BUDGET_SECONDS + 600;
+
+pub(crate) fn deployment(cluster: &OmeroCluster, node: &NodeSpec) -> Deployment {
+    let cluster_name = cluster.name_any();
+    let labels = labels::node_labels(&cluster_name, &node.name);
+    Deployment {
+        metadata: labels::object_meta(
+            cluster,
+            labels::node_object_name(&cluster_name, &node.name),
+            labels.clone(),
+        ),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(labels::node_selector_labels(&cluster_name, &node.name)),
+                match_expressions: None,
+            },
+            // Never two pods of one node: two Blitz servers with one identity would fight
+            // over the repository lock and each other's sessions.
+            strategy: Some(DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None }),
+            progress_deadline_seconds: Some(PROGRESS_DEADLINE_SECONDS),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
+                spec: Some(pod_spec(cluster, node)),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn pod_spec(cluster: &OmeroCluster, node: &NodeSpec) -> PodSpec {
+    let spec = &cluster.spec;
+    PodSpec {
+        containers: vec![container(cluster, node)],
+        volumes: Some(volumes::volumes(cluster, node)),
+        image_pull_secrets: non_empty(spec.image_pull_secrets.clone()),
+        node_selector: (!node.node_selector.is_empty()).then(|| node.node_selector.clone()),
+        tolerations: non_empty(node.tolerations.clone()),
+        affinity: node.affinity.clone(),
+        security_context: Some(pod_security_context()),
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+        // OMERO never calls the API server; no token to steal.
+        automount_service_account_token: Some(false),
+        // Service links would add ~25 variables per Service in the namespace (this cluster
+        // alone has one per node) to an environment the image scans at start-up.
+        enable_service_links: Some(false),
+        ..PodSpec::default()
+    }
+}
+
+fn container(cluster: &OmeroCluster, node: &NodeSpec) -> Container {
+    let status = grid::status_command(cluster, node);
+    let ports: Vec<ContainerPort> = grid::ports(cluster, node)
+        .into_iter()
+        .map(|(name, port)| ContainerPort {
+            name: Some(name.into()),
+            container_port: port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        })
+        .collect();
+    Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(cluster.spec.image.clone()),
+        image_pull_policy: cluster.spec.image_pull_policy.map(|p| p.as_str().into()),
+        command: grid::command(cluster, node),
+        env: Some(config::env(cluster, node)),
+        ports: non_empty(ports),
+        resources: node.resources.clone(),
+        volume_mounts: Some(volumes::mounts(cluster, node)),
+        security_context: Some(container_security_context()),
+        startup_probe: Some(probes::startup(&status)),
+        readiness_probe: Some(probes::readiness(&status)),
+        liveness_probe: Some(probes::liveness(&status)),
+        ..Container::default()
+    }
+}
+
+/// The image's own user, as the restricted Pod Security Standard asks for.
+fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_user: Some(OMERO_UID),
+        run_as_group: Some(OMERO_UID),
+        run_as_non_root: Some(true),
+        // emptyDirs and claims that support ownership become group-writable for OMERO;
+        // OnRootMismatch skips the recursive chown of a large repository on every start.
+        fs_group: Some(OMERO_UID),
+        fs_group_change_policy: Some("OnRootMismatch".into()),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// No privilege at all. The root filesystem stays writable: every start rewrites
+/// `OMERO.server/etc` (`omero config set`, `omero admin rewrite`).
+fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(false),
+        ..SecurityContext::default()
+    }
+}
+
+fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
+    (!v.is_empty()).then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::{
+        render,
+        tests::{BASE, cluster, container, deployment_of, pod_spec},
+    };
+
+    #[test]
+    fn one_replica_recreated_never_rolled() {
+        let desired = render(&cluster(BASE));
+        let spec = deployment_of(&desired, "rw").spec.clone().unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        let strategy = spec.strategy.unwrap();
+        assert_eq!(strategy.type_.as_deref(), Some("Recreate"));
+        assert_eq!(strategy.rolling_update, None);
+        assert_eq!(spec.progress_deadline_seconds, Some(2400));
+    }
+
+    #[test]
+    fn selector_is_the_node_selector_and_matches_the_template() {
+        let desired = render(&cluster(BASE));
+        let spec = deployment_of(&desired, "ro").spec.clone().unwrap();
+        let selector = spec.selector.match_labels.unwrap();
+        assert_eq!(selector, labels::node_selector_labels("omc", "ro"));
+        let template = spec.template.metadata.unwrap().labels.unwrap();
+        assert!(selector.iter().all(|(k, v)| template.get(k) == Some(v)));
+    }
+
+    #[test]
+    fn one_container_with_the_image_and_the_glacier2_ports() {
+        let yaml = BASE.replace("  image: openmicroscopy/omero-server:5.6\n", "  image: registry.example/omero:5.6.11\n  imagePullPolicy: Always\n  imagePullSecrets: [{name: regcred}]\n");
+        let desired = render(&cluster(&yaml));
+        let pod = pod_spec(&desired, "rw");
+        assert_eq!(pod.containers.len(), 1);
+        let c = &pod.containers[0];
+        assert_eq!(c.name, "omero-server");
+        assert_eq!(c.image.as_deref(), Some("registry.example/omero:5.6.11"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+        assert_eq!(c.command, None, "the image's entrypoint runs the start-up scripts");
+        assert_eq!(pod.image_pull_secrets.as_ref().unwrap()[0].name, "regcred");
+        let ports: Vec<_> =
+            c.ports.clone().unwrap().into_iter().map(|p| (p.name.unwrap(), p.container_port)).collect();
+        assert_eq!(
+            ports,
+            [
+                ("glacier2-tcp".to_string(), 4063),
+                ("glacier2-ssl".to_string(), 4064),
+                ("glacier2-ws".to_string(), 4065),
+                ("glacier2-wss".to_string(), 4066)
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_leave_optional_fields_unset() {
+        let desired = render(&cluster(BASE));
+        let pod = pod_spec(&desired, "rw");
+        assert_eq!(pod.image_pull_secrets, None);
+        assert_eq!(pod.node_selector, None);
+        assert_eq!(pod.tolerations, None);
+        assert_eq!(pod.affinity, None);
+        assert_eq!(pod.containers[0].image_pull_policy, None);
+        assert_eq!(pod.containers[0].resources, None);
+    }
+
+    #[test]
+    fn scheduling_and_resources_come_from_the_node() {
+        let yaml = BASE.replace(
+            "    - name: rw\n",
+            r#"    - name: rw
+      resources:
+        requests: {cpu: "2", memory: 8Gi}
+        limits: {memory: 8Gi}
+      nodeSelector: {disk: ssd}
+      tolerations: [{key: omero, operator: Exists, effect: NoSchedule}]
+      affinity:
+        nodeAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: In, values: [a]}]}]
+"#,
+        );
+        let c = cluster(&yaml);
+        let node = &c.spec.nodes[0];
+        let desired = render(&c);
+        let pod = pod_spec(&desired, "rw");
+        assert_eq!(pod.containers[0].resources, node.resources);
+        assert_eq!(pod.node_selector.as_ref(), Some(&node.node_selector));
+        assert_eq!(pod.tolerations.as_ref(), Some(&node.tolerations));
+        assert_eq!(pod.affinity, node.affinity);
+        // Only that node.
+        assert_eq!(pod_spec(&desired, "ro").node_selector, None);
+    }
+
+    #[test]
+    fn runs_as_the_images_user_without_privileges() {
+        let desired = render(&cluster(BASE));
+        let pod = pod_spec(&desired, "rw").security_context.clone().unwrap();
+        assert_eq!((pod.run_as_user, pod.run_as_group, pod.fs_group), (Some(1000), Some(1000), Some(1000)));
+        assert_eq!(pod.run_as_non_root, Some(true));
+        assert_eq!(pod.fs_group_change_policy.as_deref(), Some("OnRootMismatch"));
+        assert_eq!(pod.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        let c = container(&desired, "rw").security_context.clone().unwrap();
+        assert_eq!(c.allow_privilege_escalation, Some(false));
+        assert_eq!(c.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(c.run_as_non_root, Some(true));
+        assert_eq!(c.privileged, None);
+    }
+
+    #[test]
+    fn pod_has_a_clean_shutdown_window_and_no_api_access() {
+        let desired = render(&cluster(BASE));
+        let pod = pod_spec(&desired, "rw");
+        assert_eq!(pod.termination_grace_period_seconds, Some(300));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.enable_service_links, Some(false));
+    }
+}

@@ -1,0 +1,283 @@
+//! The generated CustomResourceDefinition: names, printer columns, and the schema-level rules
+//! (patterns, list semantics, CEL) the API server enforces at `kubectl apply`.
+
+use kube::CustomResourceExt;
+use omero_operator::api::OmeroCluster;
+use serde_json::{Value, json};
+
+const DURATION_PATTERN: &str = "^([0-9]+(h|ms|m|s))+$";
+const POSITIVE_DURATION_RULE: &str = "duration(self) > duration('0s')";
+
+fn crd() -> Value {
+    serde_json::to_value(OmeroCluster::crd()).expect("the CRD serialises")
+}
+
+/// The only served version.
+fn version() -> Value {
+    let crd = crd();
+    let versions = crd["spec"]["versions"].as_array().expect("versions");
+    assert_eq!(versions.len(), 1, "{versions:#?}");
+    versions[0].clone()
+}
+
+/// The schema at a dotted path of property names below `spec`, e.g. `nodes[].sessionProbe`
+/// (`[]` steps into a list's items).
+fn spec_schema(path: &str) -> Value {
+    let mut schema = version()["schema"]["openAPIV3Schema"]["properties"]["spec"].clone();
+    for step in path.split('.').filter(|s| !s.is_empty()) {
+        let (name, items) = match step.strip_suffix("[]") {
+            Some(name) => (name, true),
+            None => (step, false),
+        };
+        schema = schema["properties"][name].clone();
+        assert!(schema.is_object(), "no property {name} on the way to spec.{path}");
+        if items {
+            schema = schema["items"].clone();
+        }
+    }
+    schema
+}
+
+/// The CEL rules on one schema.
+fn rules(schema: &Value) -> Vec<Value> {
+    schema["x-kubernetes-validations"].as_array().cloned().unwrap_or_default()
+}
+
+#[track_caller]
+fn rule_containing(schema: &Value, text: &str) -> Value {
+    let rules = rules(schema);
+    let found: Vec<&Value> =
+        rules.iter().filter(|r| r["rule"].as_str().is_some_and(|rule| rule.contains(text))).collect();
+    assert_eq!(found.len(), 1, "expected one rule containing {text:?} in {rules:#?}");
+    found[0].clone()
+}
+
+// --- identity ---
+
+#[test]
+fn group_version_kind_and_names() {
+    let crd = crd();
+    assert_eq!(crd["metadata"]["name"], "omeroclusters.omero.openmicroscopy.org");
+    assert_eq!(crd["spec"]["group"], "omero.openmicroscopy.org");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    let names = &crd["spec"]["names"];
+    assert_eq!(names["kind"], "OmeroCluster");
+    assert_eq!(names["plural"], "omeroclusters");
+    assert_eq!(names["singular"], "omerocluster");
+    assert_eq!(names["shortNames"], json!(["omc"]));
+    let version = version();
+    assert_eq!(version["name"], "v1alpha1");
+    assert_eq!(version["served"], true);
+    assert_eq!(version["storage"], true);
+}
+
+#[test]
+fn status_is_a_subresource() {
+    assert_eq!(version()["subresources"], json!({"status": {}}));
+    assert!(version()["schema"]["openAPIV3Schema"]["properties"]["status"].is_object());
+}
+
+#[test]
+fn printer_columns_show_nodes_ready_serving_draining_and_age() {
+    let columns: Vec<(String, String, String)> = version()["additionalPrinterColumns"]
+        .as_array()
+        .expect("printer columns")
+        .iter()
+        .map(|c| {
+            let field = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (field("name"), field("type"), field("jsonPath"))
+        })
+        .collect();
+    let expected = [
+        ("Nodes", "integer", ".status.nodeCount"),
+        ("Ready", "integer", ".status.readyNodes"),
+        ("Serving", "integer", ".status.servingNodes"),
+        ("Draining", "integer", ".status.drainingNodes"),
+        ("Age", "date", ".metadata.creationTimestamp"),
+    ];
+    assert_eq!(
+        columns,
+        expected.map(|(n, t, p)| (n.to_string(), t.to_string(), p.to_string())),
+        "printer columns"
+    );
+    // Every status column points at a field the status schema has.
+    let status = &version()["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
+    for (_, _, path) in &columns {
+        if let Some(field) = path.strip_prefix(".status.") {
+            assert_eq!(status[field]["type"], "integer", "status.{field}");
+        }
+    }
+}
+
+// --- spec structure ---
+
+#[test]
+fn required_spec_fields() {
+    let spec = spec_schema("");
+    assert_eq!(spec["required"], json!(["database", "image", "nodes", "repository"]));
+    assert_eq!(spec_schema("image")["minLength"], 1);
+    assert_eq!(spec_schema("database.host")["minLength"], 1);
+    assert_eq!(spec_schema("repository.claimName")["minLength"], 1);
+    for secret in ["database.passwordSecret", "database.readOnly.passwordSecret"] {
+        assert_eq!(spec_schema(secret)["required"], json!(["key", "name"]), "{secret}");
+        assert_eq!(spec_schema(&format!("{secret}.name"))["minLength"], 1, "{secret}");
+        assert_eq!(spec_schema(&format!("{secret}.key"))["minLength"], 1, "{secret}");
+    }
+    assert_eq!(spec_schema("drain.maxUnavailable")["minimum"], 1.0);
+}
+
+#[test]
+fn nodes_are_a_map_list_keyed_by_name_with_at_least_one_entry() {
+    let nodes = spec_schema("nodes");
+    assert_eq!(nodes["type"], "array");
+    assert_eq!(nodes["x-kubernetes-list-type"], "map");
+    assert_eq!(nodes["x-kubernetes-list-map-keys"], json!(["name"]));
+    assert_eq!(nodes["minItems"], 1);
+    // CEL rules iterate over the nodes: a bound keeps their estimated cost within budget.
+    assert!(nodes["maxItems"].as_u64().is_some(), "nodes needs maxItems: {nodes:#?}");
+    // A map list's key must be required.
+    assert_eq!(nodes["items"]["required"], json!(["name"]));
+}
+
+#[test]
+fn node_name_is_a_dns_label() {
+    let name = spec_schema("nodes[].name");
+    assert_eq!(name["type"], "string");
+    assert_eq!(name["pattern"], "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$");
+    assert_eq!(name["minLength"], 1);
+    assert!(name["maxLength"].as_u64().is_some_and(|max| max <= 63), "{name:#?}");
+}
+
+#[test]
+fn every_duration_has_the_pattern_and_the_positive_rule() {
+    for path in
+        ["sessions.idleTimeout", "sessions.maxLifetime", "drain.timeout", "nodes[].sessionProbe.interval"]
+    {
+        let duration = spec_schema(path);
+        assert_eq!(duration["type"], "string", "{path}");
+        assert_eq!(duration["pattern"], DURATION_PATTERN, "{path}");
+        let rule = rule_containing(&duration, "duration(self)");
+        assert_eq!(rule["rule"], POSITIVE_DURATION_RULE, "{path}");
+        assert!(rule["message"].as_str().is_some_and(|m| m.contains("positive duration")), "{path}");
+    }
+}
+
+// --- CEL rules ---
+
+#[test]
+fn independent_topology_allows_at_most_one_read_write_node() {
+    let rule = rule_containing(&spec_schema(""), "self.topology != 'independent'");
+    assert_eq!(
+        rule["rule"],
+        "self.topology != 'independent' || self.nodes.filter(n, !has(n.readOnly) || !n.readOnly.db || !n.readOnly.repo).size() <= 1"
+    );
+    assert_eq!(rule["fieldPath"], ".nodes");
+    assert!(rule["message"].as_str().unwrap().contains("at most one read-write node"), "{rule:#?}");
+}
+
+#[test]
+fn grid_topology_needs_exactly_one_master() {
+    let rule = rule_containing(&spec_schema(""), "self.topology != 'grid'");
+    assert_eq!(
+        rule["rule"],
+        "self.topology != 'grid' || self.nodes.filter(n, has(n.master) && n.master).size() == 1"
+    );
+    assert_eq!(rule["fieldPath"], ".nodes");
+    assert!(rule["message"].as_str().unwrap().contains("exactly one node with master: true"), "{rule:#?}");
+}
+
+#[test]
+fn master_is_refused_outside_grid_topology() {
+    let rule = rule_containing(&spec_schema(""), "self.topology == 'grid'");
+    assert_eq!(rule["rule"], "self.topology == 'grid' || self.nodes.all(n, !has(n.master) || !n.master)");
+    assert_eq!(rule["fieldPath"], ".nodes");
+    assert!(rule["message"].as_str().unwrap().contains("only meaningful in grid topology"), "{rule:#?}");
+}
+
+#[test]
+fn metrics_probe_needs_a_port() {
+    let rule = rule_containing(&spec_schema("nodes[].sessionProbe"), "'metrics'");
+    assert_eq!(rule["rule"], "self.type != 'metrics' || has(self.port)");
+    assert_eq!(rule["fieldPath"], ".port");
+    assert!(rule["message"].as_str().unwrap().contains("needs port"), "{rule:#?}");
+}
+
+#[test]
+fn database_probe_is_refused_on_a_read_only_database_node() {
+    let rule = rule_containing(&spec_schema("nodes[]"), "'database'");
+    assert_eq!(
+        rule["rule"],
+        "!has(self.sessionProbe) || self.sessionProbe.type != 'database' || !has(self.readOnly) || !self.readOnly.db"
+    );
+    assert_eq!(rule["fieldPath"], ".sessionProbe.type");
+    assert!(rule["message"].as_str().unwrap().contains("use sessionProbe.type metrics or none"), "{rule:#?}");
+}
+
+/// The rules read `self.topology`, `n.readOnly.db`, `n.readOnly.repo` and
+/// `self.sessionProbe.type` without `has()`: that is safe only because the API server fills
+/// in their defaults before it evaluates CEL. Without a default, a document that leaves one
+/// out would fail with "no such key" instead of passing.
+#[test]
+fn fields_the_rules_read_without_has_have_defaults() {
+    assert_eq!(spec_schema("topology")["default"], "independent");
+    assert_eq!(spec_schema("topology")["enum"], json!(["independent", "grid"]));
+    assert_eq!(spec_schema("nodes[].readOnly.db")["default"], false);
+    assert_eq!(spec_schema("nodes[].readOnly.repo")["default"], false);
+    assert_eq!(spec_schema("nodes[].sessionProbe.type")["default"], "database");
+    assert_eq!(spec_schema("nodes[].sessionProbe.type")["enum"], json!(["database", "metrics", "none"]));
+}
+
+/// Walks every schema in the CRD, calling `visit` with the schema and its path.
+fn walk(schema: &Value, path: &str, visit: &mut dyn FnMut(&Value, &str)) {
+    visit(schema, path);
+    if let Some(properties) = schema["properties"].as_object() {
+        for (name, child) in properties {
+            walk(child, &format!("{path}.{name}"), visit);
+        }
+    }
+    if schema["items"].is_object() {
+        walk(&schema["items"], &format!("{path}[]"), visit);
+    }
+    if schema["additionalProperties"].is_object() {
+        walk(&schema["additionalProperties"], &format!("{path}{{}}"), visit);
+    }
+}
+
+/// The API server refuses a CRD whose rule has an empty message or a `fieldPath` that does
+/// not name a field of the schema the rule sits on.
+#[test]
+fn every_rule_has_a_message_and_a_field_path_that_exists() {
+    let root = version()["schema"]["openAPIV3Schema"].clone();
+    let mut count = 0;
+    walk(&root, "", &mut |schema, path| {
+        for rule in rules(schema) {
+            count += 1;
+            assert!(rule["message"].as_str().is_some_and(|m| !m.is_empty()), "{path}: {rule:#?}");
+            if let Some(field_path) = rule["fieldPath"].as_str() {
+                let mut target = schema.clone();
+                for step in field_path.strip_prefix('.').expect("fieldPath starts with '.'").split('.') {
+                    target = target["properties"][step].clone();
+                    assert!(target.is_object(), "{path}: fieldPath {field_path} does not exist");
+                }
+            }
+        }
+    });
+    // 3 on the spec, 1 on a node, 1 on a probe, 4 durations.
+    assert_eq!(count, 9, "rules in the CRD");
+}
+
+/// The API server accepts only structural schemas: every node has a type, unless it is an
+/// int-or-string or keeps unknown fields.
+#[test]
+fn schema_is_structural() {
+    let root = version()["schema"]["openAPIV3Schema"].clone();
+    walk(&root, "", &mut |schema, path| {
+        let typed = schema["type"].is_string()
+            || schema["x-kubernetes-int-or-string"] == true
+            || schema["x-kubernetes-preserve-unknown-fields"] == true;
+        assert!(typed, "{path} has no type: {schema:#?}");
+        for forbidden in ["$ref", "definitions", "$defs"] {
+            assert!(schema.get(forbidden).is_none(), "{path} has {forbidden}");
+        }
+    });
+}

@@ -1,0 +1,415 @@
+//! The `database` session probe against a real PostgreSQL holding OMERO's tables
+//! (tests/fixtures/omero-sessions-schema.sql). Each test creates its own database, so they run
+//! in parallel. Needs OMERO_OPERATOR_TEST_DATABASE_URL, which scripts/with-postgres.sh sets:
+//!
+//!   scripts/with-postgres.sh cargo test --test database_probe
+//!
+//! Without it the tests that need PostgreSQL print why and pass.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use omero_operator::api::{DatabaseEndpoint, SecretKeyRef, SessionProbe, SessionProbeKind};
+use omero_operator::omero::{DatabaseCredentials, ProbeError, ProbeTarget, ProbeTimeouts, SessionProbes};
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, Config, NoTls};
+
+const URL_VAR: &str = "OMERO_OPERATOR_TEST_DATABASE_URL";
+const SCHEMA: &str = include_str!("fixtures/omero-sessions-schema.sql");
+const POD_A: &str = "10.1.2.3";
+const POD_B: &str = "10.1.2.33";
+
+static DATABASES: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh database with OMERO's tables, and a way to write rows as OMERO would.
+struct OmeroDb {
+    admin: Client,
+    client: Client,
+    name: String,
+    endpoint: DatabaseEndpoint,
+    password: String,
+    next_session: i64,
+}
+
+async fn connect(config: &Config) -> Client {
+    let (client, connection) = config.connect(NoTls).await.expect("connect to the test PostgreSQL");
+    tokio::spawn(connection);
+    client
+}
+
+impl OmeroDb {
+    async fn create() -> Option<Self> {
+        let Ok(url) = std::env::var(URL_VAR) else {
+            eprintln!("skipped: {URL_VAR} is not set; run through scripts/with-postgres.sh");
+            return None;
+        };
+        let config: Config = url.parse().unwrap_or_else(|e| panic!("{URL_VAR}: {e}"));
+        let admin = connect(&config).await;
+        let name = format!("omero_probe_{}_{}", std::process::id(), DATABASES.fetch_add(1, Ordering::SeqCst));
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("CREATE DATABASE");
+        let mut own = config.clone();
+        own.dbname(&name);
+        let client = connect(&own).await;
+        client.batch_execute(SCHEMA).await.expect("load the OMERO schema fixture");
+
+        let host = match &config.get_hosts()[0] {
+            Host::Tcp(host) => host.clone(),
+            Host::Unix(path) => path.to_string_lossy().into_owned(),
+        };
+        let endpoint = DatabaseEndpoint {
+            host,
+            port: config.get_ports().first().copied().unwrap_or(5432),
+            name: name.clone(),
+            user: config.get_user().expect("a user in the URL").to_owned(),
+            password_secret: SecretKeyRef { name: "omero-db".into(), key: "password".into() },
+        };
+        let password = String::from_utf8(config.get_password().expect("a password in the URL").to_vec()).unwrap();
+        Some(Self { admin, client, name, endpoint, password, next_session: 100 })
+    }
+
+    fn credentials(&self) -> DatabaseCredentials<'_> {
+        DatabaseCredentials { endpoint: &self.endpoint, password: &self.password }
+    }
+
+    /// A node row as Blitz writes it at start-up: its proxy lists the pod IP and loopback.
+    async fn add_node(&self, id: i64, ip: &str, down: bool) {
+        let conn = format!(
+            "{id:08}-5f1e-4c0a-9d2b-7e3f1a2b3c4d -t -e 1.1:tcp -h {ip} -p 45678 -t 60000:tcp -h 127.0.0.1 -p 45678 -t 60000"
+        );
+        let down = if down { "now() - interval '1 day'" } else { "NULL" };
+        self.client
+            .execute(
+                &format!("INSERT INTO node (id, conn, uuid, down) VALUES ($1, $2, $3, {down})"),
+                &[&id, &conn, &format!("node-uuid-{id}")],
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn open_session(&mut self, node: i64, useragent: Option<&str>) -> i64 {
+        self.next_session += 1;
+        let id = self.next_session;
+        self.client
+            .execute(
+                "INSERT INTO session (id, uuid, node, useragent) VALUES ($1, $2, $3, $4)",
+                &[&id, &format!("session-uuid-{id}"), &node, &useragent],
+            )
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn share(&mut self, node: i64) -> i64 {
+        let id = self.open_session(node, Some("OMERO.web")).await;
+        self.client.execute("INSERT INTO share (session_id) VALUES ($1)", &[&id]).await.unwrap();
+        id
+    }
+
+    async fn close_session(&self, id: i64) {
+        self.client.execute("UPDATE session SET closed = now() WHERE id = $1", &[&id]).await.unwrap();
+    }
+
+    async fn set_node_down(&self, id: i64) {
+        self.client.execute("UPDATE node SET down = now() WHERE id = $1", &[&id]).await.unwrap();
+    }
+
+    /// Server connections the operator holds on this database.
+    async fn operator_connections(&self) -> i64 {
+        let row = self
+            .admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'omero-operator'",
+                &[&self.name],
+            )
+            .await
+            .unwrap();
+        row.get(0)
+    }
+
+    async fn drop(self) {
+        drop(self.client);
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        self.admin.batch_execute(&sql).await.expect("DROP DATABASE");
+    }
+}
+
+fn database_probe() -> SessionProbe {
+    SessionProbe { kind: SessionProbeKind::Database, ..SessionProbe::default() }
+}
+
+async fn count(
+    probes: &SessionProbes,
+    pod_ip: &str,
+    credentials: DatabaseCredentials<'_>,
+) -> Result<Option<u64>, ProbeError> {
+    let probe = database_probe();
+    probes.count(&ProbeTarget { pod_ip, probe: &probe, database: Some(credentials) }).await
+}
+
+#[tokio::test]
+async fn the_count_follows_open_user_sessions_of_the_pods_live_node() {
+    let Some(mut db) = OmeroDb::create().await else { return };
+    let probes = SessionProbes::default();
+    db.add_node(1, POD_A, false).await;
+    db.add_node(2, POD_B, false).await;
+    // The node that ran in pod A's IP before a restart; OMERO left one session open on it.
+    db.add_node(3, POD_A, true).await;
+    db.open_session(3, Some("OMERO.insight")).await;
+    // Each JVM's own session and the placeholder node's never count.
+    db.open_session(1, Some("Internal")).await;
+    db.open_session(2, Some("Internal")).await;
+    db.open_session(0, Some("OMERO.web")).await;
+    let a = |db: &OmeroDb| {
+        let probes = probes.clone();
+        let credentials = db.credentials();
+        async move { count(&probes, POD_A, credentials).await }
+    };
+    assert_eq!(a(&db).await, Ok(Some(0)));
+
+    let insight = db.open_session(1, Some("OMERO.insight")).await;
+    let web = db.open_session(1, Some("OMERO.web")).await;
+    assert_eq!(a(&db).await, Ok(Some(2)));
+
+    // Pod B's sessions are pod B's, although its IP starts with pod A's.
+    let b_session = db.open_session(2, Some("OMERO.py")).await;
+    assert_eq!(a(&db).await, Ok(Some(2)));
+    assert_eq!(count(&probes, POD_B, db.credentials()).await, Ok(Some(1)));
+
+    // A session without a user agent is a user's session.
+    let anonymous = db.open_session(1, None).await;
+    assert_eq!(a(&db).await, Ok(Some(3)));
+
+    // A share is not a login.
+    db.share(1).await;
+    assert_eq!(a(&db).await, Ok(Some(3)));
+
+    db.close_session(insight).await;
+    assert_eq!(a(&db).await, Ok(Some(2)));
+    db.close_session(web).await;
+    db.close_session(anonymous).await;
+    assert_eq!(a(&db).await, Ok(Some(0)));
+    assert_eq!(count(&probes, POD_B, db.credentials()).await, Ok(Some(1)));
+    db.close_session(b_session).await;
+    assert_eq!(count(&probes, POD_B, db.credentials()).await, Ok(Some(0)));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_pod_without_a_live_node_is_an_error_not_zero() {
+    let Some(mut db) = OmeroDb::create().await else { return };
+    let probes = SessionProbes::default();
+    db.add_node(2, POD_B, false).await;
+    db.add_node(3, POD_A, true).await;
+    db.open_session(3, Some("OMERO.web")).await;
+    let error = count(&probes, POD_A, db.credentials()).await.unwrap_err();
+    let ProbeError::NodeNotRegistered { pod_ip, live, .. } = &error else { panic!("{error}") };
+    assert_eq!((pod_ip.as_str(), live.as_str()), (POD_A, "live nodes publish 10.1.2.33"));
+    assert!(error.to_string().contains(&format!("@127.0.0.1:{}/{}", db.endpoint.port, db.name)), "{error}");
+
+    // Once pod A's server registers, its count is known; when it goes down, it is not.
+    db.add_node(4, POD_A, false).await;
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(0)));
+    db.set_node_down(4).await;
+    assert!(matches!(count(&probes, POD_A, db.credentials()).await, Err(ProbeError::NodeNotRegistered { .. })));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_an_error_and_a_corrected_one_recovers() {
+    let Some(mut db) = OmeroDb::create().await else { return };
+    let probes = SessionProbes::default();
+    db.add_node(1, POD_A, false).await;
+    db.open_session(1, Some("OMERO.web")).await;
+    let wrong = DatabaseCredentials { endpoint: &db.endpoint, password: "not-the-password" };
+    let error = count(&probes, POD_A, wrong).await.unwrap_err();
+    let ProbeError::Database { reason, .. } = &error else { panic!("{error}") };
+    assert!(reason.contains("password authentication failed"), "{reason}");
+    assert!(reason.contains("28P01"), "{reason}");
+    assert!(!error.to_string().contains("not-the-password"), "{error}");
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(1)));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_locked_table_ends_in_the_statement_timeout_and_the_next_probe_recovers() {
+    let Some(mut db) = OmeroDb::create().await else { return };
+    let timeouts =
+        ProbeTimeouts { statement: Duration::from_millis(300), total: Duration::from_secs(10), ..Default::default() };
+    let probes = SessionProbes::new(timeouts);
+    db.add_node(1, POD_A, false).await;
+    db.open_session(1, Some("OMERO.web")).await;
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(1)));
+
+    // Another client (a migration, say) holds the session table.
+    let mut config: Config = std::env::var(URL_VAR).unwrap().parse().unwrap();
+    config.dbname(&db.name);
+    let mut locker = connect(&config).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE session IN ACCESS EXCLUSIVE MODE").await.unwrap();
+
+    let started = std::time::Instant::now();
+    let error = count(&probes, POD_A, db.credentials()).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    let ProbeError::Database { reason, .. } = &error else { panic!("{error}") };
+    assert!(reason.contains("statement timeout") && reason.contains("57014"), "{reason}");
+
+    lock.rollback().await.unwrap();
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(1)));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn clusters_on_one_database_share_one_small_pool() {
+    let Some(mut db) = OmeroDb::create().await else { return };
+    db.add_node(1, POD_A, false).await;
+    db.add_node(2, POD_B, false).await;
+    db.open_session(1, Some("OMERO.web")).await;
+    db.open_session(2, Some("OMERO.web")).await;
+    db.open_session(2, Some("OMERO.web")).await;
+
+    // Two clusters: same database and user, their own Secret objects.
+    let probes = SessionProbes::default();
+    let other_cluster = probes.clone();
+    let mut other_endpoint = db.endpoint.clone();
+    other_endpoint.password_secret = SecretKeyRef { name: "second-cluster-db".into(), key: "pw".into() };
+    let other = DatabaseCredentials { endpoint: &other_endpoint, password: &db.password };
+    for _ in 0..5 {
+        assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(1)));
+        assert_eq!(count(&other_cluster, POD_B, other).await, Ok(Some(2)));
+    }
+    assert_eq!(probes.database_pools(), 1);
+    assert_eq!(db.operator_connections().await, 1, "one after another, the probes reuse one connection");
+
+    // At once, they never hold more than the pool's two connections.
+    let many = (0..16).map(|i| {
+        let probes = probes.clone();
+        let credentials = if i % 2 == 0 { db.credentials() } else { other };
+        async move { count(&probes, if i % 2 == 0 { POD_A } else { POD_B }, credentials).await }
+    });
+    for result in futures::future::join_all(many).await {
+        assert!(matches!(result, Ok(Some(1 | 2))), "{result:?}");
+    }
+    assert!(db.operator_connections().await <= 2);
+    assert_eq!(probes.database_pools(), 1);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_select_only_role_is_enough() {
+    let Some(mut db) = OmeroDb::create().await else { return };
+    db.add_node(1, POD_A, false).await;
+    db.open_session(1, Some("OMERO.web")).await;
+    let role = format!("{}_ro", db.name);
+    let created = db.admin.batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'read-only-pw'")).await;
+    if let Err(e) = created {
+        eprintln!("skipped: the test role cannot create roles ({e})");
+        return db.drop().await;
+    }
+    db.admin.batch_execute(&format!("GRANT CONNECT ON DATABASE {} TO {role}", db.name)).await.unwrap();
+    db.client.batch_execute(&format!("GRANT SELECT ON node, session, share TO {role}")).await.unwrap();
+    let mut endpoint = db.endpoint.clone();
+    endpoint.user = role.clone();
+    let probes = SessionProbes::default();
+    let read_only = DatabaseCredentials { endpoint: &endpoint, password: "read-only-pw" };
+    assert_eq!(count(&probes, POD_A, read_only).await, Ok(Some(1)));
+
+    db.client.batch_execute(&format!("REVOKE SELECT ON share FROM {role}")).await.unwrap();
+    let error = count(&probes, POD_A, read_only).await.unwrap_err();
+    assert!(error.to_string().contains("the probe needs SELECT on node, session and share"), "{error}");
+    let admin = db.admin.clone_for_drop();
+    drop(probes);
+    db.drop().await;
+    admin.batch_execute(&format!("DROP ROLE {role}")).await.unwrap();
+}
+
+/// What the admin connection needs after the database is gone: a second connection.
+trait CloneForDrop {
+    fn clone_for_drop(&self) -> AdminAfterDrop;
+}
+
+struct AdminAfterDrop;
+
+impl CloneForDrop for Client {
+    fn clone_for_drop(&self) -> AdminAfterDrop {
+        AdminAfterDrop
+    }
+}
+
+impl AdminAfterDrop {
+    async fn batch_execute(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        let config: Config = std::env::var(URL_VAR).unwrap().parse().unwrap();
+        connect(&config).await.batch_execute(sql).await
+    }
+}
+
+// The failures below need no PostgreSQL, so they always run.
+
+fn unreachable_endpoint(port: u16) -> DatabaseEndpoint {
+    DatabaseEndpoint {
+        host: "127.0.0.1".into(),
+        port,
+        name: "omero".into(),
+        user: "omero".into(),
+        password_secret: SecretKeyRef { name: "db".into(), key: "password".into() },
+    }
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_an_error() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let endpoint = unreachable_endpoint(port);
+    let credentials = DatabaseCredentials { endpoint: &endpoint, password: "pw" };
+    let error = count(&SessionProbes::default(), POD_A, credentials).await.unwrap_err();
+    assert_eq!(
+        error,
+        ProbeError::Database {
+            endpoint: format!("omero@127.0.0.1:{port}/omero"),
+            reason: "error connecting to server: Connection refused (os error 111)".into(),
+        }
+    );
+    assert_eq!(
+        error.to_string(),
+        format!("database omero@127.0.0.1:{port}/omero: error connecting to server: Connection refused (os error 111)")
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out() {
+    // Accepts connections and says nothing, like a hung server or a half-open proxy.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let probes =
+        SessionProbes::new(ProbeTimeouts { total: Duration::from_millis(400), ..ProbeTimeouts::default() });
+    let endpoint = unreachable_endpoint(port);
+    let credentials = DatabaseCredentials { endpoint: &endpoint, password: "pw" };
+    let started = std::time::Instant::now();
+    let error = count(&probes, POD_A, credentials).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert_eq!(error.to_string(), format!("database omero@127.0.0.1:{port}/omero: no answer within 0.4s"));
+    silent.abort();
+}
+
+#[tokio::test]
+async fn probe_kinds_and_misconfiguration() {
+    let probes = SessionProbes::default();
+    let none = SessionProbe { kind: SessionProbeKind::None, ..SessionProbe::default() };
+    assert_eq!(probes.count(&ProbeTarget { pod_ip: "", probe: &none, database: None }).await, Ok(None));
+
+    let database = database_probe();
+    let error = probes.count(&ProbeTarget { pod_ip: POD_A, probe: &database, database: None }).await;
+    assert!(matches!(error, Err(ProbeError::Config(_))), "{error:?}");
+
+    let endpoint = unreachable_endpoint(5432);
+    let credentials = Some(DatabaseCredentials { endpoint: &endpoint, password: "pw" });
+    let error = probes.count(&ProbeTarget { pod_ip: "pod-a", probe: &database, database: credentials }).await;
+    assert_eq!(error, Err(ProbeError::Config("pod IP \"pod-a\" is not an IP address".into())));
+}

@@ -1,0 +1,340 @@
+//! The kube adapter's requests, checked on a scripted API server (`tower-test`), as kube-rs's
+//! controller-rs does: server-side apply with the operator's field manager, the status
+//! subresource, label patches on pods, deletes, Events; and the count of write requests of an
+//! unchanged reconcile through the real adapter.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::{Client, client::Body};
+use omero_operator::{
+    api::{OmeroCluster, OmeroClusterStatus, SecretKeyRef},
+    controller::{
+        Clock, Context,
+        kube_port::KubePort,
+        port::{ChildKind, ClusterPort, Event, EventType},
+        reconcile,
+    },
+    render,
+};
+use serde_json::{Value, json};
+use support::{FakeSessions, cluster_from_yaml};
+
+const CLUSTER: &str = r#"
+apiVersion: omero.openmicroscopy.org/v1alpha1
+kind: OmeroCluster
+metadata: {name: omero}
+spec:
+  image: openmicroscopy/omero-server:5.6
+  database: {host: db, passwordSecret: {name: omero-db, key: password}}
+  repository: {claimName: omero-data}
+  nodes:
+  - name: rw
+  - name: ro-1
+    readOnly: {db: true, repo: true}
+  - name: ro-2
+    readOnly: {db: true, repo: true}
+"#;
+
+/// A request as the API server saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: Method,
+    path: String,
+    query: String,
+    content_type: Option<String>,
+    body: Value,
+}
+
+impl Seen {
+    fn is_write(&self) -> bool {
+        self.method != Method::GET
+    }
+}
+
+/// A small in-memory API server: enough of apps/v1, core/v1, events and the OmeroCluster
+/// status for the adapter, storing what is applied and answering lists from it.
+#[derive(Default)]
+struct ApiServer {
+    seen: Vec<Seen>,
+    /// Objects by "kind/name".
+    objects: BTreeMap<String, Value>,
+    cluster: Value,
+}
+
+type Shared = Arc<Mutex<ApiServer>>;
+
+fn client(server: Shared) -> Client {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(async move {
+        while let Some((request, respond)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect_bytes().await.unwrap();
+            let body: Value =
+                if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+            let seen = Seen {
+                method: parts.method.clone(),
+                path: parts.uri.path().to_string(),
+                query: parts.uri.query().unwrap_or_default().to_string(),
+                content_type: parts.headers.get("content-type").map(|v| v.to_str().unwrap().to_string()),
+                body,
+            };
+            let (status, reply) = server.lock().unwrap().answer(seen);
+            respond.send_response(
+                Response::builder()
+                    .status(status)
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    Client::new(service, "omero")
+}
+
+impl ApiServer {
+    fn answer(&mut self, seen: Seen) -> (StatusCode, Value) {
+        self.seen.push(seen.clone());
+        let parts: Vec<&str> = seen.path.trim_start_matches('/').split('/').collect();
+        let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
+        match (seen.method.clone(), parts.as_slice()) {
+            (Method::GET, [.., "namespaces", _, kind]) => {
+                let items: Vec<Value> = self
+                    .objects
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&format!("{kind}/")))
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                (
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
+                )
+            }
+            (Method::GET, [.., "secrets", name]) => match self.objects.get(&format!("secrets/{name}")) {
+                Some(v) => (StatusCode::OK, v.clone()),
+                None => (StatusCode::NOT_FOUND, not_found),
+            },
+            (Method::PATCH, [.., "omeroclusters", _, "status"]) => {
+                self.cluster["status"] = seen.body["status"].clone();
+                (StatusCode::OK, self.cluster.clone())
+            }
+            (Method::PATCH, [.., "pods", name]) => {
+                let pod = self.objects.get_mut(&format!("pods/{name}")).unwrap();
+                for (k, v) in seen.body["metadata"]["labels"].as_object().unwrap() {
+                    let labels = pod["metadata"]["labels"].as_object_mut().unwrap();
+                    if v.is_null() {
+                        labels.remove(k);
+                    } else {
+                        labels.insert(k.clone(), v.clone());
+                    }
+                }
+                (StatusCode::OK, pod.clone())
+            }
+            (Method::PATCH, [.., kind, name]) => {
+                self.objects.insert(format!("{kind}/{name}"), seen.body.clone());
+                (StatusCode::OK, seen.body)
+            }
+            (Method::DELETE, [.., kind, name]) => match self.objects.remove(&format!("{kind}/{name}")) {
+                Some(_) => {
+                    (StatusCode::OK, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+                }
+                None => (StatusCode::NOT_FOUND, not_found),
+            },
+            (Method::POST, [.., "events"]) => (StatusCode::CREATED, seen.body),
+            other => panic!("unexpected request {other:?}"),
+        }
+    }
+}
+
+fn setup() -> (Shared, KubePort, OmeroCluster) {
+    let cluster = cluster_from_yaml(CLUSTER);
+    let server = Shared::default();
+    server.lock().unwrap().cluster = serde_json::to_value(&cluster).unwrap();
+    let port = KubePort::new(client(server.clone()));
+    (server, port, cluster)
+}
+
+fn seen(server: &Shared) -> Vec<Seen> {
+    std::mem::take(&mut server.lock().unwrap().seen)
+}
+
+#[tokio::test]
+async fn children_are_applied_server_side_with_one_field_manager() {
+    let (server, port, cluster) = setup();
+    let desired = render::render(&cluster);
+    port.apply_deployment("omero", &desired.deployments[0]).await.unwrap();
+    port.apply_service("omero", &desired.services[0]).await.unwrap();
+    let requests = seen(&server);
+    assert_eq!(requests.len(), 2);
+    let d = &requests[0];
+    assert_eq!(d.method, Method::PATCH);
+    assert_eq!(d.path, "/apis/apps/v1/namespaces/omero/deployments/omero-rw");
+    assert!(d.query.contains("fieldManager=omero-operator") && d.query.contains("force=true"), "{}", d.query);
+    assert_eq!(d.content_type.as_deref(), Some("application/apply-patch+yaml"));
+    assert_eq!(d.body["apiVersion"], "apps/v1");
+    assert_eq!(d.body["kind"], "Deployment");
+    assert_eq!(d.body["metadata"]["ownerReferences"][0]["uid"], cluster.metadata.uid.clone().unwrap());
+    assert_eq!(d.body["spec"]["strategy"]["type"], "Recreate");
+    let s = &requests[1];
+    assert_eq!(
+        s.path,
+        format!("/api/v1/namespaces/omero/services/{}", desired.services[0].metadata.name.clone().unwrap())
+    );
+    assert_eq!((s.body["apiVersion"].as_str(), s.body["kind"].as_str()), (Some("v1"), Some("Service")));
+    assert!(s.query.contains("fieldManager=omero-operator"));
+}
+
+#[tokio::test]
+async fn status_goes_to_the_status_subresource() {
+    let (server, port, cluster) = setup();
+    let status = OmeroClusterStatus { observed_generation: Some(1), node_count: 3, ..Default::default() };
+    port.patch_status(&cluster, &status).await.unwrap();
+    let requests = seen(&server);
+    let r = &requests[0];
+    assert_eq!(r.method, Method::PATCH);
+    assert_eq!(r.path, "/apis/omero.openmicroscopy.org/v1alpha1/namespaces/omero/omeroclusters/omero/status");
+    assert!(r.query.contains("fieldManager=omero-operator") && r.query.contains("force=true"));
+    assert_eq!(r.content_type.as_deref(), Some("application/apply-patch+yaml"));
+    assert_eq!(r.body["apiVersion"], "omero.openmicroscopy.org/v1alpha1");
+    assert_eq!(r.body["kind"], "OmeroCluster");
+    assert_eq!(r.body["status"]["observedGeneration"], 1);
+    assert_eq!(r.body["status"]["nodeCount"], 3);
+    assert!(r.body.get("spec").is_none(), "a status apply carries no spec");
+}
+
+#[tokio::test]
+async fn the_routable_label_is_merge_patched_on_the_pod() {
+    let (server, port, _) = setup();
+    server.lock().unwrap().objects.insert("pods/p".into(), json!({"metadata": {"name": "p", "labels": {}}}));
+    port.set_routable("omero", "p", true).await.unwrap();
+    port.set_routable("omero", "p", false).await.unwrap();
+    let requests = seen(&server);
+    assert_eq!(requests[0].path, "/api/v1/namespaces/omero/pods/p");
+    assert_eq!(requests[0].content_type.as_deref(), Some("application/merge-patch+json"));
+    assert!(requests[0].query.contains("fieldManager=omero-operator"));
+    assert_eq!(
+        requests[0].body,
+        json!({"metadata": {"labels": {"omero.openmicroscopy.org/routable": "true"}}})
+    );
+    assert_eq!(
+        requests[1].body,
+        json!({"metadata": {"labels": {"omero.openmicroscopy.org/routable": null}}})
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_child_that_is_already_gone_is_fine() {
+    let (server, port, _) = setup();
+    server.lock().unwrap().objects.insert("deployments/omero-old".into(), json!({}));
+    port.delete_child("omero", ChildKind::Deployment, "omero-old").await.unwrap();
+    port.delete_child("omero", ChildKind::Service, "omero-old").await.unwrap();
+    let requests = seen(&server);
+    assert_eq!(requests[0].method, Method::DELETE);
+    assert_eq!(requests[0].path, "/apis/apps/v1/namespaces/omero/deployments/omero-old");
+    assert_eq!(requests[1].path, "/api/v1/namespaces/omero/services/omero-old");
+}
+
+#[tokio::test]
+async fn children_are_listed_by_the_cluster_labels() {
+    let (server, port, cluster) = setup();
+    port.children(&cluster).await.unwrap();
+    let requests = seen(&server);
+    let paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/apis/apps/v1/namespaces/omero/deployments",
+            "/api/v1/namespaces/omero/services",
+            "/api/v1/namespaces/omero/pods"
+        ]
+    );
+    for r in &requests {
+        assert!(r.query.contains("labelSelector="), "{}", r.query);
+        assert!(r.query.contains("omero.openmicroscopy.org%2Fcluster%3Domero"), "{}", r.query);
+    }
+}
+
+#[tokio::test]
+async fn secrets_are_read_and_decoded() {
+    let (server, port, _) = setup();
+    server
+        .lock()
+        .unwrap()
+        .objects
+        .insert("secrets/omero-db".into(), json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "omero-db"}, "data": {"password": "czNjcmV0"}}));
+    let key = SecretKeyRef { name: "omero-db".into(), key: "password".into() };
+    assert_eq!(port.secret_value("omero", &key).await.unwrap(), "s3cret");
+    let wrong = SecretKeyRef { name: "omero-db".into(), key: "pass".into() };
+    assert_eq!(
+        port.secret_value("omero", &wrong).await.unwrap_err().to_string(),
+        "Secret omero-db has no key pass"
+    );
+    let absent = SecretKeyRef { name: "nope".into(), key: "password".into() };
+    assert!(port.secret_value("omero", &absent).await.is_err());
+}
+
+#[tokio::test]
+async fn events_are_created_about_the_cluster() {
+    let (server, port, cluster) = setup();
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "DrainRefused".into(),
+        note: "why".into(),
+        action: "Drain".into(),
+    };
+    port.publish(&cluster, &event).await.unwrap();
+    let requests = seen(&server);
+    let r = &requests[0];
+    assert_eq!(
+        (r.method.clone(), r.path.as_str()),
+        (Method::POST, "/apis/events.k8s.io/v1/namespaces/omero/events")
+    );
+    assert_eq!(r.body["type"], "Warning");
+    assert_eq!(r.body["reason"], "DrainRefused");
+    assert_eq!(r.body["note"], "why");
+    assert_eq!(r.body["regarding"]["kind"], "OmeroCluster");
+    assert_eq!(r.body["regarding"]["name"], "omero");
+    assert_eq!(r.body["reportingController"], "omero-operator");
+}
+
+/// The measure of the core issue: API write requests sent by a second, unchanged reconcile of
+/// a 3-node cluster, counted at the HTTP layer through the real adapter.
+#[tokio::test]
+async fn an_unchanged_reconcile_sends_no_write_request() {
+    let (server, port, _) = setup();
+    let ctx = Arc::new(Context::new(port, FakeSessions::default(), Clock::system()));
+    let current = |server: &Shared| -> Arc<OmeroCluster> {
+        Arc::new(serde_json::from_value(server.lock().unwrap().cluster.clone()).unwrap())
+    };
+
+    reconcile(current(&server), ctx.clone()).await.unwrap();
+    let first = seen(&server);
+    assert!(first.iter().filter(|r| r.is_write()).count() >= 7, "creates 3 Deployments and 4 Services");
+    // The pods come up, ready; the next reconcile labels them routable.
+    for (node, ip) in [("rw", "10.0.0.1"), ("ro-1", "10.0.0.2"), ("ro-2", "10.0.0.3")] {
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("omero-{node}-x"), "namespace": "omero",
+                         "labels": {"omero.openmicroscopy.org/cluster": "omero", "omero.openmicroscopy.org/node": node,
+                                    "app.kubernetes.io/managed-by": "omero-operator"}},
+            "spec": {"containers": [{"name": "omero-server", "image": "openmicroscopy/omero-server:5.6"}]},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}
+        });
+        server.lock().unwrap().objects.insert(format!("pods/omero-{node}-x"), pod);
+    }
+    reconcile(current(&server), ctx.clone()).await.unwrap();
+    let second = seen(&server);
+    assert_eq!(second.iter().filter(|r| r.path.contains("/pods/")).count(), 3, "three label patches");
+
+    reconcile(current(&server), ctx.clone()).await.unwrap();
+    let third = seen(&server);
+    let writes: Vec<String> =
+        third.iter().filter(|r| r.is_write()).map(|r| format!("{} {}", r.method, r.path)).collect();
+    println!("unchanged reconcile of a 3-node cluster: {} requests, {} writes", third.len(), writes.len());
+    assert_eq!(writes, Vec::<String>::new());
+    assert_eq!(third.len(), 3, "three list reads");
+}

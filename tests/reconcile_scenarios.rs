@@ -1,0 +1,438 @@
+//! Whole reconciles through the port doubles, on tokio's paused clock: bring-up, no-op
+//! reconciles, child removal, invalid specs, and drains (to zero, to the deadline, with a
+//! failing probe, across an operator restart, undrained, refused).
+
+mod support;
+
+use std::time::Duration;
+
+use omero_operator::{
+    api::{NodePhase, SessionProbeKind, conditions},
+    controller::{RESYNC, port::ChildKind},
+    drain::{DRAIN_ANNOTATION, FORCE_ANNOTATION},
+};
+use support::*;
+
+const CLUSTER: &str = r#"
+apiVersion: omero.openmicroscopy.org/v1alpha1
+kind: OmeroCluster
+metadata: {name: omero}
+spec:
+  image: openmicroscopy/omero-server:5.6
+  database: {host: db, passwordSecret: {name: omero-db, key: password}}
+  repository: {claimName: omero-data}
+  drain: {timeout: 30m}
+  nodes:
+  - name: rw
+    sessionProbe: {type: database, interval: 10s}
+  - name: ro-1
+    readOnly: {db: true, repo: true}
+    sessionProbe: {type: metrics, port: 9449, interval: 10s}
+  - name: ro-2
+    readOnly: {db: true, repo: true}
+    sessionProbe: {type: metrics, port: 9449, interval: 10s}
+"#;
+
+const IPS: [(&str, &str); 3] = [("rw", "10.0.0.1"), ("ro-1", "10.0.0.2"), ("ro-2", "10.0.0.3")];
+
+fn setup(yaml: &str) -> (FakeCluster, FakeSessions, std::sync::Arc<Ctx>) {
+    let fake = FakeCluster::new(cluster_from_yaml(yaml));
+    fake.state().secrets.insert(("omero-db".into(), "password".into()), "s3cret".into());
+    let sessions = FakeSessions::default();
+    let ctx = context(&fake, &sessions);
+    (fake, sessions, ctx)
+}
+
+/// Creates the objects, starts every pod ready, and labels them routable.
+async fn bring_up(fake: &FakeCluster, ctx: &std::sync::Arc<Ctx>) {
+    reconcile_once(fake, ctx).await.unwrap();
+    for (node, ip) in IPS {
+        fake.set_pod(node, ip, true);
+    }
+    reconcile_once(fake, ctx).await.unwrap();
+    fake.take_writes();
+}
+
+/// Reconciles as the controller's requeue would, advancing the paused clock, until `done`
+/// holds; returns the virtual time it took.
+async fn run_until(
+    fake: &FakeCluster,
+    ctx: &std::sync::Arc<Ctx>,
+    max_steps: usize,
+    done: impl Fn(&FakeCluster) -> bool,
+) -> Duration {
+    let start = tokio::time::Instant::now();
+    for _ in 0..max_steps {
+        let requeue = reconcile_once(fake, ctx).await.unwrap();
+        if done(fake) {
+            return start.elapsed();
+        }
+        tokio::time::advance(requeue).await;
+    }
+    panic!("not done after {max_steps} reconciles; status: {:#?}", fake.status());
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_reconcile_creates_every_object_and_reports_pending_nodes() {
+    let (fake, _, ctx) = setup(CLUSTER);
+    reconcile_once(&fake, &ctx).await.unwrap();
+    let writes = fake.writes();
+    for d in ["omero-rw", "omero-ro-1", "omero-ro-2"] {
+        assert!(writes.contains(&Write::ApplyDeployment(d.into())), "{writes:?}");
+        assert!(writes.contains(&Write::ApplyService(d.into())), "{writes:?}");
+    }
+    assert!(writes.contains(&Write::ApplyService("omero".into())), "entry service: {writes:?}");
+    assert!(writes.contains(&Write::Status));
+    let status = fake.status();
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.node_count, 3);
+    assert!(status.nodes.iter().all(|n| n.phase == NodePhase::Pending));
+    let progressing = status.condition(conditions::PROGRESSING).unwrap();
+    assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("True", "NodesStarting"));
+    assert_eq!(status.condition(conditions::READY).unwrap().status, "False");
+}
+
+#[tokio::test(start_paused = true)]
+async fn ready_pods_become_routable_and_an_unchanged_reconcile_writes_nothing() {
+    let (fake, _, ctx) = setup(CLUSTER);
+    reconcile_once(&fake, &ctx).await.unwrap();
+    fake.take_writes();
+    for (node, ip) in IPS {
+        fake.set_pod(node, ip, true);
+    }
+    reconcile_once(&fake, &ctx).await.unwrap();
+    let writes = fake.take_writes();
+    assert!(writes.contains(&Write::Label { pod: "omero-ro-1-pod".into(), routable: true }), "{writes:?}");
+    assert!(
+        writes.iter().all(|w| !matches!(w, Write::ApplyDeployment(_) | Write::ApplyService(_))),
+        "{writes:?}"
+    );
+    assert!(fake.event_reasons().iter().filter(|r| *r == "NodeServing").count() == 3);
+    let status = fake.status();
+    assert_eq!((status.ready_nodes, status.serving_nodes), (3, 3));
+    assert!(status.nodes.iter().all(|n| n.phase == NodePhase::Serving && n.routable && n.ready));
+    assert_eq!(status.condition(conditions::READY).unwrap().status, "True");
+
+    // The measure of the issue: a second, unchanged reconcile of a 3-node cluster.
+    let requeue = reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.take_writes(), vec![], "an unchanged reconcile must not write");
+    assert_eq!(requeue, RESYNC);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_changed_spec_reapplies_only_what_changed() {
+    let (fake, _, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    {
+        let mut state = fake.state();
+        let cluster = state.cluster.as_mut().unwrap();
+        cluster.spec.nodes[1].config.insert("omero.jvmcfg.percent.blitz".into(), "40".into());
+        cluster.metadata.generation = Some(2);
+    }
+    reconcile_once(&fake, &ctx).await.unwrap();
+    let applies: Vec<_> = fake
+        .take_writes()
+        .into_iter()
+        .filter(|w| matches!(w, Write::ApplyDeployment(_) | Write::ApplyService(_)))
+        .collect();
+    assert_eq!(applies, vec![Write::ApplyDeployment("omero-ro-1".into())]);
+    assert_eq!(fake.status().observed_generation, Some(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_removed_from_the_spec_loses_its_objects_and_only_those() {
+    let (fake, _, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    // An object labelled as this cluster's but not owned by it is left alone.
+    {
+        let mut state = fake.state();
+        let mut stranger = state.services["omero-ro-2"].clone();
+        stranger.metadata.name = Some("omero-handmade".into());
+        stranger.metadata.owner_references = None;
+        state.services.insert("omero-handmade".into(), stranger);
+        state.cluster.as_mut().unwrap().spec.nodes.retain(|n| n.name != "ro-2");
+    }
+    reconcile_once(&fake, &ctx).await.unwrap();
+    let writes = fake.take_writes();
+    assert!(writes.contains(&Write::Delete(ChildKind::Deployment, "omero-ro-2".into())), "{writes:?}");
+    assert!(writes.contains(&Write::Delete(ChildKind::Service, "omero-ro-2".into())), "{writes:?}");
+    assert!(!writes.iter().any(|w| matches!(w, Write::Delete(_, n) if n == "omero-handmade")));
+    assert!(fake.event_reasons().contains(&"NodeRemoved".to_string()));
+    assert_eq!(fake.status().node_count, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_spec_changes_nothing_and_says_why_once() {
+    let (fake, _, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    {
+        let mut state = fake.state();
+        let cluster = state.cluster.as_mut().unwrap();
+        cluster.spec.nodes[1].read_only = None; // a second read-write node
+        cluster.spec.nodes[1].session_probe = None;
+        cluster.spec.nodes.retain(|n| n.name != "ro-2"); // would delete ro-2 if valid
+        cluster.metadata.generation = Some(2);
+    }
+    reconcile_once(&fake, &ctx).await.unwrap();
+    let writes = fake.take_writes();
+    assert_eq!(
+        writes,
+        vec![Write::Event("InvalidSpec".into()), Write::Status],
+        "nothing but status and event"
+    );
+    let status = fake.status();
+    let degraded = status.condition(conditions::DEGRADED).unwrap();
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "InvalidSpec"));
+    assert!(degraded.message.contains("spec.nodes: independent topology allows at most one read-write node"));
+    assert!(degraded.message.contains("rw, ro-1"), "{}", degraded.message);
+    assert_eq!(degraded.observed_generation, Some(2));
+    assert_eq!(status.serving_nodes, 3, "nodes keep serving");
+    let event = fake.state().events.last().cloned().unwrap();
+    assert_eq!(event.type_, omero_operator::controller::port::EventType::Warning);
+
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.take_writes(), vec![], "the same invalid spec is not announced twice");
+
+    // Fixed: the operator resumes and says so.
+    {
+        let mut state = fake.state();
+        let cluster = state.cluster.as_mut().unwrap();
+        cluster.spec.nodes[1].read_only = Some(omero_operator::api::ReadOnlySpec { db: true, repo: true });
+        cluster.metadata.generation = Some(3);
+    }
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert!(fake.event_reasons().contains(&"SpecValid".to_string()));
+    assert_eq!(fake.status().condition(conditions::DEGRADED).unwrap().status, "False");
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_to_zero_sessions() {
+    let (fake, sessions, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    sessions.set("10.0.0.2", Ok(3));
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
+
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert!(!fake.pod_routable("ro-1"), "draining node leaves the entry Service");
+    assert!(fake.pod_routable("ro-2") && fake.pod_routable("rw"));
+    let node = fake.node("ro-1");
+    assert_eq!(node.phase, NodePhase::Draining);
+    assert_eq!(time(&node.drain_deadline), time(&node.drain_started_at) + Duration::from_secs(1800));
+    assert_eq!(fake.event_reasons().last().unwrap(), "DrainStarted");
+    assert_eq!(fake.status().draining_nodes, 1);
+
+    // Three sessions: stays Draining, and the count shows.
+    run_until(&fake, &ctx, 5, |f| f.node("ro-1").sessions == Some(3)).await;
+    assert_eq!(fake.node("ro-1").phase, NodePhase::Draining);
+    let query = sessions.queries().last().cloned().unwrap();
+    assert_eq!((query.pod_ip.as_str(), query.probe.kind), ("10.0.0.2", SessionProbeKind::Metrics));
+
+    // Sessions end: drained after the confirmation probe.
+    sessions.set("10.0.0.2", Ok(0));
+    run_until(&fake, &ctx, 5, |f| f.node("ro-1").sessions == Some(0)).await;
+    assert_eq!(fake.node("ro-1").phase, NodePhase::Draining, "one zero is not enough");
+    let took = run_until(&fake, &ctx, 5, |f| f.node("ro-1").phase == NodePhase::Drained).await;
+    assert!(
+        took <= Duration::from_secs(10),
+        "drained within one probe interval of the first zero, took {took:?}"
+    );
+    println!("first zero -> Drained: {took:?} (probe interval 10s)");
+    assert!(fake.event_reasons().contains(&"DrainCompleted".to_string()));
+    assert_eq!(fake.status().draining_nodes, 0);
+
+    // Drained and idle: no probes, no writes.
+    let before = sessions.queries().len();
+    let requeue = reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(requeue, RESYNC);
+    assert_eq!(sessions.queries().len(), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn database_probe_uses_the_primary_endpoint_and_the_secret() {
+    let (fake, sessions, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    sessions.set("10.0.0.1", Ok(0));
+    fake.set_annotation(DRAIN_ANNOTATION, Some("rw"));
+    run_until(&fake, &ctx, 10, |f| f.node("rw").phase == NodePhase::Drained).await;
+    let query = sessions.queries().into_iter().find(|q| q.pod_ip == "10.0.0.1").unwrap();
+    let (endpoint, password) = query.database.unwrap();
+    assert_eq!((endpoint.host.as_str(), endpoint.port, password.as_str()), ("db", 5432, "s3cret"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_password_secret_is_a_failing_probe_not_a_drain() {
+    let (fake, sessions, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    fake.state().secrets.clear();
+    sessions.set("10.0.0.1", Ok(0));
+    fake.set_annotation(DRAIN_ANNOTATION, Some("rw"));
+    reconcile_once(&fake, &ctx).await.unwrap();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    reconcile_once(&fake, &ctx).await.unwrap();
+    let node = fake.node("rw");
+    assert_eq!(node.phase, NodePhase::Draining);
+    assert!(node.probe_error.unwrap().contains("Secret omero-db has no key password"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_to_the_deadline_reports_the_sessions_left() {
+    let (fake, sessions, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    sessions.set("10.0.0.2", Ok(4));
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
+    let took = run_until(&fake, &ctx, 400, |f| f.node("ro-1").phase == NodePhase::Drained).await;
+    assert!(took >= Duration::from_secs(1800) && took <= Duration::from_secs(1801), "{took:?}");
+    let node = fake.node("ro-1");
+    assert!(node.deadline_reached);
+    assert_eq!(node.message.as_deref(), Some("drained at the deadline with 4 sessions still open"));
+    let event = fake.state().events.iter().find(|e| e.reason == "DrainDeadlineReached").cloned().unwrap();
+    assert!(event.note.contains("with 4 sessions still open"), "{}", event.note);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_probe_keeps_the_node_draining_then_recovers() {
+    let (fake, sessions, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    sessions.set("10.0.0.2", Ok(2));
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
+    run_until(&fake, &ctx, 5, |f| f.node("ro-1").sessions == Some(2)).await;
+
+    sessions.set("10.0.0.2", Err("connection refused"));
+    run_until(&fake, &ctx, 5, |f| f.node("ro-1").probe_failures == 3).await;
+    let node = fake.node("ro-1");
+    assert_eq!(node.phase, NodePhase::Draining, "a failing probe never drains");
+    assert_eq!(node.sessions, Some(2), "the last good count stays");
+    assert_eq!(node.probe_error.as_deref(), Some("connection refused"));
+    // Backoff: the next probe waits longer than the interval.
+    let wait = time(&node.next_probe_at).duration_since(time(&node.sessions_observed_at));
+    assert!(wait.as_secs() > 10, "{wait:?}");
+    let degraded = fake.status().condition(conditions::DEGRADED).cloned().unwrap();
+    assert_eq!(degraded.reason, "SessionProbeFailing");
+    assert!(degraded.message.contains("connection refused"));
+
+    sessions.set("10.0.0.2", Ok(0));
+    run_until(&fake, &ctx, 10, |f| f.node("ro-1").phase == NodePhase::Drained).await;
+    assert_eq!(fake.node("ro-1").probe_error, None);
+    assert_eq!(fake.status().condition(conditions::DEGRADED).unwrap().status, "False");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_operator_restart_resumes_the_same_drain() {
+    let (fake, sessions, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    sessions.set("10.0.0.2", Ok(1));
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
+    run_until(&fake, &ctx, 5, |f| f.node("ro-1").sessions == Some(1)).await;
+    let before = fake.node("ro-1");
+    tokio::time::advance(Duration::from_secs(600)).await;
+
+    // A new process: new context, same cluster state, clock continuing.
+    let now = ctx.clock.now();
+    drop(ctx);
+    let ctx = restarted_context(&fake, &sessions, now);
+    reconcile_once(&fake, &ctx).await.unwrap();
+    let after = fake.node("ro-1");
+    assert_eq!(after.phase, NodePhase::Draining);
+    assert_eq!(after.drain_deadline, before.drain_deadline, "the deadline never moves");
+    assert_eq!(after.drain_started_at, before.drain_started_at);
+    assert_eq!(fake.event_reasons().iter().filter(|r| *r == "DrainStarted").count(), 1, "not restarted");
+    let remaining = time(&after.drain_deadline).duration_since(now);
+    assert!(remaining.as_secs() < 1800 - 600, "the clock kept running across the restart: {remaining:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn undrain_mid_drain_puts_the_node_back() {
+    let (fake, sessions, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    sessions.set("10.0.0.2", Ok(5));
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
+    run_until(&fake, &ctx, 5, |f| f.node("ro-1").sessions == Some(5)).await;
+    fake.set_annotation(DRAIN_ANNOTATION, None);
+    reconcile_once(&fake, &ctx).await.unwrap();
+    let node = fake.node("ro-1");
+    assert_eq!(node.phase, NodePhase::Serving);
+    assert!(node.routable && fake.pod_routable("ro-1"));
+    assert_eq!((node.drain_deadline, node.sessions), (None, None));
+    assert!(fake.event_reasons().contains(&"Undrained".to_string()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn draining_the_last_serving_node_is_refused_unless_forced() {
+    let (fake, sessions, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    sessions.set("10.0.0.1", Ok(0));
+    sessions.set("10.0.0.2", Ok(0));
+    sessions.set("10.0.0.3", Ok(0));
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1,ro-2,rw"));
+    reconcile_once(&fake, &ctx).await.unwrap();
+    // Requests are taken in spec order: rw and ro-1 drain, ro-2 would be the last.
+    let status = fake.status();
+    assert_eq!(status.node("ro-2").unwrap().phase, NodePhase::Serving, "the last serving node stays");
+    assert!(fake.pod_routable("ro-2"));
+    assert_eq!(status.draining_nodes, 2);
+    let degraded = status.condition(conditions::DEGRADED).unwrap();
+    assert_eq!(degraded.reason, "DrainRefused");
+    assert!(
+        degraded.message.contains("node ro-2: drain refused: it is the last serving node"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(fake.event_reasons().iter().filter(|r| *r == "DrainRefused").count(), 1);
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.event_reasons().iter().filter(|r| *r == "DrainRefused").count(), 1, "announced once");
+
+    fake.set_annotation(FORCE_ANNOTATION, Some("true"));
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.node("ro-2").phase, NodePhase::Draining);
+    assert!(!fake.pod_routable("ro-2"));
+    assert_eq!(fake.status().condition(conditions::READY).unwrap().reason, "NoServingNode");
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_drain_entries_are_reported_and_the_good_ones_drain() {
+    let (fake, sessions, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    sessions.set("10.0.0.2", Ok(1));
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1,,nope"));
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.node("ro-1").phase, NodePhase::Draining);
+    let degraded = fake.status().condition(conditions::DEGRADED).cloned().unwrap();
+    assert_eq!(degraded.reason, "InvalidDrainRequest");
+    assert!(degraded.message.contains("no node named 'nope'"), "{}", degraded.message);
+    assert!(degraded.message.contains("entry 2 is empty"), "{}", degraded.message);
+    let warning = fake.state().events.iter().find(|e| e.reason == "InvalidDrainRequest").cloned().unwrap();
+    assert!(warning.note.contains("'nope'"));
+    tokio::time::advance(Duration::from_secs(10)).await;
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(
+        fake.event_reasons().iter().filter(|r| *r == "InvalidDrainRequest").count(),
+        1,
+        "announced once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_whose_pod_is_not_ready_drains_at_once() {
+    let (fake, _, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    fake.set_pod("ro-2", "10.0.0.3", false);
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-2"));
+    reconcile_once(&fake, &ctx).await.unwrap();
+    let node = fake.node("ro-2");
+    assert_eq!(node.phase, NodePhase::Drained);
+    assert!(!fake.pod_routable("ro-2"));
+    assert!(fake.event_reasons().contains(&"DrainCompleted".to_string()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_api_write_fails_the_reconcile_without_recording_progress() {
+    let (fake, _, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
+    fake.state().fail_writes = true;
+    assert!(reconcile_once(&fake, &ctx).await.is_err());
+    assert_eq!(fake.node("ro-1").phase, NodePhase::Serving, "no status was written");
+    fake.state().fail_writes = false;
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.node("ro-1").phase, NodePhase::Draining);
+}

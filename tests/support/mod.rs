@@ -1,0 +1,282 @@
+//! In-memory doubles of the controller's ports, and a driver that runs reconciles the way
+//! kube-runtime would: with the cluster as last written, on tokio's (paused) clock.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{Pod, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use omero_operator::{
+    Error,
+    api::{NodeStatus, OmeroCluster, OmeroClusterStatus, SecretKeyRef, keys},
+    controller::{
+        Clock, Context,
+        port::{ChildKind, Children, ClusterPort, Event, SessionCounter, SessionQuery},
+        reconcile,
+    },
+};
+
+/// One write the operator made, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    ApplyDeployment(String),
+    ApplyService(String),
+    Delete(ChildKind, String),
+    Label { pod: String, routable: bool },
+    Status,
+    Event(String),
+}
+
+#[derive(Default)]
+pub struct State {
+    pub cluster: Option<OmeroCluster>,
+    pub deployments: BTreeMap<String, Deployment>,
+    pub services: BTreeMap<String, Service>,
+    pub pods: BTreeMap<String, Pod>,
+    pub secrets: BTreeMap<(String, String), String>,
+    pub events: Vec<Event>,
+    pub writes: Vec<Write>,
+    /// Make every write fail (an API outage).
+    pub fail_writes: bool,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeCluster(pub Arc<Mutex<State>>);
+
+impl FakeCluster {
+    pub fn new(cluster: OmeroCluster) -> Self {
+        let fake = Self::default();
+        fake.state().cluster = Some(cluster);
+        fake
+    }
+
+    pub fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap()
+    }
+
+    pub fn cluster(&self) -> OmeroCluster {
+        self.state().cluster.clone().expect("a cluster")
+    }
+
+    pub fn status(&self) -> OmeroClusterStatus {
+        self.cluster().status.unwrap_or_default()
+    }
+
+    pub fn node(&self, name: &str) -> NodeStatus {
+        self.status().node(name).cloned().unwrap_or_else(|| panic!("no status for node {name}"))
+    }
+
+    pub fn writes(&self) -> Vec<Write> {
+        self.state().writes.clone()
+    }
+
+    pub fn take_writes(&self) -> Vec<Write> {
+        std::mem::take(&mut self.state().writes)
+    }
+
+    pub fn event_reasons(&self) -> Vec<String> {
+        self.state().events.iter().map(|e| e.reason.clone()).collect()
+    }
+
+    pub fn set_annotation(&self, key: &str, value: Option<&str>) {
+        let mut state = self.state();
+        let cluster = state.cluster.as_mut().unwrap();
+        let annotations = cluster.metadata.annotations.get_or_insert_default();
+        match value {
+            Some(v) => annotations.insert(key.into(), v.into()),
+            None => annotations.remove(key),
+        };
+    }
+
+    /// The node's pod as the kubelet would report it (created by its Deployment).
+    pub fn set_pod(&self, node: &str, ip: &str, ready: bool) {
+        let mut state = self.state();
+        let cluster = state.cluster.as_ref().unwrap().metadata.name.clone().unwrap();
+        let name = format!("{cluster}-{node}-pod");
+        let routable = state
+            .pods
+            .get(&name)
+            .and_then(|p| p.metadata.labels.as_ref()?.get(keys::ROUTABLE_LABEL).cloned());
+        let mut labels = BTreeMap::from([
+            (keys::CLUSTER_LABEL.to_string(), cluster.clone()),
+            (keys::NODE_LABEL.to_string(), node.to_string()),
+            (keys::MANAGED_BY_LABEL.to_string(), keys::MANAGER.to_string()),
+        ]);
+        if let Some(r) = routable {
+            labels.insert(keys::ROUTABLE_LABEL.into(), r);
+        }
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": labels, "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "omero-server", "image": "openmicroscopy/omero-server:5.6"}]},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+        }))
+        .unwrap();
+        state.pods.insert(name, pod);
+    }
+
+    pub fn remove_pod(&self, node: &str) {
+        let mut state = self.state();
+        let cluster = state.cluster.as_ref().unwrap().metadata.name.clone().unwrap();
+        state.pods.remove(&format!("{cluster}-{node}-pod"));
+    }
+
+    pub fn pod_routable(&self, node: &str) -> bool {
+        let state = self.state();
+        let cluster = state.cluster.as_ref().unwrap().metadata.name.clone().unwrap();
+        state.pods[&format!("{cluster}-{node}-pod")]
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(keys::ROUTABLE_LABEL))
+            .is_some_and(|v| v == "true")
+    }
+
+    fn write(&self, w: Write) -> Result<(), Error> {
+        let mut state = self.state();
+        if state.fail_writes {
+            return Err(Error::MissingNamespace(format!("injected failure of {w:?}")));
+        }
+        state.writes.push(w);
+        Ok(())
+    }
+}
+
+impl ClusterPort for FakeCluster {
+    async fn children(&self, _cluster: &OmeroCluster) -> Result<Children, Error> {
+        let state = self.state();
+        Ok(Children {
+            deployments: state.deployments.values().cloned().collect(),
+            services: state.services.values().cloned().collect(),
+            pods: state.pods.values().cloned().collect(),
+        })
+    }
+
+    async fn apply_deployment(&self, _ns: &str, deployment: &Deployment) -> Result<(), Error> {
+        let name = deployment.metadata.name.clone().unwrap();
+        self.write(Write::ApplyDeployment(name.clone()))?;
+        self.state().deployments.insert(name, deployment.clone());
+        Ok(())
+    }
+
+    async fn apply_service(&self, _ns: &str, service: &Service) -> Result<(), Error> {
+        let name = service.metadata.name.clone().unwrap();
+        self.write(Write::ApplyService(name.clone()))?;
+        self.state().services.insert(name, service.clone());
+        Ok(())
+    }
+
+    async fn delete_child(&self, _ns: &str, kind: ChildKind, name: &str) -> Result<(), Error> {
+        self.write(Write::Delete(kind, name.into()))?;
+        let mut state = self.state();
+        match kind {
+            ChildKind::Deployment => state.deployments.remove(name).map(drop),
+            ChildKind::Service => state.services.remove(name).map(drop),
+        };
+        Ok(())
+    }
+
+    async fn set_routable(&self, _ns: &str, pod: &str, routable: bool) -> Result<(), Error> {
+        self.write(Write::Label { pod: pod.into(), routable })?;
+        let mut state = self.state();
+        let labels =
+            state.pods.get_mut(pod).expect("labelled pod exists").metadata.labels.get_or_insert_default();
+        if routable {
+            labels.insert(keys::ROUTABLE_LABEL.into(), "true".into());
+        } else {
+            labels.remove(keys::ROUTABLE_LABEL);
+        }
+        Ok(())
+    }
+
+    async fn secret_value(&self, _ns: &str, secret: &SecretKeyRef) -> Result<String, Error> {
+        self.state()
+            .secrets
+            .get(&(secret.name.clone(), secret.key.clone()))
+            .cloned()
+            .ok_or_else(|| Error::SecretKeyMissing { name: secret.name.clone(), key: secret.key.clone() })
+    }
+
+    async fn patch_status(&self, _cluster: &OmeroCluster, status: &OmeroClusterStatus) -> Result<(), Error> {
+        self.write(Write::Status)?;
+        // Round-trip through JSON as the API server stores it.
+        let stored = serde_json::from_value(serde_json::to_value(status).unwrap()).unwrap();
+        self.state().cluster.as_mut().unwrap().status = Some(stored);
+        Ok(())
+    }
+
+    async fn publish(&self, _cluster: &OmeroCluster, event: &Event) -> Result<(), Error> {
+        self.write(Write::Event(event.reason.clone()))?;
+        self.state().events.push(event.clone());
+        Ok(())
+    }
+}
+
+/// Session counts by pod IP: `Ok(n)` or an error message. Unset IPs fail.
+#[derive(Clone, Default)]
+pub struct FakeSessions(
+    pub Arc<Mutex<HashMap<String, Result<u64, String>>>>,
+    pub Arc<Mutex<Vec<SessionQuery>>>,
+);
+
+impl FakeSessions {
+    pub fn set(&self, ip: &str, count: Result<u64, &str>) {
+        self.0.lock().unwrap().insert(ip.into(), count.map_err(String::from));
+    }
+
+    pub fn queries(&self) -> Vec<SessionQuery> {
+        self.1.lock().unwrap().clone()
+    }
+}
+
+impl SessionCounter for FakeSessions {
+    async fn count(&self, query: &SessionQuery) -> Result<Option<u64>, String> {
+        self.1.lock().unwrap().push(query.clone());
+        if query.probe.kind == omero_operator::api::SessionProbeKind::None {
+            return Ok(None);
+        }
+        match self.0.lock().unwrap().get(&query.pod_ip) {
+            Some(Ok(n)) => Ok(Some(*n)),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(format!("no route to {}", query.pod_ip)),
+        }
+    }
+}
+
+pub type Ctx = Context<FakeCluster, FakeSessions>;
+
+pub const START: &str = "2026-11-25T10:00:00Z";
+
+pub fn context(fake: &FakeCluster, sessions: &FakeSessions) -> Arc<Ctx> {
+    Arc::new(Context::new(fake.clone(), sessions.clone(), Clock::starting_at(START.parse().unwrap())))
+}
+
+/// A new operator process: a fresh context whose clock continues from `at`.
+pub fn restarted_context(fake: &FakeCluster, sessions: &FakeSessions, at: Timestamp) -> Arc<Ctx> {
+    Arc::new(Context::new(fake.clone(), sessions.clone(), Clock::starting_at(at)))
+}
+
+pub async fn reconcile_once(fake: &FakeCluster, ctx: &Arc<Ctx>) -> Result<std::time::Duration, Error> {
+    reconcile(Arc::new(fake.cluster()), ctx.clone()).await
+}
+
+pub fn cluster_from_yaml(yaml: &str) -> OmeroCluster {
+    let mut cluster: OmeroCluster = serde_norway::from_str(yaml).unwrap();
+    cluster.metadata.namespace.get_or_insert_with(|| "omero".into());
+    cluster.metadata.uid.get_or_insert_with(|| "4f7e1c2a-0000-4000-8000-000000000001".into());
+    cluster.metadata.generation.get_or_insert(1);
+    cluster
+}
+
+pub fn time(t: &Option<Time>) -> Timestamp {
+    t.as_ref().expect("a timestamp").0
+}

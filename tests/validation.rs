@@ -1,0 +1,524 @@
+//! `api::validate`: every rule, each with a spec it accepts and one it refuses, and every
+//! refusal checked for the field it names and the fix it suggests.
+//!
+//! Each test starts from `BASE`, a small valid cluster, and merges a YAML patch into it (maps
+//! merge, lists and scalars replace, `null` removes), so a test shows only what it changes.
+
+use omero_operator::api::{Duration, OmeroCluster, ValidationError, property, validate};
+use serde_json::Value;
+
+const BASE: &str = r#"
+apiVersion: omero.openmicroscopy.org/v1alpha1
+kind: OmeroCluster
+metadata:
+  name: omero
+  namespace: imaging
+spec:
+  image: openmicroscopy/omero-server:5.6
+  database:
+    host: omero-db
+    passwordSecret:
+      name: omero-db
+      key: password
+  repository:
+    claimName: omero-data
+  nodes:
+    - name: main
+"#;
+
+/// `BASE` with `patch` merged in, as YAML text, parsed the way `kubectl apply -f` input is.
+fn parse(patch: &str) -> Result<OmeroCluster, serde_norway::Error> {
+    let mut doc: Value = serde_norway::from_str(BASE).expect("BASE is YAML");
+    merge(&mut doc, serde_norway::from_str(patch).expect("the patch is YAML"));
+    serde_norway::from_str(&serde_norway::to_string(&doc).expect("serialises"))
+}
+
+fn cluster(patch: &str) -> OmeroCluster {
+    parse(patch).unwrap_or_else(|e| panic!("patch does not deserialise: {e}\n{patch}"))
+}
+
+/// JSON merge patch (RFC 7386).
+fn merge(target: &mut Value, patch: Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch;
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    let map = target.as_object_mut().expect("an object");
+    for (key, value) in patch {
+        if value.is_null() {
+            map.remove(&key);
+        } else {
+            merge(map.entry(key).or_insert(Value::Null), value);
+        }
+    }
+}
+
+#[track_caller]
+fn assert_valid(patch: &str) {
+    if let Err(errors) = validate(&cluster(patch)) {
+        panic!("expected a valid cluster, got {errors:#?}\npatch:\n{patch}");
+    }
+}
+
+#[track_caller]
+fn errors(patch: &str) -> Vec<ValidationError> {
+    match validate(&cluster(patch)) {
+        Ok(()) => panic!("expected validation errors\npatch:\n{patch}"),
+        Err(errors) => errors,
+    }
+}
+
+/// Exactly one error, naming `field`, whose message contains every one of `parts`.
+#[track_caller]
+fn assert_error(patch: &str, field: &str, parts: &[&str]) {
+    let errors = errors(patch);
+    assert_eq!(errors.len(), 1, "expected one error on {field}, got {errors:#?}\npatch:\n{patch}");
+    assert_message(&errors[0], field, parts);
+}
+
+#[track_caller]
+fn assert_message(error: &ValidationError, field: &str, parts: &[&str]) {
+    assert_eq!(error.field, field, "{error:#?}");
+    for part in parts {
+        assert!(error.message.contains(part), "message of {field} lacks {part:?}: {:?}", error.message);
+    }
+}
+
+fn fields(errors: &[ValidationError]) -> Vec<&str> {
+    errors.iter().map(|e| e.field.as_str()).collect()
+}
+
+// --- the base document and the error type ---
+
+#[test]
+fn base_document_is_valid() {
+    assert_valid("{}");
+}
+
+#[test]
+fn error_displays_as_field_then_message() {
+    let errors = errors(r#"spec: {image: ""}"#);
+    assert!(errors[0].to_string().starts_with("spec.image: is empty: "), "{}", errors[0]);
+}
+
+// --- metadata.name ---
+
+#[test]
+fn cluster_name_that_is_a_dns_1035_label_is_valid() {
+    assert_valid("metadata: {name: omero-prod-2}");
+    assert_valid("metadata: {name: o}");
+}
+
+#[test]
+fn cluster_name_that_is_not_a_dns_1035_label_is_refused() {
+    for name in ["2omero", "Omero", "omero_prod", "omero.prod", "omero-", "-omero"] {
+        assert_error(
+            &format!("metadata: {{name: '{name}'}}"),
+            "metadata.name",
+            &[&format!("'{name}' cannot prefix Service names"), "starting with a letter"],
+        );
+    }
+}
+
+#[test]
+fn cluster_name_longer_than_a_dns_label_is_refused_and_so_are_its_node_names() {
+    let name = "o".repeat(64);
+    let errors = errors(&format!("metadata: {{name: {name}}}"));
+    assert_eq!(fields(&errors), ["metadata.name", "spec.nodes[0].name"]);
+    assert_message(&errors[0], "metadata.name", &["cannot prefix Service names"]);
+    assert_message(&errors[1], "spec.nodes[0].name", &["shorten the node or cluster name"]);
+}
+
+// --- empty required strings ---
+
+#[test]
+fn empty_image_is_refused() {
+    for image in ["''", "'  '"] {
+        assert_error(
+            &format!("spec: {{image: {image}}}"),
+            "spec.image",
+            &["is empty", "set the OMERO.server image, e.g. openmicroscopy/omero-server:5.6"],
+        );
+    }
+}
+
+#[test]
+fn empty_database_host_is_refused() {
+    assert_error(r#"spec: {database: {host: ""}}"#, "spec.database.host", &["is empty", "PostgreSQL host"]);
+}
+
+#[test]
+fn empty_repository_claim_is_refused() {
+    assert_valid("spec: {repository: {claimName: omero-data, memoCacheClaimName: omero-memo}}");
+    assert_error(
+        r#"spec: {repository: {claimName: ""}}"#,
+        "spec.repository.claimName",
+        &["is empty", "name the existing PersistentVolumeClaim"],
+    );
+}
+
+// --- secret references ---
+
+#[test]
+fn password_secret_with_empty_name_or_key_is_refused() {
+    assert_error(
+        r#"spec: {database: {passwordSecret: {name: ""}}}"#,
+        "spec.database.passwordSecret.name",
+        &["is empty", "name the Secret"],
+    );
+    assert_error(
+        r#"spec: {database: {passwordSecret: {key: " "}}}"#,
+        "spec.database.passwordSecret.key",
+        &["is empty", "name the key of the Secret", "e.g. password"],
+    );
+    let both = errors(r#"spec: {database: {passwordSecret: {name: "", key: ""}}}"#);
+    assert_eq!(fields(&both), ["spec.database.passwordSecret.name", "spec.database.passwordSecret.key"]);
+}
+
+#[test]
+fn read_only_database_secret_is_optional_and_checked_when_given() {
+    assert_valid("spec: {database: {readOnly: {host: omero-db-replica}}}");
+    assert_valid(
+        "spec: {database: {readOnly: {user: omero_ro, passwordSecret: {name: omero-db-ro, key: password}}}}",
+    );
+    assert_error(
+        r#"spec: {database: {readOnly: {passwordSecret: {name: "", key: password}}}}"#,
+        "spec.database.readOnly.passwordSecret.name",
+        &["is empty", "name the Secret"],
+    );
+    assert_error(
+        r#"spec: {database: {readOnly: {passwordSecret: {name: omero-db-ro, key: ""}}}}"#,
+        "spec.database.readOnly.passwordSecret.key",
+        &["is empty", "name the key of the Secret"],
+    );
+}
+
+// --- config ---
+
+#[test]
+fn config_the_image_can_carry_is_valid() {
+    assert_valid(
+        r#"
+        spec:
+          config: {omero.jvmcfg.percent.blitz: "50", omero.policy.binary_access: "+read,+write", Ice.IPv6: "0"}
+          nodes: [{name: main, config: {omero.jvmcfg.percent.pixeldata: "30"}}]
+        "#,
+    );
+}
+
+#[test]
+fn config_key_the_operator_sets_is_refused_with_the_field_to_use() {
+    assert_error(
+        r#"spec: {config: {omero.db.host: elsewhere}}"#,
+        "spec.config.omero.db.host",
+        &["is set by the operator", "use spec.database.host instead"],
+    );
+    assert_error(
+        r#"spec: {nodes: [{name: main, config: {omero.db.host: elsewhere}}]}"#,
+        "spec.nodes[0].config.omero.db.host",
+        &["is set by the operator", "use spec.database.host instead"],
+    );
+}
+
+#[test]
+fn every_managed_key_is_refused_in_cluster_config() {
+    for (key, instead) in property::MANAGED {
+        assert_error(
+            &format!("spec: {{config: {{'{key}': 'x'}}}}"),
+            &format!("spec.config.{key}"),
+            &[&format!("use {instead} instead")],
+        );
+    }
+}
+
+#[test]
+fn config_key_that_cannot_round_trip_through_config_env_is_refused() {
+    let lost = ["cannot be passed to the image", "would read CONFIG_omero_a_b back as 'omero.a_b'"];
+    assert_error(r#"spec: {config: {omero.a.b: "1"}}"#, "spec.config.omero.a.b", &lost);
+    assert_error(
+        r#"spec: {nodes: [{name: main, config: {omero.a.b: "1"}}]}"#,
+        "spec.nodes[0].config.omero.a.b",
+        &lost,
+    );
+}
+
+#[test]
+fn config_key_with_characters_no_env_name_allows_is_refused() {
+    assert_error(
+        r#"spec: {config: {"omero.x y": "1"}}"#,
+        "spec.config.omero.x y",
+        &["cannot be passed to the image", "' ' cannot appear in a property name"],
+    );
+    assert_error(r#"spec: {config: {"": "1"}}"#, "spec.config.", &["the property name is empty"]);
+}
+
+// --- durations ---
+
+#[test]
+fn positive_session_lifetimes_are_valid() {
+    assert_valid("spec: {sessions: {idleTimeout: 10m, maxLifetime: 8h}}");
+    assert_valid("spec: {sessions: {idleTimeout: 500ms}}");
+}
+
+#[test]
+fn zero_session_lifetimes_parse_but_are_refused() {
+    let parsed = cluster("spec: {sessions: {idleTimeout: 0s}}");
+    assert_eq!(parsed.spec.sessions.unwrap().idle_timeout, Some(Duration::from_secs(0)));
+    let fix = ["must be a positive duration, e.g. 10m", "leave it out for OMERO's default"];
+    assert_error("spec: {sessions: {idleTimeout: 0s}}", "spec.sessions.idleTimeout", &fix);
+    assert_error("spec: {sessions: {maxLifetime: 0m}}", "spec.sessions.maxLifetime", &fix);
+    let both = errors("spec: {sessions: {idleTimeout: 0ms, maxLifetime: 0h}}");
+    assert_eq!(fields(&both), ["spec.sessions.idleTimeout", "spec.sessions.maxLifetime"]);
+}
+
+#[test]
+fn drain_timeout_must_be_positive() {
+    assert_valid("spec: {drain: {timeout: 1h, onDeadline: Hold}}");
+    assert_error(
+        "spec: {drain: {timeout: 0s}}",
+        "spec.drain.timeout",
+        &["must be a positive duration, e.g. 1h"],
+    );
+}
+
+#[test]
+fn probe_interval_must_be_positive() {
+    assert_valid("spec: {nodes: [{name: main, sessionProbe: {interval: 15s}}]}");
+    assert_error(
+        "spec: {nodes: [{name: main, sessionProbe: {interval: 0s}}]}",
+        "spec.nodes[0].sessionProbe.interval",
+        &["must be a positive duration, e.g. 15s"],
+    );
+}
+
+#[test]
+fn malformed_durations_are_refused_when_deserialising() {
+    for (patch, bad) in [
+        ("spec: {sessions: {idleTimeout: 10 minutes}}", "10 minutes"),
+        ("spec: {sessions: {maxLifetime: '1.5h'}}", "1.5h"),
+        ("spec: {drain: {timeout: 1d}}", "1d"),
+        ("spec: {nodes: [{name: main, sessionProbe: {interval: '-15s'}}]}", "-15s"),
+        ("spec: {nodes: [{name: main, sessionProbe: {interval: '15'}}]}", "15"),
+    ] {
+        let err = parse(patch).expect_err(patch).to_string();
+        assert!(
+            err.contains(&format!(
+                "'{bad}' is not a duration: write it as a number and a unit (h, m, s, ms)"
+            )),
+            "{patch}: {err}"
+        );
+    }
+}
+
+// --- drain.maxUnavailable ---
+
+#[test]
+fn max_unavailable_must_be_at_least_one() {
+    assert_valid("spec: {drain: {maxUnavailable: 1}}");
+    assert_valid("spec: {drain: {maxUnavailable: 2}}");
+    assert_error("spec: {drain: {maxUnavailable: 0}}", "spec.drain.maxUnavailable", &["must be at least 1"]);
+}
+
+// --- nodes ---
+
+#[test]
+fn no_nodes_is_refused() {
+    assert_error("spec: {nodes: []}", "spec.nodes", &["is empty", "declare at least one node"]);
+}
+
+#[test]
+fn node_names_that_are_dns_labels_are_valid() {
+    assert_valid("spec: {nodes: [{name: ro-1}]}");
+    assert_valid("spec: {nodes: [{name: '0'}]}");
+}
+
+#[test]
+fn node_name_that_is_not_a_dns_label_is_refused() {
+    for name in ["Main", "-main", "main-", "ma_in", "ma.in", ""] {
+        assert_error(
+            &format!("spec: {{nodes: [{{name: '{name}'}}]}}"),
+            "spec.nodes[0].name",
+            &[&format!("'{name}' is not a DNS label"), "use lower-case letters, digits and '-'"],
+        );
+    }
+}
+
+#[test]
+fn cluster_and_node_name_together_must_fit_a_63_character_object_name() {
+    let cluster_name = "o".repeat(31);
+    let fits = "n".repeat(31);
+    let too_long = "n".repeat(32);
+    assert_valid(&format!("{{metadata: {{name: {cluster_name}}}, spec: {{nodes: [{{name: {fits}}}]}}}}"));
+    assert_error(
+        &format!("{{metadata: {{name: {cluster_name}}}, spec: {{nodes: [{{name: {too_long}}}]}}}}"),
+        "spec.nodes[0].name",
+        &[
+            &format!("'{cluster_name}-{too_long}' is longer than 63 characters"),
+            "shorten the node or cluster name",
+        ],
+    );
+}
+
+#[test]
+fn duplicate_node_names_are_refused_on_the_second() {
+    assert_error(
+        "spec: {nodes: [{name: main}, {name: main, readOnly: {db: true, repo: true}}]}",
+        "spec.nodes[1].name",
+        &["'main' is used by another node", "node names must be unique"],
+    );
+}
+
+// --- topology ---
+
+#[test]
+fn master_outside_grid_is_refused() {
+    assert_valid("spec: {nodes: [{name: main, master: false}]}");
+    assert_error(
+        "spec: {nodes: [{name: main, master: true}]}",
+        "spec.nodes[0].master",
+        &["only meaningful in grid topology", "remove it or set spec.topology: grid"],
+    );
+}
+
+#[test]
+fn independent_allows_one_read_write_node_beside_read_only_ones() {
+    assert_valid(
+        r#"
+        spec:
+          nodes:
+            - name: main
+            - {name: ro-1, readOnly: {db: true, repo: true}}
+            - {name: ro-2, readOnly: {db: true, repo: true}}
+        "#,
+    );
+}
+
+#[test]
+fn independent_refuses_two_read_write_nodes_and_names_them() {
+    assert_error(
+        "spec: {topology: independent, nodes: [{name: main}, {name: second}]}",
+        "spec.nodes",
+        &[
+            "independent topology allows at most one read-write node, found 2 (main, second)",
+            "set readOnly: {db: true, repo: true} on all but one",
+        ],
+    );
+}
+
+#[test]
+fn a_node_read_only_in_one_respect_still_counts_as_read_write() {
+    for read_only in ["{db: true}", "{repo: true}", "{db: true, repo: false}", "{}"] {
+        assert_error(
+            &format!("spec: {{nodes: [{{name: main}}, {{name: replica, readOnly: {read_only}}}]}}"),
+            "spec.nodes",
+            &["found 2 (main, replica)"],
+        );
+    }
+}
+
+#[test]
+fn grid_needs_exactly_one_master_and_allows_several_read_write_nodes() {
+    assert_valid(
+        "spec: {topology: grid, nodes: [{name: master, master: true}, {name: worker-1}, {name: worker-2}]}",
+    );
+    assert_error(
+        "spec: {topology: grid, nodes: [{name: worker-1}, {name: worker-2}]}",
+        "spec.nodes",
+        &["grid topology needs exactly one node with master: true, found 0"],
+    );
+    assert_error(
+        "spec: {topology: grid, nodes: [{name: a, master: true}, {name: b, master: true}]}",
+        "spec.nodes",
+        &["grid topology needs exactly one node with master: true, found 2"],
+    );
+}
+
+// --- session probes ---
+
+#[test]
+fn metrics_probe_needs_a_port() {
+    assert_valid("spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449}}]}");
+    assert_error(
+        "spec: {nodes: [{name: main, sessionProbe: {type: metrics}}]}",
+        "spec.nodes[0].sessionProbe.port",
+        &["is required for a metrics probe", "set the port of the node's Prometheus endpoint"],
+    );
+}
+
+#[test]
+fn database_probe_on_a_read_only_database_node_is_refused() {
+    let fix = ["database cannot count sessions of a read-only database node", "use metrics", "or none"];
+    assert_error(
+        "spec: {nodes: [{name: main}, {name: ro, readOnly: {db: true, repo: true}, sessionProbe: {type: database}}]}",
+        "spec.nodes[1].sessionProbe.type",
+        &fix,
+    );
+    // A probe that leaves `type` out is a database probe.
+    assert_error(
+        "spec: {nodes: [{name: main}, {name: ro, readOnly: {db: true, repo: true}, sessionProbe: {interval: 30s}}]}",
+        "spec.nodes[1].sessionProbe.type",
+        &fix,
+    );
+}
+
+#[test]
+fn read_only_database_node_may_omit_the_probe_or_use_none_or_metrics() {
+    for probe in ["null", "{type: none}", "{type: metrics, port: 9449}"] {
+        assert_valid(&format!(
+            "spec: {{nodes: [{{name: main}}, {{name: ro, readOnly: {{db: true, repo: true}}, sessionProbe: {probe}}}]}}"
+        ));
+    }
+    // Only a read-only *database* rules the database probe out.
+    assert_valid("spec: {nodes: [{name: main, readOnly: {repo: true}, sessionProbe: {type: database}}]}");
+}
+
+#[test]
+fn probe_path_must_start_with_a_slash() {
+    assert_valid("spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449, path: /metrics}}]}");
+    assert_error(
+        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449, path: metrics}}]}",
+        "spec.nodes[0].sessionProbe.path",
+        &["'metrics' must start with '/'"],
+    );
+}
+
+// --- several problems at once ---
+
+#[test]
+fn every_problem_is_reported_together_in_field_order() {
+    let errors = errors(
+        r#"
+        metadata: {name: Omero}
+        spec:
+          image: ""
+          sessions: {idleTimeout: 0s}
+          drain: {maxUnavailable: 0}
+          config: {omero.db.pass: secret}
+          nodes:
+            - {name: Main}
+            - {name: b, sessionProbe: {type: metrics, path: metrics}}
+            - {name: b}
+        "#,
+    );
+    assert_eq!(
+        fields(&errors),
+        [
+            "metadata.name",
+            "spec.image",
+            "spec.config.omero.db.pass",
+            "spec.sessions.idleTimeout",
+            "spec.drain.maxUnavailable",
+            "spec.nodes[0].name",
+            "spec.nodes[1].sessionProbe.port",
+            "spec.nodes[1].sessionProbe.path",
+            "spec.nodes[2].name",
+            "spec.nodes",
+        ]
+    );
+    assert_message(&errors[2], "spec.config.omero.db.pass", &["use spec.database.passwordSecret instead"]);
+    assert_message(&errors[8], "spec.nodes[2].name", &["'b' is used by another node"]);
+    assert_message(&errors[9], "spec.nodes", &["found 3 (Main, b, b)"]);
+}
