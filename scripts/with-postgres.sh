@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs CMD... against a throwaway PostgreSQL server: initdb in a temporary directory, password
 # (SCRAM) authentication over TCP on 127.0.0.1 and a free port, a test role that may create
-# databases, and OMERO_OPERATOR_TEST_DATABASE_URL exported for CMD. The server is stopped and
+# databases and roles, and OMERO_OPERATOR_TEST_DATABASE_URL exported for CMD. The server is stopped and
 # the directory removed however CMD ends. Installs nothing: on Debian/Ubuntu the `postgresql`
 # package provides the binaries (set PG_BINDIR to use others).
 #
@@ -116,7 +116,7 @@ if [ "$STARTED" != yes ]; then
 fi
 
 as_server "$BINDIR/psql" -X -q -h "$WORK" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 \
-    -c "CREATE ROLE $ROLE LOGIN CREATEDB PASSWORD '$PASSWORD'" \
+    -c "CREATE ROLE $ROLE LOGIN CREATEDB CREATEROLE PASSWORD '$PASSWORD'" \
     -c "CREATE DATABASE $ROLE OWNER $ROLE" >/dev/null
 
 export OMERO_OPERATOR_TEST_DATABASE_URL="postgres://$ROLE:$PASSWORD@127.0.0.1:$PORT/$ROLE"

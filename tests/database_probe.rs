@@ -63,7 +63,8 @@ impl OmeroDb {
             user: config.get_user().expect("a user in the URL").to_owned(),
             password_secret: SecretKeyRef { name: "omero-db".into(), key: "password".into() },
         };
-        let password = String::from_utf8(config.get_password().expect("a password in the URL").to_vec()).unwrap();
+        let password =
+            String::from_utf8(config.get_password().expect("a password in the URL").to_vec()).unwrap();
         Some(Self { admin, client, name, endpoint, password, next_session: 100 })
     }
 
@@ -127,9 +128,15 @@ impl OmeroDb {
     }
 
     async fn drop(self) {
+        self.drop_then("").await;
+    }
+
+    /// Drops the database (and the probes' connections to it), then runs `sql`.
+    async fn drop_then(self, sql: &str) {
         drop(self.client);
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        self.admin.batch_execute(&sql).await.expect("DROP DATABASE");
+        let drop_database = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        self.admin.batch_execute(&drop_database).await.expect("DROP DATABASE");
+        self.admin.batch_execute(sql).await.expect(sql);
     }
 }
 
@@ -159,35 +166,30 @@ async fn the_count_follows_open_user_sessions_of_the_pods_live_node() {
     db.open_session(1, Some("Internal")).await;
     db.open_session(2, Some("Internal")).await;
     db.open_session(0, Some("OMERO.web")).await;
-    let a = |db: &OmeroDb| {
-        let probes = probes.clone();
-        let credentials = db.credentials();
-        async move { count(&probes, POD_A, credentials).await }
-    };
-    assert_eq!(a(&db).await, Ok(Some(0)));
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(0)));
 
     let insight = db.open_session(1, Some("OMERO.insight")).await;
     let web = db.open_session(1, Some("OMERO.web")).await;
-    assert_eq!(a(&db).await, Ok(Some(2)));
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(2)));
 
     // Pod B's sessions are pod B's, although its IP starts with pod A's.
     let b_session = db.open_session(2, Some("OMERO.py")).await;
-    assert_eq!(a(&db).await, Ok(Some(2)));
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(2)));
     assert_eq!(count(&probes, POD_B, db.credentials()).await, Ok(Some(1)));
 
     // A session without a user agent is a user's session.
     let anonymous = db.open_session(1, None).await;
-    assert_eq!(a(&db).await, Ok(Some(3)));
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(3)));
 
     // A share is not a login.
     db.share(1).await;
-    assert_eq!(a(&db).await, Ok(Some(3)));
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(3)));
 
     db.close_session(insight).await;
-    assert_eq!(a(&db).await, Ok(Some(2)));
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(2)));
     db.close_session(web).await;
     db.close_session(anonymous).await;
-    assert_eq!(a(&db).await, Ok(Some(0)));
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(0)));
     assert_eq!(count(&probes, POD_B, db.credentials()).await, Ok(Some(1)));
     db.close_session(b_session).await;
     assert_eq!(count(&probes, POD_B, db.credentials()).await, Ok(Some(0)));
@@ -210,7 +212,10 @@ async fn a_pod_without_a_live_node_is_an_error_not_zero() {
     db.add_node(4, POD_A, false).await;
     assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(0)));
     db.set_node_down(4).await;
-    assert!(matches!(count(&probes, POD_A, db.credentials()).await, Err(ProbeError::NodeNotRegistered { .. })));
+    assert!(matches!(
+        count(&probes, POD_A, db.credentials()).await,
+        Err(ProbeError::NodeNotRegistered { .. })
+    ));
     db.drop().await;
 }
 
@@ -233,8 +238,11 @@ async fn a_wrong_password_is_an_error_and_a_corrected_one_recovers() {
 #[tokio::test]
 async fn a_locked_table_ends_in_the_statement_timeout_and_the_next_probe_recovers() {
     let Some(mut db) = OmeroDb::create().await else { return };
-    let timeouts =
-        ProbeTimeouts { statement: Duration::from_millis(300), total: Duration::from_secs(10), ..Default::default() };
+    let timeouts = ProbeTimeouts {
+        statement: Duration::from_millis(300),
+        total: Duration::from_secs(10),
+        ..Default::default()
+    };
     let probes = SessionProbes::new(timeouts);
     db.add_node(1, POD_A, false).await;
     db.open_session(1, Some("OMERO.web")).await;
@@ -302,9 +310,12 @@ async fn a_select_only_role_is_enough() {
     let role = format!("{}_ro", db.name);
     let created = db.admin.batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'read-only-pw'")).await;
     if let Err(e) = created {
-        eprintln!("skipped: the test role cannot create roles ({e})");
+        let reason = e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_owned());
+        eprintln!("skipped: the test role cannot create roles ({reason})");
         return db.drop().await;
     }
+    // Membership lets DROP DATABASE ... WITH (FORCE) end that role's pooled connections.
+    db.admin.batch_execute(&format!("GRANT {role} TO CURRENT_USER")).await.unwrap();
     db.admin.batch_execute(&format!("GRANT CONNECT ON DATABASE {} TO {role}", db.name)).await.unwrap();
     db.client.batch_execute(&format!("GRANT SELECT ON node, session, share TO {role}")).await.unwrap();
     let mut endpoint = db.endpoint.clone();
@@ -316,30 +327,7 @@ async fn a_select_only_role_is_enough() {
     db.client.batch_execute(&format!("REVOKE SELECT ON share FROM {role}")).await.unwrap();
     let error = count(&probes, POD_A, read_only).await.unwrap_err();
     assert!(error.to_string().contains("the probe needs SELECT on node, session and share"), "{error}");
-    let admin = db.admin.clone_for_drop();
-    drop(probes);
-    db.drop().await;
-    admin.batch_execute(&format!("DROP ROLE {role}")).await.unwrap();
-}
-
-/// What the admin connection needs after the database is gone: a second connection.
-trait CloneForDrop {
-    fn clone_for_drop(&self) -> AdminAfterDrop;
-}
-
-struct AdminAfterDrop;
-
-impl CloneForDrop for Client {
-    fn clone_for_drop(&self) -> AdminAfterDrop {
-        AdminAfterDrop
-    }
-}
-
-impl AdminAfterDrop {
-    async fn batch_execute(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
-        let config: Config = std::env::var(URL_VAR).unwrap().parse().unwrap();
-        connect(&config).await.batch_execute(sql).await
-    }
+    db.drop_then(&format!("DROP ROLE {role}")).await;
 }
 
 // The failures below need no PostgreSQL, so they always run.
@@ -372,7 +360,9 @@ async fn a_refused_connection_is_an_error() {
     );
     assert_eq!(
         error.to_string(),
-        format!("database omero@127.0.0.1:{port}/omero: error connecting to server: Connection refused (os error 111)")
+        format!(
+            "database omero@127.0.0.1:{port}/omero: error connecting to server: Connection refused (os error 111)"
+        )
     );
 }
 

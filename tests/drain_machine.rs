@@ -103,7 +103,7 @@ impl Cluster {
     }
 
     fn advance(&mut self, secs: u64) {
-        self.now = self.now + StdDuration::from_secs(secs);
+        self.now += StdDuration::from_secs(secs);
     }
 
     fn advance_to(&mut self, t: Timestamp) {
@@ -1196,7 +1196,7 @@ fn run_scenario(scenario: &Scenario) -> Result<(), TestCaseError> {
         for (i, change) in tick.pods.iter().enumerate() {
             apply_pod_change(&mut pods[i], change, &names[i], &mut restarts);
         }
-        now = now + StdDuration::from_secs(tick.advance);
+        now += StdDuration::from_secs(tick.advance);
         let policy = Policy { timeout, on_deadline: scenario.on_deadline, force: tick.force };
         let probes: Vec<Option<ProbeOutcome>> = (0..n)
             .map(|i| {

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::time::Duration;
 
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
@@ -26,12 +26,18 @@ pub const OPEN_SESSIONS_SQL: &str = "SELECT count(*) FROM session s \
 /// Connections per pool: probes of one database run one at a time per node and briefly.
 const POOL_SIZE: usize = 2;
 
+/// Pooled connections idle this long are closed. Drains are rare; between them OMERO's
+/// database should not carry the operator's idle connections. During a drain, probes every
+/// 15 s (the default interval) keep them open.
+const IDLE_LIMIT: Duration = Duration::from_secs(60);
+
 /// Database pools, shared by every cluster whose probes use the same host, port, database and
 /// user. A new password for a key replaces its pool, so a rotated password leaves no pool
 /// behind that still holds the old one.
 #[derive(Default)]
 pub struct Pools {
-    pools: Mutex<HashMap<PoolKey, PoolEntry>>,
+    pools: Arc<Mutex<HashMap<PoolKey, PoolEntry>>>,
+    closer: Once,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -49,12 +55,25 @@ struct PoolEntry {
 
 impl Pools {
     pub fn len(&self) -> usize {
-        self.lock().len()
+        lock(&self.pools).len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, PoolEntry>> {
-        // A panic elsewhere while holding the lock leaves the map itself intact.
-        self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Starts, once and from within the runtime, the task that closes idle connections. It
+    /// ends when the pools are dropped.
+    fn close_idle_connections(&self) {
+        self.closer.call_once(|| {
+            let pools = Arc::downgrade(&self.pools);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(IDLE_LIMIT / 2);
+                loop {
+                    tick.tick().await;
+                    let Some(pools) = pools.upgrade() else { return };
+                    for entry in lock(&pools).values() {
+                        entry.pool.retain(|_, metrics| metrics.last_used() < IDLE_LIMIT);
+                    }
+                }
+            });
+        });
     }
 
     fn get(&self, credentials: &DatabaseCredentials<'_>, timeouts: &ProbeTimeouts) -> Pool {
@@ -65,7 +84,7 @@ impl Pools {
             database: endpoint.name.clone(),
             user: endpoint.user.clone(),
         };
-        let mut pools = self.lock();
+        let mut pools = lock(&self.pools);
         if let Some(entry) = pools.get(&key)
             && entry.password == credentials.password
         {
@@ -75,6 +94,11 @@ impl Pools {
         pools.insert(key, PoolEntry { password: credentials.password.to_owned(), pool: pool.clone() });
         pool
     }
+}
+
+fn lock(pools: &Mutex<HashMap<PoolKey, PoolEntry>>) -> MutexGuard<'_, HashMap<PoolKey, PoolEntry>> {
+    // A panic elsewhere while holding the lock leaves the map itself intact.
+    pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn new_pool(key: &PoolKey, password: &str, timeouts: &ProbeTimeouts) -> Pool {
@@ -108,6 +132,7 @@ pub async fn count(
     let deadline = Instant::now() + timeouts.total;
     let timed_out = || fail(format!("no answer within {}", seconds(timeouts.total)));
 
+    pools.close_idle_connections();
     let pool = pools.get(credentials, timeouts);
     let mut client = match timeout_at(deadline, pool.get()).await {
         Ok(Ok(client)) => client,
@@ -186,7 +211,8 @@ fn describe_endpoint(credentials: &DatabaseCredentials<'_>) -> String {
 
 fn describe_live_hosts(hosts: &[String]) -> String {
     const SHOWN: usize = 8;
-    let mut hosts: Vec<&str> = hosts.iter().map(String::as_str).filter(|h| !h.starts_with("127.")).collect();
+    let loopback = |h: &&str| h.starts_with("127.") || *h == "::1";
+    let mut hosts: Vec<&str> = hosts.iter().map(String::as_str).filter(|h| !loopback(h)).collect();
     hosts.sort_unstable();
     hosts.dedup();
     match hosts.len() {
@@ -263,7 +289,8 @@ mod tests {
     #[test]
     fn live_hosts_are_listed_without_loopback_and_bounded() {
         assert_eq!(describe_live_hosts(&[]), "no live node publishes a host");
-        let hosts: Vec<String> = ["10.0.0.2", "127.0.0.1", "10.0.0.1", "10.0.0.2"].map(String::from).into();
+        let hosts: Vec<String> =
+            ["10.0.0.2", "127.0.0.1", "::1", "10.0.0.1", "10.0.0.2"].map(String::from).into();
         assert_eq!(describe_live_hosts(&hosts), "live nodes publish 10.0.0.1, 10.0.0.2");
         let many: Vec<String> = (1..=10).map(|i| format!("10.0.0.{i:02}")).collect();
         assert!(describe_live_hosts(&many).ends_with("10.0.0.08, and 2 more"));

@@ -306,12 +306,12 @@ impl<'a> Cursor<'a> {
 
     /// A label value after its opening quote, through its closing quote: `\\`, `\"`, `\n`.
     fn quoted_value(&mut self) -> Result<Cow<'a, str>, LineError> {
-        self.unescape(Some(b'"'), &[b'\\', b'"'])
+        self.unescape(Some(b'"'), b"\\\"")
     }
 
     /// HELP text to the end of the line: `\\`, `\n`.
     fn escaped_until_end(&mut self) -> Result<Cow<'a, str>, LineError> {
-        self.unescape(None, &[b'\\'])
+        self.unescape(None, b"\\")
     }
 
     /// Text up to `close` (consumed) or the end of the line, unescaping `\n` and `\<c>` for

@@ -8,8 +8,15 @@
 //! `worker/worker.cfg`, `master/70-grid-xml.sh`); omero-py `plugins/admin.py` (`rewrite`
 //! substitutes `omero.master.host` into `etc/templates/*.cfg` and builds the descriptor from
 //! `omero.server.nodedescriptors`) and `plugins/node.py` (`omero node <name> start` runs
-//! `icegridnode --Ice.Config=etc/internal.cfg,etc/<name>.cfg`); OMERO's `master.cfg`, whose
-//! registry, node and Glacier2 server endpoints bind to `-h <omero.master.host>`.
+//! `icegridnode --Ice.Config=etc/internal.cfg,etc/<name>.cfg`); OMERO's `master.cfg` and
+//! `grid/default.xml`, which bind the registry, the master's node and Glacier2's server side to
+//! `-h <omero.master.host>`.
+//!
+//! Inferred, not observed: a worker's Blitz takes its properties from the application
+//! descriptor the master deploys (it includes the master's `config.xml`), so a worker's own
+//! `config` may not reach its Blitz. Every node still gets the full configuration.
+
+use kube::ResourceExt;
 
 use super::{
     CLIENT_PORTS, OMERO_CLI, REGISTRY_PORT,
@@ -18,7 +25,6 @@ use super::{
     volumes::VAR_DIR,
 };
 use crate::api::{NodeSpec, OmeroCluster, Topology};
-use kube::ResourceExt;
 
 /// What a node runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Every check CI runs, on a fresh machine: installs what the tests need (PostgreSQL from
+# Debian's packages), then formatting, lints, and all tests with a private PostgreSQL server.
+#
+#   scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# PostgreSQL server binaries (initdb, pg_ctl) for the database probe tests.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    echo "==> installing postgresql (Debian package)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --check
+
+echo "==> cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+
+echo "==> cargo test (with a private PostgreSQL on 127.0.0.1)"
+scripts/with-postgres.sh cargo test --quiet

@@ -1,0 +1,129 @@
+//! The `omero-operator` binary: `crd` matches the committed CRD, `render` prints objects for
+//! valid files and errors (non-zero exit) for invalid ones, `version`.
+
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_omero-operator")).args(args).output().expect("the binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+#[test]
+fn the_committed_crd_is_what_the_binary_prints() {
+    let out = run(&["crd"]);
+    assert!(out.status.success());
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/omerocluster.yaml")).unwrap();
+    assert!(
+        stdout(&out) == committed,
+        "crds/omerocluster.yaml is stale: regenerate it with `cargo run -- crd > crds/omerocluster.yaml`"
+    );
+}
+
+#[test]
+fn render_prints_every_object_of_an_example() {
+    let out =
+        run(&["render", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/examples/read-only-replicas.yaml")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let docs: Vec<serde_json::Value> = text
+        .split("---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| serde_norway::from_str(d).unwrap())
+        .collect();
+    let kinds: Vec<(&str, &str)> =
+        docs.iter().map(|d| (d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap())).collect();
+    assert_eq!(kinds.iter().filter(|(k, _)| *k == "Deployment").count(), 3, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|(k, _)| *k == "Service").count(), 4, "{kinds:?}");
+    assert!(!text.contains("ownerReferences"), "offline objects have no owner (no uid to point at)");
+}
+
+#[test]
+fn render_puts_clusters_without_a_namespace_in_the_one_asked_for() {
+    let dir = std::env::temp_dir().join(format!("omero-operator-cli-ns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("no-namespace.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: omero.openmicroscopy.org/v1alpha1\nkind: OmeroCluster\nmetadata: {name: o}\nspec:\n  image: i\n  database: {host: db, passwordSecret: {name: s, key: k}}\n  repository: {claimName: c}\n  nodes: [{name: a}]\n",
+    )
+    .unwrap();
+    let out = run(&["render", "-f", file.to_str().unwrap(), "-n", "imaging"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.matches("\n  namespace: imaging\n").count(), 3, "Deployment and two Services: {text}");
+}
+
+#[test]
+fn render_refuses_an_invalid_cluster_with_the_field_and_the_fix() {
+    let dir = std::env::temp_dir().join(format!("omero-operator-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.yaml");
+    std::fs::write(
+        &file,
+        r#"
+apiVersion: omero.openmicroscopy.org/v1alpha1
+kind: OmeroCluster
+metadata: {name: omero}
+spec:
+  image: openmicroscopy/omero-server:5.6
+  database: {host: db, passwordSecret: {name: omero-db, key: password}}
+  repository: {claimName: omero-data}
+  config: {omero.db.host: elsewhere}
+  nodes: [{name: a}, {name: b}]
+"#,
+    )
+    .unwrap();
+    let out = run(&["render", "-f", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("OmeroCluster omero is invalid"), "{err}");
+    assert!(
+        err.contains("spec.config.omero.db.host: is set by the operator: use spec.database.host instead"),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.nodes: independent topology allows at most one read-write node, found 2 (a, b)"),
+        "{err}"
+    );
+    assert!(stdout(&out).is_empty(), "nothing rendered for an invalid cluster");
+}
+
+#[test]
+fn render_reports_a_file_without_a_cluster_or_with_bad_yaml() {
+    let dir = std::env::temp_dir().join(format!("omero-operator-cli2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("secret-only.yaml");
+    std::fs::write(&empty, "apiVersion: v1\nkind: Secret\nmetadata: {name: x}\n").unwrap();
+    let out = run(&["render", "-f", empty.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("holds no OmeroCluster"), "{}", stderr(&out));
+
+    let bad = dir.join("bad-duration.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: omero.openmicroscopy.org/v1alpha1\nkind: OmeroCluster\nmetadata: {name: o}\nspec:\n  image: i\n  database: {host: db, passwordSecret: {name: s, key: k}}\n  repository: {claimName: c}\n  drain: {timeout: 10 minutes}\n  nodes: [{name: a}]\n",
+    )
+    .unwrap();
+    let out = run(&["render", "-f", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("is not a duration"), "{}", stderr(&out));
+
+    let missing = run(&["render", "-f", "/nonexistent/cluster.yaml"]);
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("reading /nonexistent/cluster.yaml"));
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = run(&["version"]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out).trim(), format!("omero-operator {}", env!("CARGO_PKG_VERSION")));
+}
