@@ -14,7 +14,8 @@ use crate::api::{Duration, NodePhase, NodeStatus, OnDeadline};
 /// `omero.openmicroscopy.org/drain: "backup,ro-2"` drains those nodes; removing a name
 /// undrains it.
 pub const DRAIN_ANNOTATION: &str = "omero.openmicroscopy.org/drain";
-/// `omero.openmicroscopy.org/drain-force: "true"` lets the drain take the last serving node.
+/// `omero.openmicroscopy.org/drain-force: "true"` lets the drain take the last serving node,
+/// and ends drains held past their deadline (`drain.onDeadline: Hold`).
 pub const FORCE_ANNOTATION: &str = "omero.openmicroscopy.org/drain-force";
 
 /// Zero-session probes in a row that end a drain: one zero may be a race with a client that
@@ -333,18 +334,23 @@ fn continue_drain(
         return;
     }
     let deadline = status.drain_deadline.as_ref().map(|t| t.0);
-    if deadline.is_some_and(|d| d <= now) && !status.deadline_reached {
+    let proceed = policy.on_deadline == OnDeadline::Proceed || policy.force;
+    let reached_now = deadline.is_some_and(|d| d <= now) && !status.deadline_reached;
+    if reached_now {
         status.deadline_reached = true;
         let sessions = status.sessions.and_then(|n| u64::try_from(n).ok());
-        let proceeding = policy.on_deadline == OnDeadline::Proceed;
-        events.push(DrainEvent::DeadlineReached { node: node.name.into(), sessions, proceeding });
+        events.push(DrainEvent::DeadlineReached { node: node.name.into(), sessions, proceeding: proceed });
     }
     if status.deadline_reached {
         let open = status.sessions.map_or("an unknown number of".to_string(), |n| n.to_string());
-        if policy.on_deadline == OnDeadline::Proceed {
+        if proceed {
             status.phase = NodePhase::Drained;
             status.next_probe_at = None;
             status.message = Some(format!("drained at the deadline with {open} sessions still open"));
+            if !reached_now {
+                // A held drain, ended by force: its deadline was reported when it passed.
+                events.push(DrainEvent::Completed { node: node.name.into() });
+            }
         } else {
             status.message = Some(format!(
                 "deadline passed with {open} sessions open; holding (drain.onDeadline: Hold) until they end"

@@ -86,7 +86,7 @@ spec:
     let err = stderr(&out);
     assert!(err.contains("OmeroCluster omero is invalid"), "{err}");
     assert!(
-        err.contains("spec.config.omero.db.host: is set by the operator: use spec.database.host instead"),
+        err.contains("spec.config[omero.db.host]: is set by the operator: use spec.database.host instead"),
         "{err}"
     );
     assert!(

@@ -215,15 +215,17 @@ fn database_probe_is_refused_on_a_read_only_database_node() {
 
 /// The rules read `self.topology`, `n.readOnly.db`, `n.readOnly.repo` and
 /// `self.sessionProbe.type` without `has()`: that is safe only because the API server fills
-/// in their defaults before it evaluates CEL. Without a default, a document that leaves one
-/// out would fail with "no such key" instead of passing.
+/// in their defaults (or requires the field) before it evaluates CEL. Otherwise a document
+/// that leaves one out would fail with "no such key" instead of passing.
 #[test]
 fn fields_the_rules_read_without_has_have_defaults() {
     assert_eq!(spec_schema("topology")["default"], "independent");
     assert_eq!(spec_schema("topology")["enum"], json!(["independent", "grid"]));
     assert_eq!(spec_schema("nodes[].readOnly.db")["default"], false);
     assert_eq!(spec_schema("nodes[].readOnly.repo")["default"], false);
-    assert_eq!(spec_schema("nodes[].sessionProbe.type")["default"], "database");
+    // A probe names its type: the default depends on the node (database, or none on a
+    // read-only database node), which a schema default cannot express.
+    assert_eq!(spec_schema("nodes[].sessionProbe")["required"], json!(["type"]));
     assert_eq!(spec_schema("nodes[].sessionProbe.type")["enum"], json!(["database", "metrics", "none"]));
 }
 
@@ -262,8 +264,27 @@ fn every_rule_has_a_message_and_a_field_path_that_exists() {
             }
         }
     });
-    // 3 on the spec, 1 on a node, 1 on a probe, 4 durations.
-    assert_eq!(count, 9, "rules in the CRD");
+    // 2 on the root (names), 3 on the spec, 1 on a node, 1 on a probe, 4 durations.
+    assert_eq!(count, 11, "rules in the CRD");
+}
+
+/// `<cluster>-<node>` names Services: the API server checks the cluster name's form and the
+/// combined length, which a DNS-1123 subdomain name alone would not.
+#[test]
+fn the_root_checks_the_cluster_name_and_the_combined_object_names() {
+    let root = version()["schema"]["openAPIV3Schema"].clone();
+    let root_rules: Vec<String> =
+        rules(&root).iter().map(|r| r["rule"].as_str().unwrap().to_string()).collect();
+    assert!(
+        root_rules.iter().any(|r| r.contains("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")),
+        "{root_rules:?}"
+    );
+    assert!(
+        root_rules
+            .iter()
+            .any(|r| r == "self.spec.nodes.all(n, size(self.metadata.name) + size(n.name) < 63)"),
+        "{root_rules:?}"
+    );
 }
 
 /// The API server accepts only structural schemas: every node has a type, unless it is an

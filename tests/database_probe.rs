@@ -303,6 +303,25 @@ async fn clusters_on_one_database_share_one_small_pool() {
 }
 
 #[tokio::test]
+async fn idle_connections_are_closed() {
+    let Some(mut db) = OmeroDb::create().await else { return };
+    db.add_node(1, POD_A, false).await;
+    db.open_session(1, Some("OMERO.web")).await;
+    let probes =
+        SessionProbes::new(ProbeTimeouts { idle: Duration::from_millis(300), ..ProbeTimeouts::default() });
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(1)));
+    assert_eq!(db.operator_connections().await, 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while db.operator_connections().await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the idle connection stayed open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The next probe opens a new one.
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(1)));
+    db.drop().await;
+}
+
+#[tokio::test]
 async fn a_select_only_role_is_enough() {
     let Some(mut db) = OmeroDb::create().await else { return };
     db.add_node(1, POD_A, false).await;

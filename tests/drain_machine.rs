@@ -1330,8 +1330,12 @@ fn run_scenario(scenario: &Scenario) -> Result<(), TestCaseError> {
             if is == NodePhase::Draining {
                 prop_assert!(status.drain_started_at.is_some() && deadline.is_some(), "{}", ctx(i));
                 prop_assert_eq!(status.deadline_reached, deadline_passed, "{}", ctx(i));
-                if proceed {
-                    prop_assert!(!deadline_passed, "Proceed never holds past the deadline: {}", ctx(i));
+                if proceed || policy.force {
+                    prop_assert!(
+                        !deadline_passed,
+                        "Proceed (or force) never holds past the deadline: {}",
+                        ctx(i)
+                    );
                 }
                 prop_assert!(model.zeros < ZERO_CONFIRMATIONS, "two zeros in a row must drain: {}", ctx(i));
             }
@@ -1341,10 +1345,10 @@ fn run_scenario(scenario: &Scenario) -> Result<(), TestCaseError> {
             }
 
             // Why a draining node became Drained: its pod stopped being ready, the deadline
-            // passed with Proceed, or two zero counts in a row. Never a failed probe, never
+            // passed with Proceed (or Hold, forced), or two zero counts in a row. Never a failed probe, never
             // open sessions before the deadline.
             if was == NodePhase::Draining && is == NodePhase::Drained {
-                let by_deadline = deadline_passed && proceed;
+                let by_deadline = deadline_passed && (proceed || policy.force);
                 prop_assert!(
                     !ready[i] || by_deadline || model.zeros >= ZERO_CONFIRMATIONS,
                     "drained without a reason: {}",
@@ -1423,7 +1427,7 @@ fn run_scenario(scenario: &Scenario) -> Result<(), TestCaseError> {
                     DrainEvent::DeadlineReached { node, sessions, proceeding } => {
                         prop_assert_eq!(node, &names[i]);
                         prop_assert!(deadline_passed, "{}", ctx(i));
-                        prop_assert_eq!(*proceeding, proceed);
+                        prop_assert_eq!(*proceeding, proceed || policy.force);
                         prop_assert_eq!(*sessions, status.sessions.map(|s| s as u64));
                         model.deadline_events += 1;
                         prop_assert_eq!(

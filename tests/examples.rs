@@ -68,6 +68,9 @@ fn secret_refs(cluster: &OmeroCluster) -> Vec<(String, String, String)> {
         db.password_secret.name.clone(),
         db.password_secret.key.clone(),
     )];
+    if let Some(secret) = &db.root_password_secret {
+        refs.push(("spec.database.rootPasswordSecret".into(), secret.name.clone(), secret.key.clone()));
+    }
     if let Some(secret) = db.read_only.as_ref().and_then(|ro| ro.password_secret.as_ref()) {
         refs.push(("spec.database.readOnly.passwordSecret".into(), secret.name.clone(), secret.key.clone()));
     }
@@ -147,8 +150,8 @@ fn secret_refs_cover_every_place_a_cluster_reads_a_secret() {
         fields,
         [
             "spec.database.passwordSecret",
+            "spec.database.rootPasswordSecret",
             "spec.database.readOnly.passwordSecret",
-            "spec.nodes[rw].env[ROOTPASS]"
         ]
     );
 }

@@ -436,3 +436,39 @@ async fn a_failing_api_write_fails_the_reconcile_without_recording_progress() {
     reconcile_once(&fake, &ctx).await.unwrap();
     assert_eq!(fake.node("ro-1").phase, NodePhase::Draining);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_exporters_own_session_does_not_hold_a_drain_open() {
+    let yaml = CLUSTER.replace(
+        "sessionProbe: {type: metrics, port: 9449, interval: 10s}\n  - name: ro-2",
+        "sessionProbe: {type: metrics, port: 9449, interval: 10s, ignoredSessions: 1}\n  - name: ro-2",
+    );
+    let (fake, sessions, ctx) = setup(&yaml);
+    bring_up(&fake, &ctx).await;
+    sessions.set("10.0.0.2", Ok(3));
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
+    run_until(&fake, &ctx, 5, |f| f.node("ro-1").sessions.is_some()).await;
+    assert_eq!(fake.node("ro-1").sessions, Some(2), "the exporter's session is not a user's");
+    sessions.set("10.0.0.2", Ok(1));
+    run_until(&fake, &ctx, 10, |f| f.node("ro-1").phase == NodePhase::Drained).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_held_past_its_deadline_ends_when_sessions_end_or_when_forced() {
+    let yaml = CLUSTER.replace("drain: {timeout: 30m}", "drain: {timeout: 5m, onDeadline: Hold}");
+    let (fake, sessions, ctx) = setup(&yaml);
+    bring_up(&fake, &ctx).await;
+    sessions.set("10.0.0.2", Ok(2));
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
+    run_until(&fake, &ctx, 100, |f| f.node("ro-1").deadline_reached).await;
+    tokio::time::advance(Duration::from_secs(600)).await;
+    reconcile_once(&fake, &ctx).await.unwrap();
+    let node = fake.node("ro-1");
+    assert_eq!(node.phase, NodePhase::Draining, "held: {:?}", node.message);
+    assert!(node.message.unwrap().contains("holding"));
+    assert_eq!(fake.event_reasons().iter().filter(|r| *r == "DrainDeadlineReached").count(), 1);
+
+    fake.set_annotation(FORCE_ANNOTATION, Some("true"));
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.node("ro-1").phase, NodePhase::Drained);
+}

@@ -213,12 +213,12 @@ fn config_the_image_can_carry_is_valid() {
 fn config_key_the_operator_sets_is_refused_with_the_field_to_use() {
     assert_error(
         r#"spec: {config: {omero.db.host: elsewhere}}"#,
-        "spec.config.omero.db.host",
+        "spec.config[omero.db.host]",
         &["is set by the operator", "use spec.database.host instead"],
     );
     assert_error(
         r#"spec: {nodes: [{name: main, config: {omero.db.host: elsewhere}}]}"#,
-        "spec.nodes[0].config.omero.db.host",
+        "spec.nodes[0].config[omero.db.host]",
         &["is set by the operator", "use spec.database.host instead"],
     );
 }
@@ -228,7 +228,7 @@ fn every_managed_key_is_refused_in_cluster_config() {
     for (key, instead) in property::MANAGED {
         assert_error(
             &format!("spec: {{config: {{'{key}': 'x'}}}}"),
-            &format!("spec.config.{key}"),
+            &format!("spec.config[{key}]"),
             &[&format!("use {instead} instead")],
         );
     }
@@ -237,10 +237,10 @@ fn every_managed_key_is_refused_in_cluster_config() {
 #[test]
 fn config_key_that_cannot_round_trip_through_config_env_is_refused() {
     let lost = ["cannot be passed to the image", "would read CONFIG_omero_a_b back as 'omero.a_b'"];
-    assert_error(r#"spec: {config: {omero.a.b: "1"}}"#, "spec.config.omero.a.b", &lost);
+    assert_error(r#"spec: {config: {omero.a.b: "1"}}"#, "spec.config[omero.a.b]", &lost);
     assert_error(
         r#"spec: {nodes: [{name: main, config: {omero.a.b: "1"}}]}"#,
-        "spec.nodes[0].config.omero.a.b",
+        "spec.nodes[0].config[omero.a.b]",
         &lost,
     );
 }
@@ -249,10 +249,10 @@ fn config_key_that_cannot_round_trip_through_config_env_is_refused() {
 fn config_key_with_characters_no_env_name_allows_is_refused() {
     assert_error(
         r#"spec: {config: {"omero.x y": "1"}}"#,
-        "spec.config.omero.x y",
+        "spec.config[omero.x y]",
         &["cannot be passed to the image", "' ' cannot appear in a property name"],
     );
-    assert_error(r#"spec: {config: {"": "1"}}"#, "spec.config.", &["the property name is empty"]);
+    assert_error(r#"spec: {config: {"": "1"}}"#, "spec.config[]", &["the property name is empty"]);
 }
 
 // --- durations ---
@@ -286,9 +286,9 @@ fn drain_timeout_must_be_positive() {
 
 #[test]
 fn probe_interval_must_be_positive() {
-    assert_valid("spec: {nodes: [{name: main, sessionProbe: {interval: 15s}}]}");
+    assert_valid("spec: {nodes: [{name: main, sessionProbe: {type: database, interval: 15s}}]}");
     assert_error(
-        "spec: {nodes: [{name: main, sessionProbe: {interval: 0s}}]}",
+        "spec: {nodes: [{name: main, sessionProbe: {type: database, interval: 0s}}]}",
         "spec.nodes[0].sessionProbe.interval",
         &["must be a positive duration, e.g. 15s"],
     );
@@ -300,8 +300,8 @@ fn malformed_durations_are_refused_when_deserialising() {
         ("spec: {sessions: {idleTimeout: 10 minutes}}", "10 minutes"),
         ("spec: {sessions: {maxLifetime: '1.5h'}}", "1.5h"),
         ("spec: {drain: {timeout: 1d}}", "1d"),
-        ("spec: {nodes: [{name: main, sessionProbe: {interval: '-15s'}}]}", "-15s"),
-        ("spec: {nodes: [{name: main, sessionProbe: {interval: '15'}}]}", "15"),
+        ("spec: {nodes: [{name: main, sessionProbe: {type: database, interval: '-15s'}}]}", "-15s"),
+        ("spec: {nodes: [{name: main, sessionProbe: {type: database, interval: '15'}}]}", "15"),
     ] {
         let err = parse(patch).expect_err(patch).to_string();
         assert!(
@@ -456,12 +456,9 @@ fn database_probe_on_a_read_only_database_node_is_refused() {
         "spec.nodes[1].sessionProbe.type",
         &fix,
     );
-    // A probe that leaves `type` out is a database probe.
-    assert_error(
-        "spec: {nodes: [{name: main}, {name: ro, readOnly: {db: true, repo: true}, sessionProbe: {interval: 30s}}]}",
-        "spec.nodes[1].sessionProbe.type",
-        &fix,
-    );
+    // A probe must name its type: the default depends on the node, so none is assumed.
+    let err = parse("spec: {nodes: [{name: main, sessionProbe: {interval: 30s}}]}").unwrap_err();
+    assert!(err.to_string().contains("missing field `type`"), "{err}");
 }
 
 #[test]
@@ -508,17 +505,154 @@ fn every_problem_is_reported_together_in_field_order() {
         [
             "metadata.name",
             "spec.image",
-            "spec.config.omero.db.pass",
+            "spec.config[omero.db.pass]",
             "spec.sessions.idleTimeout",
-            "spec.drain.maxUnavailable",
             "spec.nodes[0].name",
             "spec.nodes[1].sessionProbe.port",
             "spec.nodes[1].sessionProbe.path",
             "spec.nodes[2].name",
             "spec.nodes",
+            "spec.drain.maxUnavailable",
         ]
     );
-    assert_message(&errors[2], "spec.config.omero.db.pass", &["use spec.database.passwordSecret instead"]);
-    assert_message(&errors[8], "spec.nodes[2].name", &["'b' is used by another node"]);
-    assert_message(&errors[9], "spec.nodes", &["found 3 (Main, b, b)"]);
+    assert_message(&errors[2], "spec.config[omero.db.pass]", &["use spec.database.passwordSecret instead"]);
+    assert_message(&errors[7], "spec.nodes[2].name", &["'b' is used by another node"]);
+    assert_message(&errors[8], "spec.nodes", &["found 3 (Main, b, b)"]);
+}
+
+#[test]
+fn extra_env_may_not_set_what_the_operator_sets() {
+    assert_valid("spec: {nodes: [{name: main, env: [{name: JAVA_OPTS, value: '-Xss2m'}]}]}");
+    assert_error(
+        "spec: {nodes: [{name: main, env: [{name: TZ, value: UTC}, {name: CONFIG_omero_db_host, value: x}]}]}",
+        "spec.nodes[0].env[1].name",
+        &["CONFIG_omero_db_host cannot be set here", "put the property in config instead"],
+    );
+    for name in ["PGPORT", "OMERO_TMPDIR", "OMERO_POD_IP"] {
+        assert_error(
+            &format!("spec: {{nodes: [{{name: main, env: [{{name: {name}, value: x}}]}}]}}"),
+            "spec.nodes[0].env[0].name",
+            &["the operator sets it"],
+        );
+    }
+    assert_error(
+        "spec: {nodes: [{name: main, env: [{name: ROOTPASS, value: x}]}]}",
+        "spec.nodes[0].env[0].name",
+        &["spec.database.rootPasswordSecret"],
+    );
+}
+
+#[test]
+fn root_password_secret_is_checked_when_given() {
+    assert_valid("spec: {database: {rootPasswordSecret: {name: omero-db, key: root-password}}}");
+    assert_error(
+        "spec: {database: {rootPasswordSecret: {name: omero-db, key: ''}}}",
+        "spec.database.rootPasswordSecret.key",
+        &["is empty"],
+    );
+}
+
+#[test]
+fn blank_database_names_users_and_read_only_host_are_refused() {
+    assert_error("spec: {database: {name: ' '}}", "spec.database.name", &["is empty", "leave the field out"]);
+    assert_error("spec: {database: {user: ''}}", "spec.database.user", &["is empty"]);
+    assert_error("spec: {database: {readOnly: {host: ''}}}", "spec.database.readOnly.host", &["is empty"]);
+    assert_error("spec: {database: {readOnly: {user: ''}}}", "spec.database.readOnly.user", &["is empty"]);
+    assert_valid("spec: {database: {readOnly: {user: omero_ro}}}");
+}
+
+#[test]
+fn port_zero_is_refused_wherever_a_port_is_given() {
+    assert_error("spec: {database: {port: 0}}", "spec.database.port", &["from 1 to 65535"]);
+    assert_error(
+        "spec: {database: {readOnly: {port: 0}}}",
+        "spec.database.readOnly.port",
+        &["from 1 to 65535"],
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 0}}]}",
+        "spec.nodes[0].sessionProbe.port",
+        &["from 1 to 65535"],
+    );
+}
+
+#[test]
+fn affinity_timeout_must_be_within_kubernetes_limits() {
+    assert_valid("spec: {service: {sessionAffinityTimeoutSeconds: 86400}}");
+    assert_error(
+        "spec: {service: {sessionAffinityTimeoutSeconds: 86401}}",
+        "spec.service.sessionAffinityTimeoutSeconds",
+        &["from 1 to 86400"],
+    );
+}
+
+#[test]
+fn node_names_longer_than_the_schema_allows_are_refused() {
+    let name = "a".repeat(41);
+    assert_error(
+        &format!("spec: {{nodes: [{{name: {name}}}]}}"),
+        "spec.nodes[0].name",
+        &["longer than 40 characters"],
+    );
+}
+
+#[test]
+fn more_nodes_than_the_schema_allows_are_refused() {
+    let mut nodes = vec!["{name: n0}".to_string()];
+    nodes.extend((1..65).map(|i| format!("{{name: n{i}, readOnly: {{db: true, repo: true}}}}")));
+    assert_error(
+        &format!("spec: {{nodes: [{}]}}", nodes.join(", ")),
+        "spec.nodes",
+        &["has 65 nodes", "at most 64"],
+    );
+}
+
+#[test]
+fn grid_workers_may_not_take_the_masters_icegrid_names() {
+    assert_error(
+        "spec: {topology: grid, nodes: [{name: main, master: true}, {name: master}]}",
+        "spec.nodes[1].name",
+        &["pick another worker name"],
+    );
+    assert_error(
+        "spec: {topology: grid, nodes: [{name: main, master: true}, {name: internal}]}",
+        "spec.nodes[1].name",
+        &["IceGrid"],
+    );
+    assert_valid("spec: {topology: grid, nodes: [{name: master, master: true}, {name: worker}]}");
+}
+
+#[test]
+fn hold_at_the_deadline_needs_a_probe_on_every_node() {
+    assert_valid("spec: {drain: {onDeadline: Hold}}");
+    assert_error(
+        "spec: {drain: {onDeadline: Hold}, nodes: [{name: main}, {name: ro, readOnly: {db: true, repo: true}}]}",
+        "spec.drain.onDeadline",
+        &["nodes ro have no session probe", "use Proceed"],
+    );
+}
+
+#[test]
+fn grid_only_properties_are_the_users_in_independent_topology() {
+    assert_valid("spec: {config: {omero.server.nodedescriptors: 'master:Blitz-0,Indexer-0'}}");
+    assert_error(
+        "spec: {topology: grid, config: {omero.server.nodedescriptors: x}, nodes: [{name: main, master: true}]}",
+        "spec.config[omero.server.nodedescriptors]",
+        &["is set by the operator"],
+    );
+}
+
+#[test]
+fn sidecar_names_must_not_clash_with_omero_or_each_other() {
+    assert_valid("spec: {nodes: [{name: main, sidecars: [{name: exporter, image: e}]}]}");
+    assert_error(
+        "spec: {nodes: [{name: main, sidecars: [{name: omero-server, image: e}]}]}",
+        "spec.nodes[0].sidecars[0].name",
+        &["'omero-server' is taken", "rename the sidecar"],
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, sidecars: [{name: x, image: e}, {name: x, image: f}]}]}",
+        "spec.nodes[0].sidecars[1].name",
+        &["'x' is taken"],
+    );
 }

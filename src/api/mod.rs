@@ -10,7 +10,7 @@ mod validate;
 pub use duration::{Duration, DurationError};
 pub use spec::*;
 pub use status::*;
-pub use validate::{ValidationError, validate};
+pub use validate::{OMERO_CONTAINER, ValidationError, validate};
 
 /// Label and annotation keys shared by every object the operator creates or reads.
 pub mod keys {

@@ -5,6 +5,8 @@
 //! takes non-overlapping matches, so not every name survives the trip (a one-letter part such
 //! as `a.b.c`, or `_` next to `.`): `env_name` refuses those rather than set the wrong property.
 
+use super::Topology;
+
 /// Properties the operator sets itself, with the spec field to use instead.
 pub const MANAGED: &[(&str, &str)] = &[
     ("omero.db.host", "spec.database.host"),
@@ -21,14 +23,44 @@ pub const MANAGED: &[(&str, &str)] = &[
         "omero.pixeldata.memoizer.dir.local",
         "spec.nodes[].readOnly.repo (the operator provides a writable directory)",
     ),
+    ("omero.data.dir", "spec.repository.claimName (mounted at /OMERO, OMERO's default data directory)"),
+];
+
+/// Properties the operator sets only in grid topology; in `independent` they are the user's
+/// (e.g. trimming `omero.server.nodedescriptors` to the services a node runs).
+pub const MANAGED_IN_GRID: &[(&str, &str)] = &[
     ("omero.cluster.redirector", "spec.topology (grid enables configRedirector)"),
     ("omero.master.host", "spec.topology and spec.nodes[].master (grid wiring)"),
     ("omero.server.nodedescriptors", "spec.nodes (grid: the master lists one Blitz per worker)"),
 ];
 
-/// The spec field that sets `key`, when the operator manages it.
-pub fn managed_by(key: &str) -> Option<&'static str> {
-    MANAGED.iter().find(|(k, _)| *k == key).map(|(_, field)| *field)
+/// The spec field that sets `key`, when the operator manages it in this topology.
+pub fn managed_by(key: &str, topology: Topology) -> Option<&'static str> {
+    let grid: &[(&str, &str)] = if topology == Topology::Grid { MANAGED_IN_GRID } else { &[] };
+    MANAGED.iter().chain(grid).find(|(k, _)| *k == key).map(|(_, field)| *field)
+}
+
+/// Downward-API variable holding the pod IP; grid wiring refers to it as `$(OMERO_POD_IP)`.
+pub const POD_IP_ENV: &str = "OMERO_POD_IP";
+/// Where OMERO's TempFileManager writes (`omero.util.temp_files`).
+pub const TMPDIR_ENV: &str = "OMERO_TMPDIR";
+/// Read by `psql` in `/startup/60-database.sh`, which passes `-h`, `-U` and the database name
+/// but no `-p`: without it a database on another port never answers the start-up wait loop.
+pub const PGPORT_ENV: &str = "PGPORT";
+/// OMERO root's password for `omego db init` on an empty database (`/startup/60-database.sh`).
+pub const ROOTPASS_ENV: &str = "ROOTPASS";
+
+/// Why a node's extra `env` may not set `name`, if it may not: the operator sets it.
+pub fn reserved_env(name: &str) -> Option<&'static str> {
+    if name.starts_with("CONFIG_") {
+        Some("CONFIG_ variables are OMERO properties: put the property in config instead")
+    } else if [POD_IP_ENV, TMPDIR_ENV, PGPORT_ENV].contains(&name) {
+        Some("the operator sets it")
+    } else if name == ROOTPASS_ENV {
+        Some("the operator sets it from spec.database.rootPasswordSecret")
+    } else {
+        None
+    }
 }
 
 /// The environment variable that sets `key`, or why no variable can.

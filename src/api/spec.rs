@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -24,7 +26,9 @@ use super::{Duration, OmeroClusterStatus};
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyNodes"}"#,
     printcolumn = r#"{"name":"Serving","type":"integer","jsonPath":".status.servingNodes"}"#,
     printcolumn = r#"{"name":"Draining","type":"integer","jsonPath":".status.drainingNodes"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("the cluster name prefixes Service names: use lower-case letters, digits and '-', starting with a letter"),
+    validation = Rule::new("self.spec.nodes.all(n, size(self.metadata.name) + size(n.name) < 63)").message("'<cluster>-<node>' names a Service and must be at most 63 characters: shorten the cluster or node name").field_path(".spec.nodes")
 )]
 #[x_kube(
     validation = Rule::new("self.topology != 'independent' || self.nodes.filter(n, !has(n.readOnly) || !n.readOnly.db || !n.readOnly.repo).size() <= 1").message("independent topology allows at most one read-write node: two read-write OMERO servers on one database close each other's sessions; set readOnly.db and readOnly.repo on the others").field_path(".nodes"),
@@ -121,13 +125,19 @@ pub struct DatabaseSpec {
     pub port: Option<u16>,
     /// Database name (default `omero`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub name: Option<String>,
     /// Database user (default `omero`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub user: Option<String>,
     /// The Secret key holding the user's password. It is passed to the pods by reference,
     /// never copied into an object.
     pub password_secret: SecretKeyRef,
+    /// OMERO root's password, used only when the read-write node's image initialises an
+    /// empty database (`omego db init`). Without it the image's default applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_password_secret: Option<SecretKeyRef>,
     /// A separate endpoint and credentials for read-only nodes (a SELECT-only role or a
     /// streaming replica). Fields left out fall back to the ones above.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,13 +148,16 @@ pub struct DatabaseSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ReadOnlyDatabaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub host: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret: Option<SecretKeyRef>,
@@ -249,6 +262,10 @@ pub struct NodeSpec {
     /// Extra environment variables of the OMERO container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+    /// Extra containers in the node's pod, e.g. a sessions exporter (omero-prometheus-tools)
+    /// for a `metrics` session probe on a read-only node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sidecars: Vec<Container>,
     /// How this node's open sessions are counted during a drain. Default: `database` for
     /// nodes that write to the database, `none` for read-only database nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -300,7 +317,7 @@ pub struct ReadOnlySpec {
 pub struct SessionProbe {
     /// `database` (SQL on the OMERO database; read-write nodes), `metrics` (a Prometheus text
     /// endpoint on the node's pod) or `none` (only the drain deadline ends a drain).
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type")]
     pub kind: SessionProbeKind,
     /// metrics: port on the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -308,6 +325,7 @@ pub struct SessionProbe {
     pub port: Option<u16>,
     /// metrics: HTTP path (default `/metrics`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/"))]
     pub path: Option<String>,
     /// metrics: name of the gauge holding the open session count (default
     /// `omero_sessions_active`); samples with several label sets are summed.
@@ -316,6 +334,11 @@ pub struct SessionProbe {
     /// How often to probe while draining (default 15s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
+    /// Sessions that are not users', subtracted from every count: a monitoring login such as
+    /// omero-prometheus-tools' own session on the node it watches. The node counts as drained
+    /// when no more than this many remain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignored_sessions: Option<u32>,
 }
 
 pub const DEFAULT_METRICS_PATH: &str = "/metrics";
@@ -325,6 +348,11 @@ pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(15);
 impl SessionProbe {
     pub fn interval(&self) -> Duration {
         self.interval.unwrap_or(DEFAULT_PROBE_INTERVAL)
+    }
+
+    /// The users' sessions in a raw count.
+    pub fn user_sessions(&self, counted: u64) -> u64 {
+        counted.saturating_sub(u64::from(self.ignored_sessions.unwrap_or(0)))
     }
 }
 

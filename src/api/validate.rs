@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, fmt};
 
 use kube::ResourceExt;
 
-use super::{OmeroCluster, SecretKeyRef, SessionProbeKind, Topology, property};
+use super::{OmeroCluster, OnDeadline, SecretKeyRef, SessionProbeKind, Topology, property};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationError {
@@ -26,6 +26,13 @@ impl fmt::Display for ValidationError {
 /// Longest Kubernetes object name the operator creates (`<cluster>-<node>` is a Service name,
 /// a DNS-1035 label).
 const MAX_OBJECT_NAME: usize = 63;
+/// The OMERO container of a node's pod (render uses the same name).
+pub const OMERO_CONTAINER: &str = "omero-server";
+/// The schema's limits on nodes.
+const MAX_NODE_NAME: usize = 40;
+const MAX_NODES: usize = 64;
+/// In grid topology the master's IceGrid node is `master` and its config `etc/internal.cfg`.
+const RESERVED_GRID_NAMES: &[&str] = &["master", "internal"];
 
 /// Checks the whole cluster; returns every problem found, in field order.
 pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
@@ -48,11 +55,22 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
     if spec.database.host.trim().is_empty() {
         errors.push("spec.database.host", "is empty: set the PostgreSQL host name");
     }
-    check_secret_ref(&mut errors, "spec.database.passwordSecret", &spec.database.password_secret);
-    if let Some(ro) = &spec.database.read_only
-        && let Some(secret) = &ro.password_secret
-    {
-        check_secret_ref(&mut errors, "spec.database.readOnly.passwordSecret", secret);
+    let db = &spec.database;
+    check_port(&mut errors, "spec.database.port", db.port);
+    check_not_blank(&mut errors, "spec.database.name", db.name.as_ref(), "the database name");
+    check_not_blank(&mut errors, "spec.database.user", db.user.as_ref(), "the database user");
+    check_secret_ref(&mut errors, "spec.database.passwordSecret", &db.password_secret);
+    if let Some(secret) = &db.root_password_secret {
+        check_secret_ref(&mut errors, "spec.database.rootPasswordSecret", secret);
+    }
+    if let Some(ro) = &db.read_only {
+        check_not_blank(&mut errors, "spec.database.readOnly.host", ro.host.as_ref(), "the read-only host");
+        check_port(&mut errors, "spec.database.readOnly.port", ro.port);
+        check_not_blank(&mut errors, "spec.database.readOnly.name", ro.name.as_ref(), "the database name");
+        check_not_blank(&mut errors, "spec.database.readOnly.user", ro.user.as_ref(), "the read-only user");
+        if let Some(secret) = &ro.password_secret {
+            check_secret_ref(&mut errors, "spec.database.readOnly.passwordSecret", secret);
+        }
     }
     if spec.repository.claim_name.trim().is_empty() {
         errors.push(
@@ -60,7 +78,7 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
             "is empty: name the existing PersistentVolumeClaim of the binary repository",
         );
     }
-    check_config(&mut errors, "spec.config", spec.config.keys());
+    check_config(&mut errors, "spec.config", spec.config.keys(), spec.topology);
 
     if let Some(sessions) = &spec.sessions {
         for (field, value) in [("idleTimeout", sessions.idle_timeout), ("maxLifetime", sessions.max_lifetime)]
@@ -73,16 +91,41 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
             }
         }
     }
+    check_nodes(&mut errors, cluster);
+
     if let Some(drain) = &spec.drain {
         if drain.timeout.is_some_and(|d| d.is_zero()) {
             errors.push("spec.drain.timeout", "must be a positive duration, e.g. 1h");
+        }
+        if drain.on_deadline == Some(OnDeadline::Hold) {
+            let blind: Vec<&str> = spec
+                .nodes
+                .iter()
+                .filter(|n| n.effective_session_probe().kind == SessionProbeKind::None)
+                .map(|n| n.name.as_str())
+                .collect();
+            if !blind.is_empty() {
+                errors.push(
+                    "spec.drain.onDeadline",
+                    format!(
+                        "Hold waits for sessions to end, but nodes {} have no session probe and would never finish draining: give them a sessionProbe or use Proceed",
+                        blind.join(", ")
+                    ),
+                );
+            }
         }
         if drain.max_unavailable == Some(0) {
             errors.push("spec.drain.maxUnavailable", "must be at least 1");
         }
     }
-
-    check_nodes(&mut errors, cluster);
+    if let Some(timeout) = spec.service.as_ref().and_then(|s| s.session_affinity_timeout_seconds)
+        && !(1..=86400).contains(&timeout)
+    {
+        errors.push(
+            "spec.service.sessionAffinityTimeoutSeconds",
+            "must be from 1 to 86400 seconds (Kubernetes' limit)",
+        );
+    }
     errors.finish()
 }
 
@@ -93,6 +136,10 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
         errors.push("spec.nodes", "is empty: declare at least one node");
         return;
     }
+    if spec.nodes.len() > MAX_NODES {
+        errors
+            .push("spec.nodes", format!("has {} nodes: at most {MAX_NODES} are supported", spec.nodes.len()));
+    }
     let mut seen = BTreeSet::new();
     for (i, node) in spec.nodes.iter().enumerate() {
         let at = |field: &str| format!("spec.nodes[{i}].{field}");
@@ -100,6 +147,11 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
             errors.push(
                 at("name"),
                 format!("'{}' is not a DNS label: use lower-case letters, digits and '-', starting and ending with a letter or digit", node.name),
+            );
+        } else if node.name.len() > MAX_NODE_NAME {
+            errors.push(
+                at("name"),
+                format!("'{}' is longer than {MAX_NODE_NAME} characters: shorten it", node.name),
             );
         } else if cluster_name.len() + 1 + node.name.len() > MAX_OBJECT_NAME {
             errors.push(
@@ -122,7 +174,36 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
                 "is only meaningful in grid topology: remove it or set spec.topology: grid",
             );
         }
-        check_config(errors, &at("config"), node.config.keys());
+        check_config(errors, &at("config"), node.config.keys(), spec.topology);
+        for (j, env) in node.env.iter().enumerate() {
+            if let Some(why) = property::reserved_env(&env.name) {
+                errors.push(
+                    format!("spec.nodes[{i}].env[{j}].name"),
+                    format!("{} cannot be set here: {why}", env.name),
+                );
+            }
+        }
+        let mut container_names = BTreeSet::from([OMERO_CONTAINER]);
+        for (j, sidecar) in node.sidecars.iter().enumerate() {
+            if !container_names.insert(sidecar.name.as_str()) {
+                errors.push(
+                    format!("spec.nodes[{i}].sidecars[{j}].name"),
+                    format!(
+                        "'{}' is taken by another container of the pod: rename the sidecar",
+                        sidecar.name
+                    ),
+                );
+            }
+        }
+        if spec.topology == Topology::Grid
+            && !node.is_master()
+            && RESERVED_GRID_NAMES.contains(&node.name.as_str())
+        {
+            errors.push(
+                at("name"),
+                format!("'{}' is the name of an IceGrid node or configuration file of the master: pick another worker name", node.name),
+            );
+        }
         if let Some(probe) = &node.session_probe {
             match probe.kind {
                 SessionProbeKind::Metrics if probe.port.is_none() => errors.push(
@@ -135,6 +216,7 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
                 ),
                 _ => {}
             }
+            check_port(errors, &at("sessionProbe.port"), probe.port);
             if probe.interval.is_some_and(|d| d.is_zero()) {
                 errors.push(at("sessionProbe.interval"), "must be a positive duration, e.g. 15s");
             }
@@ -185,13 +267,30 @@ fn check_secret_ref(errors: &mut Errors, field: &str, secret: &SecretKeyRef) {
     }
 }
 
-fn check_config<'a>(errors: &mut Errors, field: &str, keys: impl Iterator<Item = &'a String>) {
+fn check_config<'a>(
+    errors: &mut Errors,
+    field: &str,
+    keys: impl Iterator<Item = &'a String>,
+    topology: Topology,
+) {
     for key in keys {
-        if let Some(instead) = property::managed_by(key) {
-            errors.push(format!("{field}.{key}"), format!("is set by the operator: use {instead} instead"));
+        if let Some(instead) = property::managed_by(key, topology) {
+            errors.push(format!("{field}[{key}]"), format!("is set by the operator: use {instead} instead"));
         } else if let Err(why) = property::env_name(key) {
-            errors.push(format!("{field}.{key}"), format!("cannot be passed to the image: {why}"));
+            errors.push(format!("{field}[{key}]"), format!("cannot be passed to the image: {why}"));
         }
+    }
+}
+
+fn check_not_blank(errors: &mut Errors, field: &str, value: Option<&String>, what: &str) {
+    if value.is_some_and(|v| v.trim().is_empty()) {
+        errors.push(field, format!("is empty: set {what} or leave the field out for the default"));
+    }
+}
+
+fn check_port(errors: &mut Errors, field: &str, port: Option<u16>) {
+    if port == Some(0) {
+        errors.push(field, "must be a port number from 1 to 65535");
     }
 }
 

@@ -190,8 +190,9 @@ async fn probe<P: ClusterPort, S: SessionCounter>(
     } else {
         None
     };
-    match ctx.sessions.count(&SessionQuery { pod_ip, probe, database }).await {
-        Ok(Some(n)) => ProbeOutcome::Count(n),
+    let query = SessionQuery { pod_ip, probe, database };
+    match ctx.sessions.count(&query).await {
+        Ok(Some(n)) => ProbeOutcome::Count(query.probe.user_sessions(n)),
         Ok(None) => ProbeOutcome::NoProbe,
         Err(e) => ProbeOutcome::Failed(e),
     }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
@@ -26,18 +26,13 @@ pub const OPEN_SESSIONS_SQL: &str = "SELECT count(*) FROM session s \
 /// Connections per pool: probes of one database run one at a time per node and briefly.
 const POOL_SIZE: usize = 2;
 
-/// Pooled connections idle this long are closed. Drains are rare; between them OMERO's
-/// database should not carry the operator's idle connections. During a drain, probes every
-/// 15 s (the default interval) keep them open.
-const IDLE_LIMIT: Duration = Duration::from_secs(60);
-
 /// Database pools, shared by every cluster whose probes use the same host, port, database and
 /// user. A new password for a key replaces its pool, so a rotated password leaves no pool
 /// behind that still holds the old one.
 #[derive(Default)]
 pub struct Pools {
     pools: Arc<Mutex<HashMap<PoolKey, PoolEntry>>>,
-    closer: Once,
+    closer: OnceLock<()>,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -58,18 +53,18 @@ impl Pools {
         lock(&self.pools).len()
     }
 
-    /// Starts, once and from within the runtime, the task that closes idle connections. It
-    /// ends when the pools are dropped.
-    fn close_idle_connections(&self) {
-        self.closer.call_once(|| {
+    /// Starts, once and from within the runtime, the task that closes connections idle for
+    /// `idle`. It ends when the pools are dropped.
+    fn close_idle_connections(&self, idle: Duration) {
+        self.closer.get_or_init(|| {
             let pools = Arc::downgrade(&self.pools);
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(IDLE_LIMIT / 2);
+                let mut tick = tokio::time::interval(idle / 2);
                 loop {
                     tick.tick().await;
-                    let Some(pools) = pools.upgrade() else { return };
-                    for entry in lock(&pools).values() {
-                        entry.pool.retain(|_, metrics| metrics.last_used() < IDLE_LIMIT);
+                    let Some(live) = pools.upgrade() else { return };
+                    for entry in lock(&live).values() {
+                        entry.pool.retain(|_, metrics| metrics.last_used() < idle);
                     }
                 }
             });
@@ -132,7 +127,7 @@ pub async fn count(
     let deadline = Instant::now() + timeouts.total;
     let timed_out = || fail(format!("no answer within {}", seconds(timeouts.total)));
 
-    pools.close_idle_connections();
+    pools.close_idle_connections(timeouts.idle);
     let pool = pools.get(credentials, timeouts);
     let mut client = match timeout_at(deadline, pool.get()).await {
         Ok(Ok(client)) => client,

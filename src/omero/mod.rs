@@ -58,6 +58,10 @@ pub struct ProbeTimeouts {
     /// The whole probe, enforced here: pool wait, connect, authentication and queries, or the
     /// HTTP request and its body.
     pub total: Duration,
+    /// Pooled database connections unused this long are closed. Drains are rare, and between
+    /// them OMERO's database should not carry the operator's idle connections; during a drain,
+    /// probes (every 15 s by default) keep them open.
+    pub idle: Duration,
 }
 
 impl Default for ProbeTimeouts {
@@ -66,6 +70,7 @@ impl Default for ProbeTimeouts {
             connect: Duration::from_secs(5),
             statement: Duration::from_secs(5),
             total: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
         }
     }
 }

@@ -1,20 +1,14 @@
 //! OMERO configuration of a node, as the official image takes it: one `CONFIG_<x>` environment
 //! variable per property (`/startup/50-config.py` runs `omero config set` for each).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, SecretKeySelector};
 
 use super::{grid, volumes};
 use crate::api::{DatabaseEndpoint, NodeSpec, OmeroCluster, SecretKeyRef, property};
 
-/// Downward-API variable holding the pod IP; grid wiring refers to it as `$(OMERO_POD_IP)`.
-pub(crate) const POD_IP_ENV: &str = "OMERO_POD_IP";
-/// Where OMERO's TempFileManager writes (`omero.util.temp_files`).
-pub(crate) const TMPDIR_ENV: &str = "OMERO_TMPDIR";
-/// Read by `psql` in `/startup/60-database.sh`, which passes `-h`, `-U` and the database name
-/// but no `-p`: without it a database on another port never answers the start-up wait loop.
-const PGPORT_ENV: &str = "PGPORT";
+pub(crate) use crate::api::property::{PGPORT_ENV, POD_IP_ENV, ROOTPASS_ENV, TMPDIR_ENV};
 
 /// The value of one property.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,8 +64,8 @@ pub(crate) fn properties(cluster: &OmeroCluster, node: &NodeSpec) -> BTreeMap<St
 
 /// The container's environment, in a fixed order: the pod IP (grid; it must come before the
 /// variables that refer to it), the properties sorted by name, `PGPORT`, `OMERO_TMPDIR` on
-/// read-only nodes, then the node's own `env`. A variable of the node's `env` whose name the
-/// operator sets is left out: the operator's wiring (database, read-only flags) wins.
+/// read-only nodes, `ROOTPASS` on the node that initialises the database, then the node's own
+/// `env` (validation refuses names the operator sets).
 pub(crate) fn env(cluster: &OmeroCluster, node: &NodeSpec) -> Vec<EnvVar> {
     let mut env = Vec::new();
     if grid::is_grid(cluster) {
@@ -95,9 +89,12 @@ pub(crate) fn env(cluster: &OmeroCluster, node: &NodeSpec) -> Vec<EnvVar> {
     if volumes::has_writable_tmp(node) {
         env.push(env_var(TMPDIR_ENV.into(), Value::Literal(volumes::TMP_DIR.into())));
     }
-
-    let ours: BTreeSet<String> = env.iter().map(|e| e.name.clone()).collect();
-    env.extend(node.env.iter().filter(|e| !ours.contains(&e.name)).cloned());
+    // Only the node that runs `/startup/60-database.sh` against the primary can initialise it.
+    let initialises_db = !node.read_only_db() && (!grid::is_grid(cluster) || node.is_master());
+    if let Some(secret) = cluster.spec.database.root_password_secret.as_ref().filter(|_| initialises_db) {
+        env.push(env_var(ROOTPASS_ENV.into(), Value::Secret(secret.clone())));
+    }
+    env.extend(node.env.iter().cloned());
     env
 }
 
@@ -307,22 +304,38 @@ mod tests {
     }
 
     #[test]
-    fn extra_env_comes_last_and_cannot_replace_the_operators_variables() {
+    fn extra_env_comes_last_in_the_order_given() {
+        // Names the operator sets are refused by validation (api::property::reserved_env).
         let yaml = BASE.replace(
             "    - name: rw\n",
             "    - name: rw\n      env:\n        - {name: JAVA_OPTS, value: \"-Xss2m\"}\n        \
-             - {name: CONFIG_omero_db_host, value: elsewhere}\n        - {name: TZ, value: UTC}\n",
+             - {name: TZ, value: UTC}\n",
         );
         let desired = render(&cluster(&yaml));
         let env = container(&desired, "rw").env.clone().unwrap();
         assert_eq!(names(&env)[env.len() - 2..], ["JAVA_OPTS", "TZ"]);
         assert_eq!(env_value(&desired, "rw", "CONFIG_omero_db_host"), "db.example");
-        assert_eq!(env.iter().filter(|e| e.name == "CONFIG_omero_db_host").count(), 1);
     }
 
     #[test]
     fn independent_nodes_have_no_pod_ip_variable() {
         let desired = render(&cluster(BASE));
         assert!(env_of(&desired, "rw", POD_IP_ENV).is_none());
+    }
+
+    #[test]
+    fn root_password_goes_by_secret_reference_to_the_node_that_initialises_the_database() {
+        let desired = render(&base_with(|c| {
+            c.spec.database.root_password_secret =
+                Some(SecretKeyRef { name: "omero-db".into(), key: "root-password".into() });
+            c.spec
+                .nodes
+                .push(serde_norway::from_str("{name: ro, readOnly: {db: true, repo: true}}").unwrap());
+        }));
+        let rootpass = env_of(&desired, "rw", ROOTPASS_ENV).expect("ROOTPASS on the read-write node");
+        assert_eq!(rootpass.value, None, "never inlined");
+        let key = rootpass.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!((key.name.as_str(), key.key.as_str()), ("omero-db", "root-password"));
+        assert!(env_of(&desired, "ro", ROOTPASS_ENV).is_none(), "a read-only node never initialises");
     }
 }

@@ -16,7 +16,7 @@ use super::{config, grid, labels, probes, volumes};
 use crate::api::{NodeSpec, OmeroCluster};
 
 /// The container every node runs.
-pub(crate) const CONTAINER_NAME: &str = "omero-server";
+pub(crate) use crate::api::OMERO_CONTAINER as CONTAINER_NAME;
 
 /// uid and gid of `omero-server` in the official image.
 const OMERO_UID: i64 = 1000;
@@ -63,7 +63,8 @@ pub(crate) fn deployment(cluster: &OmeroCluster, node: &NodeSpec) -> Deployment 
 fn pod_spec(cluster: &OmeroCluster, node: &NodeSpec) -> PodSpec {
     let spec = &cluster.spec;
     PodSpec {
-        containers: vec![container(cluster, node)],
+        // OMERO first: the observer reads the image of the first container.
+        containers: std::iter::once(container(cluster, node)).chain(node.sidecars.iter().cloned()).collect(),
         volumes: Some(volumes::volumes(cluster, node)),
         image_pull_secrets: non_empty(spec.image_pull_secrets.clone()),
         node_selector: (!node.node_selector.is_empty()).then(|| node.node_selector.clone()),
@@ -255,5 +256,18 @@ mod tests {
         assert_eq!(pod.termination_grace_period_seconds, Some(300));
         assert_eq!(pod.automount_service_account_token, Some(false));
         assert_eq!(pod.enable_service_links, Some(false));
+    }
+
+    #[test]
+    fn sidecars_run_beside_omero_in_the_nodes_pod() {
+        let desired = render(&crate::render::tests::base_with(|c| {
+            c.spec.nodes[0].sidecars = vec![serde_norway::from_str(
+                "{name: sessions-exporter, image: 'ghcr.io/example/omero-prometheus-tools:1', ports: [{containerPort: 9449}]}",
+            )
+            .unwrap()];
+        }));
+        let pod = pod_spec(&desired, "rw");
+        let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["omero-server", "sessions-exporter"]);
     }
 }

@@ -308,13 +308,21 @@ spec:
     }
 
     #[test]
-    fn the_grid_properties_are_refused_in_the_users_config() {
+    fn the_grid_properties_are_refused_in_the_users_config_of_a_grid_only() {
         for key in ["omero.cluster.redirector", "omero.master.host", "omero.server.nodedescriptors"] {
             let c: OmeroCluster =
                 serde_norway::from_str(&format!("{GRID}  config:\n    {key}: x\n")).unwrap();
             let errors = crate::api::validate(&c).unwrap_err();
-            assert_eq!(errors[0].field, format!("spec.config.{key}"));
+            assert_eq!(errors[0].field, format!("spec.config[{key}]"));
             assert!(errors[0].message.contains("is set by the operator"), "{}", errors[0]);
+            let independent = crate::render::tests::base_with(|c| {
+                c.spec.config.insert(key.into(), "x".into());
+            });
+            assert_eq!(
+                crate::api::validate(&independent),
+                Ok(()),
+                "{key} is the user's in independent topology"
+            );
         }
     }
 
