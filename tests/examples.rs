@@ -155,3 +155,33 @@ fn secret_refs_cover_every_place_a_cluster_reads_a_secret() {
         ]
     );
 }
+
+#[test]
+fn every_example_cluster_renders_a_deployment_and_a_service_per_node_and_the_entry_service() {
+    for path in example_files() {
+        for cluster in &load(&path).clusters {
+            let desired = omero_operator::render::render(cluster);
+            let name = cluster.metadata.name.clone().unwrap();
+            let deployments: Vec<String> =
+                desired.deployments.iter().map(|d| d.metadata.name.clone().unwrap()).collect();
+            let expected: Vec<String> = cluster
+                .spec
+                .nodes
+                .iter()
+                .map(|n| omero_operator::render::node_object_name(&name, &n.name))
+                .collect();
+            assert_eq!(deployments, expected, "{}", path.display());
+            let services: Vec<String> =
+                desired.services.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
+            assert_eq!(services.len(), cluster.spec.nodes.len() + 1, "{}: {services:?}", path.display());
+            assert!(
+                services.contains(&omero_operator::render::entry_service_name(&name)),
+                "{}",
+                path.display()
+            );
+            for d in &desired.deployments {
+                assert_eq!(d.metadata.namespace, cluster.metadata.namespace, "{}", path.display());
+            }
+        }
+    }
+}
