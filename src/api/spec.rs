@@ -14,6 +14,12 @@ use super::{Duration, OmeroClusterStatus};
 
 /// An OMERO.server cluster: one Deployment per node sharing one database and one binary
 /// repository, with session-aware drains and read-only nodes.
+///
+/// Drain nodes by annotating the cluster: `omero.openmicroscopy.org/drain: "backup,ro-2"`
+/// (comma-separated node names; remove a name to put that node back in service). New sessions
+/// stop reaching a draining node; it is Drained when its session probe counts zero twice in a
+/// row, or at `drain.timeout`. The last serving node is drained only with
+/// `omero.openmicroscopy.org/drain-force: "true"`.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "omero.openmicroscopy.org",
@@ -65,7 +71,10 @@ pub struct OmeroClusterSpec {
     #[schemars(length(min = 1, max = 64))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub nodes: Vec<NodeSpec>,
-    /// How nodes leave service.
+    /// How nodes leave service. Drains are asked for with the annotation
+    /// `omero.openmicroscopy.org/drain: "<node>,<node>"` on the OmeroCluster;
+    /// `omero.openmicroscopy.org/drain-force: "true"` allows draining the last serving node
+    /// and ends drains held past their deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainSpec>,
     /// The entry Service and the per-node Services.
