@@ -1,6 +1,6 @@
 //! Times the database probe on an OMERO-sized session table: 100,000 closed and 1,000 open
 //! sessions over four live nodes and twenty that are down (earlier server starts). Measured through
-//! `SessionProbes::count` (pool, read-only transaction, two queries) and as the raw count
+//! `OmeroClient::count` (pool, read-only transaction, two queries) and as the raw count
 //! query, first on the fixture's tables, then with the index on `session(node)` that OMERO's
 //! own schema creates (`i_session_node`, sql/psql/*/psql-footer.sql). The operator never
 //! creates indexes in OMERO's database; this only shows what OMERO's schema gives it.
@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use omero_operator::api::{DatabaseEndpoint, SecretKeyRef, SessionProbe, SessionProbeKind};
-use omero_operator::omero::{DatabaseCredentials, OPEN_SESSIONS_SQL, ProbeTarget, SessionProbes};
+use omero_operator::omero::{Client as OmeroClient, DatabaseCredentials, OPEN_SESSIONS_SQL, ProbeTarget};
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls};
 
@@ -87,7 +87,7 @@ async fn main() {
     };
     let password = String::from_utf8(config.get_password().unwrap().to_vec()).unwrap();
     let credentials = DatabaseCredentials { endpoint: &endpoint, password: &password };
-    let probes = SessionProbes::default();
+    let probes = OmeroClient::default();
 
     for (label, setup) in [
         ("fixture tables (no index on session.node)", None),
@@ -107,7 +107,7 @@ async fn main() {
             assert_eq!(probes.count(&target).await, Ok(Some(expected)));
         })
         .await;
-        report("SessionProbes::count", &through_probe);
+        report("OmeroClient::count", &through_probe);
 
         let statement = client.prepare(OPEN_SESSIONS_SQL).await.unwrap();
         let ids: Vec<i64> = vec![1];

@@ -384,3 +384,24 @@ fn clear_drain(status: &mut NodeStatus) {
     status.sessions = None;
     status.sessions_observed_at = None;
 }
+
+/// Grid topology: the master runs the registry and Glacier2, the grid's only way in, so it
+/// never leaves service. A request to drain it is dropped and reported.
+pub fn keep_grid_master(request: &mut DrainRequest, master: &str) {
+    if request.nodes.remove(master) {
+        request.problems.push(format!(
+            "{DRAIN_ANNOTATION}: '{master}' is the grid master (registry and Glacier2, the grid's only entry) and cannot be drained; drain its workers"
+        ));
+    }
+}
+
+/// Grid topology: where OMERO's configRedirector must send new sessions while any node is out
+/// of service: the master when it serves, else the first serving node. `None` when no node is
+/// out of service (nothing to steer) or none serves (nowhere to steer to).
+pub fn redirect_target<'a>(nodes: &'a [NodeStatus], master: &str) -> Option<&'a NodeStatus> {
+    if !nodes.iter().any(|n| n.phase.is_out_of_service()) {
+        return None;
+    }
+    let serving = |n: &&NodeStatus| n.phase == NodePhase::Serving;
+    nodes.iter().filter(serving).find(|n| n.name == master).or_else(|| nodes.iter().find(serving))
+}

@@ -7,8 +7,7 @@ use kube::CustomResourceExt;
 use omero_operator::{
     api::{self, OmeroCluster},
     controller::{self, RunOptions},
-    omero::SessionProbes,
-    render, telemetry,
+    omero, render, telemetry,
 };
 use serde::Deserialize;
 
@@ -78,7 +77,7 @@ async fn run(options: RunOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match controller::run(client, SessionProbes::default(), options).await {
+    match controller::run(client, omero::Client::default(), options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "controller failed");

@@ -1,5 +1,5 @@
-//! The `database` session probe against a real PostgreSQL holding OMERO's tables
-//! (tests/fixtures/omero-sessions-schema.sql). Each test creates its own database, so they run
+//! The database adapters (the `database` session probe and the grid redirect row) against a
+//! real PostgreSQL holding OMERO's tables (tests/fixtures/omero-sessions-schema.sql). Each test creates its own database, so they run
 //! in parallel. Needs OMERO_OPERATOR_TEST_DATABASE_URL, which scripts/with-postgres.sh sets:
 //!
 //!   scripts/with-postgres.sh cargo test --test database_probe
@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use omero_operator::api::{DatabaseEndpoint, SecretKeyRef, SessionProbe, SessionProbeKind};
-use omero_operator::omero::{DatabaseCredentials, ProbeError, ProbeTarget, ProbeTimeouts, SessionProbes};
+use omero_operator::omero::{
+    Client as OmeroClient, DatabaseCredentials, ProbeError, ProbeTarget, ProbeTimeouts,
+};
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls};
 
@@ -145,7 +147,7 @@ fn database_probe() -> SessionProbe {
 }
 
 async fn count(
-    probes: &SessionProbes,
+    probes: &OmeroClient,
     pod_ip: &str,
     credentials: DatabaseCredentials<'_>,
 ) -> Result<Option<u64>, ProbeError> {
@@ -156,7 +158,7 @@ async fn count(
 #[tokio::test]
 async fn the_count_follows_open_user_sessions_of_the_pods_live_node() {
     let Some(mut db) = OmeroDb::create().await else { return };
-    let probes = SessionProbes::default();
+    let probes = OmeroClient::default();
     db.add_node(1, POD_A, false).await;
     db.add_node(2, POD_B, false).await;
     // The node that ran in pod A's IP before a restart; OMERO left one session open on it.
@@ -199,7 +201,7 @@ async fn the_count_follows_open_user_sessions_of_the_pods_live_node() {
 #[tokio::test]
 async fn a_pod_without_a_live_node_is_an_error_not_zero() {
     let Some(mut db) = OmeroDb::create().await else { return };
-    let probes = SessionProbes::default();
+    let probes = OmeroClient::default();
     db.add_node(2, POD_B, false).await;
     db.add_node(3, POD_A, true).await;
     db.open_session(3, Some("OMERO.web")).await;
@@ -222,7 +224,7 @@ async fn a_pod_without_a_live_node_is_an_error_not_zero() {
 #[tokio::test]
 async fn a_wrong_password_is_an_error_and_a_corrected_one_recovers() {
     let Some(mut db) = OmeroDb::create().await else { return };
-    let probes = SessionProbes::default();
+    let probes = OmeroClient::default();
     db.add_node(1, POD_A, false).await;
     db.open_session(1, Some("OMERO.web")).await;
     let wrong = DatabaseCredentials { endpoint: &db.endpoint, password: "not-the-password" };
@@ -243,7 +245,7 @@ async fn a_locked_table_ends_in_the_statement_timeout_and_the_next_probe_recover
         total: Duration::from_secs(10),
         ..Default::default()
     };
-    let probes = SessionProbes::new(timeouts);
+    let probes = OmeroClient::new(timeouts);
     db.add_node(1, POD_A, false).await;
     db.open_session(1, Some("OMERO.web")).await;
     assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(1)));
@@ -276,7 +278,7 @@ async fn clusters_on_one_database_share_one_small_pool() {
     db.open_session(2, Some("OMERO.web")).await;
 
     // Two clusters: same database and user, their own Secret objects.
-    let probes = SessionProbes::default();
+    let probes = OmeroClient::default();
     let other_cluster = probes.clone();
     let mut other_endpoint = db.endpoint.clone();
     other_endpoint.password_secret = SecretKeyRef { name: "second-cluster-db".into(), key: "pw".into() };
@@ -308,7 +310,7 @@ async fn idle_connections_are_closed() {
     db.add_node(1, POD_A, false).await;
     db.open_session(1, Some("OMERO.web")).await;
     let probes =
-        SessionProbes::new(ProbeTimeouts { idle: Duration::from_millis(300), ..ProbeTimeouts::default() });
+        OmeroClient::new(ProbeTimeouts { idle: Duration::from_millis(300), ..ProbeTimeouts::default() });
     assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(1)));
     assert_eq!(db.operator_connections().await, 1);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -339,7 +341,7 @@ async fn a_select_only_role_is_enough() {
     db.client.batch_execute(&format!("GRANT SELECT ON node, session, share TO {role}")).await.unwrap();
     let mut endpoint = db.endpoint.clone();
     endpoint.user = role.clone();
-    let probes = SessionProbes::default();
+    let probes = OmeroClient::default();
     let read_only = DatabaseCredentials { endpoint: &endpoint, password: "read-only-pw" };
     assert_eq!(count(&probes, POD_A, read_only).await, Ok(Some(1)));
 
@@ -369,7 +371,7 @@ async fn a_refused_connection_is_an_error() {
     };
     let endpoint = unreachable_endpoint(port);
     let credentials = DatabaseCredentials { endpoint: &endpoint, password: "pw" };
-    let error = count(&SessionProbes::default(), POD_A, credentials).await.unwrap_err();
+    let error = count(&OmeroClient::default(), POD_A, credentials).await.unwrap_err();
     assert_eq!(
         error,
         ProbeError::Database {
@@ -397,7 +399,7 @@ async fn a_server_that_never_answers_times_out() {
         }
     });
     let probes =
-        SessionProbes::new(ProbeTimeouts { total: Duration::from_millis(400), ..ProbeTimeouts::default() });
+        OmeroClient::new(ProbeTimeouts { total: Duration::from_millis(400), ..ProbeTimeouts::default() });
     let endpoint = unreachable_endpoint(port);
     let credentials = DatabaseCredentials { endpoint: &endpoint, password: "pw" };
     let started = std::time::Instant::now();
@@ -409,7 +411,7 @@ async fn a_server_that_never_answers_times_out() {
 
 #[tokio::test]
 async fn probe_kinds_and_misconfiguration() {
-    let probes = SessionProbes::default();
+    let probes = OmeroClient::default();
     let none = SessionProbe { kind: SessionProbeKind::None, ..SessionProbe::default() };
     assert_eq!(probes.count(&ProbeTarget { pod_ip: "", probe: &none, database: None }).await, Ok(None));
 
@@ -421,4 +423,61 @@ async fn probe_kinds_and_misconfiguration() {
     let credentials = Some(DatabaseCredentials { endpoint: &endpoint, password: "pw" });
     let error = probes.count(&ProbeTarget { pod_ip: "pod-a", probe: &database, database: credentials }).await;
     assert_eq!(error, Err(ProbeError::Config("pod IP \"pod-a\" is not an IP address".into())));
+}
+
+/// The value of `omero.cluster.redirect`, if the row exists.
+async fn redirect_row(db: &OmeroDb) -> Option<String> {
+    db.client
+        .query_opt("SELECT value FROM configuration WHERE name = 'omero.cluster.redirect'", &[])
+        .await
+        .unwrap()
+        .map(|row| row.get(0))
+}
+
+#[tokio::test]
+async fn the_grid_redirect_row_is_inserted_then_kept_on_the_live_node() {
+    let Some(db) = OmeroDb::create().await else { return };
+    let omero = OmeroClient::default();
+    db.add_node(1, POD_A, false).await;
+    db.add_node(2, POD_B, false).await;
+    // OMERO creates the database with omero.db.uuid and never inserts the redirect row.
+    db.client
+        .execute("INSERT INTO configuration (name, value) VALUES ('omero.db.uuid', 'db-1')", &[])
+        .await
+        .unwrap();
+    assert_eq!(redirect_row(&db).await, None);
+
+    let set = omero.redirect_new_sessions(&db.credentials(), POD_A).await.unwrap();
+    assert_eq!((set.node_uuid.as_str(), set.changed), ("node-uuid-1", true));
+    assert_eq!(redirect_row(&db).await.as_deref(), Some("node-uuid-1"));
+
+    // Asserting it again writes nothing.
+    let again = omero.redirect_new_sessions(&db.credentials(), POD_A).await.unwrap();
+    assert!(!again.changed);
+
+    // The server rewrote it (a node joined): the operator puts it back.
+    db.client
+        .execute("UPDATE configuration SET value = 'node-uuid-2' WHERE name = 'omero.cluster.redirect'", &[])
+        .await
+        .unwrap();
+    assert!(omero.redirect_new_sessions(&db.credentials(), POD_A).await.unwrap().changed);
+    assert_eq!(redirect_row(&db).await.as_deref(), Some("node-uuid-1"));
+
+    // A restarted JVM in the same pod IP: its new, live row wins over the one marked down.
+    db.set_node_down(1).await;
+    db.add_node(3, POD_A, false).await;
+    let restarted = omero.redirect_new_sessions(&db.credentials(), POD_A).await.unwrap();
+    assert_eq!(restarted.node_uuid, "node-uuid-3");
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_redirect_to_a_pod_with_no_live_node_changes_nothing() {
+    let Some(db) = OmeroDb::create().await else { return };
+    let omero = OmeroClient::default();
+    db.add_node(2, POD_B, false).await;
+    let error = omero.redirect_new_sessions(&db.credentials(), POD_A).await.unwrap_err();
+    assert!(matches!(error, ProbeError::NodeNotRegistered { .. }), "{error}");
+    assert_eq!(redirect_row(&db).await, None);
+    db.drop().await;
 }

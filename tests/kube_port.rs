@@ -23,7 +23,7 @@ use omero_operator::{
     render,
 };
 use serde_json::{Value, json};
-use support::{FakeSessions, cluster_from_yaml};
+use support::{FakeOmero, cluster_from_yaml};
 
 const CLUSTER: &str = r#"
 apiVersion: omero.openmicroscopy.org/v1alpha1
@@ -306,7 +306,7 @@ async fn events_are_created_about_the_cluster() {
 #[tokio::test]
 async fn an_unchanged_reconcile_sends_no_write_request() {
     let (server, port, _) = setup();
-    let ctx = Arc::new(Context::new(port, FakeSessions::default(), Clock::system()));
+    let ctx = Arc::new(Context::new(port, FakeOmero::default(), Clock::system()));
     let current = |server: &Shared| -> Arc<OmeroCluster> {
         Arc::new(serde_json::from_value(server.lock().unwrap().cluster.clone()).unwrap())
     };

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use omero_operator::api::{SessionProbe, SessionProbeKind};
-use omero_operator::omero::{ProbeError, ProbeTarget, ProbeTimeouts, SessionProbes};
+use omero_operator::omero::{Client as OmeroClient, ProbeError, ProbeTarget, ProbeTimeouts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -105,7 +105,7 @@ fn response(status: &str, body: &str, length: usize) -> String {
     )
 }
 
-async fn count(probes: &SessionProbes, probe: &SessionProbe) -> Result<Option<u64>, ProbeError> {
+async fn count(probes: &OmeroClient, probe: &SessionProbe) -> Result<Option<u64>, ProbeError> {
     probes.count(&ProbeTarget { pod_ip: "127.0.0.1", probe, database: None }).await
 }
 
@@ -116,7 +116,7 @@ fn metrics_error(url: String, reason: &str) -> ProbeError {
 #[tokio::test]
 async fn sums_every_label_set_of_the_gauge_and_nothing_else() {
     let exporter = Exporter::start(Reply::Ok(EXPOSITION)).await;
-    assert_eq!(count(&SessionProbes::default(), &exporter.probe()).await, Ok(Some(16)));
+    assert_eq!(count(&OmeroClient::default(), &exporter.probe()).await, Ok(Some(16)));
     let requests = exporter.requests.lock().unwrap();
     let head = requests[0].to_ascii_lowercase();
     assert!(head.starts_with("get /metrics http/1.1\r\n"), "{head}");
@@ -131,7 +131,7 @@ async fn path_and_metric_come_from_the_probe() {
         metric: Some("omero_sessions_active_total".into()),
         ..exporter.probe()
     };
-    assert_eq!(count(&SessionProbes::default(), &probe).await, Ok(Some(4521)));
+    assert_eq!(count(&OmeroClient::default(), &probe).await, Ok(Some(4521)));
     assert!(exporter.requests.lock().unwrap()[0].starts_with("GET /omero/sessions HTTP/1.1\r\n"));
 }
 
@@ -139,13 +139,13 @@ async fn path_and_metric_come_from_the_probe() {
 async fn zero_sessions_is_zero() {
     let exporter =
         Exporter::start(Reply::Ok("# TYPE omero_sessions_active gauge\nomero_sessions_active 0\n")).await;
-    assert_eq!(count(&SessionProbes::default(), &exporter.probe()).await, Ok(Some(0)));
+    assert_eq!(count(&OmeroClient::default(), &exporter.probe()).await, Ok(Some(0)));
 }
 
 #[tokio::test]
 async fn a_missing_metric_is_an_error_not_zero() {
     let exporter = Exporter::start(Reply::Ok("# TYPE jvm_threads gauge\njvm_threads 42\n")).await;
-    let error = count(&SessionProbes::default(), &exporter.probe()).await.unwrap_err();
+    let error = count(&OmeroClient::default(), &exporter.probe()).await.unwrap_err();
     assert_eq!(error, metrics_error(exporter.url("/metrics"), "no sample of omero_sessions_active"));
     assert_eq!(
         error.to_string(),
@@ -157,25 +157,25 @@ async fn a_missing_metric_is_an_error_not_zero() {
 async fn an_http_error_status_is_an_error() {
     let exporter =
         Exporter::start(Reply::Status("500 Internal Server Error", "omero_sessions_active 0\n")).await;
-    let error = count(&SessionProbes::default(), &exporter.probe()).await;
+    let error = count(&OmeroClient::default(), &exporter.probe()).await;
     assert_eq!(error, Err(metrics_error(exporter.url("/metrics"), "HTTP status 500 Internal Server Error")));
 
     let exporter = Exporter::start(Reply::Status("404 Not Found", "")).await;
-    let error = count(&SessionProbes::default(), &exporter.probe()).await;
+    let error = count(&OmeroClient::default(), &exporter.probe()).await;
     assert_eq!(error, Err(metrics_error(exporter.url("/metrics"), "HTTP status 404 Not Found")));
 }
 
 #[tokio::test]
 async fn a_garbage_body_is_an_error() {
     let exporter = Exporter::start(Reply::Ok("<html><body>omero_sessions_active 3</body></html>\n")).await;
-    let error = count(&SessionProbes::default(), &exporter.probe()).await;
+    let error = count(&OmeroClient::default(), &exporter.probe()).await;
     let reason = "not the Prometheus text format: line 1, column 1: expected a metric name";
     assert_eq!(error, Err(metrics_error(exporter.url("/metrics"), reason)));
 
     // A good sample does not excuse a broken line elsewhere.
     let exporter =
         Exporter::start(Reply::Ok("omero_sessions_active 3\nomero_sessions_active{agent=web} 1\n")).await;
-    let error = count(&SessionProbes::default(), &exporter.probe()).await.unwrap_err();
+    let error = count(&OmeroClient::default(), &exporter.probe()).await.unwrap_err();
     assert!(
         error.to_string().contains("line 2, column 29: expected '\"' to open the label value"),
         "{error}"
@@ -192,7 +192,7 @@ async fn values_that_are_not_session_counts_are_errors() {
         ("omero_sessions_active three\n", "invalid value \"three\""),
     ] {
         let exporter = Exporter::start(Reply::Ok(body)).await;
-        let error = count(&SessionProbes::default(), &exporter.probe()).await.unwrap_err();
+        let error = count(&OmeroClient::default(), &exporter.probe()).await.unwrap_err();
         assert!(error.to_string().contains(problem), "{body:?}: {error}");
     }
 }
@@ -200,7 +200,7 @@ async fn values_that_are_not_session_counts_are_errors() {
 #[tokio::test]
 async fn a_truncated_body_is_an_error() {
     let exporter = Exporter::start(Reply::Truncated("omero_sessions_active 12\n")).await;
-    let error = count(&SessionProbes::default(), &exporter.probe()).await.unwrap_err();
+    let error = count(&OmeroClient::default(), &exporter.probe()).await.unwrap_err();
     let ProbeError::Metrics { reason, .. } = &error else { panic!("{error}") };
     assert!(reason.starts_with("reading the body: "), "{reason}");
 }
@@ -209,7 +209,7 @@ async fn a_truncated_body_is_an_error() {
 async fn a_slow_server_times_out() {
     let exporter = Exporter::start(Reply::Silent).await;
     let probes =
-        SessionProbes::new(ProbeTimeouts { total: Duration::from_millis(300), ..ProbeTimeouts::default() });
+        OmeroClient::new(ProbeTimeouts { total: Duration::from_millis(300), ..ProbeTimeouts::default() });
     let started = Instant::now();
     let error = count(&probes, &exporter.probe()).await;
     assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
@@ -220,7 +220,7 @@ async fn a_slow_server_times_out() {
 async fn a_closed_port_is_an_error() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let probe = SessionProbe { kind: SessionProbeKind::Metrics, port: Some(port), ..SessionProbe::default() };
-    let error = count(&SessionProbes::default(), &probe).await.unwrap_err();
+    let error = count(&OmeroClient::default(), &probe).await.unwrap_err();
     let ProbeError::Metrics { url, reason } = &error else { panic!("{error}") };
     assert_eq!(url, &format!("http://127.0.0.1:{port}/metrics"));
     assert!(reason.contains("Connection refused"), "{reason}");
@@ -228,7 +228,7 @@ async fn a_closed_port_is_an_error() {
 
 #[tokio::test]
 async fn misconfigured_probes_are_config_errors() {
-    let probes = SessionProbes::default();
+    let probes = OmeroClient::default();
     let no_port = SessionProbe { kind: SessionProbeKind::Metrics, ..SessionProbe::default() };
     assert!(matches!(count(&probes, &no_port).await, Err(ProbeError::Config(_))));
     let bad_path = SessionProbe { path: Some("/a b".into()), port: Some(9449), ..no_port };

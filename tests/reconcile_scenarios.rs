@@ -35,10 +35,10 @@ spec:
 
 const IPS: [(&str, &str); 3] = [("rw", "10.0.0.1"), ("ro-1", "10.0.0.2"), ("ro-2", "10.0.0.3")];
 
-fn setup(yaml: &str) -> (FakeCluster, FakeSessions, std::sync::Arc<Ctx>) {
+fn setup(yaml: &str) -> (FakeCluster, FakeOmero, std::sync::Arc<Ctx>) {
     let fake = FakeCluster::new(cluster_from_yaml(yaml));
     fake.state().secrets.insert(("omero-db".into(), "password".into()), "s3cret".into());
-    let sessions = FakeSessions::default();
+    let sessions = FakeOmero::default();
     let ctx = context(&fake, &sessions);
     (fake, sessions, ctx)
 }
@@ -471,4 +471,91 @@ async fn a_drain_held_past_its_deadline_ends_when_sessions_end_or_when_forced() 
     fake.set_annotation(FORCE_ANNOTATION, Some("true"));
     reconcile_once(&fake, &ctx).await.unwrap();
     assert_eq!(fake.node("ro-1").phase, NodePhase::Drained);
+}
+
+const GRID: &str = r#"
+apiVersion: omero.openmicroscopy.org/v1alpha1
+kind: OmeroCluster
+metadata: {name: omero}
+spec:
+  image: openmicroscopy/omero-server:5.6
+  topology: grid
+  database: {host: db, passwordSecret: {name: omero-db, key: password}}
+  repository: {claimName: omero-data}
+  nodes:
+  - name: rw
+    master: true
+    sessionProbe: {type: database, interval: 10s}
+  - name: ro-1
+    sessionProbe: {type: database, interval: 10s}
+  - name: ro-2
+    sessionProbe: {type: database, interval: 10s}
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn a_grid_drain_points_new_sessions_at_the_master_and_keeps_them_there() {
+    let (fake, omero, ctx) = setup(GRID);
+    bring_up(&fake, &ctx).await;
+    assert_eq!(omero.redirect(), None, "nothing is steered while every node serves");
+    omero.set("10.0.0.2", Ok(2));
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
+
+    let requeue = reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(omero.redirect().as_deref(), Some("10.0.0.1"), "new sessions go to the master");
+    let status = fake.status();
+    assert_eq!(status.redirect_node.as_deref(), Some("rw"));
+    assert!(fake.event_reasons().contains(&"RedirectUpdated".to_string()));
+    assert!(requeue <= Duration::from_secs(30), "the row is re-asserted: {requeue:?}");
+
+    // OMERO rewrites the row when a node joins: the next reconcile puts it back.
+    *omero.redirect.lock().unwrap() = Some("10.0.0.3".into());
+    tokio::time::advance(requeue).await;
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(omero.redirect().as_deref(), Some("10.0.0.1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_grid_master_cannot_be_drained() {
+    let (fake, _, ctx) = setup(GRID);
+    bring_up(&fake, &ctx).await;
+    fake.set_annotation(DRAIN_ANNOTATION, Some("rw"));
+    fake.set_annotation(FORCE_ANNOTATION, Some("true"));
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.node("rw").phase, NodePhase::Serving);
+    let degraded = fake.status().condition(conditions::DEGRADED).cloned().unwrap();
+    assert_eq!(degraded.reason, "InvalidDrainRequest");
+    assert!(degraded.message.contains("'rw' is the grid master"), "{}", degraded.message);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_redirect_is_reported_and_retried() {
+    let (fake, omero, ctx) = setup(GRID);
+    bring_up(&fake, &ctx).await;
+    omero.set("10.0.0.3", Ok(0));
+    *omero.redirect_failure.lock().unwrap() = Some("permission denied for table configuration".into());
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-2"));
+    let requeue = reconcile_once(&fake, &ctx).await.unwrap();
+    let status = fake.status();
+    assert_eq!(status.redirect_node, None);
+    assert_eq!(status.redirect_error.as_deref(), Some("permission denied for table configuration"));
+    let degraded = status.condition(conditions::DEGRADED).unwrap();
+    assert_eq!(degraded.reason, "RedirectFailing");
+    assert!(requeue <= Duration::from_secs(30));
+
+    *omero.redirect_failure.lock().unwrap() = None;
+    tokio::time::advance(requeue).await;
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.status().redirect_node.as_deref(), Some("rw"));
+    assert_eq!(fake.status().redirect_error, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn independent_clusters_never_touch_the_redirect() {
+    let (fake, omero, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    omero.set("10.0.0.2", Ok(1));
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(omero.redirect(), None);
+    assert_eq!(fake.status().redirect_node, None);
 }

@@ -28,6 +28,13 @@ pub struct OmeroClusterStatus {
     pub serving_nodes: i32,
     #[serde(default)]
     pub draining_nodes: i32,
+    /// Grid topology, while a node is out of service: the node `omero.cluster.redirect` sends
+    /// new sessions to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_node: Option<String>,
+    /// Why the redirect could not be set, while it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_error: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]

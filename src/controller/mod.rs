@@ -7,9 +7,9 @@
 mod diff;
 pub mod kube_port;
 mod observe;
+mod omero_port;
 pub mod port;
 mod reconcile;
-mod session_counter;
 pub mod status;
 
 use std::{
@@ -44,7 +44,7 @@ use crate::{
     Error,
     api::{OmeroCluster, keys},
 };
-use port::{ClusterPort, SessionCounter};
+use port::{ClusterPort, OmeroPort};
 
 /// Wall-clock time for decisions, at whole seconds (what a status timestamp can hold, so a
 /// status read back compares equal). It advances with tokio's clock, so tests can pause it.
@@ -69,17 +69,17 @@ impl Clock {
     }
 }
 
-pub struct Context<P, S> {
+pub struct Context<P, O> {
     pub port: P,
-    pub sessions: S,
+    pub omero: O,
     pub clock: Clock,
     /// Consecutive failures per cluster, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<OmeroCluster>, u32>>,
 }
 
-impl<P, S> Context<P, S> {
-    pub fn new(port: P, sessions: S, clock: Clock) -> Self {
-        Self { port, sessions, clock, failures: Mutex::default() }
+impl<P, O> Context<P, O> {
+    pub fn new(port: P, omero: O, clock: Clock) -> Self {
+        Self { port, omero, clock, failures: Mutex::default() }
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<OmeroCluster>, u32>> {
@@ -88,10 +88,10 @@ impl<P, S> Context<P, S> {
 }
 
 /// Retry after 5s, 10s, 20s, ... at most 5 minutes, per cluster.
-pub fn error_policy<P: ClusterPort, S: SessionCounter>(
+pub fn error_policy<P: ClusterPort, O: OmeroPort>(
     cluster: Arc<OmeroCluster>,
     error: &Error,
-    ctx: Arc<Context<P, S>>,
+    ctx: Arc<Context<P, O>>,
 ) -> Action {
     let failures = {
         let mut map = ctx.failures();
@@ -119,7 +119,7 @@ pub struct RunOptions {
 }
 
 /// Runs the controller until SIGTERM or SIGINT, then lets running reconciles finish.
-pub async fn run<S: SessionCounter>(client: Client, sessions: S, options: RunOptions) -> Result<(), Error> {
+pub async fn run<O: OmeroPort>(client: Client, omero: O, options: RunOptions) -> Result<(), Error> {
     let api = |client: &Client| -> Api<OmeroCluster> {
         match &options.namespace {
             Some(ns) => Api::namespaced(client.clone(), ns),
@@ -137,7 +137,7 @@ pub async fn run<S: SessionCounter>(client: Client, sessions: S, options: RunOpt
         None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
     };
     let ours = watcher::Config::default().labels(&format!("{}={}", keys::MANAGED_BY_LABEL, keys::MANAGER));
-    let ctx = Arc::new(Context::new(kube_port::KubePort::new(client.clone()), sessions, Clock::system()));
+    let ctx = Arc::new(Context::new(kube_port::KubePort::new(client.clone()), omero, Clock::system()));
     info!(namespace = ?options.namespace, concurrency = options.concurrency, "starting controller");
     Controller::new(clusters, watcher::Config::default().any_semantic())
         .owns(deployments, ours.clone())
@@ -150,7 +150,7 @@ pub async fn run<S: SessionCounter>(client: Client, sessions: S, options: RunOpt
         })
         .with_config(controller::Config::default().concurrency(options.concurrency))
         .shutdown_on_signal()
-        .run(reconcile_and_reset::<kube_port::KubePort, S>, error_policy, ctx)
+        .run(reconcile_and_reset::<kube_port::KubePort, O>, error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(cluster = %obj.name, "reconciled"),
@@ -163,9 +163,9 @@ pub async fn run<S: SessionCounter>(client: Client, sessions: S, options: RunOpt
 }
 
 /// `reconcile`, and on success forget the cluster's failure count.
-pub async fn reconcile_and_reset<P: ClusterPort, S: SessionCounter>(
+pub async fn reconcile_and_reset<P: ClusterPort, O: OmeroPort>(
     cluster: Arc<OmeroCluster>,
-    ctx: Arc<Context<P, S>>,
+    ctx: Arc<Context<P, O>>,
 ) -> Result<Action, Error> {
     let key = ObjectRef::from_obj(&*cluster);
     let requeue = reconcile(cluster, ctx.clone()).await?;

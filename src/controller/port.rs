@@ -1,5 +1,5 @@
-//! The controller's two ports: the cluster (Kubernetes objects, status, events) and the
-//! session counter (OMERO). The reconcile pipeline talks only through these, so scenario
+//! The controller's two ports: the cluster (Kubernetes objects, status, events) and OMERO
+//! (session counts, the grid redirect). The reconcile pipeline talks only through these, so scenario
 //! tests run it against in-memory doubles, and `kube_port` / `omero` are the real adapters.
 
 use std::future::Future;
@@ -96,7 +96,24 @@ pub struct SessionQuery {
     pub database: Option<(DatabaseEndpoint, String)>,
 }
 
-pub trait SessionCounter: Send + Sync + 'static {
+/// Points a grid's new sessions at one node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RedirectQuery {
+    pub pod_ip: String,
+    /// The read-write endpoint and its password: the redirect is a row OMERO reads.
+    pub database: (DatabaseEndpoint, String),
+}
+
+/// OMERO itself: its sessions and, in grid topology, where it sends new ones.
+pub trait OmeroPort: Send + Sync + 'static {
     /// `Ok(None)` when the node has no probe (`none`); an error is never a count.
-    fn count(&self, query: &SessionQuery) -> impl Future<Output = Result<Option<u64>, String>> + Send;
+    fn count_sessions(
+        &self,
+        query: &SessionQuery,
+    ) -> impl Future<Output = Result<Option<u64>, String>> + Send;
+    /// Makes `omero.cluster.redirect` name the node at `pod_ip`; `Ok(true)` when it changed.
+    fn redirect_new_sessions(
+        &self,
+        query: &RedirectQuery,
+    ) -> impl Future<Output = Result<bool, String>> + Send;
 }

@@ -12,7 +12,7 @@ use tracing::{debug, info};
 
 use super::{
     Context, diff,
-    port::{ChildKind, ClusterPort, Event, SessionCounter, SessionQuery},
+    port::{ChildKind, ClusterPort, Event, OmeroPort, RedirectQuery, SessionQuery},
     status::{self, Assessment},
 };
 use crate::{
@@ -24,11 +24,13 @@ use crate::{
 
 /// Reconcile at least this often, so drift is corrected even without watch events.
 pub const RESYNC: StdDuration = StdDuration::from_secs(300);
+/// How often a grid's redirect row is re-asserted while the operator steers new sessions.
+pub const REDIRECT_REASSERT: StdDuration = StdDuration::from_secs(30);
 
 /// Returns when to look at the cluster again without a watch event.
-pub async fn reconcile<P: ClusterPort, S: SessionCounter>(
+pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
     cluster: Arc<OmeroCluster>,
-    ctx: Arc<Context<P, S>>,
+    ctx: Arc<Context<P, O>>,
 ) -> Result<StdDuration, Error> {
     let name = cluster.name_any();
     let ns = cluster.namespace().ok_or_else(|| Error::MissingNamespace(name.clone()))?;
@@ -82,7 +84,11 @@ pub async fn reconcile<P: ClusterPort, S: SessionCounter>(
 
     // Decide every node's phase and drain step.
     let node_names: Vec<&str> = cluster.spec.nodes.iter().map(|n| n.name.as_str()).collect();
-    let request = drain::parse_request(cluster.annotations(), &node_names);
+    let mut request = drain::parse_request(cluster.annotations(), &node_names);
+    let master = grid_master(&cluster);
+    if let Some(master) = master {
+        drain::keep_grid_master(&mut request, master);
+    }
     let pods = super::observe::pods_by_node(&children.pods);
     let mut probes = BTreeMap::new();
     for node in &cluster.spec.nodes {
@@ -120,6 +126,12 @@ pub async fn reconcile<P: ClusterPort, S: SessionCounter>(
         events.extend(decision.events.iter().map(status::drain_event));
     }
 
+    let statuses: Vec<api::NodeStatus> = decisions.iter().map(|d| d.status.clone()).collect();
+    let redirect = match master.and_then(|m| drain::redirect_target(&statuses, m)) {
+        Some(target) => Some(redirect(&ctx, &cluster, &ns, target, pods.get(&target.name)).await),
+        None => None,
+    };
+
     let refused = decisions
         .iter()
         .filter(|d| request.nodes.contains(&d.status.name) && d.status.phase == NodePhase::Serving)
@@ -127,16 +139,23 @@ pub async fn reconcile<P: ClusterPort, S: SessionCounter>(
         .collect();
     let assessment = Assessment {
         generation: cluster.meta().generation,
-        nodes: decisions.into_iter().map(|d| d.status).collect(),
+        nodes: statuses,
         invalid: &[],
         drain_problems: &request.problems,
         refused,
+        redirect,
     };
     let next = status::next_status(&old, &assessment, now);
     events.extend(status::transition_events(&old, &next, &request.problems));
     write_status(&ctx.port, &cluster, &old, &next, &events).await?;
 
-    Ok(requeue_after(&next.nodes, now))
+    let requeue = requeue_after(&next.nodes, now);
+    // OMERO rewrites the redirect row when nodes join or leave: keep re-asserting it.
+    Ok(if next.redirect_node.is_some() || next.redirect_error.is_some() {
+        requeue.min(REDIRECT_REASSERT)
+    } else {
+        requeue
+    })
 }
 
 /// Publishes the events, then writes the status if it changed.
@@ -167,8 +186,8 @@ fn requeue_after(nodes: &[api::NodeStatus], now: Timestamp) -> StdDuration {
         .map_or(RESYNC, |wait| wait.min(RESYNC))
 }
 
-async fn probe<P: ClusterPort, S: SessionCounter>(
-    ctx: &Context<P, S>,
+async fn probe<P: ClusterPort, O: OmeroPort>(
+    ctx: &Context<P, O>,
     cluster: &OmeroCluster,
     ns: &str,
     node: &api::NodeSpec,
@@ -191,11 +210,42 @@ async fn probe<P: ClusterPort, S: SessionCounter>(
         None
     };
     let query = SessionQuery { pod_ip, probe, database };
-    match ctx.sessions.count(&query).await {
+    match ctx.omero.count_sessions(&query).await {
         Ok(Some(n)) => ProbeOutcome::Count(query.probe.user_sessions(n)),
         Ok(None) => ProbeOutcome::NoProbe,
         Err(e) => ProbeOutcome::Failed(e),
     }
+}
+
+/// The master's name in grid topology.
+fn grid_master(cluster: &OmeroCluster) -> Option<&str> {
+    (cluster.spec.topology == api::Topology::Grid)
+        .then(|| cluster.spec.nodes.iter().find(|n| n.is_master()).map(|n| n.name.as_str()))
+        .flatten()
+}
+
+/// Points the grid's new sessions at `target`: the target node's name, or why it failed.
+async fn redirect<P: ClusterPort, O: OmeroPort>(
+    ctx: &Context<P, O>,
+    cluster: &OmeroCluster,
+    ns: &str,
+    target: &api::NodeStatus,
+    pod: Option<&PodObservation>,
+) -> Result<String, String> {
+    let pod_ip =
+        pod.and_then(|p| p.ip.clone()).ok_or_else(|| format!("node {} has no pod IP", target.name))?;
+    let endpoint = cluster.spec.database.primary();
+    let password = ctx
+        .port
+        .secret_value(ns, &endpoint.password_secret)
+        .await
+        .map_err(|e| format!("reading the database password: {e}"))?;
+    let changed =
+        ctx.omero.redirect_new_sessions(&RedirectQuery { pod_ip, database: (endpoint, password) }).await?;
+    if changed {
+        info!(cluster = %cluster.name_any(), node = %target.name, "grid redirect set");
+    }
+    Ok(target.name.clone())
 }
 
 /// Children labelled as this cluster's (and owned by it) that the spec no longer renders.

@@ -23,6 +23,8 @@ pub struct Assessment<'a> {
     pub drain_problems: &'a [String],
     /// Nodes whose requested drain was refused.
     pub refused: Vec<String>,
+    /// Grid topology: where new sessions are sent, or why that could not be set.
+    pub redirect: Option<Result<String, String>>,
 }
 
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
@@ -30,6 +32,7 @@ pub const REASON_NODE_FAILED: &str = "NodeFailed";
 pub const REASON_DRAIN_REFUSED: &str = "DrainRefused";
 pub const REASON_INVALID_DRAIN_REQUEST: &str = "InvalidDrainRequest";
 pub const REASON_PROBE_FAILING: &str = "SessionProbeFailing";
+pub const REASON_REDIRECT_FAILING: &str = "RedirectFailing";
 
 pub fn next_status(old: &OmeroClusterStatus, a: &Assessment<'_>, now: Timestamp) -> OmeroClusterStatus {
     let count = |f: &dyn Fn(&NodeStatus) -> bool| a.nodes.iter().filter(|n| f(n)).count() as i32;
@@ -61,6 +64,13 @@ pub fn next_status(old: &OmeroClusterStatus, a: &Assessment<'_>, now: Timestamp)
         problems.push((
             REASON_PROBE_FAILING,
             format!("node {} session probe: {}", n.name, n.probe_error.as_deref().unwrap_or_default()),
+        ));
+    }
+
+    if let Some(Err(e)) = &a.redirect {
+        problems.push((
+            REASON_REDIRECT_FAILING,
+            format!("new sessions cannot be steered away from draining nodes: {e}"),
         ));
     }
 
@@ -109,6 +119,8 @@ pub fn next_status(old: &OmeroClusterStatus, a: &Assessment<'_>, now: Timestamp)
         ready_nodes,
         serving_nodes,
         draining_nodes,
+        redirect_node: a.redirect.clone().and_then(Result::ok),
+        redirect_error: a.redirect.clone().and_then(Result::err),
     }
 }
 
@@ -171,6 +183,18 @@ pub fn transition_events(
         drain_problems.iter().filter(|p| !old_message.contains(p.as_str())).map(String::as_str).collect();
     if !fresh.is_empty() {
         events.push(event(EventType::Warning, REASON_INVALID_DRAIN_REQUEST, "Drain", fresh.join("; ")));
+    }
+    if let Some(target) = &new.redirect_node
+        && old.redirect_node.as_ref() != Some(target)
+    {
+        events.push(event(
+            EventType::Normal,
+            "RedirectUpdated",
+            "Redirect",
+            format!(
+                "new sessions go to node {target} (omero.cluster.redirect) while nodes are out of service"
+            ),
+        ));
     }
     for node in &new.nodes {
         let before = old.node(&node.name).map(|n| n.phase);

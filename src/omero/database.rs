@@ -55,7 +55,7 @@ impl Pools {
 
     /// Starts, once and from within the runtime, the task that closes connections idle for
     /// `idle`. It ends when the pools are dropped.
-    fn close_idle_connections(&self, idle: Duration) {
+    pub(super) fn close_idle_connections(&self, idle: Duration) {
         self.closer.get_or_init(|| {
             let pools = Arc::downgrade(&self.pools);
             tokio::spawn(async move {
@@ -71,7 +71,7 @@ impl Pools {
         });
     }
 
-    fn get(&self, credentials: &DatabaseCredentials<'_>, timeouts: &ProbeTimeouts) -> Pool {
+    pub(super) fn get(&self, credentials: &DatabaseCredentials<'_>, timeouts: &ProbeTimeouts) -> Pool {
         let endpoint = credentials.endpoint;
         let key = PoolKey {
             host: endpoint.host.clone(),
@@ -198,7 +198,7 @@ async fn query(
     Ok(outcome)
 }
 
-fn describe_endpoint(credentials: &DatabaseCredentials<'_>) -> String {
+pub(super) fn describe_endpoint(credentials: &DatabaseCredentials<'_>) -> String {
     let e = credentials.endpoint;
     let host = if e.host.contains(':') { format!("[{}]", e.host) } else { e.host.clone() };
     format!("{}@{}:{}/{}", e.user, host, e.port, e.name)
@@ -217,7 +217,7 @@ fn describe_live_hosts(hosts: &[String]) -> String {
     }
 }
 
-fn describe_pool_error(error: &PoolError) -> String {
+pub(super) fn describe_pool_error(error: &PoolError) -> String {
     match error {
         PoolError::Backend(error) => describe_pg_error(error, Duration::ZERO),
         other => other.to_string(),
@@ -226,7 +226,7 @@ fn describe_pool_error(error: &PoolError) -> String {
 
 /// The server's own message when there is one, with a hint for the failures a sysadmin fixes;
 /// otherwise the chain of causes (e.g. "error connecting to server: Connection refused").
-fn describe_pg_error(error: &tokio_postgres::Error, statement_timeout: Duration) -> String {
+pub(super) fn describe_pg_error(error: &tokio_postgres::Error, statement_timeout: Duration) -> String {
     use tokio_postgres::error::SqlState;
     if let Some(db) = error.as_db_error() {
         let code = db.code();
@@ -251,7 +251,7 @@ fn describe_pg_error(error: &tokio_postgres::Error, statement_timeout: Duration)
     error::chain(error)
 }
 
-fn seconds(duration: Duration) -> String {
+pub(super) fn seconds(duration: Duration) -> String {
     format!("{}s", duration.as_secs_f64())
 }
 

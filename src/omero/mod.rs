@@ -1,6 +1,6 @@
-//! The OMERO side: session probes (database, metrics).
+//! The OMERO side: session probes (database, metrics) and the grid redirect row.
 //!
-//! These are I/O adapters. The drain state machine sees only what [`SessionProbes::count`]
+//! These are I/O adapters. The drain state machine sees only what [`Client::count`]
 //! returns: `Ok(Some(n))` open sessions, `Ok(None)` when the node has no probe, or an error,
 //! never a made-up zero.
 
@@ -9,6 +9,7 @@ mod error;
 mod ice_proxy;
 mod metrics;
 pub mod prometheus_text;
+mod redirect;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::api::{DatabaseEndpoint, SessionProbe, SessionProbeKind};
 pub use database::{LIVE_NODES_SQL, OPEN_SESSIONS_SQL};
 pub use error::ProbeError;
 pub use metrics::sum_metric;
+pub use redirect::{REDIRECT_PROPERTY, Redirect};
 
 /// What to probe: one node's pod and the probe in force for it.
 #[derive(Clone, Copy, Debug)]
@@ -79,7 +81,7 @@ impl Default for ProbeTimeouts {
 /// database pools (one per host, port, database and user, whichever cluster asks) and the
 /// HTTP client.
 #[derive(Clone, Default)]
-pub struct SessionProbes {
+pub struct Client {
     inner: Arc<Inner>,
 }
 
@@ -101,7 +103,7 @@ impl Inner {
     }
 }
 
-impl SessionProbes {
+impl Client {
     pub fn new(timeouts: ProbeTimeouts) -> Self {
         Self { inner: Arc::new(Inner::new(timeouts)) }
     }
@@ -130,6 +132,20 @@ impl SessionProbes {
         };
         tracing::debug!(pod_ip = target.pod_ip, probe = ?target.probe.kind, count, "counted open sessions");
         Ok(Some(count))
+    }
+
+    /// Grid topology: sends new sessions to the live node at `pod_ip`, by writing its UUID to
+    /// `omero.cluster.redirect` (needs the read-write database credentials).
+    pub async fn redirect_new_sessions(
+        &self,
+        credentials: &DatabaseCredentials<'_>,
+        pod_ip: &str,
+    ) -> Result<Redirect, ProbeError> {
+        let inner = &*self.inner;
+        let redirect =
+            redirect::point_at(&inner.pools, &inner.timeouts, credentials, parse_pod_ip(pod_ip)?).await?;
+        tracing::debug!(pod_ip, uuid = %redirect.node_uuid, changed = redirect.changed, "grid redirect");
+        Ok(redirect)
     }
 
     /// How many database pools exist (one per host, port, database and user).

@@ -21,7 +21,7 @@ use omero_operator::{
     api::{NodeStatus, OmeroCluster, OmeroClusterStatus, SecretKeyRef, keys},
     controller::{
         Clock, Context,
-        port::{ChildKind, Children, ClusterPort, Event, SessionCounter, SessionQuery},
+        port::{ChildKind, Children, ClusterPort, Event, OmeroPort, RedirectQuery, SessionQuery},
         reconcile,
     },
 };
@@ -221,47 +221,66 @@ impl ClusterPort for FakeCluster {
     }
 }
 
-/// Session counts by pod IP: `Ok(n)` or an error message. Unset IPs fail.
+/// OMERO as the operator sees it: session counts by pod IP (`Ok(n)` or an error message;
+/// unset IPs fail), and the grid redirect row.
 #[derive(Clone, Default)]
-pub struct FakeSessions(
-    pub Arc<Mutex<HashMap<String, Result<u64, String>>>>,
-    pub Arc<Mutex<Vec<SessionQuery>>>,
-);
+pub struct FakeOmero {
+    pub counts: Arc<Mutex<HashMap<String, Result<u64, String>>>>,
+    pub queries: Arc<Mutex<Vec<SessionQuery>>>,
+    /// The pod IP the redirect row points at.
+    pub redirect: Arc<Mutex<Option<String>>>,
+    /// Make the redirect fail with this message.
+    pub redirect_failure: Arc<Mutex<Option<String>>>,
+}
 
-impl FakeSessions {
+impl FakeOmero {
     pub fn set(&self, ip: &str, count: Result<u64, &str>) {
-        self.0.lock().unwrap().insert(ip.into(), count.map_err(String::from));
+        self.counts.lock().unwrap().insert(ip.into(), count.map_err(String::from));
     }
 
     pub fn queries(&self) -> Vec<SessionQuery> {
-        self.1.lock().unwrap().clone()
+        self.queries.lock().unwrap().clone()
+    }
+
+    pub fn redirect(&self) -> Option<String> {
+        self.redirect.lock().unwrap().clone()
     }
 }
 
-impl SessionCounter for FakeSessions {
-    async fn count(&self, query: &SessionQuery) -> Result<Option<u64>, String> {
-        self.1.lock().unwrap().push(query.clone());
+impl OmeroPort for FakeOmero {
+    async fn count_sessions(&self, query: &SessionQuery) -> Result<Option<u64>, String> {
+        self.queries.lock().unwrap().push(query.clone());
         if query.probe.kind == omero_operator::api::SessionProbeKind::None {
             return Ok(None);
         }
-        match self.0.lock().unwrap().get(&query.pod_ip) {
+        match self.counts.lock().unwrap().get(&query.pod_ip) {
             Some(Ok(n)) => Ok(Some(*n)),
             Some(Err(e)) => Err(e.clone()),
             None => Err(format!("no route to {}", query.pod_ip)),
         }
     }
+
+    async fn redirect_new_sessions(&self, query: &RedirectQuery) -> Result<bool, String> {
+        if let Some(e) = self.redirect_failure.lock().unwrap().clone() {
+            return Err(e);
+        }
+        let mut redirect = self.redirect.lock().unwrap();
+        let changed = redirect.as_deref() != Some(query.pod_ip.as_str());
+        *redirect = Some(query.pod_ip.clone());
+        Ok(changed)
+    }
 }
 
-pub type Ctx = Context<FakeCluster, FakeSessions>;
+pub type Ctx = Context<FakeCluster, FakeOmero>;
 
 pub const START: &str = "2026-11-25T10:00:00Z";
 
-pub fn context(fake: &FakeCluster, sessions: &FakeSessions) -> Arc<Ctx> {
+pub fn context(fake: &FakeCluster, sessions: &FakeOmero) -> Arc<Ctx> {
     Arc::new(Context::new(fake.clone(), sessions.clone(), Clock::starting_at(START.parse().unwrap())))
 }
 
 /// A new operator process: a fresh context whose clock continues from `at`.
-pub fn restarted_context(fake: &FakeCluster, sessions: &FakeSessions, at: Timestamp) -> Arc<Ctx> {
+pub fn restarted_context(fake: &FakeCluster, sessions: &FakeOmero, at: Timestamp) -> Arc<Ctx> {
     Arc::new(Context::new(fake.clone(), sessions.clone(), Clock::starting_at(at)))
 }
 
