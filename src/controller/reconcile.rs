@@ -201,10 +201,9 @@ async fn probe<P: ClusterPort, O: OmeroPort>(
         return ProbeOutcome::Failed("the node's pod has no IP yet".into());
     };
     let database = if probe.kind == SessionProbeKind::Database {
-        let endpoint = cluster.spec.database.primary();
-        match ctx.port.secret_value(ns, &endpoint.password_secret).await {
-            Ok(password) => Some((endpoint, password)),
-            Err(e) => return ProbeOutcome::Failed(format!("reading the database password: {e}")),
+        match primary_credentials(ctx, cluster, ns).await {
+            Ok(credentials) => Some(credentials),
+            Err(e) => return ProbeOutcome::Failed(e),
         }
     } else {
         None
@@ -214,6 +213,19 @@ async fn probe<P: ClusterPort, O: OmeroPort>(
         Ok(Some(n)) => ProbeOutcome::Count(query.probe.user_sessions(n)),
         Ok(None) => ProbeOutcome::NoProbe,
         Err(e) => ProbeOutcome::Failed(e),
+    }
+}
+
+/// The read-write database endpoint and its password (session probe, grid redirect).
+async fn primary_credentials<P: ClusterPort, O: OmeroPort>(
+    ctx: &Context<P, O>,
+    cluster: &OmeroCluster,
+    ns: &str,
+) -> Result<(api::DatabaseEndpoint, String), String> {
+    let endpoint = cluster.spec.database.primary();
+    match ctx.port.secret_value(ns, &endpoint.password_secret).await {
+        Ok(password) => Ok((endpoint, password)),
+        Err(e) => Err(format!("reading the database password: {e}")),
     }
 }
 
@@ -234,14 +246,8 @@ async fn redirect<P: ClusterPort, O: OmeroPort>(
 ) -> Result<String, String> {
     let pod_ip =
         pod.and_then(|p| p.ip.clone()).ok_or_else(|| format!("node {} has no pod IP", target.name))?;
-    let endpoint = cluster.spec.database.primary();
-    let password = ctx
-        .port
-        .secret_value(ns, &endpoint.password_secret)
-        .await
-        .map_err(|e| format!("reading the database password: {e}"))?;
-    let changed =
-        ctx.omero.redirect_new_sessions(&RedirectQuery { pod_ip, database: (endpoint, password) }).await?;
+    let database = primary_credentials(ctx, cluster, ns).await?;
+    let changed = ctx.omero.redirect_new_sessions(&RedirectQuery { pod_ip, database }).await?;
     if changed {
         info!(cluster = %cluster.name_any(), node = %target.name, "grid redirect set");
     }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use futures::future::BoxFuture;
 use tokio::time::{Instant, timeout_at};
 use tokio_postgres::{IsolationLevel, NoTls};
 
@@ -122,6 +123,28 @@ pub async fn count(
     credentials: &DatabaseCredentials<'_>,
     pod_ip: IpAddr,
 ) -> Result<u64, ProbeError> {
+    let statement = timeouts.statement;
+    let outcome =
+        with_connection(pools, timeouts, credentials, |client| Box::pin(query(client, pod_ip, statement)))
+            .await?;
+    match outcome {
+        Outcome::Sessions(n) => Ok(n),
+        Outcome::NoNode { live_hosts } => Err(ProbeError::NodeNotRegistered {
+            endpoint: describe_endpoint(credentials),
+            pod_ip: pod_ip.to_string(),
+            live: describe_live_hosts(&live_hosts),
+        }),
+    }
+}
+
+/// Runs `work` on a pooled connection, all within `timeouts.total`. A connection that failed
+/// or was abandoned mid-query is closed, not returned to the pool.
+pub(super) async fn with_connection<T>(
+    pools: &Pools,
+    timeouts: &ProbeTimeouts,
+    credentials: &DatabaseCredentials<'_>,
+    work: impl for<'c> FnOnce(&'c mut ClientWrapper) -> BoxFuture<'c, Result<T, tokio_postgres::Error>>,
+) -> Result<T, ProbeError> {
     let endpoint = describe_endpoint(credentials);
     let fail = |reason: String| ProbeError::Database { endpoint: endpoint.clone(), reason };
     let deadline = Instant::now() + timeouts.total;
@@ -134,23 +157,15 @@ pub async fn count(
         Ok(Err(error)) => return Err(fail(describe_pool_error(&error))),
         Err(_) => return Err(timed_out()),
     };
-    let result = match timeout_at(deadline, query(&mut client, pod_ip, timeouts.statement)).await {
+    let result = match timeout_at(deadline, work(&mut client)).await {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(error)) => Err(fail(describe_pg_error(&error, timeouts.statement))),
         Err(_) => Err(timed_out()),
     };
     if result.is_err() {
-        // A connection that failed or was abandoned mid-query is closed, not reused.
         drop(Object::take(client));
     }
-    match result? {
-        Outcome::Sessions(n) => Ok(n),
-        Outcome::NoNode { live_hosts } => Err(ProbeError::NodeNotRegistered {
-            endpoint,
-            pod_ip: pod_ip.to_string(),
-            live: describe_live_hosts(&live_hosts),
-        }),
-    }
+    result
 }
 
 enum Outcome {
@@ -217,7 +232,7 @@ fn describe_live_hosts(hosts: &[String]) -> String {
     }
 }
 
-pub(super) fn describe_pool_error(error: &PoolError) -> String {
+fn describe_pool_error(error: &PoolError) -> String {
     match error {
         PoolError::Backend(error) => describe_pg_error(error, Duration::ZERO),
         other => other.to_string(),
@@ -226,7 +241,7 @@ pub(super) fn describe_pool_error(error: &PoolError) -> String {
 
 /// The server's own message when there is one, with a hint for the failures a sysadmin fixes;
 /// otherwise the chain of causes (e.g. "error connecting to server: Connection refused").
-pub(super) fn describe_pg_error(error: &tokio_postgres::Error, statement_timeout: Duration) -> String {
+fn describe_pg_error(error: &tokio_postgres::Error, statement_timeout: Duration) -> String {
     use tokio_postgres::error::SqlState;
     if let Some(db) = error.as_db_error() {
         let code = db.code();
@@ -251,7 +266,7 @@ pub(super) fn describe_pg_error(error: &tokio_postgres::Error, statement_timeout
     error::chain(error)
 }
 
-pub(super) fn seconds(duration: Duration) -> String {
+fn seconds(duration: Duration) -> String {
     format!("{}s", duration.as_secs_f64())
 }
 

@@ -5,9 +5,6 @@
 
 use std::net::IpAddr;
 
-use deadpool_postgres::Object;
-use tokio::time::{Instant, timeout_at};
-
 use super::{
     DatabaseCredentials, ProbeError, ProbeTimeouts,
     database::{self, Pools},
@@ -40,28 +37,13 @@ pub async fn point_at(
     credentials: &DatabaseCredentials<'_>,
     pod_ip: IpAddr,
 ) -> Result<Redirect, ProbeError> {
-    let endpoint = database::describe_endpoint(credentials);
-    let fail = |reason: String| ProbeError::Database { endpoint: endpoint.clone(), reason };
-    let deadline = Instant::now() + timeouts.total;
-    let timed_out = || fail(format!("no answer within {}", database::seconds(timeouts.total)));
-
-    pools.close_idle_connections(timeouts.idle);
-    let pool = pools.get(credentials, timeouts);
-    let mut client = match timeout_at(deadline, pool.get()).await {
-        Ok(Ok(client)) => client,
-        Ok(Err(error)) => return Err(fail(database::describe_pool_error(&error))),
-        Err(_) => return Err(timed_out()),
-    };
-    let result = match timeout_at(deadline, upsert(&mut client, pod_ip, timeouts.statement)).await {
-        Ok(Ok(outcome)) => Ok(outcome),
-        Ok(Err(error)) => Err(fail(database::describe_pg_error(&error, timeouts.statement))),
-        Err(_) => Err(timed_out()),
-    };
-    if result.is_err() {
-        drop(Object::take(client));
-    }
-    result?.ok_or_else(|| ProbeError::NodeNotRegistered {
-        endpoint,
+    let statement = timeouts.statement;
+    let redirect = database::with_connection(pools, timeouts, credentials, |client| {
+        Box::pin(upsert(client, pod_ip, statement))
+    })
+    .await?;
+    redirect.ok_or_else(|| ProbeError::NodeNotRegistered {
+        endpoint: database::describe_endpoint(credentials),
         pod_ip: pod_ip.to_string(),
         live: "no live node has it in node.conn".into(),
     })
