@@ -559,3 +559,14 @@ async fn independent_clusters_never_touch_the_redirect() {
     assert_eq!(omero.redirect(), None);
     assert_eq!(fake.status().redirect_node, None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn events_that_cannot_be_published_do_not_hold_up_the_status() {
+    let (fake, _, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    fake.state().fail_events = true;
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-2"));
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.node("ro-2").phase, NodePhase::Draining);
+    assert!(fake.event_reasons().iter().all(|r| r != "DrainStarted"));
+}

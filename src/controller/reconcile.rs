@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::Value;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{
     Context, diff,
@@ -158,7 +158,8 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
     })
 }
 
-/// Publishes the events, then writes the status if it changed.
+/// Publishes the events, then writes the status if it changed. An Event that cannot be
+/// published is logged, not retried: status carries the same facts and must not wait on it.
 async fn write_status<P: ClusterPort>(
     port: &P,
     cluster: &OmeroCluster,
@@ -168,7 +169,9 @@ async fn write_status<P: ClusterPort>(
 ) -> Result<(), Error> {
     for event in events {
         info!(cluster = %cluster.name_any(), reason = %event.reason, note = %event.note, "event");
-        port.publish(cluster, event).await?;
+        if let Err(error) = port.publish(cluster, event).await {
+            warn!(cluster = %cluster.name_any(), reason = %event.reason, %error, "could not publish the event");
+        }
     }
     if next != old {
         port.patch_status(cluster, next).await?;

@@ -48,6 +48,8 @@ pub struct State {
     pub writes: Vec<Write>,
     /// Make every write fail (an API outage).
     pub fail_writes: bool,
+    /// Make publishing Events fail (e.g. no RBAC for events).
+    pub fail_events: bool,
 }
 
 #[derive(Clone, Default)]
@@ -215,6 +217,9 @@ impl ClusterPort for FakeCluster {
     }
 
     async fn publish(&self, _cluster: &OmeroCluster, event: &Event) -> Result<(), Error> {
+        if self.state().fail_events {
+            return Err(Error::MissingNamespace("injected failure of an Event".into()));
+        }
         self.write(Write::Event(event.reason.clone()))?;
         self.state().events.push(event.clone());
         Ok(())
