@@ -385,6 +385,16 @@ fn clear_drain(status: &mut NodeStatus) {
     status.sessions_observed_at = None;
 }
 
+/// Nodes asked to drain that still serve after a step: their drain was refused (the only way
+/// a requested node stays Serving).
+pub fn refused(request: &DrainRequest, statuses: &[NodeStatus]) -> Vec<String> {
+    statuses
+        .iter()
+        .filter(|s| request.nodes.contains(&s.name) && s.phase == NodePhase::Serving)
+        .map(|s| s.name.clone())
+        .collect()
+}
+
 /// Grid topology: the master runs the registry and Glacier2, the grid's only way in, so it
 /// never leaves service. A request to drain it is dropped and reported.
 pub fn keep_grid_master(request: &mut DrainRequest, master: &str) {

@@ -1535,3 +1535,56 @@ proptest! {
         prop_assert!(!request.force);
     }
 }
+
+fn node_in(name: &str, phase: NodePhase) -> NodeStatus {
+    NodeStatus { name: name.into(), phase, ..NodeStatus::default() }
+}
+
+#[test]
+fn refused_nodes_are_the_requested_ones_still_serving() {
+    let request =
+        DrainRequest { nodes: ["a".to_string(), "b".to_string()].into(), ..DrainRequest::default() };
+    let statuses = [
+        node_in("a", NodePhase::Draining),
+        node_in("b", NodePhase::Serving),
+        node_in("c", NodePhase::Serving),
+    ];
+    assert_eq!(omero_operator::drain::refused(&request, &statuses), ["b"]);
+}
+
+#[test]
+fn the_grid_master_is_taken_out_of_a_drain_request_and_reported() {
+    let mut request =
+        DrainRequest { nodes: ["main".to_string(), "w1".to_string()].into(), ..DrainRequest::default() };
+    omero_operator::drain::keep_grid_master(&mut request, "main");
+    assert_eq!(request.nodes, BTreeSet::from(["w1".to_string()]));
+    assert_eq!(request.problems.len(), 1);
+    assert!(request.problems[0].contains("'main' is the grid master"), "{:?}", request.problems);
+    // Not asked for: nothing to report.
+    omero_operator::drain::keep_grid_master(&mut request, "main");
+    assert_eq!(request.problems.len(), 1);
+}
+
+#[test]
+fn the_redirect_targets_the_serving_master_else_the_first_serving_node() {
+    use omero_operator::drain::redirect_target;
+    let all_serving = [node_in("w1", NodePhase::Serving), node_in("main", NodePhase::Serving)];
+    assert_eq!(redirect_target(&all_serving, "main"), None, "nothing out of service: nothing to steer");
+
+    let draining = [
+        node_in("w1", NodePhase::Draining),
+        node_in("w2", NodePhase::Serving),
+        node_in("main", NodePhase::Serving),
+    ];
+    assert_eq!(redirect_target(&draining, "main").map(|n| n.name.as_str()), Some("main"));
+
+    let master_down = [
+        node_in("w1", NodePhase::Drained),
+        node_in("w2", NodePhase::Serving),
+        node_in("main", NodePhase::Starting),
+    ];
+    assert_eq!(redirect_target(&master_down, "main").map(|n| n.name.as_str()), Some("w2"));
+
+    let none_serving = [node_in("w1", NodePhase::Drained), node_in("main", NodePhase::Failed)];
+    assert_eq!(redirect_target(&none_serving, "main"), None, "nowhere to steer to");
+}

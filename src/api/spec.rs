@@ -454,4 +454,9 @@ impl OmeroClusterSpec {
     pub fn node(&self, name: &str) -> Option<&NodeSpec> {
         self.nodes.iter().find(|n| n.name == name)
     }
+
+    /// The master of a `grid` topology; none in `independent` (where `master` is refused).
+    pub fn grid_master(&self) -> Option<&NodeSpec> {
+        (self.topology == Topology::Grid).then(|| self.nodes.iter().find(|n| n.is_master())).flatten()
+    }
 }

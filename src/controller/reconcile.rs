@@ -6,8 +6,6 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration as StdDuration};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
-use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use super::{
@@ -17,7 +15,7 @@ use super::{
 };
 use crate::{
     Error,
-    api::{self, NodePhase, OmeroCluster, SessionProbeKind},
+    api::{self, OmeroCluster, SessionProbeKind},
     drain::{self, NodeInput, PodObservation, Policy, ProbeOutcome},
     render,
 };
@@ -54,22 +52,26 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
 
     // Apply what differs from what runs, and remove the children of nodes that left the spec.
     let desired = render::render(&cluster);
+    let serialize = |source| Error::Serialize { what: "a child object".into(), source };
+    for deployment in diff::changed(&desired.deployments, &children.deployments).map_err(serialize)? {
+        info!(cluster = %name, deployment = ?deployment.metadata.name, "applying");
+        ctx.port.apply_deployment(&ns, deployment).await?;
+    }
+    for service in diff::changed(&desired.services, &children.services).map_err(serialize)? {
+        info!(cluster = %name, service = ?service.metadata.name, "applying");
+        ctx.port.apply_service(&ns, service).await?;
+    }
+    let uid = cluster.uid();
+    let orphans = diff::orphans(&children.deployments, &desired.deployments, uid.as_deref())
+        .into_iter()
+        .map(|n| (ChildKind::Deployment, n))
+        .chain(
+            diff::orphans(&children.services, &desired.services, uid.as_deref())
+                .into_iter()
+                .map(|n| (ChildKind::Service, n)),
+        );
     let mut events: Vec<Event> = Vec::new();
-    for deployment in &desired.deployments {
-        let existing = children.deployments.iter().find(|d| d.metadata.name == deployment.metadata.name);
-        if diff::needs_apply(&to_value(deployment)?, existing.map(to_value).transpose()?.as_ref()) {
-            info!(cluster = %name, deployment = ?deployment.metadata.name, "applying");
-            ctx.port.apply_deployment(&ns, deployment).await?;
-        }
-    }
-    for service in &desired.services {
-        let existing = children.services.iter().find(|s| s.metadata.name == service.metadata.name);
-        if diff::needs_apply(&to_value(service)?, existing.map(to_value).transpose()?.as_ref()) {
-            info!(cluster = %name, service = ?service.metadata.name, "applying");
-            ctx.port.apply_service(&ns, service).await?;
-        }
-    }
-    for (kind, child) in orphans(&cluster, &children, &desired) {
+    for (kind, child) in orphans {
         info!(cluster = %name, ?kind, child, "deleting: its node left the spec");
         ctx.port.delete_child(&ns, kind, &child).await?;
         if kind == ChildKind::Deployment {
@@ -85,7 +87,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
     // Decide every node's phase and drain step.
     let node_names: Vec<&str> = cluster.spec.nodes.iter().map(|n| n.name.as_str()).collect();
     let mut request = drain::parse_request(cluster.annotations(), &node_names);
-    let master = grid_master(&cluster);
+    let master = cluster.spec.grid_master().map(|n| n.name.as_str());
     if let Some(master) = master {
         drain::keep_grid_master(&mut request, master);
     }
@@ -132,11 +134,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         None => None,
     };
 
-    let refused = decisions
-        .iter()
-        .filter(|d| request.nodes.contains(&d.status.name) && d.status.phase == NodePhase::Serving)
-        .map(|d| d.status.name.clone())
-        .collect();
+    let refused = drain::refused(&request, &statuses);
     let assessment = Assessment {
         generation: cluster.meta().generation,
         nodes: statuses,
@@ -232,13 +230,6 @@ async fn primary_credentials<P: ClusterPort, O: OmeroPort>(
     }
 }
 
-/// The master's name in grid topology.
-fn grid_master(cluster: &OmeroCluster) -> Option<&str> {
-    (cluster.spec.topology == api::Topology::Grid)
-        .then(|| cluster.spec.nodes.iter().find(|n| n.is_master()).map(|n| n.name.as_str()))
-        .flatten()
-}
-
 /// Points the grid's new sessions at `target`: the target node's name, or why it failed.
 async fn redirect<P: ClusterPort, O: OmeroPort>(
     ctx: &Context<P, O>,
@@ -255,35 +246,4 @@ async fn redirect<P: ClusterPort, O: OmeroPort>(
         info!(cluster = %cluster.name_any(), node = %target.name, "grid redirect set");
     }
     Ok(target.name.clone())
-}
-
-/// Children labelled as this cluster's (and owned by it) that the spec no longer renders.
-fn orphans(
-    cluster: &OmeroCluster,
-    children: &super::port::Children,
-    desired: &render::Desired,
-) -> Vec<(ChildKind, String)> {
-    let uid = cluster.uid();
-    let owned = |meta: &kube::api::ObjectMeta| {
-        meta.owner_references.as_ref().is_some_and(|refs| refs.iter().any(|r| Some(&r.uid) == uid.as_ref()))
-    };
-    let wanted_deployments: Vec<_> = desired.deployments.iter().map(|d| &d.metadata.name).collect();
-    let wanted_services: Vec<_> = desired.services.iter().map(|s| &s.metadata.name).collect();
-    let deployments = children
-        .deployments
-        .iter()
-        .filter(|d| owned(&d.metadata) && !wanted_deployments.contains(&&d.metadata.name))
-        .filter_map(|d| d.metadata.name.clone())
-        .map(|n| (ChildKind::Deployment, n));
-    let services = children
-        .services
-        .iter()
-        .filter(|s| owned(&s.metadata) && !wanted_services.contains(&&s.metadata.name))
-        .filter_map(|s| s.metadata.name.clone())
-        .map(|n| (ChildKind::Service, n));
-    deployments.chain(services).collect()
-}
-
-fn to_value(object: &impl Serialize) -> Result<Value, Error> {
-    serde_json::to_value(object).map_err(|source| Error::Serialize { what: "a child object".into(), source })
 }

@@ -107,12 +107,7 @@ pub(crate) fn node_descriptors(cluster: &OmeroCluster) -> String {
 
 /// DNS name of the master's per-node Service, namespace-qualified when the namespace is known.
 pub(crate) fn master_host(cluster: &OmeroCluster) -> String {
-    let master = cluster
-        .spec
-        .nodes
-        .iter()
-        .find(|n| n.is_master())
-        .expect("validate() requires exactly one master in grid topology");
+    let master = cluster.spec.grid_master().expect("validate() requires exactly one master in grid topology");
     let service = node_object_name(&cluster.name_any(), &master.name);
     match &cluster.metadata.namespace {
         Some(ns) => format!("{service}.{ns}.svc"),

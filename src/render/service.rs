@@ -50,7 +50,7 @@ pub(crate) fn node_service(cluster: &OmeroCluster, node: &NodeSpec) -> Service {
 /// routable label plays no part there.
 pub(crate) fn entry_service(cluster: &OmeroCluster) -> Service {
     let cluster_name = cluster.name_any();
-    let selector = match cluster.spec.nodes.iter().find(|n| grid::role(cluster, n) == Role::Master) {
+    let selector = match cluster.spec.grid_master() {
         Some(master) => labels::node_selector_labels(&cluster_name, &master.name),
         None => {
             let mut selector = labels::cluster_selector(&cluster_name);
