@@ -11,12 +11,14 @@ use std::time::Duration;
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use futures::future::BoxFuture;
 use tokio::time::{Instant, timeout_at};
-use tokio_postgres::{IsolationLevel, NoTls};
+use tokio_postgres::{IsolationLevel, NoTls, Transaction};
 
 use super::{DatabaseCredentials, ProbeError, ProbeTimeouts, error, ice_proxy};
 
-/// Live OMERO nodes. Row 0 is the placeholder every OMERO database has.
-pub const LIVE_NODES_SQL: &str = "SELECT id, conn FROM node WHERE down IS NULL AND id <> 0";
+/// Live OMERO nodes, newest first (a pod IP reused by a later JVM start matches its newest
+/// row first). Row 0 is the placeholder every OMERO database has.
+const LIVE_NODES_SQL: &str =
+    "SELECT id, uuid, conn FROM node WHERE down IS NULL AND id <> 0 ORDER BY up DESC";
 
 /// Open user sessions of the nodes `$1` (bigint[]): not closed, not a JVM's internal session,
 /// not a share.
@@ -127,14 +129,7 @@ pub async fn count(
     let outcome =
         with_connection(pools, timeouts, credentials, |client| Box::pin(query(client, pod_ip, statement)))
             .await?;
-    match outcome {
-        Outcome::Sessions(n) => Ok(n),
-        Outcome::NoNode { live_hosts } => Err(ProbeError::NodeNotRegistered {
-            endpoint: describe_endpoint(credentials),
-            pod_ip: pod_ip.to_string(),
-            live: describe_live_hosts(&live_hosts),
-        }),
-    }
+    outcome.map_err(|other_hosts| not_registered(credentials, pod_ip, &other_hosts))
 }
 
 /// Runs `work` on a pooled connection, all within `timeouts.total`. A connection that failed
@@ -168,16 +163,59 @@ pub(super) async fn with_connection<T>(
     result
 }
 
-enum Outcome {
-    Sessions(u64),
-    NoNode { live_hosts: Vec<String> },
+/// One live JVM of an OMERO node.
+pub(super) struct LiveNode {
+    pub id: i64,
+    pub uuid: String,
 }
 
+/// The live nodes whose `conn` publishes `pod_ip`, newest first (never an empty `Ok`); when
+/// there are none, the hosts the other live nodes publish (for the error message).
+pub(super) async fn live_nodes_at(
+    transaction: &Transaction<'_>,
+    pod_ip: IpAddr,
+) -> Result<Result<Vec<LiveNode>, Vec<String>>, tokio_postgres::Error> {
+    let mut matching = Vec::new();
+    let mut other_hosts = Vec::new();
+    for row in transaction.query(LIVE_NODES_SQL, &[]).await? {
+        let conn: Option<&str> = row.try_get(2)?;
+        let conn = conn.unwrap_or_default();
+        if ice_proxy::has_host(conn, pod_ip) {
+            matching.push(LiveNode { id: row.try_get(0)?, uuid: row.try_get(1)? });
+        } else {
+            other_hosts.extend(ice_proxy::hosts(conn));
+        }
+    }
+    Ok(if matching.is_empty() { Err(other_hosts) } else { Ok(matching) })
+}
+
+/// LOCAL: the setting ends with the transaction and never leaks into a pooled connection.
+pub(super) async fn set_statement_timeout(
+    transaction: &Transaction<'_>,
+    timeout: Duration,
+) -> Result<(), tokio_postgres::Error> {
+    transaction.batch_execute(&format!("SET LOCAL statement_timeout = {}", timeout.as_millis().max(1))).await
+}
+
+/// The error for a pod no live node publishes.
+pub(super) fn not_registered(
+    credentials: &DatabaseCredentials<'_>,
+    pod_ip: IpAddr,
+    other_hosts: &[String],
+) -> ProbeError {
+    ProbeError::NodeNotRegistered {
+        endpoint: describe_endpoint(credentials),
+        pod_ip: pod_ip.to_string(),
+        live: describe_live_hosts(other_hosts),
+    }
+}
+
+/// Open user sessions of the pod's live node(s), or the hosts the other live nodes publish.
 async fn query(
     client: &mut ClientWrapper,
     pod_ip: IpAddr,
     statement_timeout: Duration,
-) -> Result<Outcome, tokio_postgres::Error> {
+) -> Result<Result<u64, Vec<String>>, tokio_postgres::Error> {
     // One snapshot for both queries, so a node that goes down in between is seen consistently.
     let transaction = client
         .build_transaction()
@@ -185,29 +223,15 @@ async fn query(
         .isolation_level(IsolationLevel::RepeatableRead)
         .start()
         .await?;
-    // LOCAL: the setting ends with the transaction and never leaks into a pooled connection.
-    transaction
-        .batch_execute(&format!("SET LOCAL statement_timeout = {}", statement_timeout.as_millis().max(1)))
-        .await?;
-    let nodes = transaction.query(LIVE_NODES_SQL, &[]).await?;
-    let mut ids = Vec::new();
-    let mut live_hosts = Vec::new();
-    for row in &nodes {
-        let id: i64 = row.try_get(0)?;
-        let conn: Option<&str> = row.try_get(1)?;
-        let conn = conn.unwrap_or_default();
-        if ice_proxy::has_host(conn, pod_ip) {
-            ids.push(id);
-        } else {
-            live_hosts.extend(ice_proxy::hosts(conn));
+    set_statement_timeout(&transaction, statement_timeout).await?;
+    let outcome = match live_nodes_at(&transaction, pod_ip).await? {
+        Ok(nodes) => {
+            let ids: Vec<i64> = nodes.iter().map(|n| n.id).collect();
+            let open: i64 = transaction.query_one(OPEN_SESSIONS_SQL, &[&ids]).await?.try_get(0)?;
+            // count(*) is never negative.
+            Ok(u64::try_from(open).unwrap_or_default())
         }
-    }
-    let outcome = if ids.is_empty() {
-        Outcome::NoNode { live_hosts }
-    } else {
-        let open: i64 = transaction.query_one(OPEN_SESSIONS_SQL, &[&ids]).await?.try_get(0)?;
-        // count(*) is never negative.
-        Outcome::Sessions(u64::try_from(open).unwrap_or_default())
+        Err(other_hosts) => Err(other_hosts),
     };
     transaction.commit().await?;
     Ok(outcome)

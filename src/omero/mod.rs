@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use crate::api::{DatabaseEndpoint, SessionProbe, SessionProbeKind};
 
-pub use database::{LIVE_NODES_SQL, OPEN_SESSIONS_SQL};
+pub use database::OPEN_SESSIONS_SQL;
 pub use error::ProbeError;
 pub use metrics::sum_metric;
-pub use redirect::{REDIRECT_PROPERTY, Redirect};
+pub use redirect::Redirect;
 
 /// What to probe: one node's pod and the probe in force for it.
 #[derive(Clone, Copy, Debug)]
@@ -106,10 +106,6 @@ impl Inner {
 impl Client {
     pub fn new(timeouts: ProbeTimeouts) -> Self {
         Self { inner: Arc::new(Inner::new(timeouts)) }
-    }
-
-    pub fn timeouts(&self) -> ProbeTimeouts {
-        self.inner.timeouts
     }
 
     /// Open sessions on the target's node: `Ok(None)` for `type: none`, an error whenever the

@@ -8,13 +8,9 @@ use std::net::IpAddr;
 use super::{
     DatabaseCredentials, ProbeError, ProbeTimeouts,
     database::{self, Pools},
-    ice_proxy,
 };
 
 pub const REDIRECT_PROPERTY: &str = "omero.cluster.redirect";
-
-/// Live nodes, newest first: a pod IP reused by a later JVM start matches its newest row.
-const LIVE_NODES_SQL: &str = "SELECT uuid, conn FROM node WHERE down IS NULL AND id <> 0 ORDER BY up DESC";
 
 /// Sets the row, writing only when its value differs.
 const UPSERT_SQL: &str = "INSERT INTO configuration (name, value) VALUES ($1, $2) \
@@ -42,35 +38,26 @@ pub async fn point_at(
         Box::pin(upsert(client, pod_ip, statement))
     })
     .await?;
-    redirect.ok_or_else(|| ProbeError::NodeNotRegistered {
-        endpoint: database::describe_endpoint(credentials),
-        pod_ip: pod_ip.to_string(),
-        live: "no live node has it in node.conn".into(),
-    })
+    redirect.map_err(|other_hosts| database::not_registered(credentials, pod_ip, &other_hosts))
 }
 
+/// Points the row at the pod's newest live node, or returns the hosts the others publish.
 async fn upsert(
     client: &mut deadpool_postgres::ClientWrapper,
     pod_ip: IpAddr,
     statement_timeout: std::time::Duration,
-) -> Result<Option<Redirect>, tokio_postgres::Error> {
+) -> Result<Result<Redirect, Vec<String>>, tokio_postgres::Error> {
     let transaction = client.transaction().await?;
-    transaction
-        .batch_execute(&format!("SET LOCAL statement_timeout = {}", statement_timeout.as_millis().max(1)))
-        .await?;
-    let mut target = None;
-    for row in transaction.query(LIVE_NODES_SQL, &[]).await? {
-        let conn: Option<&str> = row.try_get(1)?;
-        if ice_proxy::has_host(conn.unwrap_or_default(), pod_ip) {
-            target = Some(row.try_get::<_, String>(0)?);
-            break;
+    database::set_statement_timeout(&transaction, statement_timeout).await?;
+    let node_uuid = match database::live_nodes_at(&transaction, pod_ip).await? {
+        // `Ok` is never empty: the newest live JVM in the pod.
+        Ok(mut nodes) => nodes.remove(0).uuid,
+        Err(other_hosts) => {
+            transaction.rollback().await?;
+            return Ok(Err(other_hosts));
         }
-    }
-    let Some(node_uuid) = target else {
-        transaction.rollback().await?;
-        return Ok(None);
     };
     let written = transaction.execute(UPSERT_SQL, &[&REDIRECT_PROPERTY, &node_uuid]).await?;
     transaction.commit().await?;
-    Ok(Some(Redirect { node_uuid, changed: written > 0 }))
+    Ok(Ok(Redirect { node_uuid, changed: written > 0 }))
 }
