@@ -570,3 +570,28 @@ async fn events_that_cannot_be_published_do_not_hold_up_the_status() {
     assert_eq!(fake.node("ro-2").phase, NodePhase::Draining);
     assert!(fake.event_reasons().iter().all(|r| r != "DrainStarted"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn failures_back_off_per_cluster_and_a_success_resets_the_backoff() {
+    use kube::runtime::controller::Action;
+    use omero_operator::controller::{error_policy, reconcile_and_reset};
+
+    let (fake, _, ctx) = setup(CLUSTER);
+    fake.state().fail_writes = true;
+    let mut waits = Vec::new();
+    for _ in 0..8 {
+        let cluster = std::sync::Arc::new(fake.cluster());
+        let error = reconcile_and_reset(cluster.clone(), ctx.clone()).await.unwrap_err();
+        waits.push(error_policy(cluster, &error, ctx.clone()));
+    }
+    let secs = |s| Action::requeue(Duration::from_secs(s));
+    assert_eq!(waits, [secs(5), secs(10), secs(20), secs(40), secs(80), secs(160), secs(300), secs(300)]);
+
+    fake.state().fail_writes = false;
+    reconcile_and_reset(std::sync::Arc::new(fake.cluster()), ctx.clone()).await.unwrap();
+    fake.state().fail_writes = true;
+    fake.state().cluster.as_mut().unwrap().spec.image = "openmicroscopy/omero-server:5.6.12".into();
+    let cluster = std::sync::Arc::new(fake.cluster());
+    let error = reconcile_and_reset(cluster.clone(), ctx.clone()).await.unwrap_err();
+    assert_eq!(error_policy(cluster, &error, ctx.clone()), secs(5), "a success starts the backoff over");
+}

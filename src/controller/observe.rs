@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::{api::keys, drain::PodObservation};
+use crate::{
+    api::{OMERO_CONTAINER, keys},
+    drain::PodObservation,
+};
 
 /// Waiting reasons that mean the pod will not start without someone changing something.
 const FAILING_REASONS: &[&str] = &[
@@ -66,7 +69,11 @@ pub fn observe_pod(pod: &Pod) -> PodObservation {
             .as_ref()
             .and_then(|l| l.get(keys::ROUTABLE_LABEL))
             .is_some_and(|v| v == "true"),
-        image: pod.spec.as_ref().and_then(|s| s.containers.first()).and_then(|c| c.image.clone()),
+        image: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.iter().find(|c| c.name == OMERO_CONTAINER))
+            .and_then(|c| c.image.clone()),
         failure,
     }
 }
@@ -99,6 +106,17 @@ status:
         assert!(o.ready && o.routable);
         assert_eq!(o.image.as_deref(), Some("openmicroscopy/omero-server:5.6"));
         assert_eq!(o.failure, None);
+    }
+
+    #[test]
+    fn the_image_is_omeros_whatever_the_container_order() {
+        let mut p = pod(READY);
+        let spec = p.spec.as_mut().unwrap();
+        let mut exporter = spec.containers[0].clone();
+        exporter.name = "sessions-exporter".into();
+        exporter.image = Some("exporter:1".into());
+        spec.containers.insert(0, exporter);
+        assert_eq!(observe_pod(&p).image.as_deref(), Some("openmicroscopy/omero-server:5.6"));
     }
 
     #[test]

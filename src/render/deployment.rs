@@ -63,7 +63,6 @@ pub(crate) fn deployment(cluster: &OmeroCluster, node: &NodeSpec) -> Deployment 
 fn pod_spec(cluster: &OmeroCluster, node: &NodeSpec) -> PodSpec {
     let spec = &cluster.spec;
     PodSpec {
-        // OMERO first: the observer reads the image of the first container.
         containers: std::iter::once(container(cluster, node)).chain(node.sidecars.iter().cloned()).collect(),
         volumes: Some(volumes::volumes(cluster, node)),
         image_pull_secrets: non_empty(spec.image_pull_secrets.clone()),
