@@ -264,8 +264,21 @@ fn every_rule_has_a_message_and_a_field_path_that_exists() {
             }
         }
     });
-    // 2 on the root (names), 3 on the spec, 1 on a node, 1 on a probe, 4 durations.
-    assert_eq!(count, 11, "rules in the CRD");
+    // 2 on the root (names), 4 on the spec, 1 on a node, 1 on a probe, 4 durations.
+    assert_eq!(count, 12, "rules in the CRD");
+}
+
+/// Switching topology would need a per-node Service's immutable clusterIP changed and every
+/// node restarted at once: the API server refuses the update, with what to do instead.
+#[test]
+fn the_topology_of_an_existing_cluster_cannot_change() {
+    let spec = version()["schema"]["openAPIV3Schema"]["properties"]["spec"].clone();
+    let rule = rules(&spec)
+        .into_iter()
+        .find(|r| r["rule"] == "self.topology == oldSelf.topology")
+        .expect("a transition rule on spec.topology");
+    assert_eq!(rule["fieldPath"], ".topology");
+    assert!(rule["message"].as_str().unwrap().contains("create a new OmeroCluster"), "{rule:#?}");
 }
 
 /// `<cluster>-<node>` names Services: the API server checks the cluster name's form and the

@@ -76,6 +76,75 @@ fn cluster_manifest(ns: &str, image: &str, nodes: serde_json::Value) -> serde_js
     })
 }
 
+/// An object another application owns under a node's name survives the OmeroCluster's creation
+/// and deletion unchanged, and the cluster says who holds it.
+#[tokio::test]
+async fn a_foreign_service_survives_the_cluster() {
+    let Ok(path) = std::env::var(KUBECONFIG) else {
+        eprintln!("skipped: set {KUBECONFIG} to run the end-to-end suite");
+        return;
+    };
+    let client = client(&path).await;
+    let ssa = PatchParams::apply("omero-operator-e2e").force();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch("omeroclusters.omero.openmicroscopy.org", &ssa, &Patch::Apply(OmeroCluster::crd()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ns = format!("omero-e2e-foreign-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let foreign = services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "web-main", "labels": {"app": "web"}},
+                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let _operator = Operator(
+        Command::new(env!("CARGO_BIN_EXE_omero-operator"))
+            .args(["run", "--namespace", &ns])
+            .env("KUBECONFIG", &path)
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the operator starts"),
+    );
+    let clusters: Api<OmeroCluster> = Api::namespaced(client.clone(), &ns);
+    let mut manifest = cluster_manifest(&ns, "openmicroscopy/omero-server:5.6", json!([{"name": "main"}]));
+    manifest["metadata"]["name"] = json!("web");
+    clusters.patch("web", &ssa, &Patch::Apply(manifest)).await.unwrap();
+    let problem = eventually(60, "the foreign Service reported", || async {
+        let status = clusters.get("web").await.ok()?.status?;
+        status.object_problems.into_iter().find(|p| p.name == "web-main")
+    })
+    .await;
+    assert!(problem.message.contains("created outside the operator"), "{}", problem.message);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    assert!(deployments.get_opt("web-main").await.unwrap().is_some(), "the free name is used");
+    let unchanged = |s: &Service| {
+        assert_eq!(s.resource_version(), foreign.resource_version(), "never written");
+        assert!(s.owner_references().is_empty(), "never adopted");
+    };
+    unchanged(&services.get("web-main").await.unwrap());
+
+    clusters.delete("web", &DeleteParams::default()).await.unwrap();
+    eventually(120, "the cluster's Deployment garbage-collected", || async {
+        deployments.get_opt("web-main").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    unchanged(&services.get("web-main").await.unwrap());
+    namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
+}
+
 #[tokio::test]
 async fn operator_on_a_real_cluster() {
     let Ok(path) = std::env::var(KUBECONFIG) else {

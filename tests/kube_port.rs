@@ -17,7 +17,7 @@ use omero_operator::{
     controller::{
         Clock, Context,
         kube_port::KubePort,
-        port::{ChildKind, ClusterPort, Event, EventType},
+        port::{Child, ChildKind, ClusterPort, Event, EventType},
         reconcile,
     },
     render,
@@ -114,7 +114,7 @@ impl ApiServer {
                     json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
                 )
             }
-            (Method::GET, [.., "secrets", name]) => match self.objects.get(&format!("secrets/{name}")) {
+            (Method::GET, [.., kind, name]) => match self.objects.get(&format!("{kind}/{name}")) {
                 Some(v) => (StatusCode::OK, v.clone()),
                 None => (StatusCode::NOT_FOUND, not_found),
             },
@@ -135,8 +135,16 @@ impl ApiServer {
                 (StatusCode::OK, pod.clone())
             }
             (Method::PATCH, [.., kind, name]) => {
-                self.objects.insert(format!("{kind}/{name}"), seen.body.clone());
-                (StatusCode::OK, seen.body)
+                // Server-side apply: the object keeps its uid, a new one gets one.
+                let key = format!("{kind}/{name}");
+                let uid = self
+                    .objects
+                    .get(&key)
+                    .map_or_else(|| json!(format!("uid-{key}")), |o| o["metadata"]["uid"].clone());
+                let mut body = seen.body.clone();
+                body["metadata"]["uid"] = uid;
+                self.objects.insert(key, body.clone());
+                (StatusCode::OK, body)
             }
             (Method::DELETE, [.., kind, name]) => match self.objects.remove(&format!("{kind}/{name}")) {
                 Some(_) => {
@@ -166,8 +174,8 @@ fn seen(server: &Shared) -> Vec<Seen> {
 async fn children_are_applied_server_side_with_one_field_manager() {
     let (server, port, cluster) = setup();
     let desired = render::render(&cluster);
-    port.apply_deployment("omero", &desired.deployments[0]).await.unwrap();
-    port.apply_service("omero", &desired.services[0]).await.unwrap();
+    port.apply("omero", Child::Deployment(&desired.deployments[0]), None).await.unwrap();
+    port.apply("omero", Child::Service(&desired.services[0]), Some("uid-of-existing")).await.unwrap();
     let requests = seen(&server);
     assert_eq!(requests.len(), 2);
     let d = &requests[0];
@@ -179,6 +187,7 @@ async fn children_are_applied_server_side_with_one_field_manager() {
     assert_eq!(d.body["kind"], "Deployment");
     assert_eq!(d.body["metadata"]["ownerReferences"][0]["uid"], cluster.metadata.uid.clone().unwrap());
     assert_eq!(d.body["spec"]["strategy"]["type"], "Recreate");
+    assert!(d.body["metadata"].get("uid").is_none(), "a new object carries no uid precondition");
     let s = &requests[1];
     assert_eq!(
         s.path,
@@ -186,6 +195,25 @@ async fn children_are_applied_server_side_with_one_field_manager() {
     );
     assert_eq!((s.body["apiVersion"].as_str(), s.body["kind"].as_str()), (Some("v1"), Some("Service")));
     assert!(s.query.contains("fieldManager=omero-operator"));
+    assert_eq!(s.body["metadata"]["uid"], "uid-of-existing", "the existing object's uid is a precondition");
+}
+
+#[tokio::test]
+async fn find_reads_only_the_metadata_of_an_object_by_name() {
+    let (server, port, _) = setup();
+    server.lock().unwrap().objects.insert(
+        "services/web-main".into(),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-main", "uid": "u-web",
+               "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "d", "controller": true}]}}),
+    );
+    let found = port.find("omero", ChildKind::Service, "web-main").await.unwrap().unwrap();
+    assert_eq!(found.uid.as_deref(), Some("u-web"));
+    assert_eq!(found.owner_references.unwrap()[0].name, "web");
+    assert!(port.find("omero", ChildKind::Deployment, "nothing").await.unwrap().is_none());
+    let requests = seen(&server);
+    assert_eq!(requests[0].method, Method::GET);
+    assert_eq!(requests[0].path, "/api/v1/namespaces/omero/services/web-main");
+    assert_eq!(requests[1].path, "/apis/apps/v1/namespaces/omero/deployments/nothing");
 }
 
 #[tokio::test]
@@ -230,11 +258,12 @@ async fn the_routable_label_is_merge_patched_on_the_pod() {
 async fn deleting_a_child_that_is_already_gone_is_fine() {
     let (server, port, _) = setup();
     server.lock().unwrap().objects.insert("deployments/omero-old".into(), json!({}));
-    port.delete_child("omero", ChildKind::Deployment, "omero-old").await.unwrap();
-    port.delete_child("omero", ChildKind::Service, "omero-old").await.unwrap();
+    port.delete_child("omero", ChildKind::Deployment, "omero-old", "u-old").await.unwrap();
+    port.delete_child("omero", ChildKind::Service, "omero-old", "u-svc").await.unwrap();
     let requests = seen(&server);
     assert_eq!(requests[0].method, Method::DELETE);
     assert_eq!(requests[0].path, "/apis/apps/v1/namespaces/omero/deployments/omero-old");
+    assert_eq!(requests[0].body["preconditions"]["uid"], "u-old", "only the object we checked is deleted");
     assert_eq!(requests[1].path, "/api/v1/namespaces/omero/services/omero-old");
 }
 
@@ -314,13 +343,18 @@ async fn an_unchanged_reconcile_sends_no_write_request() {
     reconcile(current(&server), ctx.clone()).await.unwrap();
     let first = seen(&server);
     assert!(first.iter().filter(|r| r.is_write()).count() >= 7, "creates 3 Deployments and 4 Services");
+    let lookups =
+        first.iter().filter(|r| r.method == Method::GET && !r.query.contains("labelSelector")).count();
+    assert_eq!(lookups, 7, "each name is looked up before it is first created");
     // The pods come up, ready; the next reconcile labels them routable.
     for (node, ip) in [("rw", "10.0.0.1"), ("ro-1", "10.0.0.2"), ("ro-2", "10.0.0.3")] {
         let pod = json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": format!("omero-{node}-x"), "namespace": "omero",
                          "labels": {"omero.openmicroscopy.org/cluster": "omero", "omero.openmicroscopy.org/node": node,
-                                    "app.kubernetes.io/managed-by": "omero-operator"}},
+                                    "app.kubernetes.io/managed-by": "omero-operator", "pod-template-hash": "h"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("omero-{node}-h"),
+                                              "uid": "rs", "controller": true}]},
             "spec": {"containers": [{"name": "omero-server", "image": "openmicroscopy/omero-server:5.6"}]},
             "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}
         });

@@ -35,6 +35,41 @@ pub struct OmeroClusterStatus {
     /// Why the redirect could not be set, while it cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_error: Option<String>,
+    /// Objects the cluster needs but that the operator leaves alone: another owner holds the
+    /// name, or a field that cannot change would have to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
+    pub object_problems: Vec<ObjectProblem>,
+}
+
+/// An object of the cluster that the operator does not write, and why.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectProblem {
+    /// `Deployment`, `Service`, ...
+    pub kind: String,
+    pub name: String,
+    pub reason: ObjectProblemReason,
+    /// What is wrong and what to do about it.
+    pub message: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+pub enum ObjectProblemReason {
+    /// An object of that kind and name exists and this cluster does not control it.
+    NotOwned,
+    /// The cluster's own object would need a field changed that the API server does not allow
+    /// to change.
+    ImmutableField,
+}
+
+impl ObjectProblemReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotOwned => "ObjectNotOwned",
+            Self::ImmutableField => "ImmutableField",
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]

@@ -1,40 +1,122 @@
-//! Compare before apply: a child is applied only when some field the operator sets differs
-//! from what the API server holds, so a reconcile with nothing to change writes nothing. Pure.
+//! Compare before apply, and only what is ours: a desired object is written when it does not
+//! exist, or when this cluster controls it and some field the operator sets differs from what
+//! the API server holds. An object someone else holds is reported, never written. Pure.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::Service},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use kube::Resource;
 use serde::Serialize;
 use serde_json::Value;
 
-/// The desired objects that need applying: absent from `existing`, or differing from it.
-pub fn changed<'a, K: Resource + Serialize>(
-    desired: &'a [K],
-    existing: &[K],
-) -> Result<Vec<&'a K>, serde_json::Error> {
-    let mut changed = Vec::new();
-    for object in desired {
-        let live = existing.iter().find(|e| e.meta().name == object.meta().name);
-        let live = live.map(serde_json::to_value).transpose()?;
-        if needs_apply(&serde_json::to_value(object)?, live.as_ref()) {
-            changed.push(object);
-        }
-    }
-    Ok(changed)
+use crate::{
+    api::ObjectProblem,
+    ownership::{self, is_controlled_by},
+};
+
+/// One object to apply, with the uid of the object it replaces (a precondition), if any.
+#[derive(Debug)]
+pub struct Write<'a, K> {
+    pub object: &'a K,
+    pub uid: Option<String>,
 }
 
-/// Names of `existing` objects owned by `owner_uid` that `desired` no longer has: the
-/// children of nodes that left the spec. Objects someone else owns are never included.
-pub fn orphans<K: Resource>(existing: &[K], desired: &[K], owner_uid: Option<&str>) -> Vec<String> {
-    let owned = |object: &K| {
-        object
-            .meta()
-            .owner_references
-            .as_ref()
-            .is_some_and(|refs| refs.iter().any(|r| Some(r.uid.as_str()) == owner_uid))
-    };
+/// What to do with the desired objects of one kind.
+#[derive(Debug)]
+pub struct Plan<'a, K> {
+    pub writes: Vec<Write<'a, K>>,
+    pub problems: Vec<ObjectProblem>,
+}
+
+/// Objects of one kind the operator writes: how their immutable fields are compared.
+pub trait Child: Resource<DynamicType = ()> + Serialize {
+    /// Why `desired` cannot be applied over `existing`, if a field the API server will not
+    /// change differs.
+    fn immutable_change(desired: &Self, existing: &Self) -> Option<String>;
+}
+
+impl Child for Deployment {
+    fn immutable_change(desired: &Self, existing: &Self) -> Option<String> {
+        let selector = |d: &Self| d.spec.as_ref().map(|s| s.selector.clone());
+        (selector(desired) != selector(existing)).then(|| {
+            "spec.selector cannot change; delete the Deployment after draining its node and the \
+             operator creates it anew"
+                .into()
+        })
+    }
+}
+
+impl Child for Service {
+    fn immutable_change(desired: &Self, existing: &Self) -> Option<String> {
+        let headless = |s: &Self| s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None");
+        (headless(desired) != headless(existing)).then(|| {
+            "spec.clusterIP cannot change between headless (None) and a cluster IP, which a change of \
+             spec.topology would need; topology is fixed for a cluster's life: create a new \
+             OmeroCluster with the other topology and move to it"
+                .into()
+        })
+    }
+}
+
+/// Names of desired objects that `existing` (the objects carrying the cluster's labels) does
+/// not have: whether something else holds those names must be looked up before writing.
+pub fn unseen<K: Resource>(desired: &[K], existing: &[K]) -> Vec<String> {
+    desired
+        .iter()
+        .filter(|d| !existing.iter().any(|e| e.meta().name == d.meta().name))
+        .filter_map(|d| d.meta().name.clone())
+        .collect()
+}
+
+/// Decides, for each desired object, whether to write it. `found` holds what a look-up by
+/// name found for the [`unseen`] names (absent: nothing has that name).
+pub fn plan<'a, K: Child>(
+    desired: &'a [K],
+    existing: &[K],
+    found: &BTreeMap<String, ObjectMeta>,
+    owner_uid: Option<&str>,
+) -> Result<Plan<'a, K>, serde_json::Error> {
+    let kind = K::kind(&());
+    let mut plan = Plan { writes: Vec::new(), problems: Vec::new() };
+    for object in desired {
+        let name = object.meta().name.clone().unwrap_or_default();
+        let live = existing.iter().find(|e| e.meta().name.as_ref() == Some(&name));
+        let meta = live.map(|l| l.meta()).or_else(|| found.get(&name));
+        let Some(meta) = meta else {
+            plan.writes.push(Write { object, uid: None });
+            continue;
+        };
+        if !is_controlled_by(meta, owner_uid) {
+            plan.problems.push(ownership::not_owned(&kind, &name, meta));
+            continue;
+        }
+        let uid = meta.uid.clone();
+        match live {
+            // Ours, but without the cluster's labels (someone removed them): apply restores them.
+            None => plan.writes.push(Write { object, uid }),
+            Some(live) => {
+                if let Some(why) = K::immutable_change(object, live) {
+                    plan.problems.push(ownership::immutable(&kind, &name, why));
+                } else if needs_apply(&serde_json::to_value(object)?, Some(&serde_json::to_value(live)?)) {
+                    plan.writes.push(Write { object, uid });
+                }
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// `existing` objects controlled by `owner_uid` that `desired` no longer has, with their uids:
+/// the children of nodes that left the spec. Labels alone never make an object one of these.
+pub fn orphans<K: Resource>(existing: &[K], desired: &[K], owner_uid: Option<&str>) -> Vec<(String, String)> {
     existing
         .iter()
-        .filter(|e| owned(e) && !desired.iter().any(|d| d.meta().name == e.meta().name))
-        .filter_map(|e| e.meta().name.clone())
+        .filter(|e| is_controlled_by(e.meta(), owner_uid))
+        .filter(|e| !desired.iter().any(|d| d.meta().name == e.meta().name))
+        .filter_map(|e| Some((e.meta().name.clone()?, e.meta().uid.clone()?)))
         .collect()
 }
 
@@ -114,27 +196,70 @@ mod tests {
         assert!(needs_apply(&json!({"spec": {"tolerations": [{"key": "k"}]}}), Some(&existing)));
     }
 
-    fn service(name: &str, owner: Option<&str>, port: i32) -> k8s_openapi::api::core::v1::Service {
+    fn service(name: &str, owner: Option<&str>, port: i32) -> Service {
         serde_json::from_value(json!({
-            "metadata": {"name": name, "ownerReferences": owner.map(|uid| vec![json!({
+            "metadata": {"name": name, "uid": format!("uid-{name}"), "ownerReferences": owner.map(|uid| vec![json!({
                 "apiVersion": "omero.openmicroscopy.org/v1alpha1", "kind": "OmeroCluster",
-                "name": "omero", "uid": uid})])},
+                "name": "omero", "uid": uid, "controller": true})])},
             "spec": {"ports": [{"port": port}]}
         }))
         .unwrap()
     }
 
-    #[test]
-    fn changed_picks_the_absent_and_the_different() {
-        let desired = [service("a", Some("u"), 1), service("b", Some("u"), 2), service("c", Some("u"), 3)];
-        let existing = [service("a", Some("u"), 1), service("b", Some("u"), 9)];
-        let names: Vec<_> =
-            changed(&desired, &existing).unwrap().iter().map(|s| s.meta().name.clone().unwrap()).collect();
-        assert_eq!(names, ["b", "c"]);
+    fn names<K: Resource>(writes: &[Write<'_, K>]) -> Vec<String> {
+        writes.iter().map(|w| w.object.meta().name.clone().unwrap()).collect()
     }
 
     #[test]
-    fn orphans_are_owned_objects_no_longer_desired() {
+    fn plan_writes_the_absent_and_the_different_of_our_own() {
+        let desired = [service("a", Some("u"), 1), service("b", Some("u"), 2), service("c", Some("u"), 3)];
+        let existing = [service("a", Some("u"), 1), service("b", Some("u"), 9)];
+        assert_eq!(unseen(&desired, &existing), ["c"]);
+        let plan = plan(&desired, &existing, &BTreeMap::new(), Some("u")).unwrap();
+        assert_eq!(names(&plan.writes), ["b", "c"]);
+        assert_eq!(plan.writes[0].uid.as_deref(), Some("uid-b"), "the existing uid is a precondition");
+        assert_eq!(plan.writes[1].uid, None);
+        assert!(plan.problems.is_empty());
+    }
+
+    #[test]
+    fn plan_never_writes_an_object_another_owner_holds() {
+        let desired = [service("a", Some("u"), 1), service("b", Some("u"), 2), service("c", Some("u"), 3)];
+        // `a` carries the cluster's labels but another cluster controls it; `b` was found by
+        // name without labels and has no owner at all.
+        let existing = [service("a", Some("other"), 1)];
+        let found = BTreeMap::from([("b".to_string(), service("b", None, 2).metadata)]);
+        let plan = plan(&desired, &existing, &found, Some("u")).unwrap();
+        assert_eq!(names(&plan.writes), ["c"]);
+        let blocked: Vec<_> = plan.problems.iter().map(|p| (p.name.as_str(), p.reason)).collect();
+        assert_eq!(
+            blocked,
+            [
+                ("a", crate::api::ObjectProblemReason::NotOwned),
+                ("b", crate::api::ObjectProblemReason::NotOwned)
+            ]
+        );
+        assert!(
+            plan.problems[0].message.contains("OmeroCluster omero (uid other)"),
+            "{}",
+            plan.problems[0].message
+        );
+    }
+
+    #[test]
+    fn plan_reports_an_immutable_change_instead_of_applying_it() {
+        let mut headless = service("w", Some("u"), 1);
+        headless.spec.as_mut().unwrap().cluster_ip = Some("None".into());
+        let existing = [headless];
+        let desired = [service("w", Some("u"), 1)];
+        let plan = plan(&desired, &existing, &BTreeMap::new(), Some("u")).unwrap();
+        assert!(plan.writes.is_empty());
+        assert_eq!(plan.problems[0].reason, crate::api::ObjectProblemReason::ImmutableField);
+        assert!(plan.problems[0].message.contains("spec.topology"), "{}", plan.problems[0].message);
+    }
+
+    #[test]
+    fn orphans_are_objects_we_control_that_are_no_longer_desired() {
         let desired = [service("a", Some("u"), 1)];
         let existing = [
             service("a", Some("u"), 1),
@@ -142,7 +267,7 @@ mod tests {
             service("other", Some("v"), 1),
             service("handmade", None, 1),
         ];
-        assert_eq!(orphans(&existing, &desired, Some("u")), ["gone"]);
+        assert_eq!(orphans(&existing, &desired, Some("u")), [("gone".to_string(), "uid-gone".to_string())]);
         assert!(orphans(&existing, &desired, None).is_empty(), "no uid (offline): nothing is ours");
     }
 }

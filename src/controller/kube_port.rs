@@ -1,18 +1,21 @@
 //! The cluster port on a real API server: server-side apply with one field manager, the
 //! status subresource, label patches on pods, Events.
 
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    core::v1::{Pod, Secret, Service},
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{Pod, Secret, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
     runtime::events::{self, Recorder, Reporter},
 };
 use serde_json::json;
 
-use super::port::{ChildKind, Children, ClusterPort, Event, EventType};
+use super::port::{Child, ChildKind, Children, ClusterPort, Event, EventType};
 use crate::{
     Error,
     api::{OmeroCluster, OmeroClusterStatus, SecretKeyRef, keys},
@@ -70,26 +73,42 @@ impl ClusterPort for KubePort {
         })
     }
 
-    async fn apply_deployment(&self, ns: &str, deployment: &Deployment) -> Result<(), Error> {
-        let name = deployment.name_any();
-        self.api::<Deployment>(ns).patch(&name, &Self::apply_params(), &Patch::Apply(deployment)).await?;
-        Ok(())
-    }
-
-    async fn apply_service(&self, ns: &str, service: &Service) -> Result<(), Error> {
-        let name = service.name_any();
-        self.api::<Service>(ns).patch(&name, &Self::apply_params(), &Patch::Apply(service)).await?;
-        Ok(())
-    }
-
-    async fn delete_child(&self, ns: &str, kind: ChildKind, name: &str) -> Result<(), Error> {
-        let result = match kind {
+    async fn find(&self, ns: &str, kind: ChildKind, name: &str) -> Result<Option<ObjectMeta>, Error> {
+        // Metadata only: the owner references are all the question needs.
+        Ok(match kind {
             ChildKind::Deployment => {
-                self.api::<Deployment>(ns).delete(name, &DeleteParams::background()).await.map(drop)
+                self.api::<Deployment>(ns).get_metadata_opt(name).await?.map(|p| p.metadata)
             }
-            ChildKind::Service => {
-                self.api::<Service>(ns).delete(name, &DeleteParams::background()).await.map(drop)
+            ChildKind::Service => self.api::<Service>(ns).get_metadata_opt(name).await?.map(|p| p.metadata),
+        })
+    }
+
+    async fn apply(&self, ns: &str, child: Child<'_>, uid: Option<&str>) -> Result<(), Error> {
+        // The existing object's uid in the applied metadata is a precondition: the API server
+        // refuses the patch (409) if the name now belongs to another object.
+        let with_uid = |meta: &ObjectMeta| ObjectMeta { uid: uid.map(Into::into), ..meta.clone() };
+        let name = child.name().to_string();
+        match child {
+            Child::Deployment(d) => {
+                let body = Deployment { metadata: with_uid(&d.metadata), ..d.clone() };
+                self.api::<Deployment>(ns).patch(&name, &Self::apply_params(), &Patch::Apply(body)).await?;
             }
+            Child::Service(s) => {
+                let body = Service { metadata: with_uid(&s.metadata), ..s.clone() };
+                self.api::<Service>(ns).patch(&name, &Self::apply_params(), &Patch::Apply(body)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_child(&self, ns: &str, kind: ChildKind, name: &str, uid: &str) -> Result<(), Error> {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions { uid: Some(uid.into()), resource_version: None }),
+            ..DeleteParams::background()
+        };
+        let result = match kind {
+            ChildKind::Deployment => self.api::<Deployment>(ns).delete(name, &params).await.map(drop),
+            ChildKind::Service => self.api::<Service>(ns).delete(name, &params).await.map(drop),
         };
         match result {
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),

@@ -20,10 +20,12 @@ const FAILING_REASONS: &[&str] = &[
 ];
 
 /// Each node's current pod, by node name. When a node has several (the old one still
-/// terminating), the live one wins, then the newest.
-pub fn pods_by_node(pods: &[Pod]) -> BTreeMap<String, PodObservation> {
+/// terminating), the live one wins, then the newest. Only pods of the Deployments named in
+/// `ours` (those the cluster controls) count: a pod that merely carries the cluster's labels is
+/// never labelled, probed or drained.
+pub fn pods_by_node(pods: &[Pod], ours: &[&str]) -> BTreeMap<String, PodObservation> {
     let mut chosen: BTreeMap<String, &Pod> = BTreeMap::new();
-    for pod in pods {
+    for pod in pods.iter().filter(|p| of_deployment(p, ours)) {
         let Some(node) = pod.metadata.labels.as_ref().and_then(|l| l.get(keys::NODE_LABEL)) else {
             continue;
         };
@@ -36,6 +38,22 @@ pub fn pods_by_node(pods: &[Pod]) -> BTreeMap<String, PodObservation> {
         }
     }
     chosen.into_iter().map(|(node, pod)| (node, observe_pod(pod))).collect()
+}
+
+/// A Deployment's pods are controlled by its ReplicaSets, named `<deployment>-<pod-template-hash>`
+/// (the Deployment controller's naming, which the pod's own `pod-template-hash` label repeats).
+fn of_deployment(pod: &Pod, deployments: &[&str]) -> bool {
+    let Some(hash) = pod.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash")) else {
+        return false;
+    };
+    pod.metadata.owner_references.iter().flatten().any(|r| {
+        r.controller == Some(true)
+            && r.kind == "ReplicaSet"
+            && r.name
+                .strip_suffix(hash.as_str())
+                .and_then(|d| d.strip_suffix('-'))
+                .is_some_and(|d| deployments.contains(&d))
+    })
 }
 
 fn rank(pod: &Pod) -> (bool, Option<k8s_openapi::jiff::Timestamp>) {
@@ -90,7 +108,8 @@ mod tests {
 metadata:
   name: omero-rw-abc
   creationTimestamp: "2026-01-01T00:00:00Z"
-  labels: {omero.openmicroscopy.org/node: rw, omero.openmicroscopy.org/routable: "true"}
+  labels: {omero.openmicroscopy.org/node: rw, omero.openmicroscopy.org/routable: "true", pod-template-hash: 5f7d}
+  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: omero-rw-5f7d, uid: rs1, controller: true}]
 spec:
   containers: [{name: omero-server, image: "openmicroscopy/omero-server:5.6"}]
 status:
@@ -153,10 +172,10 @@ status:
         newer.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             "2026-01-02T00:00:00Z".parse().unwrap(),
         ));
-        let by_node = pods_by_node(&[old.clone(), newer.clone()]);
+        let by_node = pods_by_node(&[old.clone(), newer.clone()], &["omero-rw"]);
         assert_eq!(by_node["rw"].name, "omero-rw-new");
         newer.metadata.deletion_timestamp = newer.metadata.creation_timestamp.clone();
-        let by_node = pods_by_node(&[newer, old]);
+        let by_node = pods_by_node(&[newer, old], &["omero-rw"]);
         assert_eq!(by_node["rw"].name, "omero-rw-abc");
     }
 
@@ -164,6 +183,20 @@ status:
     fn pods_without_a_node_label_are_ignored() {
         let mut p = pod(READY);
         p.metadata.labels = None;
-        assert!(pods_by_node(&[p]).is_empty());
+        assert!(pods_by_node(&[p], &["omero-rw"]).is_empty());
+    }
+
+    #[test]
+    fn only_pods_of_the_clusters_own_deployments_count() {
+        let p = pod(READY);
+        assert_eq!(pods_by_node(std::slice::from_ref(&p), &["omero-rw"]).len(), 1);
+        assert!(pods_by_node(std::slice::from_ref(&p), &["omero-ro"]).is_empty(), "another Deployment's pod");
+        assert!(
+            pods_by_node(std::slice::from_ref(&p), &[]).is_empty(),
+            "a Deployment the cluster does not control"
+        );
+        let mut bare = p.clone();
+        bare.metadata.owner_references = None;
+        assert!(pods_by_node(&[bare], &["omero-rw"]).is_empty(), "a pod with the labels but no owner");
     }
 }

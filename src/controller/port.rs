@@ -4,9 +4,12 @@
 
 use std::future::Future;
 
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    core::v1::{Pod, Service},
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{Pod, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
 use crate::{
@@ -26,6 +29,39 @@ pub struct Children {
 pub enum ChildKind {
     Deployment,
     Service,
+}
+
+impl ChildKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deployment => "Deployment",
+            Self::Service => "Service",
+        }
+    }
+}
+
+/// An object the operator writes.
+#[derive(Clone, Copy, Debug)]
+pub enum Child<'a> {
+    Deployment(&'a Deployment),
+    Service(&'a Service),
+}
+
+impl Child<'_> {
+    pub fn kind(&self) -> ChildKind {
+        match self {
+            Self::Deployment(_) => ChildKind::Deployment,
+            Self::Service(_) => ChildKind::Service,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        let meta = match self {
+            Self::Deployment(d) => &d.metadata,
+            Self::Service(s) => &s.metadata,
+        };
+        meta.name.as_deref().unwrap_or_default()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,18 +84,30 @@ pub struct Event {
 pub trait ClusterPort: Send + Sync + 'static {
     /// The cluster's children and pods (by the cluster label), as they are now.
     fn children(&self, cluster: &OmeroCluster) -> impl Future<Output = Result<Children, Error>> + Send;
-    /// Server-side apply with the operator's field manager.
-    fn apply_deployment(
+    /// The metadata of whatever object of this kind has this name, the operator's or not:
+    /// `children` only sees objects carrying the cluster's labels.
+    fn find(
         &self,
         ns: &str,
-        deployment: &Deployment,
+        kind: ChildKind,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ObjectMeta>, Error>> + Send;
+    /// Server-side apply with the operator's field manager and `force`. Only ever called for
+    /// an object that does not exist or that this cluster controls; `uid` is the existing
+    /// object's, sent as a precondition so that an object replaced meanwhile is not taken over.
+    fn apply(
+        &self,
+        ns: &str,
+        child: Child<'_>,
+        uid: Option<&str>,
     ) -> impl Future<Output = Result<(), Error>> + Send;
-    fn apply_service(&self, ns: &str, service: &Service) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Deletes the object only if it is still the one with `uid` (a precondition).
     fn delete_child(
         &self,
         ns: &str,
         kind: ChildKind,
         name: &str,
+        uid: &str,
     ) -> impl Future<Output = Result<(), Error>> + Send;
     /// Adds or removes `omero.openmicroscopy.org/routable=true` on the pod itself.
     fn set_routable(

@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     Context, diff,
-    port::{ChildKind, ClusterPort, Event, OmeroPort, RedirectQuery, SessionQuery},
+    port::{Child, ChildKind, ClusterPort, Event, OmeroPort, RedirectQuery, SessionQuery},
     status::{self, Assessment},
 };
 use crate::{
@@ -50,18 +50,36 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         return Ok(RESYNC);
     }
 
-    // Apply what differs from what runs, and remove the children of nodes that left the spec.
+    // Write what differs from what runs, only where the object is ours, and remove the
+    // children of nodes that left the spec.
     let desired = render::render(&cluster);
-    let serialize = |source| Error::Serialize { what: "a child object".into(), source };
-    for deployment in diff::changed(&desired.deployments, &children.deployments).map_err(serialize)? {
-        info!(cluster = %name, deployment = ?deployment.metadata.name, "applying");
-        ctx.port.apply_deployment(&ns, deployment).await?;
-    }
-    for service in diff::changed(&desired.services, &children.services).map_err(serialize)? {
-        info!(cluster = %name, service = ?service.metadata.name, "applying");
-        ctx.port.apply_service(&ns, service).await?;
-    }
     let uid = cluster.uid();
+    let serialize = |source| Error::Serialize { what: "a child object".into(), source };
+    let found_deployments = find(
+        &ctx.port,
+        &ns,
+        ChildKind::Deployment,
+        diff::unseen(&desired.deployments, &children.deployments),
+    )
+    .await?;
+    let found_services =
+        find(&ctx.port, &ns, ChildKind::Service, diff::unseen(&desired.services, &children.services)).await?;
+    let deployments =
+        diff::plan(&desired.deployments, &children.deployments, &found_deployments, uid.as_deref())
+            .map_err(serialize)?;
+    let services = diff::plan(&desired.services, &children.services, &found_services, uid.as_deref())
+        .map_err(serialize)?;
+    for write in &deployments.writes {
+        info!(cluster = %name, deployment = ?write.object.metadata.name, "applying");
+        ctx.port.apply(&ns, Child::Deployment(write.object), write.uid.as_deref()).await?;
+    }
+    for write in &services.writes {
+        info!(cluster = %name, service = ?write.object.metadata.name, "applying");
+        ctx.port.apply(&ns, Child::Service(write.object), write.uid.as_deref()).await?;
+    }
+    let mut object_problems: Vec<api::ObjectProblem> =
+        deployments.problems.into_iter().chain(services.problems).collect();
+    object_problems.sort();
     let orphans = diff::orphans(&children.deployments, &desired.deployments, uid.as_deref())
         .into_iter()
         .map(|n| (ChildKind::Deployment, n))
@@ -71,9 +89,9 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
                 .map(|n| (ChildKind::Service, n)),
         );
     let mut events: Vec<Event> = Vec::new();
-    for (kind, child) in orphans {
+    for (kind, (child, child_uid)) in orphans {
         info!(cluster = %name, ?kind, child, "deleting: its node left the spec");
-        ctx.port.delete_child(&ns, kind, &child).await?;
+        ctx.port.delete_child(&ns, kind, &child, &child_uid).await?;
         if kind == ChildKind::Deployment {
             events.push(status::event(
                 super::port::EventType::Normal,
@@ -83,6 +101,12 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
             ));
         }
     }
+    let ours: Vec<&str> = children
+        .deployments
+        .iter()
+        .filter(|d| crate::ownership::is_controlled_by(&d.metadata, uid.as_deref()))
+        .filter_map(|d| d.metadata.name.as_deref())
+        .collect();
 
     // Decide every node's phase and drain step.
     let node_names: Vec<&str> = cluster.spec.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -91,7 +115,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
     if let Some(master) = master {
         drain::keep_grid_master(&mut request, master);
     }
-    let pods = super::observe::pods_by_node(&children.pods);
+    let pods = super::observe::pods_by_node(&children.pods, &ours);
     let mut probes = BTreeMap::new();
     for node in &cluster.spec.nodes {
         if drain::probe_due(old.node(&node.name), now) {
@@ -142,6 +166,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         drain_problems: &request.problems,
         refused,
         redirect,
+        object_problems,
     };
     let next = status::next_status(&old, &assessment, now);
     events.extend(status::transition_events(&old, &next, &request.problems));
@@ -175,6 +200,23 @@ async fn write_status<P: ClusterPort>(
         port.patch_status(cluster, next).await?;
     }
     Ok(())
+}
+
+/// What holds each of `names`, looked up by name: objects that do not carry the cluster's
+/// labels, which the cluster must not write over.
+async fn find<P: ClusterPort>(
+    port: &P,
+    ns: &str,
+    kind: ChildKind,
+    names: Vec<String>,
+) -> Result<BTreeMap<String, k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>, Error> {
+    let mut found = BTreeMap::new();
+    for name in names {
+        if let Some(meta) = port.find(ns, kind, &name).await? {
+            found.insert(name, meta);
+        }
+    }
+    Ok(found)
 }
 
 /// Next look: the earliest probe or deadline of a draining node, else the resync period.

@@ -7,7 +7,7 @@ use k8s_openapi::{
 
 use super::port::{Event, EventType};
 use crate::{
-    api::{NodePhase, NodeStatus, OmeroClusterStatus, ValidationError, conditions},
+    api::{NodePhase, NodeStatus, ObjectProblem, OmeroClusterStatus, ValidationError, conditions},
     drain::DrainEvent,
 };
 
@@ -25,6 +25,8 @@ pub struct Assessment<'a> {
     pub refused: Vec<String>,
     /// Grid topology: where new sessions are sent, or why that could not be set.
     pub redirect: Option<Result<String, String>>,
+    /// Objects the operator leaves alone: another owner holds them, or an immutable field.
+    pub object_problems: Vec<ObjectProblem>,
 }
 
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
@@ -67,6 +69,9 @@ pub fn next_status(old: &OmeroClusterStatus, a: &Assessment<'_>, now: Timestamp)
         ));
     }
 
+    for p in &a.object_problems {
+        problems.push((p.reason.as_str(), p.message.clone()));
+    }
     if let Some(Err(e)) = &a.redirect {
         problems.push((
             REASON_REDIRECT_FAILING,
@@ -121,6 +126,12 @@ pub fn next_status(old: &OmeroClusterStatus, a: &Assessment<'_>, now: Timestamp)
         draining_nodes,
         redirect_node: a.redirect.clone().and_then(Result::ok),
         redirect_error: a.redirect.clone().and_then(Result::err),
+        // An invalid spec changes nothing, so what was blocked stays as it was.
+        object_problems: if a.invalid.is_empty() {
+            a.object_problems.clone()
+        } else {
+            old.object_problems.clone()
+        },
     }
 }
 
@@ -183,6 +194,10 @@ pub fn transition_events(
         drain_problems.iter().filter(|p| !old_message.contains(p.as_str())).map(String::as_str).collect();
     if !fresh.is_empty() {
         events.push(event(EventType::Warning, REASON_INVALID_DRAIN_REQUEST, "Drain", fresh.join("; ")));
+    }
+    // One Warning per object problem, when it first appears.
+    for p in new.object_problems.iter().filter(|p| !old.object_problems.contains(p)) {
+        events.push(event(EventType::Warning, p.reason.as_str(), "Apply", p.message.clone()));
     }
     if let Some(target) = &new.redirect_node
         && old.redirect_node.as_ref() != Some(target)

@@ -13,7 +13,7 @@ use k8s_openapi::{
         apps::v1::Deployment,
         core::v1::{Pod, Service},
     },
-    apimachinery::pkg::apis::meta::v1::Time,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
     jiff::Timestamp,
 };
 use omero_operator::{
@@ -21,7 +21,7 @@ use omero_operator::{
     api::{NodeStatus, OmeroCluster, OmeroClusterStatus, SecretKeyRef, keys},
     controller::{
         Clock, Context,
-        port::{ChildKind, Children, ClusterPort, Event, OmeroPort, RedirectQuery, SessionQuery},
+        port::{Child, ChildKind, Children, ClusterPort, Event, OmeroPort, RedirectQuery, SessionQuery},
         reconcile,
     },
 };
@@ -50,6 +50,34 @@ pub struct State {
     pub fail_writes: bool,
     /// Make publishing Events fail (e.g. no RBAC for events).
     pub fail_events: bool,
+    /// Source of object uids.
+    pub next_uid: u64,
+}
+
+impl State {
+    fn new_uid(&mut self) -> String {
+        self.next_uid += 1;
+        format!("00000000-0000-4000-8000-{:012}", self.next_uid)
+    }
+}
+
+/// The cluster's labels, as the real adapter's label selector reads them.
+fn labelled_for(meta: &ObjectMeta, cluster: &str) -> bool {
+    meta.labels.as_ref().is_some_and(|l| {
+        l.get(keys::CLUSTER_LABEL).map(String::as_str) == Some(cluster)
+            && l.get(keys::MANAGED_BY_LABEL).map(String::as_str) == Some(keys::MANAGER)
+    })
+}
+
+/// The API server's check of a uid precondition.
+fn check_uid(meta: Option<&ObjectMeta>, uid: Option<&str>, what: &str) -> Result<(), Error> {
+    match (meta.and_then(|m| m.uid.as_deref()), uid) {
+        (Some(have), Some(want)) if have != want => {
+            Err(Error::MissingNamespace(format!("409 Conflict: {what}: uid precondition {want} != {have}")))
+        }
+        (None, Some(want)) => Err(Error::MissingNamespace(format!("404: {what} with uid {want} is gone"))),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Clone, Default)]
@@ -113,17 +141,75 @@ impl FakeCluster {
             (keys::CLUSTER_LABEL.to_string(), cluster.clone()),
             (keys::NODE_LABEL.to_string(), node.to_string()),
             (keys::MANAGED_BY_LABEL.to_string(), keys::MANAGER.to_string()),
+            ("pod-template-hash".to_string(), "5f7d".to_string()),
         ]);
         if let Some(r) = routable {
             labels.insert(keys::ROUTABLE_LABEL.into(), r);
         }
         let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "labels": labels, "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "metadata": {"name": name, "labels": labels, "creationTimestamp": "2026-01-01T00:00:00Z",
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                              "name": format!("{cluster}-{node}-5f7d"), "uid": "rs", "controller": true}]},
             "spec": {"containers": [{"name": "omero-server", "image": "openmicroscopy/omero-server:5.6"}]},
             "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
         }))
         .unwrap();
         state.pods.insert(name, pod);
+    }
+
+    /// An object someone else created (`owner`: the controller owner reference as kind, name,
+    /// uid; None for a hand-made object), stored as the API server would hold it.
+    pub fn seed_service(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        owner: Option<(&str, &str, &str)>,
+    ) -> Service {
+        let mut state = self.state();
+        let uid = state.new_uid();
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "omero", "uid": uid, "resourceVersion": "17",
+                         "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+                         "ownerReferences": owner.map(|(kind, n, u)| vec![serde_json::json!({
+                             "apiVersion": if kind == "OmeroCluster" { "omero.openmicroscopy.org/v1alpha1" } else { "apps/v1" },
+                             "kind": kind, "name": n, "uid": u, "controller": true})])},
+            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        }))
+        .unwrap();
+        state.services.insert(name.into(), service.clone());
+        service
+    }
+
+    /// Like [`seed_service`], a Deployment.
+    pub fn seed_deployment(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        owner: Option<(&str, &str, &str)>,
+    ) -> Deployment {
+        let mut state = self.state();
+        let uid = state.new_uid();
+        let deployment: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "omero", "uid": uid, "resourceVersion": "18",
+                         "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+                         "ownerReferences": owner.map(|(kind, n, u)| vec![serde_json::json!({
+                             "apiVersion": "apps/v1", "kind": kind, "name": n, "uid": u, "controller": true})])},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}},
+                                  "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}
+        }))
+        .unwrap();
+        state.deployments.insert(name.into(), deployment.clone());
+        deployment
+    }
+
+    /// The garbage collector after the OmeroCluster with `uid` is deleted: every object with an
+    /// owner reference to it goes.
+    pub fn collect_garbage_of(&self, uid: &str) {
+        let mut state = self.state();
+        let owned = |m: &ObjectMeta| m.owner_references.iter().flatten().any(|r| r.uid == uid);
+        state.deployments.retain(|_, d| !owned(&d.metadata));
+        state.services.retain(|_, s| !owned(&s.metadata));
     }
 
     pub fn remove_pod(&self, node: &str) {
@@ -154,32 +240,72 @@ impl FakeCluster {
 }
 
 impl ClusterPort for FakeCluster {
-    async fn children(&self, _cluster: &OmeroCluster) -> Result<Children, Error> {
+    async fn children(&self, cluster: &OmeroCluster) -> Result<Children, Error> {
         let state = self.state();
+        let name = cluster.metadata.name.clone().unwrap();
         Ok(Children {
-            deployments: state.deployments.values().cloned().collect(),
-            services: state.services.values().cloned().collect(),
-            pods: state.pods.values().cloned().collect(),
+            deployments: state
+                .deployments
+                .values()
+                .filter(|d| labelled_for(&d.metadata, &name))
+                .cloned()
+                .collect(),
+            services: state.services.values().filter(|s| labelled_for(&s.metadata, &name)).cloned().collect(),
+            pods: state.pods.values().filter(|p| labelled_for(&p.metadata, &name)).cloned().collect(),
         })
     }
 
-    async fn apply_deployment(&self, _ns: &str, deployment: &Deployment) -> Result<(), Error> {
-        let name = deployment.metadata.name.clone().unwrap();
-        self.write(Write::ApplyDeployment(name.clone()))?;
-        self.state().deployments.insert(name, deployment.clone());
+    async fn find(&self, _ns: &str, kind: ChildKind, name: &str) -> Result<Option<ObjectMeta>, Error> {
+        let state = self.state();
+        Ok(match kind {
+            ChildKind::Deployment => state.deployments.get(name).map(|d| d.metadata.clone()),
+            ChildKind::Service => state.services.get(name).map(|s| s.metadata.clone()),
+        })
+    }
+
+    async fn apply(&self, _ns: &str, child: Child<'_>, uid: Option<&str>) -> Result<(), Error> {
+        let name = child.name().to_string();
+        let write = match child.kind() {
+            ChildKind::Deployment => Write::ApplyDeployment(name.clone()),
+            ChildKind::Service => Write::ApplyService(name.clone()),
+        };
+        self.write(write)?;
+        let mut state = self.state();
+        let existing = match child.kind() {
+            ChildKind::Deployment => state.deployments.get(&name).map(|d| d.metadata.clone()),
+            ChildKind::Service => state.services.get(&name).map(|s| s.metadata.clone()),
+        };
+        check_uid(existing.as_ref(), uid, &name)?;
+        let uid = match existing.and_then(|m| m.uid) {
+            Some(uid) => uid,
+            None => state.new_uid(),
+        };
+        match child {
+            Child::Deployment(d) => {
+                let mut d = d.clone();
+                d.metadata.uid = Some(uid);
+                state.deployments.insert(name, d);
+            }
+            Child::Service(s) => {
+                let mut s = s.clone();
+                s.metadata.uid = Some(uid);
+                state.services.insert(name, s);
+            }
+        }
         Ok(())
     }
 
-    async fn apply_service(&self, _ns: &str, service: &Service) -> Result<(), Error> {
-        let name = service.metadata.name.clone().unwrap();
-        self.write(Write::ApplyService(name.clone()))?;
-        self.state().services.insert(name, service.clone());
-        Ok(())
-    }
-
-    async fn delete_child(&self, _ns: &str, kind: ChildKind, name: &str) -> Result<(), Error> {
+    async fn delete_child(&self, _ns: &str, kind: ChildKind, name: &str, uid: &str) -> Result<(), Error> {
         self.write(Write::Delete(kind, name.into()))?;
         let mut state = self.state();
+        let existing = match kind {
+            ChildKind::Deployment => state.deployments.get(name).map(|d| d.metadata.clone()),
+            ChildKind::Service => state.services.get(name).map(|s| s.metadata.clone()),
+        };
+        if existing.is_none() {
+            return Ok(());
+        }
+        check_uid(existing.as_ref(), Some(uid), name)?;
         match kind {
             ChildKind::Deployment => state.deployments.remove(name).map(drop),
             ChildKind::Service => state.services.remove(name).map(drop),
