@@ -18,4 +18,17 @@ pub enum Error {
     CrdMissing(kube::Error),
 }
 
+impl Error {
+    /// The API server's refusal of a request as such (invalid, bad request, forbidden), which
+    /// retrying will not cure: the spec or the operator's permissions must change.
+    pub fn refusal(&self) -> Option<String> {
+        match self {
+            Self::Kube(kube::Error::Api(status)) if matches!(status.code, 400 | 403 | 422) => {
+                Some(status.message.clone())
+            }
+            _ => None,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

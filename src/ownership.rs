@@ -62,6 +62,19 @@ pub fn immutable(kind: &str, name: &str, what: String) -> ObjectProblem {
     }
 }
 
+/// The report of an object the API server refused to apply.
+pub fn refused(kind: &str, name: &str, why: &str) -> ObjectProblem {
+    ObjectProblem {
+        kind: kind.into(),
+        name: name.into(),
+        reason: ObjectProblemReason::Refused,
+        message: format!(
+            "the API server refused {kind} {name}: {why}; correct the spec field it names (the rest of \
+             the cluster goes on, and this is tried again when the spec changes)"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

@@ -89,22 +89,38 @@ impl OmeroDb {
             .unwrap();
     }
 
+    /// A session of a normal user (experimenter 2).
     async fn open_session(&mut self, node: i64, useragent: Option<&str>) -> i64 {
+        self.open_session_of(node, useragent, 2).await
+    }
+
+    async fn open_session_of(&mut self, node: i64, useragent: Option<&str>, owner: i64) -> i64 {
         self.next_session += 1;
         let id = self.next_session;
         self.client
             .execute(
-                "INSERT INTO session (id, uuid, node, useragent) VALUES ($1, $2, $3, $4)",
-                &[&id, &format!("session-uuid-{id}"), &node, &useragent],
+                "INSERT INTO session (id, uuid, node, useragent, owner) VALUES ($1, $2, $3, $4, $5)",
+                &[&id, &format!("session-uuid-{id}"), &node, &useragent, &owner],
             )
             .await
             .unwrap();
         id
     }
 
+    /// What every node running the default servers holds from its start: Processor-0's and
+    /// Tables-0's root logins.
+    async fn service_sessions(&mut self, node: i64) {
+        for _ in 0..2 {
+            self.open_session_of(node, Some("Python service"), 0).await;
+        }
+    }
+
     async fn share(&mut self, node: i64) -> i64 {
         let id = self.open_session(node, Some("OMERO.web")).await;
-        self.client.execute("INSERT INTO share (session_id) VALUES ($1)", &[&id]).await.unwrap();
+        self.client
+            .execute("INSERT INTO share (session_id, data) VALUES ($1, $2)", &[&id, &vec![0u8; 4]])
+            .await
+            .unwrap();
         id
     }
 
@@ -164,11 +180,13 @@ async fn the_count_follows_open_user_sessions_of_the_pods_live_node() {
     // The node that ran in pod A's IP before a restart; OMERO left one session open on it.
     db.add_node(3, POD_A, true).await;
     db.open_session(3, Some("OMERO.insight")).await;
-    // Each JVM's own session and the placeholder node's never count.
-    db.open_session(1, Some("Internal")).await;
-    db.open_session(2, Some("Internal")).await;
+    // OMERO's own service sessions (Processor-0, Tables-0: root, 'Python service') and each
+    // JVM's internal session (no user agent, on the placeholder node 0) never count.
+    db.service_sessions(1).await;
+    db.service_sessions(2).await;
+    db.open_session_of(0, None, 0).await;
     db.open_session(0, Some("OMERO.web")).await;
-    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(0)));
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(0)), "a drained node reaches zero");
 
     let insight = db.open_session(1, Some("OMERO.insight")).await;
     let web = db.open_session(1, Some("OMERO.web")).await;
@@ -186,6 +204,14 @@ async fn the_count_follows_open_user_sessions_of_the_pods_live_node() {
     // A share is not a login.
     db.share(1).await;
     assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(3)));
+
+    // A person working as root counts, and so does a normal user's script that sends the
+    // services' agent string: only both together make a service session.
+    let admin = db.open_session_of(1, Some("OMERO.insight"), 0).await;
+    let script = db.open_session(1, Some("Python service")).await;
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(5)));
+    db.close_session(admin).await;
+    db.close_session(script).await;
 
     db.close_session(insight).await;
     assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(2)));

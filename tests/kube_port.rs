@@ -17,7 +17,7 @@ use omero_operator::{
     controller::{
         Clock, Context,
         kube_port::KubePort,
-        port::{Child, ChildKind, ClusterPort, Event, EventType},
+        port::{Child, ChildKind, ClusterPort, Event, EventType, StatusWrite},
         reconcile,
     },
     render,
@@ -118,8 +118,20 @@ impl ApiServer {
                 Some(v) => (StatusCode::OK, v.clone()),
                 None => (StatusCode::NOT_FOUND, not_found),
             },
-            (Method::PATCH, [.., "omeroclusters", _, "status"]) => {
+            (Method::PUT, [.., "omeroclusters", _, "status"]) => {
+                // The API server's optimistic concurrency: a replace must carry the current
+                // resourceVersion, and each write makes a new one.
+                let current = self.cluster["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
+                if seen.body["metadata"]["resourceVersion"].as_str() != Some(current.as_str()) {
+                    return (
+                        StatusCode::CONFLICT,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+                        "message": "the object has been modified; please apply your changes to the latest version and try again"}),
+                    );
+                }
                 self.cluster["status"] = seen.body["status"].clone();
+                let next = current.parse::<u64>().unwrap_or(0) + 1;
+                self.cluster["metadata"]["resourceVersion"] = json!(next.to_string());
                 (StatusCode::OK, self.cluster.clone())
             }
             (Method::PATCH, [.., "pods", name]) => {
@@ -217,21 +229,27 @@ async fn find_reads_only_the_metadata_of_an_object_by_name() {
 }
 
 #[tokio::test]
-async fn status_goes_to_the_status_subresource() {
-    let (server, port, cluster) = setup();
+async fn status_replaces_the_status_subresource_on_the_clusters_resource_version() {
+    let (server, port, mut cluster) = setup();
+    cluster.metadata.resource_version = Some("41".into());
+    server.lock().unwrap().cluster["metadata"]["resourceVersion"] = json!("41");
     let status = OmeroClusterStatus { observed_generation: Some(1), node_count: 3, ..Default::default() };
-    port.patch_status(&cluster, &status).await.unwrap();
+    assert_eq!(port.write_status(&cluster, &status).await.unwrap(), StatusWrite::Written(Some("42".into())));
     let requests = seen(&server);
     let r = &requests[0];
-    assert_eq!(r.method, Method::PATCH);
+    assert_eq!(r.method, Method::PUT);
     assert_eq!(r.path, "/apis/omero.openmicroscopy.org/v1alpha1/namespaces/omero/omeroclusters/omero/status");
-    assert!(r.query.contains("fieldManager=omero-operator") && r.query.contains("force=true"));
-    assert_eq!(r.content_type.as_deref(), Some("application/apply-patch+yaml"));
-    assert_eq!(r.body["apiVersion"], "omero.openmicroscopy.org/v1alpha1");
-    assert_eq!(r.body["kind"], "OmeroCluster");
+    assert!(r.query.contains("fieldManager=omero-operator"), "{}", r.query);
+    assert_eq!(r.body["metadata"]["resourceVersion"], "41", "the precondition");
     assert_eq!(r.body["status"]["observedGeneration"], 1);
     assert_eq!(r.body["status"]["nodeCount"], 3);
-    assert!(r.body.get("spec").is_none(), "a status apply carries no spec");
+
+    // The cluster moved on since it was read (a lagging watch cache): refused, and said so.
+    let stale = OmeroCluster {
+        metadata: kube::api::ObjectMeta { resource_version: Some("41".into()), ..cluster.metadata.clone() },
+        ..cluster.clone()
+    };
+    assert_eq!(port.write_status(&stale, &status).await.unwrap(), StatusWrite::Stale);
 }
 
 #[tokio::test]

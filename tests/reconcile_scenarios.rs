@@ -9,7 +9,7 @@ use std::time::Duration;
 use omero_operator::{
     api::{NodePhase, SessionProbeKind, conditions},
     controller::{RESYNC, port::ChildKind},
-    drain::{DRAIN_ANNOTATION, FORCE_ANNOTATION},
+    request::{DRAIN_ANNOTATION, FORCE_ANNOTATION},
 };
 use support::*;
 
@@ -120,29 +120,37 @@ async fn ready_pods_become_routable_and_an_unchanged_reconcile_writes_nothing() 
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_changed_spec_reapplies_only_what_changed() {
+async fn a_pod_template_change_never_reaches_a_serving_node_and_a_service_change_applies_at_once() {
     let (fake, _, ctx) = setup(CLUSTER);
     bring_up(&fake, &ctx).await;
-    {
-        let mut state = fake.state();
-        let cluster = state.cluster.as_mut().unwrap();
-        cluster.spec.nodes[1].config.insert("omero.jvmcfg.percent.blitz".into(), "40".into());
-        cluster.metadata.generation = Some(2);
-    }
+    fake.edit(|c| {
+        c.spec.nodes[1].config.insert("omero.jvmcfg.percent.blitz".into(), "40".into());
+        c.spec.service = Some(omero_operator::api::ServiceSpec {
+            session_affinity_timeout_seconds: Some(600),
+            ..Default::default()
+        });
+    });
     reconcile_once(&fake, &ctx).await.unwrap();
-    let applies: Vec<_> = fake
-        .take_writes()
-        .into_iter()
-        .filter(|w| matches!(w, Write::ApplyDeployment(_) | Write::ApplyService(_)))
-        .collect();
-    assert_eq!(applies, vec![Write::ApplyDeployment("omero-ro-1".into())]);
+    let writes = fake.take_writes();
+    let applies: Vec<_> =
+        writes.iter().filter(|w| matches!(w, Write::ApplyDeployment(_) | Write::ApplyService(_))).collect();
+    assert_eq!(applies, [&Write::ApplyService("omero".into())], "only the entry Service: {writes:?}");
+    // ro-1 is out of date: it leaves service first, keeping its running template.
+    let ro1 = fake.node("ro-1");
+    assert_eq!(
+        (ro1.phase, ro1.drain_reason),
+        (NodePhase::Draining, Some(omero_operator::api::DrainReason::Rollout))
+    );
+    assert_ne!(ro1.target_revision, ro1.deployment_revision);
+    assert!(writes.contains(&Write::Label { pod: "omero-ro-1-pod".into(), routable: false }), "{writes:?}");
     assert_eq!(fake.status().observed_generation, Some(2));
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_node_removed_from_the_spec_loses_its_objects_and_only_those() {
-    let (fake, _, ctx) = setup(CLUSTER);
+async fn a_node_removed_from_the_spec_is_drained_then_loses_its_objects_and_only_those() {
+    let (fake, sessions, ctx) = setup(CLUSTER);
     bring_up(&fake, &ctx).await;
+    sessions.set("10.0.0.3", Ok(1));
     // An object labelled as this cluster's but not owned by it is left alone.
     {
         let mut state = fake.state();
@@ -150,15 +158,23 @@ async fn a_node_removed_from_the_spec_loses_its_objects_and_only_those() {
         stranger.metadata.name = Some("omero-handmade".into());
         stranger.metadata.owner_references = None;
         state.services.insert("omero-handmade".into(), stranger);
-        state.cluster.as_mut().unwrap().spec.nodes.retain(|n| n.name != "ro-2");
     }
+    fake.edit(|c| c.spec.nodes.retain(|n| n.name != "ro-2"));
     reconcile_once(&fake, &ctx).await.unwrap();
+    let writes = fake.take_writes();
+    assert!(!writes.iter().any(|w| matches!(w, Write::Delete(..))), "drained first: {writes:?}");
+    let leaving = fake.node("ro-2");
+    assert!(leaving.leaving);
+    assert_eq!(leaving.phase, NodePhase::Draining);
+    assert_eq!(fake.status().node_count, 2, "counts the nodes of the spec");
+
+    sessions.set("10.0.0.3", Ok(0));
+    run_until(&fake, &ctx, 10, |f| f.status().node("ro-2").is_none()).await;
     let writes = fake.take_writes();
     assert!(writes.contains(&Write::Delete(ChildKind::Deployment, "omero-ro-2".into())), "{writes:?}");
     assert!(writes.contains(&Write::Delete(ChildKind::Service, "omero-ro-2".into())), "{writes:?}");
     assert!(!writes.iter().any(|w| matches!(w, Write::Delete(_, n) if n == "omero-handmade")));
-    assert!(fake.event_reasons().contains(&"NodeRemoved".to_string()));
-    assert_eq!(fake.status().node_count, 2);
+    assert!(fake.event_reasons().contains(&"NodeRemoved".to_string()), "{:?}", fake.event_reasons());
 }
 
 #[tokio::test(start_paused = true)]
@@ -177,7 +193,7 @@ async fn an_invalid_spec_changes_nothing_and_says_why_once() {
     let writes = fake.take_writes();
     assert_eq!(
         writes,
-        vec![Write::Event("InvalidSpec".into()), Write::Status],
+        vec![Write::Status, Write::Event("InvalidSpec".into())],
         "nothing but status and event"
     );
     let status = fake.status();
@@ -412,15 +428,27 @@ async fn bad_drain_entries_are_reported_and_the_good_ones_drain() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_node_whose_pod_is_not_ready_drains_at_once() {
-    let (fake, _, ctx) = setup(CLUSTER);
+async fn a_readiness_blip_is_not_a_drain_but_a_node_without_a_pod_drains_at_once() {
+    let (fake, sessions, ctx) = setup(CLUSTER);
     bring_up(&fake, &ctx).await;
+    sessions.set("10.0.0.3", Ok(2));
+    // ro-2's server runs but its pod is briefly not ready: it may hold sessions.
     fake.set_pod("ro-2", "10.0.0.3", false);
     fake.set_annotation(DRAIN_ANNOTATION, Some("ro-2"));
     reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.node("ro-2").phase, NodePhase::Draining);
+    reconcile_once(&fake, &ctx).await.unwrap();
+    let node = fake.node("ro-2");
+    assert_eq!(node.phase, NodePhase::Draining);
+    assert_eq!(node.sessions, Some(2), "probed, not assumed empty");
+    assert!(!fake.event_reasons().contains(&"DrainCompleted".to_string()));
+
+    // Its pod goes away: nothing is left to hold a session.
+    fake.remove_pod("ro-2");
+    reconcile_once(&fake, &ctx).await.unwrap();
     let node = fake.node("ro-2");
     assert_eq!(node.phase, NodePhase::Drained);
-    assert!(!fake.pod_routable("ro-2"));
+    assert!(node.message.unwrap().contains("no pod"));
     assert!(fake.event_reasons().contains(&"DrainCompleted".to_string()));
 }
 
@@ -594,4 +622,43 @@ async fn failures_back_off_per_cluster_and_a_success_resets_the_backoff() {
     let cluster = std::sync::Arc::new(fake.cluster());
     let error = reconcile_and_reset(cluster.clone(), ctx.clone()).await.unwrap_err();
     assert_eq!(error_policy(cluster, &error, ctx.clone()), secs(5), "a success starts the backoff over");
+}
+
+/// The API server refuses what validation let through (e.g. an env var named `1 bad`): the
+/// refusal shows in status, `Degraded` and one Event, never as a silent retry loop, and the
+/// rest of the cluster goes on.
+#[tokio::test(start_paused = true)]
+async fn an_api_refusal_shows_in_status_and_one_event_and_clears_when_fixed() {
+    let (fake, _, ctx) = setup(CLUSTER);
+    let message = "Deployment.apps \"omero-ro-2\" is invalid: spec.template.spec.containers[0].env[0].name: \
+                   Invalid value: \"1 bad\": a valid environment variable name must consist of alphabetic characters";
+    fake.state().refuse.insert("Deployment/omero-ro-2".into(), message.into());
+    reconcile_once(&fake, &ctx).await.expect("reported, not a retried error");
+    let writes = fake.take_writes();
+    assert!(writes.contains(&Write::ApplyDeployment("omero-rw".into())), "the others go on: {writes:?}");
+    assert!(fake.state().deployments.contains_key("omero-ro-1"));
+    let status = fake.status();
+    let problem = status.object_problems.iter().find(|p| p.name == "omero-ro-2").expect("reported");
+    assert_eq!(problem.reason, omero_operator::api::ObjectProblemReason::Refused);
+    assert!(
+        problem.message.contains("1 bad") && problem.message.contains("correct the spec field"),
+        "{}",
+        problem.message
+    );
+    let degraded = status.condition(conditions::DEGRADED).unwrap();
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "ApplyRefused"));
+    assert_eq!(fake.event_reasons().iter().filter(|r| *r == "ApplyRefused").count(), 1);
+
+    // Tried again at the next reconcile: still refused, still reported, not announced again.
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert!(fake.status().object_problems.iter().any(|p| p.name == "omero-ro-2"));
+    assert_eq!(fake.event_reasons().iter().filter(|r| *r == "ApplyRefused").count(), 1);
+
+    // The spec is fixed: the Deployment is created and the report goes.
+    fake.state().refuse.clear();
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert!(fake.state().deployments.contains_key("omero-ro-2"));
+    let status = fake.status();
+    assert!(status.object_problems.is_empty(), "{:?}", status.object_problems);
+    assert_eq!(status.condition(conditions::DEGRADED).unwrap().status, "False");
 }

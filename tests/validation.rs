@@ -224,6 +224,21 @@ fn config_key_the_operator_sets_is_refused_with_the_field_to_use() {
 }
 
 #[test]
+fn ice_default_host_is_refused_because_it_hides_the_pod_from_the_session_probe() {
+    let why = [
+        "may not be set",
+        "instead of the pod IP in OMERO's node table",
+        "session probe can never find the node",
+    ];
+    assert_error(r#"spec: {config: {Ice.Default.Host: 127.0.0.1}}"#, "spec.config[Ice.Default.Host]", &why);
+    assert_error(
+        r#"spec: {nodes: [{name: main, config: {Ice.Default.Host: 127.0.0.1}}]}"#,
+        "spec.nodes[0].config[Ice.Default.Host]",
+        &why,
+    );
+}
+
+#[test]
 fn every_managed_key_is_refused_in_cluster_config() {
     for (key, instead) in property::MANAGED {
         assert_error(
@@ -654,5 +669,41 @@ fn sidecar_names_must_not_clash_with_omero_or_each_other() {
         "spec: {nodes: [{name: main, sidecars: [{name: x, image: e}, {name: x, image: f}]}]}",
         "spec.nodes[0].sidecars[1].name",
         &["'x' is taken"],
+    );
+}
+
+// --- what the API server would refuse, and OMERO's memory floor ---
+
+#[test]
+fn an_env_name_the_api_server_refuses_is_refused_here() {
+    assert_error(
+        r#"spec: {nodes: [{name: main, env: [{name: "1 bad", value: x}]}]}"#,
+        "spec.nodes[0].env[0].name",
+        &["'1 bad' is not an environment variable name"],
+    );
+    assert_valid(r#"spec: {nodes: [{name: main, env: [{name: JAVA_OPTS.extra-1, value: x}]}]}"#);
+}
+
+#[test]
+fn a_quantity_the_api_server_refuses_is_refused_here() {
+    assert_error(
+        r#"spec: {nodes: [{name: main, resources: {limits: {cpu: lots}}}]}"#,
+        "spec.nodes[0].resources.limits.cpu",
+        &["'lots' is not a quantity", "500m"],
+    );
+    assert_valid(
+        r#"spec: {nodes: [{name: main, resources: {requests: {cpu: 500m, memory: 6Gi}, limits: {memory: 8Gi}}}]}"#,
+    );
+}
+
+#[test]
+fn a_memory_limit_below_what_omero_sizes_its_jvms_for_is_refused_unless_sized_by_hand() {
+    assert_error(
+        r#"spec: {nodes: [{name: main, resources: {limits: {memory: 2Gi}}}]}"#,
+        "spec.nodes[0].resources.limits.memory",
+        &["is 2048Mi, below the 3414Mi", "at least 4Gi", "omero.jvmcfg.system_memory"],
+    );
+    assert_valid(
+        r#"spec: {nodes: [{name: main, resources: {limits: {memory: 2Gi}}, config: {omero.jvmcfg.system_memory: "3414"}}]}"#,
     );
 }

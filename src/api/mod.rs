@@ -3,6 +3,7 @@
 
 mod duration;
 pub mod property;
+pub mod quantity;
 mod spec;
 mod status;
 mod validate;
@@ -20,6 +21,12 @@ pub mod keys {
     /// On a pod (never its template): the entry Service sends new sessions only to pods with
     /// `routable=true`.
     pub const ROUTABLE_LABEL: &str = "omero.openmicroscopy.org/routable";
+    /// On a node's Deployment and its pod template (so on its pod): the digest of the pod
+    /// template the operator rendered. Read back from here, never recomputed from the API
+    /// server's copy, whose defaults and quantity spellings differ.
+    pub const REVISION_ANNOTATION: &str = "omero.openmicroscopy.org/revision";
+    /// On a pod template: the restart request token the node last restarted for.
+    pub const RESTART_TOKEN_ANNOTATION: &str = "omero.openmicroscopy.org/restart-token";
     pub const NAME_LABEL: &str = "app.kubernetes.io/name";
     pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
     pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";

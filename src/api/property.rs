@@ -34,6 +34,19 @@ pub const MANAGED_IN_GRID: &[(&str, &str)] = &[
     ("omero.server.nodedescriptors", "spec.nodes (grid: the master lists one Blitz per worker)"),
 ];
 
+/// Properties no node may have, with why.
+pub const REFUSED: &[(&str, &str)] = &[(
+    "Ice.Default.Host",
+    "it makes Ice publish that host (e.g. 127.0.0.1) instead of the pod IP in OMERO's node table, \
+     so the database session probe can never find the node and a drain can only end at its \
+     deadline (and grid nodes could not reach each other); remove it: each node binds to its pod",
+)];
+
+/// Why `key` may not be set at all, if it may not.
+pub fn refused(key: &str) -> Option<&'static str> {
+    REFUSED.iter().find(|(k, _)| *k == key).map(|(_, why)| *why)
+}
+
 /// The spec field that sets `key`, when the operator manages it in this topology.
 pub fn managed_by(key: &str, topology: Topology) -> Option<&'static str> {
     let grid: &[(&str, &str)] = if topology == Topology::Grid { MANAGED_IN_GRID } else { &[] };

@@ -13,13 +13,19 @@ use serde::{Deserialize, Serialize};
 use super::{Duration, OmeroClusterStatus};
 
 /// An OMERO.server cluster: one Deployment per node sharing one database and one binary
-/// repository, with session-aware drains and read-only nodes.
+/// repository, with session-aware drains, rolling restarts and read-only nodes.
 ///
-/// Drain nodes by annotating the cluster: `omero.openmicroscopy.org/drain: "backup,ro-2"`
-/// (comma-separated node names; remove a name to put that node back in service). New sessions
-/// stop reaching a draining node; it is Drained when its session probe counts zero twice in a
-/// row, or at `drain.timeout`. The last serving node is drained only with
-/// `omero.openmicroscopy.org/drain-force: "true"`.
+/// Annotations on the cluster drive operations:
+/// `omero.openmicroscopy.org/drain: "backup,ro-2"` drains those nodes (new sessions stop
+/// reaching them; Drained when the session probe counts zero twice in a row, or at
+/// `drain.timeout`); remove a name to put it back. `omero.openmicroscopy.org/drain-force:
+/// "true"` allows draining the last serving node. `omero.openmicroscopy.org/restart:
+/// "<token>"` restarts every node, one at a time, each drained first (`"ro-1,ro-2@<token>"`:
+/// those nodes); each token is carried out once, a new token (e.g. the time) asks again.
+/// `omero.openmicroscopy.org/paused: "true"` stops every change to running objects.
+/// `omero.openmicroscopy.org/allow-downtime: "true"` consents to restarting the last serving
+/// node or a grid master. Spec changes that alter a node's pod are rolled out the same way:
+/// read-only nodes (grid workers) first, the read-write node (grid master) last.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "omero.openmicroscopy.org",
@@ -72,10 +78,11 @@ pub struct OmeroClusterSpec {
     #[schemars(length(min = 1, max = 64))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub nodes: Vec<NodeSpec>,
-    /// How nodes leave service. Drains are asked for with the annotation
-    /// `omero.openmicroscopy.org/drain: "<node>,<node>"` on the OmeroCluster;
+    /// How nodes leave service, for drains and rollouts. Drains are asked for with the
+    /// annotation `omero.openmicroscopy.org/drain: "<node>,<node>"` on the OmeroCluster;
     /// `omero.openmicroscopy.org/drain-force: "true"` allows draining the last serving node
-    /// and ends drains held past their deadline.
+    /// and ends drains held past their deadline; `omero.openmicroscopy.org/restart: "<token>"`
+    /// (or `"<node>,<node>@<token>"`) asks for a rolling restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainSpec>,
     /// The entry Service and the per-node Services.
@@ -226,6 +233,13 @@ pub struct RepositorySpec {
     /// `/OMERO/BioFormatsCache` (`omero.pixeldata.memoizer.dir`). Optional.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memo_cache_claim_name: Option<String>,
+    /// Let the kubelet make the claims group-owned by OMERO's group (gid 1000, `fsGroup`).
+    /// Off by default: on volume types that support it, the first mount walks and re-owns
+    /// every file of the repository (terabytes at a real facility: hours before the node
+    /// starts). Leave it off when the repository is already writable by uid 1000 (the image's
+    /// `omero-server` user), as an existing OMERO repository is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub set_ownership: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -294,6 +308,12 @@ impl NodeSpec {
     /// A node that can write either the database or the repository.
     pub fn is_read_write(&self) -> bool {
         !(self.read_only_db() && self.read_only_repo())
+    }
+
+    /// The memory limit of the OMERO container, in MiB, when one is set and readable.
+    pub fn memory_limit_mib(&self) -> Option<u64> {
+        let limit = self.resources.as_ref()?.limits.as_ref()?.get("memory")?;
+        super::quantity::mebibytes(&limit.0)
     }
 
     pub fn is_master(&self) -> bool {
@@ -386,13 +406,21 @@ pub struct DrainSpec {
     /// sessions end or the drain is forced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_deadline: Option<OnDeadline>,
-    /// How many nodes automatic work (restarts, rollouts) may take out of service at once.
+    /// How many nodes may be out of service at once for rollouts and restarts (default 1);
+    /// nodes drained on request, starting or failed count too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_unavailable: Option<u32>,
+    /// How long a restarted node may take to become ready and answer its session probe
+    /// before the rollout stops (default 40m: OMERO's start-up budget plus ten minutes); also
+    /// how long a new pod may stay unready before it counts as not serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_timeout: Option<Duration>,
 }
 
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The Deployment's own progress deadline: the startup probe's budget plus ten minutes.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(2400);
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum OnDeadline {
@@ -446,6 +474,10 @@ impl OmeroClusterSpec {
 
     pub fn on_deadline(&self) -> OnDeadline {
         self.drain.as_ref().and_then(|d| d.on_deadline).unwrap_or_default()
+    }
+
+    pub fn ready_timeout(&self) -> Duration {
+        self.drain.as_ref().and_then(|d| d.ready_timeout).unwrap_or(DEFAULT_READY_TIMEOUT)
     }
 
     pub fn max_unavailable(&self) -> u32 {

@@ -28,6 +28,9 @@ pub struct OmeroClusterStatus {
     pub serving_nodes: i32,
     #[serde(default)]
     pub draining_nodes: i32,
+    /// The rollout: what every node should run, how far it got, why it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
     /// Grid topology, while a node is out of service: the node `omero.cluster.redirect` sends
     /// new sessions to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,6 +64,8 @@ pub enum ObjectProblemReason {
     /// The cluster's own object would need a field changed that the API server does not allow
     /// to change.
     ImmutableField,
+    /// The API server refused to apply the object (an invalid field, missing permission).
+    Refused,
 }
 
 impl ObjectProblemReason {
@@ -68,8 +73,40 @@ impl ObjectProblemReason {
         match self {
             Self::NotOwned => "ObjectNotOwned",
             Self::ImmutableField => "ImmutableField",
+            Self::Refused => "ApplyRefused",
         }
     }
+}
+
+/// Where the cluster's rollout stands.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// A digest of every node's target revision: what the whole cluster rolls towards.
+    pub target_revision: String,
+    /// Nodes that run their target revision.
+    #[serde(default)]
+    pub up_to_date_nodes: i32,
+    /// The nodes still to restart or remove, in the order they go.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
+    /// Why the rollout does not move although nodes are out of date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// Changes to running objects are paused (`omero.openmicroscopy.org/paused`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+}
+
+/// Why a node is out of service.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum DrainReason {
+    /// `omero.openmicroscopy.org/drain` names it.
+    Requested,
+    /// It is restarted with a new revision (a spec change or a restart request).
+    Rollout,
+    /// It left the spec; its objects are deleted once it is drained.
+    Removal,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
@@ -85,7 +122,8 @@ pub enum NodePhase {
     Draining,
     /// Not routable; sessions ended (or the deadline passed).
     Drained,
-    /// Being restarted after a drain.
+    /// Drained (or not serving), its new pod template applied: waiting for the new pod to be
+    /// ready and its session probe to answer.
     Restarting,
     /// The pod cannot start (crash loop, image pull failure, rollout deadline).
     Failed,
@@ -142,6 +180,33 @@ pub struct NodeStatus {
     /// The deadline passed before the sessions ended.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deadline_reached: bool,
+    /// Why the node is out of service, while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_reason: Option<DrainReason>,
+    /// The OMERO server container when the drain began (`<pod>/<container id>/<restarts>`): if it
+    /// changes, the sessions the drain waited for are gone already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained_server: Option<String>,
+    /// The revision (a digest of the operator's pod template) the node's pod runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The revision the spec asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_revision: Option<String>,
+    /// The revision the operator has released to the node's Deployment. It is recorded here
+    /// before the Deployment is written, and moves to the target only once the node has
+    /// nothing to protect (drained, or not serving).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_revision: Option<String>,
+    /// The pod runs the target revision.
+    #[serde(default)]
+    pub up_to_date: bool,
+    /// When the current restart began (phase Restarting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_started_at: Option<Time>,
+    /// The node left the spec and is drained, then deleted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
     /// Human-readable state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

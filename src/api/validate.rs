@@ -97,6 +97,9 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
         if drain.timeout.is_some_and(|d| d.is_zero()) {
             errors.push("spec.drain.timeout", "must be a positive duration, e.g. 1h");
         }
+        if drain.ready_timeout.is_some_and(|d| d.is_zero()) {
+            errors.push("spec.drain.readyTimeout", "must be a positive duration, e.g. 40m");
+        }
         if drain.on_deadline == Some(OnDeadline::Hold) {
             let blind: Vec<&str> = spec
                 .nodes
@@ -181,8 +184,17 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
                     format!("spec.nodes[{i}].env[{j}].name"),
                     format!("{} cannot be set here: {why}", env.name),
                 );
+            } else if !is_env_name(&env.name) {
+                errors.push(
+                    format!("spec.nodes[{i}].env[{j}].name"),
+                    format!(
+                        "'{}' is not an environment variable name: use letters, digits, '_', '-' and '.', not starting with a digit",
+                        env.name
+                    ),
+                );
             }
         }
+        check_resources(errors, i, node, spec);
         let mut container_names = BTreeSet::from([OMERO_CONTAINER]);
         for (j, sidecar) in node.sidecars.iter().enumerate() {
             if !container_names.insert(sidecar.name.as_str()) {
@@ -274,11 +286,56 @@ fn check_config<'a>(
     topology: Topology,
 ) {
     for key in keys {
-        if let Some(instead) = property::managed_by(key, topology) {
+        if let Some(why) = property::refused(key) {
+            errors.push(format!("{field}[{key}]"), format!("may not be set: {why}"));
+        } else if let Some(instead) = property::managed_by(key, topology) {
             errors.push(format!("{field}[{key}]"), format!("is set by the operator: use {instead} instead"));
         } else if let Err(why) = property::env_name(key) {
             errors.push(format!("{field}[{key}]"), format!("cannot be passed to the image: {why}"));
         }
+    }
+}
+
+/// What the API server accepts as an environment variable name.
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || "_-.".contains(c))
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+}
+
+/// OMERO treats less system memory than this (MiB) as this much (omero-py `jvmcfg.py`).
+const OMERO_MIN_SYSTEM_MEMORY_MIB: u64 = 3414;
+
+/// Quantities the API server would refuse, and a memory limit below what OMERO sizes its
+/// JVMs for.
+fn check_resources(errors: &mut Errors, i: usize, node: &super::NodeSpec, spec: &super::OmeroClusterSpec) {
+    let Some(resources) = &node.resources else { return };
+    for (kind, map) in [("limits", &resources.limits), ("requests", &resources.requests)] {
+        for (resource, quantity) in map.iter().flatten() {
+            if super::quantity::bytes(&quantity.0).is_none() {
+                errors.push(
+                    format!("spec.nodes[{i}].resources.{kind}.{resource}"),
+                    format!(
+                        "'{}' is not a quantity: write e.g. 500m or 2 for cpu, 4Gi for memory",
+                        quantity.0
+                    ),
+                );
+            }
+        }
+    }
+    let user_sized =
+        [&spec.config, &node.config].iter().any(|c| c.contains_key("omero.jvmcfg.system_memory"));
+    if let Some(limit) = node.memory_limit_mib().filter(|_| !user_sized)
+        && limit < OMERO_MIN_SYSTEM_MEMORY_MIB
+    {
+        errors.push(
+            format!("spec.nodes[{i}].resources.limits.memory"),
+            format!(
+                "is {limit}Mi, below the {OMERO_MIN_SYSTEM_MEMORY_MIB}Mi OMERO sizes its JVM heaps for at the least (it treats \
+                 less as that much), so the node would be killed for exceeding it: give it at least 4Gi, or size the JVMs \
+                 yourself with omero.jvmcfg.system_memory in config"
+            ),
+        );
     }
 }
 

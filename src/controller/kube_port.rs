@@ -10,12 +10,12 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions},
     runtime::events::{self, Recorder, Reporter},
 };
 use serde_json::json;
 
-use super::port::{Child, ChildKind, Children, ClusterPort, Event, EventType};
+use super::port::{Child, ChildKind, Children, ClusterPort, Event, EventType, StatusWrite};
 use crate::{
     Error,
     api::{OmeroCluster, OmeroClusterStatus, SecretKeyRef, keys},
@@ -141,17 +141,23 @@ impl ClusterPort for KubePort {
             .map_err(|_| Error::SecretNotUtf8 { name: secret.name.clone(), key: secret.key.clone() })
     }
 
-    async fn patch_status(&self, cluster: &OmeroCluster, status: &OmeroClusterStatus) -> Result<(), Error> {
+    async fn write_status(
+        &self,
+        cluster: &OmeroCluster,
+        status: &OmeroClusterStatus,
+    ) -> Result<StatusWrite, Error> {
         let ns = namespace(cluster)?;
-        let body = json!({
-            "apiVersion": OmeroCluster::api_version(&()),
-            "kind": OmeroCluster::kind(&()),
-            "status": status,
-        });
-        self.api::<OmeroCluster>(&ns)
-            .patch_status(&cluster.name_any(), &Self::apply_params(), &Patch::Apply(body))
-            .await?;
-        Ok(())
+        // A replace carries the cluster's resourceVersion: the API server refuses it (409) when
+        // the cluster changed since this reconcile read it.
+        let mut body = OmeroCluster { status: Some(status.clone()), ..cluster.clone() };
+        // Left out, the server keeps the managed fields it has.
+        body.metadata.managed_fields = None;
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+        match self.api::<OmeroCluster>(&ns).replace_status(&cluster.name_any(), &params, &body).await {
+            Ok(written) => Ok(StatusWrite::Written(written.metadata.resource_version)),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(StatusWrite::Stale),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn publish(&self, cluster: &OmeroCluster, event: &Event) -> Result<(), Error> {

@@ -6,6 +6,7 @@
 
 mod diff;
 pub mod kube_port;
+mod nodes;
 mod observe;
 mod omero_port;
 pub mod port;
@@ -38,7 +39,7 @@ use kube::{
 };
 use tracing::{info, warn};
 
-pub use reconcile::{RESYNC, reconcile};
+pub use reconcile::{RESYNC, STALE_RETRY, reconcile};
 
 use crate::{
     Error,

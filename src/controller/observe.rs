@@ -6,7 +6,8 @@ use k8s_openapi::api::core::v1::Pod;
 
 use crate::{
     api::{OMERO_CONTAINER, keys},
-    drain::PodObservation,
+    lifecycle::{PodObservation, ServerContainer},
+    render,
 };
 
 /// Waiting reasons that mean the pod will not start without someone changing something.
@@ -60,6 +61,8 @@ fn rank(pod: &Pod) -> (bool, Option<k8s_openapi::jiff::Timestamp>) {
     (pod.metadata.deletion_timestamp.is_none(), pod.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
 
+/// What a pod says of its node. Only the OMERO server container decides whether the node can
+/// run: a sidecar that crash-loops never makes a node fail.
 pub fn observe_pod(pod: &Pod) -> PodObservation {
     let status = pod.status.as_ref();
     let terminating = pod.metadata.deletion_timestamp.is_some();
@@ -67,16 +70,19 @@ pub fn observe_pod(pod: &Pod) -> PodObservation {
         && status
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let failure = status.and_then(|s| s.container_statuses.as_ref()).and_then(|cs| {
-        cs.iter().find_map(|c| {
-            let waiting = c.state.as_ref()?.waiting.as_ref()?;
-            let reason = waiting.reason.as_deref()?;
-            FAILING_REASONS.contains(&reason).then(|| match &waiting.message {
-                Some(message) => format!("container {}: {reason}: {message}", c.name),
-                None => format!("container {}: {reason}", c.name),
-            })
+    let server = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == OMERO_CONTAINER));
+    let failure = server.and_then(|c| {
+        let waiting = c.state.as_ref()?.waiting.as_ref()?;
+        let reason = waiting.reason.as_deref()?;
+        FAILING_REASONS.contains(&reason).then(|| match &waiting.message {
+            Some(message) => format!("container {}: {reason}: {message}", c.name),
+            None => format!("container {}: {reason}", c.name),
         })
     });
+    // A pod without a phase (never in a real API server) is taken as running when ready.
+    let running = !terminating && status.and_then(|s| s.phase.as_deref()).map_or(ready, |p| p == "Running");
     PodObservation {
         name: pod.metadata.name.clone().unwrap_or_default(),
         ip: status.and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()),
@@ -93,6 +99,14 @@ pub fn observe_pod(pod: &Pod) -> PodObservation {
             .and_then(|s| s.containers.iter().find(|c| c.name == OMERO_CONTAINER))
             .and_then(|c| c.image.clone()),
         failure,
+        revision: render::revision_of(&pod.metadata).map(str::to_string),
+        created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        running,
+        server: server.map(|c| ServerContainer {
+            id: c.container_id.clone(),
+            restarts: c.restart_count,
+            started: c.started == Some(true),
+        }),
     }
 }
 
@@ -162,6 +176,31 @@ status:
         let o = observe_pod(&p);
         assert!(!o.ready && !o.routable);
         assert_eq!(o.failure.as_deref(), Some("container omero-server: CrashLoopBackOff: back-off 5m0s"));
+    }
+
+    #[test]
+    fn a_crash_looping_sidecar_does_not_make_the_node_fail() {
+        let p = pod(r#"
+metadata: {name: p, labels: {omero.openmicroscopy.org/node: rw}}
+status:
+  phase: Running
+  conditions: [{type: Ready, status: "False"}]
+  containerStatuses:
+  - {name: omero-server, image: x, imageID: "", ready: true, restartCount: 0, started: true, containerID: "containerd://a"}
+  - name: sessions-exporter
+    image: y
+    imageID: ""
+    ready: false
+    restartCount: 7
+    state: {waiting: {reason: CrashLoopBackOff}}
+"#);
+        let o = observe_pod(&p);
+        assert_eq!(o.failure, None);
+        assert!(o.running);
+        assert_eq!(
+            o.server,
+            Some(ServerContainer { id: Some("containerd://a".into()), restarts: 0, started: true })
+        );
     }
 
     #[test]

@@ -64,6 +64,15 @@ impl Child<'_> {
     }
 }
 
+/// The outcome of a status write with a `resourceVersion` precondition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StatusWrite {
+    /// Written; the cluster's new resourceVersion.
+    Written(Option<String>),
+    /// The cluster changed since it was read (409 Conflict): nothing was written.
+    Stale,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventType {
     Normal,
@@ -121,12 +130,14 @@ pub trait ClusterPort: Send + Sync + 'static {
         ns: &str,
         secret: &SecretKeyRef,
     ) -> impl Future<Output = Result<String, Error>> + Send;
-    /// Writes the status subresource.
-    fn patch_status(
+    /// Replaces the status subresource, on the condition that the cluster is still at the
+    /// `resourceVersion` of `cluster`: a reconcile that started from a stale copy is told so
+    /// ([`StatusWrite::Stale`]) and must not act on what it decided.
+    fn write_status(
         &self,
         cluster: &OmeroCluster,
         status: &OmeroClusterStatus,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+    ) -> impl Future<Output = Result<StatusWrite, Error>> + Send;
     fn publish(
         &self,
         cluster: &OmeroCluster,

@@ -1,29 +1,39 @@
-//! One reconcile of one OmeroCluster: read what exists -> validate -> render -> decide (drain)
-//! -> apply the difference -> status. Every decision is made by a pure function; this file
-//! only sequences them around the ports.
+//! One reconcile of one OmeroCluster: read what exists -> validate -> render -> plan and decide
+//! (ownership, rollout, node lifecycle) -> record the decisions in status -> act -> Events.
+//!
+//! Every decision is made by a pure function; this file only sequences them around the ports.
+//! The order matters: the status write carries the cluster's `resourceVersion`, so a reconcile
+//! that started from a stale copy (a watch cache lagging behind the operator's own last write)
+//! is refused there and acts on nothing; and an operator killed after the write finds the same
+//! decisions in status and carries them out (every action is idempotent). Events are published
+//! only by the reconcile whose write recorded the transition: at most once per transition (an
+//! operator killed between the write and the publish loses that Event; status still says it).
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration as StdDuration};
 
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, jiff::Timestamp};
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
 use super::{
-    Context, diff,
-    port::{Child, ChildKind, ClusterPort, Event, OmeroPort, RedirectQuery, SessionQuery},
+    Context, diff, nodes,
+    port::{Child, ChildKind, ClusterPort, Event, OmeroPort, RedirectQuery, SessionQuery, StatusWrite},
     status::{self, Assessment},
 };
 use crate::{
     Error,
-    api::{self, OmeroCluster, SessionProbeKind},
-    drain::{self, NodeInput, PodObservation, Policy, ProbeOutcome},
-    render,
+    api::{self, OmeroCluster, RolloutStatus, SessionProbeKind},
+    lifecycle::{self, NodeInput, PodObservation, Policy, ProbeOutcome},
+    ownership, render, request, rollout,
 };
 
 /// Reconcile at least this often, so drift is corrected even without watch events.
 pub const RESYNC: StdDuration = StdDuration::from_secs(300);
 /// How often a grid's redirect row is re-asserted while the operator steers new sessions.
 pub const REDIRECT_REASSERT: StdDuration = StdDuration::from_secs(30);
+/// After a stale read (the status write was refused): look again almost at once, from the
+/// watch cache, which by then holds the newer cluster.
+pub const STALE_RETRY: StdDuration = StdDuration::from_millis(250);
 
 /// Returns when to look at the cluster again without a watch event.
 pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
@@ -46,133 +56,217 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         };
         let next = status::next_status(&old, &assessment, now);
         let events = status::transition_events(&old, &next, &[]);
-        write_status(&ctx.port, &cluster, &old, &next, &events).await?;
+        if next != old && ctx.port.write_status(&cluster, &next).await? == StatusWrite::Stale {
+            return Ok(STALE_RETRY);
+        }
+        publish(&ctx.port, &cluster, &events).await;
         return Ok(RESYNC);
     }
 
-    // Write what differs from what runs, only where the object is ours, and remove the
-    // children of nodes that left the spec.
-    let desired = render::render(&cluster);
+    // What is asked for, and what it renders to.
+    let node_names: Vec<&str> = cluster.spec.nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut request = request::parse(cluster.annotations(), &node_names);
+    let master = cluster.spec.grid_master().map(|n| n.name.as_str());
+    if let Some(master) = master {
+        request::keep_grid_master(&mut request, master);
+    }
     let uid = cluster.uid();
+    let ours: Vec<&k8s_openapi::api::apps::v1::Deployment> = children
+        .deployments
+        .iter()
+        .filter(|d| ownership::is_controlled_by(&d.metadata, uid.as_deref()))
+        .collect();
+    let current_token = |node: &str| {
+        let object = render::node_object_name(&name, node);
+        ours.iter()
+            .find(|d| d.metadata.name.as_deref() == Some(object.as_str()))
+            .and_then(|d| render::restart_token_of(d))
+            .map(str::to_string)
+    };
+    let tokens = rollout::restart_tokens(&request, node_names.iter().copied(), current_token);
+    let desired = render::render_with_restarts(&cluster, &tokens);
+
+    // Which writes are ours to make at all.
     let serialize = |source| Error::Serialize { what: "a child object".into(), source };
-    let found_deployments = find(
+    let found = find(
         &ctx.port,
         &ns,
         ChildKind::Deployment,
         diff::unseen(&desired.deployments, &children.deployments),
     )
     .await?;
-    let found_services =
-        find(&ctx.port, &ns, ChildKind::Service, diff::unseen(&desired.services, &children.services)).await?;
     let deployments =
-        diff::plan(&desired.deployments, &children.deployments, &found_deployments, uid.as_deref())
-            .map_err(serialize)?;
-    let services = diff::plan(&desired.services, &children.services, &found_services, uid.as_deref())
-        .map_err(serialize)?;
-    for write in &deployments.writes {
-        info!(cluster = %name, deployment = ?write.object.metadata.name, "applying");
-        ctx.port.apply(&ns, Child::Deployment(write.object), write.uid.as_deref()).await?;
-    }
-    for write in &services.writes {
-        info!(cluster = %name, service = ?write.object.metadata.name, "applying");
-        ctx.port.apply(&ns, Child::Service(write.object), write.uid.as_deref()).await?;
-    }
-    let mut object_problems: Vec<api::ObjectProblem> =
-        deployments.problems.into_iter().chain(services.problems).collect();
-    object_problems.sort();
-    let orphans = diff::orphans(&children.deployments, &desired.deployments, uid.as_deref())
-        .into_iter()
-        .map(|n| (ChildKind::Deployment, n))
-        .chain(
-            diff::orphans(&children.services, &desired.services, uid.as_deref())
-                .into_iter()
-                .map(|n| (ChildKind::Service, n)),
-        );
-    let mut events: Vec<Event> = Vec::new();
-    for (kind, (child, child_uid)) in orphans {
-        info!(cluster = %name, ?kind, child, "deleting: its node left the spec");
-        ctx.port.delete_child(&ns, kind, &child, &child_uid).await?;
-        if kind == ChildKind::Deployment {
-            events.push(status::event(
-                super::port::EventType::Normal,
-                "NodeRemoved",
-                "Delete",
-                format!("deleted {child}: its node is no longer in the spec"),
-            ));
-        }
-    }
-    let ours: Vec<&str> = children
-        .deployments
-        .iter()
-        .filter(|d| crate::ownership::is_controlled_by(&d.metadata, uid.as_deref()))
-        .filter_map(|d| d.metadata.name.as_deref())
-        .collect();
+        diff::plan(&desired.deployments, &children.deployments, &found, uid.as_deref()).map_err(serialize)?;
+    let found =
+        find(&ctx.port, &ns, ChildKind::Service, diff::unseen(&desired.services, &children.services)).await?;
+    let services =
+        diff::plan(&desired.services, &children.services, &found, uid.as_deref()).map_err(serialize)?;
+    let plan_problems: Vec<api::ObjectProblem> =
+        deployments.problems.iter().chain(&services.problems).cloned().collect();
 
-    // Decide every node's phase and drain step.
-    let node_names: Vec<&str> = cluster.spec.nodes.iter().map(|n| n.name.as_str()).collect();
-    let mut request = drain::parse_request(cluster.annotations(), &node_names);
-    let master = cluster.spec.grid_master().map(|n| n.name.as_str());
-    if let Some(master) = master {
-        drain::keep_grid_master(&mut request, master);
-    }
-    let pods = super::observe::pods_by_node(&children.pods, &ours);
+    // Decide: which nodes the rollout moves, then every node's step.
+    let our_names: Vec<&str> = ours.iter().filter_map(|d| d.metadata.name.as_deref()).collect();
+    let pods = super::observe::pods_by_node(&children.pods, &our_names);
+    let facts = nodes::facts(&cluster, &old, &desired.deployments, &ours, &pods);
+    let views: Vec<rollout::NodeView> = facts.iter().map(|f| f.view(&cluster)).collect();
+    let limits = rollout::Limits {
+        max_unavailable: cluster.spec.max_unavailable(),
+        allow_downtime: request.allow_downtime,
+        paused: request.paused,
+    };
+    let plan = rollout::plan(&views, &limits);
     let mut probes = BTreeMap::new();
-    for node in &cluster.spec.nodes {
-        if drain::probe_due(old.node(&node.name), now) {
-            let outcome = probe(&ctx, &cluster, &ns, node, pods.get(&node.name)).await;
-            debug!(cluster = %name, node = %node.name, ?outcome, "session probe");
-            probes.insert(node.name.as_str(), outcome);
-        }
+    for fact in nodes::probes_due(&facts, now) {
+        let outcome = probe(&ctx, &cluster, &ns, fact.spec, fact.pod).await;
+        debug!(cluster = %name, node = %fact.name, ?outcome, "session probe");
+        probes.insert(fact.name.as_str(), outcome);
     }
-    let inputs: Vec<NodeInput<'_>> = cluster
-        .spec
-        .nodes
+    let inputs: Vec<NodeInput<'_>> = facts
         .iter()
-        .map(|node| NodeInput {
-            name: &node.name,
-            previous: old.node(&node.name),
-            pod: pods.get(&node.name),
-            drain_requested: request.nodes.contains(&node.name),
-            probe: probes.remove(node.name.as_str()),
-            probe_interval: node.effective_session_probe().interval(),
+        .map(|f| NodeInput {
+            name: &f.name,
+            previous: f.previous,
+            pod: f.pod,
+            drain_requested: request.drain.contains(&f.name),
+            probe: probes.remove(f.name.as_str()),
+            probe_interval: f
+                .spec
+                .map_or(api::DEFAULT_PROBE_INTERVAL, |s| s.effective_session_probe().interval()),
+            target_revision: f.target_revision,
+            deployment_exists: f.deployment.is_some(),
+            deployment_revision: f.deployment_revision(),
+            selected: plan.selected.contains(&f.name),
+            leaving: f.spec.is_none(),
         })
         .collect();
     let policy = Policy {
         timeout: cluster.spec.drain_timeout(),
         on_deadline: cluster.spec.on_deadline(),
         force: request.force,
+        ready_timeout: cluster.spec.ready_timeout(),
+        paused: request.paused,
     };
-    let decisions = drain::step(&inputs, &policy, now);
-
-    for decision in &decisions {
-        if let (Some(routable), Some(pod)) = (decision.set_routable, &decision.status.pod) {
-            info!(cluster = %name, node = %decision.status.name, routable, "labelling pod");
-            ctx.port.set_routable(&ns, pod, routable).await?;
-        }
-        events.extend(decision.events.iter().map(status::drain_event));
-    }
-
+    let decisions = lifecycle::step(&inputs, &policy, now);
     let statuses: Vec<api::NodeStatus> = decisions.iter().map(|d| d.status.clone()).collect();
-    let redirect = match master.and_then(|m| drain::redirect_target(&statuses, m)) {
+
+    // The grid redirect keeps OMERO itself working, so it runs even while paused. It is
+    // idempotent and re-asserted, so a stale read at worst re-asserts an older target once.
+    let redirect = match master.and_then(|m| lifecycle::redirect_target(&statuses, m)) {
         Some(target) => Some(redirect(&ctx, &cluster, &ns, target, pods.get(&target.name)).await),
         None => None,
     };
-
-    let refused = drain::refused(&request, &statuses);
-    let assessment = Assessment {
+    let rollout_status = RolloutStatus {
+        target_revision: cluster_revision(&desired.deployments),
+        up_to_date_nodes: statuses.iter().filter(|s| !s.leaving && s.up_to_date).count() as i32,
+        pending: plan.pending.clone(),
+        waiting: plan.waiting.clone(),
+        paused: request.paused,
+    };
+    let mut assessment = Assessment {
         generation: cluster.meta().generation,
+        refused: lifecycle::refused(&request.drain, &statuses),
         nodes: statuses,
         invalid: &[],
         drain_problems: &request.problems,
-        refused,
         redirect,
-        object_problems,
+        object_problems: Vec::new(),
+        rollout: Some(rollout_status),
     };
-    let next = status::next_status(&old, &assessment, now);
-    events.extend(status::transition_events(&old, &next, &request.problems));
-    write_status(&ctx.port, &cluster, &old, &next, &events).await?;
 
-    let requeue = requeue_after(&next.nodes, now);
+    // The writes these decisions call for (none while paused).
+    let (applies, services, deletes, labels) = if request.paused {
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new())
+    } else {
+        let deletes: Vec<(ChildKind, String, String)> = orphans(
+            &children.deployments,
+            &desired.deployments,
+            ChildKind::Deployment,
+            uid.as_deref(),
+            &assessment.nodes,
+        )
+        .into_iter()
+        .chain(orphans(
+            &children.services,
+            &desired.services,
+            ChildKind::Service,
+            uid.as_deref(),
+            &assessment.nodes,
+        ))
+        .collect();
+        let labels: Vec<(String, bool)> =
+            decisions.iter().filter_map(|d| Some((d.status.pod.clone()?, d.set_routable?))).collect();
+        (nodes::releasable(deployments.writes, &assessment.nodes), services.writes, deletes, labels)
+    };
+    let acts = !(applies.is_empty() && services.is_empty() && deletes.is_empty() && labels.is_empty());
+    // An object the API server refused before keeps its report while it is tried again.
+    let retried = old.object_problems.iter().filter(|p| {
+        p.reason == api::ObjectProblemReason::Refused
+            && (applies
+                .iter()
+                .any(|w| p.kind == "Deployment" && w.object.metadata.name.as_deref() == Some(&p.name))
+                || services
+                    .iter()
+                    .any(|w| p.kind == "Service" && w.object.metadata.name.as_deref() == Some(&p.name)))
+    });
+    assessment.object_problems = plan_problems.iter().chain(retried).cloned().collect();
+    assessment.object_problems.sort();
+    let next = status::next_status(&old, &assessment, now);
+
+    // Record, then act.
+    let mut recorded = cluster.metadata.resource_version.clone();
+    if next != old || acts {
+        match ctx.port.write_status(&cluster, &next).await? {
+            StatusWrite::Stale => {
+                debug!(cluster = %name, "stale read: the cluster changed since it was read; looking again");
+                return Ok(STALE_RETRY);
+            }
+            StatusWrite::Written(resource_version) => recorded = resource_version,
+        }
+    }
+    let children_written = applies
+        .iter()
+        .map(|w| Child::Deployment(w.object))
+        .chain(services.iter().map(|w| Child::Service(w.object)))
+        .zip(applies.iter().map(|w| w.uid.as_deref()).chain(services.iter().map(|w| w.uid.as_deref())));
+    let mut refusals = Vec::new();
+    for (child, child_uid) in children_written {
+        info!(cluster = %name, kind = child.kind().as_str(), child = child.name(), "applying");
+        if let Err(error) = ctx.port.apply(&ns, child, child_uid).await {
+            // A refusal is reported in status and an Event; retrying would not cure it.
+            let Some(why) = error.refusal() else { return Err(error) };
+            warn!(cluster = %name, kind = child.kind().as_str(), child = child.name(), %why, "refused");
+            refusals.push(ownership::refused(child.kind().as_str(), child.name(), &why));
+        }
+    }
+    let mut events: Vec<Event> = Vec::new();
+    for (kind, child, child_uid) in &deletes {
+        info!(cluster = %name, ?kind, child, "deleting: its node left the spec and is drained");
+        ctx.port.delete_child(&ns, *kind, child, child_uid).await?;
+    }
+    for (pod, routable) in &labels {
+        info!(cluster = %name, pod, routable, "labelling pod");
+        ctx.port.set_routable(&ns, pod, *routable).await?;
+    }
+    // What the API server refused changes the record: written once more, on the new version.
+    let mut problems: Vec<api::ObjectProblem> = plan_problems.into_iter().chain(refusals).collect();
+    problems.sort();
+    let next = if problems == next.object_problems {
+        next
+    } else {
+        assessment.object_problems = problems;
+        let after = status::next_status(&old, &assessment, now);
+        let mut current = (*cluster).clone();
+        current.metadata.resource_version = recorded;
+        if ctx.port.write_status(&current, &after).await? == StatusWrite::Stale {
+            return Ok(STALE_RETRY);
+        }
+        after
+    };
+    events.extend(decisions.iter().flat_map(|d| d.events.iter().map(status::node_event)));
+    events.extend(status::transition_events(&old, &next, &request.problems));
+    publish(&ctx.port, &cluster, &events).await;
+
+    let requeue = requeue_after(&next.nodes, cluster.spec.ready_timeout(), now);
     // OMERO rewrites the redirect row when nodes join or leave: keep re-asserting it.
     Ok(if next.redirect_node.is_some() || next.redirect_error.is_some() {
         requeue.min(REDIRECT_REASSERT)
@@ -181,25 +275,41 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
     })
 }
 
-/// Publishes the events, then writes the status if it changed. An Event that cannot be
-/// published is logged, not retried: status carries the same facts and must not wait on it.
-async fn write_status<P: ClusterPort>(
-    port: &P,
-    cluster: &OmeroCluster,
-    old: &api::OmeroClusterStatus,
-    next: &api::OmeroClusterStatus,
-    events: &[Event],
-) -> Result<(), Error> {
+/// The cluster's own objects of nodes that left the spec, with their uids, that may go now:
+/// their node is drained (or never served).
+fn orphans<K: Resource>(
+    existing: &[K],
+    desired: &[K],
+    kind: ChildKind,
+    uid: Option<&str>,
+    statuses: &[api::NodeStatus],
+) -> Vec<(ChildKind, String, String)> {
+    diff::orphans(existing, desired, uid)
+        .into_iter()
+        .filter(|(name, _)| {
+            let object = existing.iter().find(|e| e.meta().name.as_ref() == Some(name));
+            let node = object.and_then(|o| o.meta().labels.as_ref()?.get(api::keys::NODE_LABEL).cloned());
+            nodes::removable(node.and_then(|n| statuses.iter().find(|s| s.name == n)))
+        })
+        .map(|(name, uid)| (kind, name, uid))
+        .collect()
+}
+
+/// A digest of every node's target revision, for status.
+fn cluster_revision(deployments: &[k8s_openapi::api::apps::v1::Deployment]) -> String {
+    let all: Vec<&str> = deployments.iter().filter_map(|d| render::revision_of(&d.metadata)).collect();
+    render::revision::of_text(&all.join(","))
+}
+
+/// Publishes each Event. One that cannot be published is logged, not retried: status carries
+/// the same facts and must not wait on it.
+async fn publish<P: ClusterPort>(port: &P, cluster: &OmeroCluster, events: &[Event]) {
     for event in events {
         info!(cluster = %cluster.name_any(), reason = %event.reason, note = %event.note, "event");
         if let Err(error) = port.publish(cluster, event).await {
             warn!(cluster = %cluster.name_any(), reason = %event.reason, %error, "could not publish the event");
         }
     }
-    if next != old {
-        port.patch_status(cluster, next).await?;
-    }
-    Ok(())
 }
 
 /// What holds each of `names`, looked up by name: objects that do not carry the cluster's
@@ -209,7 +319,7 @@ async fn find<P: ClusterPort>(
     ns: &str,
     kind: ChildKind,
     names: Vec<String>,
-) -> Result<BTreeMap<String, k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>, Error> {
+) -> Result<BTreeMap<String, ObjectMeta>, Error> {
     let mut found = BTreeMap::new();
     for name in names {
         if let Some(meta) = port.find(ns, kind, &name).await? {
@@ -219,9 +329,10 @@ async fn find<P: ClusterPort>(
     Ok(found)
 }
 
-/// Next look: the earliest probe or deadline of a draining node, else the resync period.
-fn requeue_after(nodes: &[api::NodeStatus], now: Timestamp) -> StdDuration {
-    drain::next_wakeup(nodes)
+/// Next look: the earliest probe, deadline or ready timeout of a node in motion, else the
+/// resync period.
+fn requeue_after(nodes: &[api::NodeStatus], ready_timeout: api::Duration, now: Timestamp) -> StdDuration {
+    lifecycle::next_wakeup(nodes, ready_timeout)
         .map(|at| {
             let wait = at.duration_since(now);
             StdDuration::try_from(wait).unwrap_or(StdDuration::ZERO).max(StdDuration::from_secs(1))
@@ -233,9 +344,11 @@ async fn probe<P: ClusterPort, O: OmeroPort>(
     ctx: &Context<P, O>,
     cluster: &OmeroCluster,
     ns: &str,
-    node: &api::NodeSpec,
+    node: Option<&api::NodeSpec>,
     pod: Option<&PodObservation>,
 ) -> ProbeOutcome {
+    // A node that left the spec has no probe settings left: only its deadline ends its drain.
+    let Some(node) = node else { return ProbeOutcome::NoProbe };
     let probe = node.effective_session_probe();
     if probe.kind == SessionProbeKind::None {
         return ProbeOutcome::NoProbe;

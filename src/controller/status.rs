@@ -7,8 +7,11 @@ use k8s_openapi::{
 
 use super::port::{Event, EventType};
 use crate::{
-    api::{NodePhase, NodeStatus, ObjectProblem, OmeroClusterStatus, ValidationError, conditions},
-    drain::DrainEvent,
+    api::{
+        DrainReason, NodePhase, NodeStatus, ObjectProblem, OmeroClusterStatus, RolloutStatus,
+        ValidationError, conditions,
+    },
+    lifecycle::NodeEvent,
 };
 
 /// Everything the next status is made from.
@@ -27,6 +30,8 @@ pub struct Assessment<'a> {
     pub redirect: Option<Result<String, String>>,
     /// Objects the operator leaves alone: another owner holds them, or an immutable field.
     pub object_problems: Vec<ObjectProblem>,
+    /// The rollout's state (None for an invalid spec: the old one is kept).
+    pub rollout: Option<RolloutStatus>,
 }
 
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
@@ -37,8 +42,10 @@ pub const REASON_PROBE_FAILING: &str = "SessionProbeFailing";
 pub const REASON_REDIRECT_FAILING: &str = "RedirectFailing";
 
 pub fn next_status(old: &OmeroClusterStatus, a: &Assessment<'_>, now: Timestamp) -> OmeroClusterStatus {
-    let count = |f: &dyn Fn(&NodeStatus) -> bool| a.nodes.iter().filter(|n| f(n)).count() as i32;
-    let node_count = a.nodes.len() as i32;
+    // Counts are of the spec's nodes; a node leaving the spec shows in `nodes` until it is gone.
+    let count =
+        |f: &dyn Fn(&NodeStatus) -> bool| a.nodes.iter().filter(|n| !n.leaving && f(n)).count() as i32;
+    let node_count = count(&|_| true);
     let ready_nodes = count(&|n| n.ready);
     let serving_nodes = count(&|n| n.phase == NodePhase::Serving);
     let draining_nodes = count(&|n| n.phase == NodePhase::Draining);
@@ -103,17 +110,19 @@ pub fn next_status(old: &OmeroClusterStatus, a: &Assessment<'_>, now: Timestamp)
     let starting: Vec<&str> = a
         .nodes
         .iter()
-        .filter(|n| matches!(n.phase, NodePhase::Pending | NodePhase::Starting | NodePhase::Restarting))
+        .filter(|n| matches!(n.phase, NodePhase::Pending | NodePhase::Starting))
         .map(|n| n.name.as_str())
         .collect();
-    let draining: Vec<&str> =
-        a.nodes.iter().filter(|n| n.phase == NodePhase::Draining).map(|n| n.name.as_str()).collect();
-    if !draining.is_empty() {
-        c.set(conditions::PROGRESSING, true, "Draining", &format!("draining {}", draining.join(", ")));
-    } else if !starting.is_empty() {
-        c.set(conditions::PROGRESSING, true, "NodesStarting", &format!("starting {}", starting.join(", ")));
-    } else {
-        c.set(conditions::PROGRESSING, false, "Stable", "nothing in progress");
+    let rollout = if a.invalid.is_empty() { a.rollout.clone() } else { old.rollout.clone() };
+    match progress(&a.nodes, rollout.as_ref()) {
+        Some((reason, message)) => c.set(conditions::PROGRESSING, true, reason, &message),
+        None if !starting.is_empty() => c.set(
+            conditions::PROGRESSING,
+            true,
+            "NodesStarting",
+            &format!("starting {}", starting.join(", ")),
+        ),
+        None => c.set(conditions::PROGRESSING, false, "Stable", "nothing in progress"),
     }
 
     OmeroClusterStatus {
@@ -124,6 +133,7 @@ pub fn next_status(old: &OmeroClusterStatus, a: &Assessment<'_>, now: Timestamp)
         ready_nodes,
         serving_nodes,
         draining_nodes,
+        rollout,
         redirect_node: a.redirect.clone().and_then(Result::ok),
         redirect_error: a.redirect.clone().and_then(Result::err),
         // An invalid spec changes nothing, so what was blocked stays as it was.
@@ -133,6 +143,59 @@ pub fn next_status(old: &OmeroClusterStatus, a: &Assessment<'_>, now: Timestamp)
             old.object_problems.clone()
         },
     }
+}
+
+/// What is moving, in words a person reads: e.g. "rolling out: restarting ro-2 (2 of 3 up to
+/// date): waiting for sessions: 4 left, deadline 2026-11-30T14:05:00Z".
+fn progress(nodes: &[NodeStatus], rollout: Option<&RolloutStatus>) -> Option<(&'static str, String)> {
+    let total = nodes.iter().filter(|n| !n.leaving).count();
+    let steps: Vec<String> = nodes
+        .iter()
+        .filter_map(|n| {
+            let what = match (n.phase, n.drain_reason) {
+                (NodePhase::Draining, reason) => {
+                    let why = match reason {
+                        Some(DrainReason::Rollout) => "to restart it",
+                        Some(DrainReason::Removal) => "to remove it",
+                        _ => "as requested",
+                    };
+                    let sessions = n.sessions.map_or("count unknown".to_string(), |s| format!("{s} left"));
+                    let deadline =
+                        n.drain_deadline.as_ref().map_or(String::new(), |d| format!(", deadline {}", d.0));
+                    format!("draining {} {why}: waiting for sessions: {sessions}{deadline}", n.name)
+                }
+                (NodePhase::Restarting, _) => format!(
+                    "restarting {}: {}",
+                    n.name,
+                    n.message.as_deref().unwrap_or("waiting for the new pod to be ready")
+                ),
+                (NodePhase::Drained, Some(DrainReason::Removal)) => format!("removing {}", n.name),
+                _ => return None,
+            };
+            Some(what)
+        })
+        .collect();
+    let rollout_active = rollout.is_some_and(|r| !r.pending.is_empty());
+    let up_to_date = rollout.map_or(0, |r| r.up_to_date_nodes);
+    if !steps.is_empty() {
+        let reason = if rollout_active { "RollingOut" } else { "Draining" };
+        let prefix = if rollout_active {
+            format!("rolling out ({up_to_date} of {total} up to date): ")
+        } else {
+            String::new()
+        };
+        return Some((reason, format!("{prefix}{}", steps.join("; "))));
+    }
+    let rollout = rollout?;
+    if rollout.paused && !rollout.pending.is_empty() {
+        return Some((
+            "Paused",
+            format!("paused with {} waiting: {}", rollout.pending.len(), rollout.pending.join(", ")),
+        ));
+    }
+    rollout.waiting.as_ref().map(|w| {
+        ("RolloutWaiting", format!("rolling out ({up_to_date} of {total} up to date): waiting: {w}"))
+    })
 }
 
 struct Conditions<'a> {
@@ -199,6 +262,24 @@ pub fn transition_events(
     for p in new.object_problems.iter().filter(|p| !old.object_problems.contains(p)) {
         events.push(event(EventType::Warning, p.reason.as_str(), "Apply", p.message.clone()));
     }
+    let waiting = |s: &OmeroClusterStatus| s.rollout.as_ref().and_then(|r| r.waiting.clone());
+    if let Some(why) = waiting(new)
+        && waiting(old).as_ref() != Some(&why)
+    {
+        events.push(event(EventType::Warning, "RolloutWaiting", "Rollout", why));
+    }
+    let pending = |s: &OmeroClusterStatus| s.rollout.as_ref().is_some_and(|r| !r.pending.is_empty());
+    if pending(old) && !pending(new) && new.rollout.is_some() {
+        events.push(event(
+            EventType::Normal,
+            "RolloutCompleted",
+            "Rollout",
+            format!(
+                "every node runs its target revision ({} nodes)",
+                new.rollout.as_ref().map_or(0, |r| r.up_to_date_nodes)
+            ),
+        ));
+    }
     if let Some(target) = &new.redirect_node
         && old.redirect_node.as_ref() != Some(target)
     {
@@ -209,6 +290,14 @@ pub fn transition_events(
             format!(
                 "new sessions go to node {target} (omero.cluster.redirect) while nodes are out of service"
             ),
+        ));
+    }
+    for gone in old.nodes.iter().filter(|n| n.leaving && new.node(&n.name).is_none()) {
+        events.push(event(
+            EventType::Normal,
+            "NodeRemoved",
+            "Delete",
+            format!("node {} left the spec: drained, its Deployment and Service deleted", gone.name),
         ));
     }
     for node in &new.nodes {
@@ -223,7 +312,8 @@ pub fn transition_events(
                 "Serve",
                 format!("node {} is ready and receives new sessions", node.name),
             )),
-            NodePhase::Failed => events.push(event(
+            // A failed restart has its own Event (NodeRestartFailed).
+            NodePhase::Failed if before != Some(NodePhase::Restarting) => events.push(event(
                 EventType::Warning,
                 REASON_NODE_FAILED,
                 "Start",
@@ -235,24 +325,31 @@ pub fn transition_events(
     events
 }
 
-/// The Event for a drain transition.
-pub fn drain_event(e: &DrainEvent) -> Event {
+/// The Event for a node's transition.
+pub fn node_event(e: &NodeEvent) -> Event {
     match e {
-        DrainEvent::Started { node, deadline } => event(
-            EventType::Normal,
-            "DrainStarted",
-            "Drain",
-            format!(
-                "node {node} no longer receives new sessions; waiting for its sessions to end, at the latest until {deadline}"
-            ),
-        ),
-        DrainEvent::Completed { node } => event(
+        NodeEvent::DrainStarted { node, deadline, reason } => {
+            let why = match reason {
+                DrainReason::Requested => "as requested",
+                DrainReason::Rollout => "to restart it with a new revision",
+                DrainReason::Removal => "before removing it (it left the spec)",
+            };
+            event(
+                EventType::Normal,
+                "DrainStarted",
+                "Drain",
+                format!(
+                    "node {node} no longer receives new sessions ({why}); waiting for its sessions to end, at the latest until {deadline}"
+                ),
+            )
+        }
+        NodeEvent::DrainCompleted { node } => event(
             EventType::Normal,
             "DrainCompleted",
             "Drain",
             format!("node {node} is drained: no open sessions"),
         ),
-        DrainEvent::DeadlineReached { node, sessions, proceeding } => {
+        NodeEvent::DeadlineReached { node, sessions, proceeding } => {
             let open = sessions.map_or("an unknown number of".to_string(), |n| n.to_string());
             let then =
                 if *proceeding { "counted as drained" } else { "holding until they end (onDeadline: Hold)" };
@@ -263,17 +360,35 @@ pub fn drain_event(e: &DrainEvent) -> Event {
                 format!("node {node} reached its drain deadline with {open} sessions still open; {then}"),
             )
         }
-        DrainEvent::Refused { node, reason } => event(
+        NodeEvent::DrainRefused { node, reason } => event(
             EventType::Warning,
             REASON_DRAIN_REFUSED,
             "Drain",
             format!("not draining node {node}: {reason}"),
         ),
-        DrainEvent::Undrained { node } => event(
+        NodeEvent::Undrained { node } => event(
             EventType::Normal,
             "Undrained",
             "Undrain",
             format!("node {node} is back in service (or will be once its pod is ready)"),
+        ),
+        NodeEvent::Restarting { node, revision } => event(
+            EventType::Normal,
+            "NodeRestarting",
+            "Restart",
+            format!("node {node} gets revision {revision}: its pod is replaced"),
+        ),
+        NodeEvent::Restarted { node, revision } => event(
+            EventType::Normal,
+            "NodeRestarted",
+            "Restart",
+            format!("node {node} runs revision {revision}, is ready and answers its session probe"),
+        ),
+        NodeEvent::RestartFailed { node, reason } => event(
+            EventType::Warning,
+            "NodeRestartFailed",
+            "Restart",
+            format!("node {node}: {reason}; the rollout stops until it is ready or the spec changes"),
         ),
     }
 }

@@ -20,10 +20,22 @@ use super::{DatabaseCredentials, ProbeError, ProbeTimeouts, error, ice_proxy};
 const LIVE_NODES_SQL: &str =
     "SELECT id, uuid, conn FROM node WHERE down IS NULL AND id <> 0 ORDER BY up DESC";
 
-/// Open user sessions of the nodes `$1` (bigint[]): not closed, not a JVM's internal session,
-/// not a share.
+/// Open sessions of people on the nodes `$1` (bigint[]): not closed, not a share, and not one
+/// of OMERO's own service sessions.
+///
+/// The rule for service sessions: owner `root` (experimenter 0) **and** user agent `Python
+/// service`. Processor-0 and Tables-0 each log in so at start and keep that session for their
+/// whole life, on the Blitz that served them (omero-py `omero/util/__init__.py`
+/// `internal_service_factory`; read from the source, not observed on a running server), so a
+/// count that includes them never reaches zero. Both conditions, so that a person working as
+/// root (an admin in OMERO.insight) still counts, and so does a script of a normal user that
+/// happens to send the same agent string. If the inference is wrong for some OMERO version
+/// (another agent string), those sessions count and a drain ends at its deadline instead: never
+/// too early. A JVM's own internal session has no user agent and lives on the placeholder node 0,
+/// which is never a pod's node, so it needs no rule.
 pub const OPEN_SESSIONS_SQL: &str = "SELECT count(*) FROM session s \
-     WHERE s.node = ANY($1) AND s.closed IS NULL AND s.useragent IS DISTINCT FROM 'Internal' \
+     WHERE s.node = ANY($1) AND s.closed IS NULL \
+     AND NOT (s.owner = 0 AND s.useragent IS NOT DISTINCT FROM 'Python service') \
      AND NOT EXISTS (SELECT 1 FROM share sh WHERE sh.session_id = s.id)";
 
 /// Connections per pool: probes of one database run one at a time per node and briefly.

@@ -10,6 +10,9 @@ use crate::api::{DatabaseEndpoint, NodeSpec, OmeroCluster, SecretKeyRef, propert
 
 pub(crate) use crate::api::property::{PGPORT_ENV, POD_IP_ENV, ROOTPASS_ENV, TMPDIR_ENV};
 
+/// The memory (MiB) OMERO sizes its JVMs for.
+pub(crate) const JVM_SYSTEM_MEMORY: &str = "omero.jvmcfg.system_memory";
+
 /// The value of one property.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Value {
@@ -43,6 +46,15 @@ pub(crate) fn properties(cluster: &OmeroCluster, node: &NodeSpec) -> BTreeMap<St
         if let Some(max) = sessions.max_lifetime {
             set("omero.sessions.maximum", Value::Literal(max.as_millis().to_string()));
         }
+    }
+
+    // OMERO sizes its JVM heaps from this, or else from the host's RAM (psutil), never from
+    // the container's limit (omero-py `omero/install/jvmcfg.py`): without it a node on a big
+    // host is OOM-killed. The user's own setting wins.
+    let user_sized =
+        spec.config.contains_key(JVM_SYSTEM_MEMORY) || node.config.contains_key(JVM_SYSTEM_MEMORY);
+    if let Some(limit) = node.memory_limit_mib().filter(|_| !user_sized) {
+        set(JVM_SYSTEM_MEMORY, Value::Literal(limit.to_string()));
     }
 
     // Set only when true: OMERO's default is false, and absent reads better in `render`.
@@ -127,6 +139,41 @@ fn env_var(name: String, value: Value) -> EnvVar {
 /// any string come out exactly as written.
 fn escape(value: &str) -> String {
     value.replace('$', "$$")
+}
+
+#[cfg(test)]
+mod jvm_tests {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    use super::*;
+    use crate::render::{
+        render,
+        tests::{base_with, env_of, env_value},
+    };
+
+    fn with_memory_limit(c: &mut OmeroCluster, limit: &str) {
+        let resources = c.spec.nodes[0].resources.get_or_insert_default();
+        resources.limits.get_or_insert_default().insert("memory".into(), Quantity(limit.into()));
+    }
+
+    #[test]
+    fn the_jvms_are_sized_from_the_memory_limit_not_the_host() {
+        let desired = render(&base_with(|c| with_memory_limit(c, "8Gi")));
+        assert_eq!(env_value(&desired, "rw", "CONFIG_omero_jvmcfg_system__memory"), "8192");
+        assert!(
+            env_of(&desired, "ro", "CONFIG_omero_jvmcfg_system__memory").is_none(),
+            "no limit: OMERO's own sizing"
+        );
+        let by_hand = render(&base_with(|c| {
+            with_memory_limit(c, "8Gi");
+            c.spec.config.insert(JVM_SYSTEM_MEMORY.into(), "6000".into());
+        }));
+        assert_eq!(
+            env_value(&by_hand, "rw", "CONFIG_omero_jvmcfg_system__memory"),
+            "6000",
+            "the user's setting wins"
+        );
+    }
 }
 
 #[cfg(test)]

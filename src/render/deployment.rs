@@ -1,5 +1,7 @@
 //! A node's Deployment: one replica of the official OMERO.server image.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
@@ -13,7 +15,7 @@ use k8s_openapi::{
 use kube::ResourceExt;
 
 use super::{config, grid, labels, probes, volumes};
-use crate::api::{NodeSpec, OmeroCluster};
+use crate::api::{NodeSpec, OmeroCluster, keys};
 
 /// The container every node runs.
 pub(crate) use crate::api::OMERO_CONTAINER as CONTAINER_NAME;
@@ -31,15 +33,32 @@ const TERMINATION_GRACE_SECONDS: i64 = 300;
 /// minutes (scheduling, image pull) is reported as failed by the Deployment controller.
 const PROGRESS_DEADLINE_SECONDS: i32 = probes::STARTUP_BUDGET_SECONDS + 600;
 
-pub(crate) fn deployment(cluster: &OmeroCluster, node: &NodeSpec) -> Deployment {
+/// A node's Deployment. `restart_token` is the restart request the node's pod runs for (see
+/// `crate::request`): it is part of the pod template, so a new token is a new revision.
+pub(crate) fn deployment(cluster: &OmeroCluster, node: &NodeSpec, restart_token: Option<&str>) -> Deployment {
     let cluster_name = cluster.name_any();
     let labels = labels::node_labels(&cluster_name, &node.name);
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            annotations: restart_token
+                .map(|t| BTreeMap::from([(keys::RESTART_TOKEN_ANNOTATION.to_string(), t.to_string())])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(pod_spec(cluster, node)),
+    };
+    let revision = super::revision::of_template(&template);
+    template
+        .metadata
+        .get_or_insert_default()
+        .annotations
+        .get_or_insert_default()
+        .insert(keys::REVISION_ANNOTATION.into(), revision.clone());
+    let mut metadata =
+        labels::object_meta(cluster, labels::node_object_name(&cluster_name, &node.name), labels.clone());
+    metadata.annotations = Some(BTreeMap::from([(keys::REVISION_ANNOTATION.to_string(), revision)]));
     Deployment {
-        metadata: labels::object_meta(
-            cluster,
-            labels::node_object_name(&cluster_name, &node.name),
-            labels.clone(),
-        ),
+        metadata,
         spec: Some(DeploymentSpec {
             replicas: Some(1),
             selector: LabelSelector {
@@ -50,10 +69,7 @@ pub(crate) fn deployment(cluster: &OmeroCluster, node: &NodeSpec) -> Deployment 
             // over the repository lock and each other's sessions.
             strategy: Some(DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None }),
             progress_deadline_seconds: Some(PROGRESS_DEADLINE_SECONDS),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
-                spec: Some(pod_spec(cluster, node)),
-            },
+            template,
             ..DeploymentSpec::default()
         }),
         status: None,
@@ -64,12 +80,13 @@ fn pod_spec(cluster: &OmeroCluster, node: &NodeSpec) -> PodSpec {
     let spec = &cluster.spec;
     PodSpec {
         containers: std::iter::once(container(cluster, node)).chain(node.sidecars.iter().cloned()).collect(),
+        init_containers: Some(vec![prepare_var(cluster, node)]),
         volumes: Some(volumes::volumes(cluster, node)),
         image_pull_secrets: non_empty(spec.image_pull_secrets.clone()),
         node_selector: (!node.node_selector.is_empty()).then(|| node.node_selector.clone()),
         tolerations: non_empty(node.tolerations.clone()),
         affinity: node.affinity.clone(),
-        security_context: Some(pod_security_context()),
+        security_context: Some(pod_security_context(cluster.spec.repository.set_ownership)),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
         // OMERO never calls the API server; no token to steal.
         automount_service_account_token: Some(false),
@@ -108,16 +125,38 @@ fn container(cluster: &OmeroCluster, node: &NodeSpec) -> Container {
     }
 }
 
-/// The image's own user, as the restricted Pod Security Standard asks for.
-fn pod_security_context() -> PodSecurityContext {
+/// OMERO.server 5.6.17 and later use `var/tmp` as `java.io.tmpdir` and do not start when it is
+/// missing ("Can't create cache file", ome/openmicroscopy#6448), and `var` is an empty volume
+/// here on every node: create what the server needs in it first, from the node's own image.
+fn prepare_var(cluster: &OmeroCluster, node: &NodeSpec) -> Container {
+    let dirs = ["tmp", "log"].map(|d| format!("{}/{d}", volumes::VAR_DIR)).join(" ");
+    Container {
+        name: PREPARE_VAR_CONTAINER.into(),
+        image: Some(cluster.spec.image.clone()),
+        image_pull_policy: cluster.spec.image_pull_policy.map(|p| p.as_str().into()),
+        command: Some(["/bin/sh", "-c", &format!("mkdir -p {dirs}")].map(String::from).to_vec()),
+        volume_mounts: Some(
+            volumes::mounts(cluster, node).into_iter().filter(|m| m.mount_path == volumes::VAR_DIR).collect(),
+        ),
+        security_context: Some(container_security_context()),
+        ..Container::default()
+    }
+}
+
+/// The init container that prepares `OMERO.server/var`.
+pub(crate) const PREPARE_VAR_CONTAINER: &str = "prepare-var";
+
+/// The image's own user, as the restricted Pod Security Standard asks for. `fsGroup` only when
+/// the user asks for it (`repository.setOwnership`): it makes the kubelet re-own every file of a
+/// claim that supports it. The emptyDirs are writable by anyone without it.
+fn pod_security_context(set_ownership: bool) -> PodSecurityContext {
     PodSecurityContext {
         run_as_user: Some(OMERO_UID),
         run_as_group: Some(OMERO_UID),
         run_as_non_root: Some(true),
-        // emptyDirs and claims that support ownership become group-writable for OMERO;
-        // OnRootMismatch skips the recursive chown of a large repository on every start.
-        fs_group: Some(OMERO_UID),
-        fs_group_change_policy: Some("OnRootMismatch".into()),
+        // OnRootMismatch then skips the walk on later starts, once the root matches.
+        fs_group: set_ownership.then_some(OMERO_UID),
+        fs_group_change_policy: set_ownership.then(|| "OnRootMismatch".into()),
         seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
         ..PodSecurityContext::default()
     }
@@ -144,8 +183,16 @@ mod tests {
     use super::*;
     use crate::render::{
         render,
-        tests::{BASE, cluster, container, deployment_of, pod_spec},
+        tests::{BASE, base_with, cluster, container, deployment_of, pod_spec},
     };
+
+    #[test]
+    fn the_deployments_progress_deadline_is_the_rollouts_default_ready_timeout() {
+        assert_eq!(
+            u64::try_from(PROGRESS_DEADLINE_SECONDS).unwrap(),
+            crate::api::DEFAULT_READY_TIMEOUT.std().as_secs()
+        );
+    }
 
     #[test]
     fn one_replica_recreated_never_rolled() {
@@ -234,12 +281,49 @@ mod tests {
     }
 
     #[test]
+    fn ownership_of_the_claims_changes_only_when_asked_for() {
+        let c = base_with(|c| c.spec.repository.set_ownership = true);
+        let pod = pod_spec(&render(&c), "rw").security_context.clone().unwrap();
+        assert_eq!(pod.fs_group, Some(1000));
+        assert_eq!(pod.fs_group_change_policy.as_deref(), Some("OnRootMismatch"));
+    }
+
+    #[test]
+    fn every_node_creates_var_tmp_before_the_server_starts() {
+        let grid = cluster(
+            "apiVersion: omero.openmicroscopy.org/v1alpha1\nkind: OmeroCluster\nmetadata: {name: omc, namespace: imaging}\n\
+             spec:\n  image: openmicroscopy/omero-server:5.6.17\n  topology: grid\n  database: {host: db, passwordSecret: {name: s, key: k}}\n\
+             \x20 repository: {claimName: repo}\n  nodes: [{name: main, master: true}, {name: w1}]\n",
+        );
+        let renders = [(render(&cluster(BASE)), ["rw", "ro"]), (render(&grid), ["main", "w1"])];
+        for (desired, nodes) in &renders {
+            for node in nodes {
+                let pod = pod_spec(desired, node);
+                let init = pod.init_containers.as_ref().expect("an init container");
+                assert_eq!(init.len(), 1);
+                let prepare = &init[0];
+                assert_eq!(prepare.name, "prepare-var");
+                assert_eq!(prepare.image, pod.containers[0].image, "the node's own image");
+                let script = prepare.command.as_ref().unwrap().join(" ");
+                assert!(
+                    script.contains("mkdir -p /opt/omero/server/OMERO.server/var/tmp"),
+                    "{node}: {script}"
+                );
+                let mounts: Vec<_> =
+                    prepare.volume_mounts.as_ref().unwrap().iter().map(|m| m.mount_path.as_str()).collect();
+                assert_eq!(mounts, ["/opt/omero/server/OMERO.server/var"], "{node}");
+                assert_eq!(prepare.security_context, pod.containers[0].security_context, "{node}");
+            }
+        }
+    }
+
+    #[test]
     fn runs_as_the_images_user_without_privileges() {
         let desired = render(&cluster(BASE));
         let pod = pod_spec(&desired, "rw").security_context.clone().unwrap();
-        assert_eq!((pod.run_as_user, pod.run_as_group, pod.fs_group), (Some(1000), Some(1000), Some(1000)));
+        assert_eq!((pod.run_as_user, pod.run_as_group), (Some(1000), Some(1000)));
         assert_eq!(pod.run_as_non_root, Some(true));
-        assert_eq!(pod.fs_group_change_policy.as_deref(), Some("OnRootMismatch"));
+        assert_eq!((pod.fs_group, pod.fs_group_change_policy), (None, None), "no ownership walk by default");
         assert_eq!(pod.seccomp_profile.unwrap().type_, "RuntimeDefault");
         let c = container(&desired, "rw").security_context.clone().unwrap();
         assert_eq!(c.allow_privilege_escalation, Some(false));

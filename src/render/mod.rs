@@ -9,12 +9,15 @@ mod deployment;
 mod grid;
 mod labels;
 mod probes;
+pub mod revision;
 mod service;
 mod volumes;
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 
-use crate::api::OmeroCluster;
+use crate::api::{OmeroCluster, keys};
 
 pub use labels::{cluster_selector, entry_service_name, node_object_name, node_selector_labels};
 
@@ -31,14 +34,34 @@ pub struct Desired {
 /// The objects `cluster` needs. Assumes `crate::api::validate(cluster)` passed: property names
 /// it would reject make this panic with a message saying so.
 pub fn render(cluster: &OmeroCluster) -> Desired {
+    render_with_restarts(cluster, &BTreeMap::new())
+}
+
+/// [`render`], with the restart token each node's pod runs for (by node name; see
+/// `crate::request`): part of the pod template, so a new token restarts the node.
+pub fn render_with_restarts(cluster: &OmeroCluster, restart_tokens: &BTreeMap<String, String>) -> Desired {
     let nodes = &cluster.spec.nodes;
-    let deployments = nodes.iter().map(|node| deployment::deployment(cluster, node)).collect();
+    let deployments = nodes
+        .iter()
+        .map(|node| deployment::deployment(cluster, node, restart_tokens.get(&node.name).map(String::as_str)))
+        .collect();
     let services = nodes
         .iter()
         .map(|node| service::node_service(cluster, node))
         .chain(std::iter::once(service::entry_service(cluster)))
         .collect();
     Desired { deployments, services }
+}
+
+/// The revision a Deployment (or a pod) carries: the digest of the operator's pod template.
+pub fn revision_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<&str> {
+    meta.annotations.as_ref()?.get(keys::REVISION_ANNOTATION).map(String::as_str)
+}
+
+/// The restart token a Deployment's pod template carries.
+pub fn restart_token_of(deployment: &Deployment) -> Option<&str> {
+    let template = deployment.spec.as_ref()?.template.metadata.as_ref()?;
+    template.annotations.as_ref()?.get(keys::RESTART_TOKEN_ANNOTATION).map(String::as_str)
 }
 
 /// Ports of a node that runs Glacier2: every node in `independent` topology, the master in
@@ -161,6 +184,34 @@ spec:
             // A fresh parse each time: HashMap-ordered input anywhere would show up here.
             assert_eq!(bytes(render(&cluster(&yaml))), first);
         }
+    }
+
+    #[test]
+    fn the_revision_is_stamped_on_the_deployment_and_its_template_and_follows_the_template() {
+        let desired = render(&cluster(BASE));
+        let d = deployment_of(&desired, "rw");
+        let revision = revision_of(&d.metadata).expect("a revision").to_string();
+        assert_eq!(revision.len(), 12);
+        assert_eq!(
+            revision_of(d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap()),
+            Some(revision.as_str())
+        );
+        assert_ne!(revision_of(&deployment_of(&desired, "ro").metadata), Some(revision.as_str()));
+
+        let changed = render(&base_with(|c| c.spec.image = "openmicroscopy/omero-server:5.6.17".into()));
+        assert_ne!(revision_of(&deployment_of(&changed, "rw").metadata), Some(revision.as_str()), "image");
+        let service_only = render(&base_with(|c| c.spec.service = Some(Default::default())));
+        assert_eq!(revision_of(&deployment_of(&service_only, "rw").metadata), Some(revision.as_str()));
+
+        let tokens = BTreeMap::from([("rw".to_string(), "t1".to_string())]);
+        let restarted = render_with_restarts(&cluster(BASE), &tokens);
+        let rw = deployment_of(&restarted, "rw");
+        assert_eq!(restart_token_of(rw), Some("t1"));
+        assert_ne!(revision_of(&rw.metadata), Some(revision.as_str()), "a restart token is a new revision");
+        assert_eq!(
+            revision_of(&deployment_of(&restarted, "ro").metadata),
+            revision_of(&deployment_of(&desired, "ro").metadata)
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod sim;
+
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
@@ -21,7 +23,10 @@ use omero_operator::{
     api::{NodeStatus, OmeroCluster, OmeroClusterStatus, SecretKeyRef, keys},
     controller::{
         Clock, Context,
-        port::{Child, ChildKind, Children, ClusterPort, Event, OmeroPort, RedirectQuery, SessionQuery},
+        port::{
+            Child, ChildKind, Children, ClusterPort, Event, OmeroPort, RedirectQuery, SessionQuery,
+            StatusWrite,
+        },
         reconcile,
     },
 };
@@ -52,6 +57,23 @@ pub struct State {
     pub fail_events: bool,
     /// Source of object uids.
     pub next_uid: u64,
+    /// The cluster as it was before each of the operator's status writes, oldest first.
+    pub history: Vec<OmeroCluster>,
+    /// Status writes refused because the reconcile started from an older copy.
+    pub stale_writes: u32,
+    /// Port calls made so far (counted when a crash is armed).
+    pub calls: usize,
+    /// Kill the operator right after this many port calls: every later call fails.
+    pub crash_after: Option<usize>,
+    pub crashed: bool,
+    /// Objects (by `Kind/name`) whose apply the API server refuses, with its message.
+    pub refuse: BTreeMap<String, String>,
+}
+
+/// A new resourceVersion, as the API server gives on every write.
+pub fn bump(cluster: &mut OmeroCluster) {
+    let rv: u64 = cluster.metadata.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
+    cluster.metadata.resource_version = Some((rv + 1).to_string());
 }
 
 impl State {
@@ -126,6 +148,20 @@ impl FakeCluster {
             Some(v) => annotations.insert(key.into(), v.into()),
             None => annotations.remove(key),
         };
+        bump(cluster);
+    }
+
+    /// Changes the cluster as `kubectl` would: a new generation for a spec change, a new
+    /// resourceVersion either way.
+    pub fn edit(&self, change: impl FnOnce(&mut OmeroCluster)) {
+        let mut state = self.state();
+        let cluster = state.cluster.as_mut().unwrap();
+        let spec = cluster.spec.clone();
+        change(cluster);
+        if cluster.spec != spec {
+            cluster.metadata.generation = Some(cluster.metadata.generation.unwrap_or(1) + 1);
+        }
+        bump(cluster);
     }
 
     /// The node's pod as the kubelet would report it (created by its Deployment).
@@ -137,6 +173,14 @@ impl FakeCluster {
             .pods
             .get(&name)
             .and_then(|p| p.metadata.labels.as_ref()?.get(keys::ROUTABLE_LABEL).cloned());
+        // Once its startup probe passed, a container stays started through readiness blips.
+        let started = ready
+            || state.pods.get(&name).is_some_and(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .is_some_and(|cs| cs[0].started == Some(true))
+            });
         let mut labels = BTreeMap::from([
             (keys::CLUSTER_LABEL.to_string(), cluster.clone()),
             (keys::NODE_LABEL.to_string(), node.to_string()),
@@ -147,11 +191,14 @@ impl FakeCluster {
             labels.insert(keys::ROUTABLE_LABEL.into(), r);
         }
         let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "labels": labels, "creationTimestamp": "2026-01-01T00:00:00Z",
+            "metadata": {"name": name, "labels": labels, "creationTimestamp": START,
                          "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
                                               "name": format!("{cluster}-{node}-5f7d"), "uid": "rs", "controller": true}]},
             "spec": {"containers": [{"name": "omero-server", "image": "openmicroscopy/omero-server:5.6"}]},
-            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+            "status": {"phase": "Running", "podIP": ip,
+                       "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+                       "containerStatuses": [{"name": "omero-server", "image": "openmicroscopy/omero-server:5.6", "imageID": "",
+                                              "containerID": "containerd://1", "restartCount": 0, "ready": ready, "started": started}]}
         }))
         .unwrap();
         state.pods.insert(name, pod);
@@ -229,7 +276,21 @@ impl FakeCluster {
             .is_some_and(|v| v == "true")
     }
 
+    /// Every port call: fails once the operator is "killed", and arms the kill.
+    fn call(&self) -> Result<(), Error> {
+        let mut state = self.state();
+        if state.crashed {
+            return Err(Error::MissingNamespace("the operator was killed".into()));
+        }
+        state.calls += 1;
+        if state.crash_after == Some(state.calls) {
+            state.crashed = true;
+        }
+        Ok(())
+    }
+
     fn write(&self, w: Write) -> Result<(), Error> {
+        self.call()?;
         let mut state = self.state();
         if state.fail_writes {
             return Err(Error::MissingNamespace(format!("injected failure of {w:?}")));
@@ -241,6 +302,7 @@ impl FakeCluster {
 
 impl ClusterPort for FakeCluster {
     async fn children(&self, cluster: &OmeroCluster) -> Result<Children, Error> {
+        self.call()?;
         let state = self.state();
         let name = cluster.metadata.name.clone().unwrap();
         Ok(Children {
@@ -256,6 +318,7 @@ impl ClusterPort for FakeCluster {
     }
 
     async fn find(&self, _ns: &str, kind: ChildKind, name: &str) -> Result<Option<ObjectMeta>, Error> {
+        self.call()?;
         let state = self.state();
         Ok(match kind {
             ChildKind::Deployment => state.deployments.get(name).map(|d| d.metadata.clone()),
@@ -271,6 +334,10 @@ impl ClusterPort for FakeCluster {
         };
         self.write(write)?;
         let mut state = self.state();
+        if let Some(message) = state.refuse.get(&format!("{}/{name}", child.kind().as_str())) {
+            let status = kube::core::Status::failure(message, "Invalid").with_code(422);
+            return Err(Error::Kube(kube::Error::Api(status.boxed())));
+        }
         let existing = match child.kind() {
             ChildKind::Deployment => state.deployments.get(&name).map(|d| d.metadata.clone()),
             ChildKind::Service => state.services.get(&name).map(|s| s.metadata.clone()),
@@ -334,15 +401,31 @@ impl ClusterPort for FakeCluster {
             .ok_or_else(|| Error::SecretKeyMissing { name: secret.name.clone(), key: secret.key.clone() })
     }
 
-    async fn patch_status(&self, _cluster: &OmeroCluster, status: &OmeroClusterStatus) -> Result<(), Error> {
+    async fn write_status(
+        &self,
+        cluster: &OmeroCluster,
+        status: &OmeroClusterStatus,
+    ) -> Result<StatusWrite, Error> {
         self.write(Write::Status)?;
+        let mut state = self.state();
+        let stored_rv = state.cluster.as_ref().unwrap().metadata.resource_version.clone();
+        if cluster.metadata.resource_version != stored_rv {
+            state.stale_writes += 1;
+            return Ok(StatusWrite::Stale);
+        }
+        // The copy a lagging watch cache would still hand out after this write.
+        let before = state.cluster.clone().unwrap();
+        state.history.push(before);
         // Round-trip through JSON as the API server stores it.
         let stored = serde_json::from_value(serde_json::to_value(status).unwrap()).unwrap();
-        self.state().cluster.as_mut().unwrap().status = Some(stored);
-        Ok(())
+        let cluster = state.cluster.as_mut().unwrap();
+        cluster.status = Some(stored);
+        bump(cluster);
+        Ok(StatusWrite::Written(cluster.metadata.resource_version.clone()))
     }
 
     async fn publish(&self, _cluster: &OmeroCluster, event: &Event) -> Result<(), Error> {
+        self.call()?;
         if self.state().fail_events {
             return Err(Error::MissingNamespace("injected failure of an Event".into()));
         }
@@ -415,7 +498,10 @@ pub fn restarted_context(fake: &FakeCluster, sessions: &FakeOmero, at: Timestamp
     Arc::new(Context::new(fake.clone(), sessions.clone(), Clock::starting_at(at)))
 }
 
-pub async fn reconcile_once(fake: &FakeCluster, ctx: &Arc<Ctx>) -> Result<std::time::Duration, Error> {
+pub async fn reconcile_once<O: OmeroPort>(
+    fake: &FakeCluster,
+    ctx: &Arc<Context<FakeCluster, O>>,
+) -> Result<std::time::Duration, Error> {
     reconcile(Arc::new(fake.cluster()), ctx.clone()).await
 }
 
@@ -424,6 +510,7 @@ pub fn cluster_from_yaml(yaml: &str) -> OmeroCluster {
     cluster.metadata.namespace.get_or_insert_with(|| "omero".into());
     cluster.metadata.uid.get_or_insert_with(|| "4f7e1c2a-0000-4000-8000-000000000001".into());
     cluster.metadata.generation.get_or_insert(1);
+    cluster.metadata.resource_version.get_or_insert_with(|| "1".into());
     cluster
 }
 

@@ -1,0 +1,201 @@
+//! What a user asks for through the OmeroCluster's annotations: drains, restarts, pause,
+//! consent to downtime. Pure: parsed against the spec's node names, bad entries reported
+//! (each with the fix) and skipped, the good ones kept.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// `omero.openmicroscopy.org/drain: "backup,ro-2"` drains those nodes; removing a name
+/// undrains it.
+pub const DRAIN_ANNOTATION: &str = "omero.openmicroscopy.org/drain";
+/// `omero.openmicroscopy.org/drain-force: "true"` lets the drain take the last serving node,
+/// and ends drains held past their deadline (`drain.onDeadline: Hold`).
+pub const FORCE_ANNOTATION: &str = "omero.openmicroscopy.org/drain-force";
+/// `omero.openmicroscopy.org/restart: "<token>"` restarts every node, one at a time, each
+/// drained first; `"<node>,<node>@<token>"` restarts those nodes. A token (e.g. the time of
+/// the request) is carried out once per node; a new token asks again.
+pub const RESTART_ANNOTATION: &str = "omero.openmicroscopy.org/restart";
+/// `omero.openmicroscopy.org/paused: "true"` stops every change to running objects.
+pub const PAUSE_ANNOTATION: &str = "omero.openmicroscopy.org/paused";
+/// `omero.openmicroscopy.org/allow-downtime: "true"`: consent to rollouts and restarts that
+/// interrupt service: the last serving node, and a grid's master.
+pub const ALLOW_DOWNTIME_ANNOTATION: &str = "omero.openmicroscopy.org/allow-downtime";
+
+/// A rolling restart asked for with [`RESTART_ANNOTATION`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestartRequest {
+    pub token: String,
+    /// `None`: every node.
+    pub nodes: Option<BTreeSet<String>>,
+}
+
+/// Everything the annotations ask for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Request {
+    /// Nodes to drain.
+    pub drain: BTreeSet<String>,
+    pub force: bool,
+    pub restart: Option<RestartRequest>,
+    pub paused: bool,
+    pub allow_downtime: bool,
+    /// Entries that were ignored, each with why.
+    pub problems: Vec<String>,
+}
+
+impl Request {
+    /// The restart token `node` is asked to run with, if the restart request covers it.
+    pub fn restart_token(&self, node: &str) -> Option<&str> {
+        let restart = self.restart.as_ref()?;
+        restart.nodes.as_ref().is_none_or(|n| n.contains(node)).then_some(restart.token.as_str())
+    }
+}
+
+/// Longest restart token: it is stamped on pod templates as an annotation value.
+pub const MAX_TOKEN_LEN: usize = 63;
+
+/// Reads the annotations against the cluster's node names.
+pub fn parse(annotations: &BTreeMap<String, String>, node_names: &[&str]) -> Request {
+    let mut request = Request::default();
+    let mut flag = |key: &str| -> bool {
+        match annotations.get(key).map(|v| v.trim()) {
+            Some("true") => true,
+            Some("false" | "") | None => false,
+            Some(other) => {
+                request
+                    .problems
+                    .push(format!("{key}: '{other}' is not a boolean; write \"true\" or remove it"));
+                false
+            }
+        }
+    };
+    let force = flag(FORCE_ANNOTATION);
+    let paused = flag(PAUSE_ANNOTATION);
+    let allow_downtime = flag(ALLOW_DOWNTIME_ANNOTATION);
+    request.force = force;
+    request.paused = paused;
+    request.allow_downtime = allow_downtime;
+    if let Some(value) = annotations.get(DRAIN_ANNOTATION) {
+        request.drain = node_list(DRAIN_ANNOTATION, value, node_names, &mut request.problems);
+    }
+    if let Some(value) = annotations.get(RESTART_ANNOTATION) {
+        request.restart = restart(value, node_names, &mut request.problems);
+    }
+    request
+}
+
+fn restart(value: &str, node_names: &[&str], problems: &mut Vec<String>) -> Option<RestartRequest> {
+    let value = value.trim();
+    if value.is_empty() {
+        return None;
+    }
+    let (nodes, token) = match value.rsplit_once('@') {
+        Some((nodes, token)) => (Some(nodes), token.trim()),
+        None => (None, value),
+    };
+    let token_ok = !token.is_empty()
+        && token.len() <= MAX_TOKEN_LEN
+        && token.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.:+".contains(&c));
+    if !token_ok {
+        problems.push(format!(
+            "{RESTART_ANNOTATION}: '{token}' is not a restart token; use up to {MAX_TOKEN_LEN} letters, digits and \
+             '-_.:+', e.g. the time: \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\", or \"ro-1,ro-2@<token>\" for some nodes"
+        ));
+        return None;
+    }
+    let nodes = match nodes {
+        None => None,
+        Some(list) => {
+            let nodes = node_list(RESTART_ANNOTATION, list, node_names, problems);
+            if nodes.is_empty() {
+                return None;
+            }
+            Some(nodes)
+        }
+    };
+    Some(RestartRequest { token: token.to_string(), nodes })
+}
+
+/// A comma-separated list of node names; bad entries are reported and skipped.
+fn node_list(key: &str, value: &str, node_names: &[&str], problems: &mut Vec<String>) -> BTreeSet<String> {
+    let mut nodes = BTreeSet::new();
+    if value.trim().is_empty() {
+        return nodes;
+    }
+    for (i, entry) in value.split(',').enumerate() {
+        let name = entry.trim();
+        if name.is_empty() {
+            problems.push(format!(
+                "{key}: entry {} is empty; list node names separated by commas, e.g. \"backup,ro-2\"",
+                i + 1
+            ));
+        } else if !name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-') {
+            problems.push(format!("{key}: '{name}' is not a node name; list node names separated by commas"));
+        } else if !node_names.contains(&name) {
+            problems.push(format!("{key}: no node named '{name}'; nodes are {}", node_names.join(", ")));
+        } else {
+            nodes.insert(name.to_string());
+        }
+    }
+    nodes
+}
+
+/// Grid topology: the master runs the registry and Glacier2, the grid's only way in, so it
+/// is never drained on request. A request to drain it is dropped and reported; restarting it
+/// goes through a rollout, with consent.
+pub fn keep_grid_master(request: &mut Request, master: &str) {
+    if request.drain.remove(master) {
+        request.problems.push(format!(
+            "{DRAIN_ANNOTATION}: '{master}' is the grid master (registry and Glacier2, the grid's only entry) and cannot be drained; drain its workers"
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    const NODES: &[&str] = &["rw", "ro-1", "ro-2"];
+
+    #[test]
+    fn a_bare_token_restarts_every_node() {
+        let r = parse(&annotations(&[(RESTART_ANNOTATION, "2026-11-30T10.00.00Z")]), NODES);
+        assert_eq!(r.restart, Some(RestartRequest { token: "2026-11-30T10.00.00Z".into(), nodes: None }));
+        assert!(NODES.iter().all(|n| r.restart_token(n) == Some("2026-11-30T10.00.00Z")));
+        assert!(r.problems.is_empty());
+    }
+
+    #[test]
+    fn nodes_at_a_token_restart_those_nodes() {
+        let r = parse(&annotations(&[(RESTART_ANNOTATION, "ro-1, ro-2@t1")]), NODES);
+        assert_eq!(r.restart_token("ro-2"), Some("t1"));
+        assert_eq!(r.restart_token("rw"), None);
+    }
+
+    #[test]
+    fn bad_restart_requests_are_reported_and_do_nothing() {
+        for (value, says) in [
+            ("ro-1@", "is not a restart token"),
+            ("a b", "is not a restart token"),
+            ("nope@t1", "no node named 'nope'"),
+        ] {
+            let r = parse(&annotations(&[(RESTART_ANNOTATION, value)]), NODES);
+            assert_eq!(r.restart, None, "{value}");
+            assert!(r.problems.iter().any(|p| p.contains(says)), "{value}: {:?}", r.problems);
+        }
+        let long = "x".repeat(MAX_TOKEN_LEN + 1);
+        assert_eq!(parse(&annotations(&[(RESTART_ANNOTATION, &long)]), NODES).restart, None);
+    }
+
+    #[test]
+    fn flags_are_booleans_and_garbage_is_reported() {
+        let r = parse(&annotations(&[(PAUSE_ANNOTATION, "true"), (ALLOW_DOWNTIME_ANNOTATION, "yes")]), NODES);
+        assert!(r.paused && !r.allow_downtime);
+        assert_eq!(
+            r.problems,
+            ["omero.openmicroscopy.org/allow-downtime: 'yes' is not a boolean; write \"true\" or remove it"]
+        );
+    }
+}

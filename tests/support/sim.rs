@@ -1,0 +1,244 @@
+//! A cluster that runs, on top of the port double: the Deployment controller and the kubelet
+//! (a Deployment whose pod template changed gets its pod replaced, Recreate-style, by one with
+//! a new name and a new IP that is ready after a delay) and OMERO's sessions per pod (a pod
+//! deleted with sessions still open kills them, and they are counted).
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use omero_operator::{
+    api::keys,
+    controller::{
+        Clock, Context,
+        port::{OmeroPort, RedirectQuery, SessionQuery},
+    },
+    render,
+};
+
+use super::{FakeCluster, START};
+
+/// What runs in the simulated cluster besides the API objects.
+#[derive(Default)]
+pub struct World {
+    /// Open sessions per pod: when each ends on its own.
+    pub sessions: BTreeMap<String, Vec<Timestamp>>,
+    /// Sessions that were open on a pod when it was deleted.
+    pub killed: u64,
+    /// When each starting pod becomes ready.
+    pub ready_at: BTreeMap<String, Timestamp>,
+    /// Pods created per node after the first one: restarts.
+    pub restarts: BTreeMap<String, u32>,
+    pub pods_created: u32,
+    /// Round-robin position of new sessions over routable pods.
+    pub next_arrival: usize,
+}
+
+#[derive(Clone)]
+pub struct Sim {
+    pub fake: FakeCluster,
+    pub world: Arc<Mutex<World>>,
+    pub clock: Clock,
+    /// How long a new pod takes to become ready.
+    pub ready_after: Duration,
+    /// How long a newly arriving client session lasts.
+    pub session_length: Duration,
+}
+
+pub fn start() -> Timestamp {
+    START.parse().unwrap()
+}
+
+impl Sim {
+    pub fn new(fake: &FakeCluster, ready_after: Duration) -> Self {
+        Self {
+            fake: fake.clone(),
+            world: Arc::default(),
+            clock: Clock::starting_at(start()),
+            ready_after,
+            session_length: Duration::from_secs(180),
+        }
+    }
+
+    pub fn world(&self) -> std::sync::MutexGuard<'_, World> {
+        self.world.lock().unwrap()
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// The Deployment controller and the kubelet, once: replace pods whose template changed,
+    /// create missing ones, delete those of deleted Deployments, make due pods ready.
+    pub fn kubelet(&self) {
+        let now = self.now();
+        let mut state = self.fake.state();
+        let mut world = self.world();
+        let deployments: Vec<_> = state.deployments.values().cloned().collect();
+        // Pods whose Deployment is gone (garbage collection).
+        let orphaned: Vec<String> = state
+            .pods
+            .iter()
+            .filter(|(_, p)| {
+                let node = p.metadata.labels.as_ref().and_then(|l| l.get(keys::NODE_LABEL));
+                !deployments
+                    .iter()
+                    .any(|d| d.metadata.labels.as_ref().and_then(|l| l.get(keys::NODE_LABEL)) == node)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for pod in orphaned {
+            state.pods.remove(&pod);
+            world.killed +=
+                world.sessions.remove(&pod).map_or(0, |s| s.iter().filter(|end| **end > now).count() as u64);
+        }
+        for deployment in deployments {
+            let labels = deployment.metadata.labels.clone().unwrap_or_default();
+            let Some(node) = labels.get(keys::NODE_LABEL).cloned() else { continue };
+            let template = deployment.spec.as_ref().unwrap().template.clone();
+            let revision =
+                render::revision_of(template.metadata.as_ref().unwrap()).unwrap_or_default().to_string();
+            let current: Option<(String, Pod)> = state
+                .pods
+                .iter()
+                .find(|(_, p)| {
+                    p.metadata.labels.as_ref().and_then(|l| l.get(keys::NODE_LABEL)) == Some(&node)
+                })
+                .map(|(n, p)| (n.clone(), p.clone()));
+            if let Some((name, pod)) = &current {
+                if render::revision_of(&pod.metadata) == Some(revision.as_str()) {
+                    continue;
+                }
+                // Recreate: the old pod goes (its sessions die), then the new one comes.
+                state.pods.remove(name);
+                world.killed += world
+                    .sessions
+                    .remove(name)
+                    .map_or(0, |s| s.iter().filter(|end| **end > now).count() as u64);
+                *world.restarts.entry(node.clone()).or_default() += 1;
+            }
+            world.pods_created += 1;
+            let n = world.pods_created;
+            let deployment_name = deployment.metadata.name.clone().unwrap();
+            let name = format!("{deployment_name}-{}-{n}", &revision[..5.min(revision.len())]);
+            let mut pod_labels = template.metadata.as_ref().unwrap().labels.clone().unwrap_or_default();
+            pod_labels.insert("pod-template-hash".into(), revision.clone());
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "omero", "uid": format!("pod-uid-{n}"),
+                             "creationTimestamp": now.to_string(),
+                             "labels": pod_labels,
+                             "annotations": template.metadata.as_ref().unwrap().annotations,
+                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                                  "name": format!("{deployment_name}-{revision}"), "uid": "rs", "controller": true}]},
+                "spec": template.spec,
+                "status": {"phase": "Running", "podIP": format!("127.0.{}.{}", n / 250, n % 250 + 1),
+                           "conditions": [{"type": "Ready", "status": "False"}],
+                           "containerStatuses": [{"name": "omero-server", "image": "x", "imageID": "",
+                                                  "containerID": format!("containerd://{n}"), "restartCount": 0,
+                                                  "ready": false, "started": false}]}
+            }))
+            .unwrap();
+            world.ready_at.insert(name.clone(), now + self.ready_after);
+            state.pods.insert(name, pod);
+        }
+        // Pods whose start-up is done become ready.
+        let due: Vec<String> =
+            world.ready_at.iter().filter(|(_, at)| **at <= now).map(|(n, _)| n.clone()).collect();
+        for name in due {
+            world.ready_at.remove(&name);
+            if let Some(pod) = state.pods.get_mut(&name) {
+                let status = pod.status.as_mut().unwrap();
+                status.conditions.as_mut().unwrap()[0].status = "True".into();
+                let container = &mut status.container_statuses.as_mut().unwrap()[0];
+                container.ready = true;
+                container.started = Some(true);
+            }
+        }
+    }
+
+    /// Opens `count` sessions on `node`'s current pod, each lasting `length`.
+    pub fn open_sessions(&self, node: &str, count: usize, length: Duration) {
+        let now = self.now();
+        let pod = self.pod_of(node).expect("a pod");
+        self.world().sessions.entry(pod).or_default().extend((0..count).map(|_| now + length));
+    }
+
+    /// A new client session, as the entry Service would place it: on a pod that is routable
+    /// and ready, taking each in turn.
+    pub fn new_session(&self, length: Duration) {
+        let now = self.now();
+        let routable: Vec<String> = {
+            let state = self.fake.state();
+            state.pods.iter().filter(|(_, p)| routable_and_ready(p)).map(|(n, _)| n.clone()).collect()
+        };
+        if routable.is_empty() {
+            return;
+        }
+        let mut world = self.world();
+        let pick = routable[world.next_arrival % routable.len()].clone();
+        world.next_arrival += 1;
+        world.sessions.entry(pick).or_default().push(now + length);
+    }
+
+    /// Pods the entry Service sends new sessions to now.
+    pub fn serving(&self) -> usize {
+        self.fake.state().pods.values().filter(|p| routable_and_ready(p)).count()
+    }
+
+    pub fn pod_of(&self, node: &str) -> Option<String> {
+        let state = self.fake.state();
+        state
+            .pods
+            .iter()
+            .find(|(_, p)| {
+                p.metadata.labels.as_ref().and_then(|l| l.get(keys::NODE_LABEL)).map(String::as_str)
+                    == Some(node)
+            })
+            .map(|(n, _)| n.clone())
+    }
+
+    /// A fresh operator context on this simulation's clock (the operator restarts).
+    pub fn context(&self) -> Arc<Context<FakeCluster, Sim>> {
+        Arc::new(Context::new(self.fake.clone(), self.clone(), Clock::starting_at(self.now())))
+    }
+}
+
+fn routable_and_ready(pod: &Pod) -> bool {
+    let labels = pod.metadata.labels.as_ref();
+    labels.and_then(|l| l.get(keys::ROUTABLE_LABEL)).is_some_and(|v| v == "true")
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// OMERO as the session probe sees it: the sessions still open on the pod with that IP.
+impl OmeroPort for Sim {
+    async fn count_sessions(&self, query: &SessionQuery) -> Result<Option<u64>, String> {
+        if query.probe.kind == omero_operator::api::SessionProbeKind::None {
+            return Ok(None);
+        }
+        let now = self.now();
+        let pod = {
+            let state = self.fake.state();
+            state
+                .pods
+                .iter()
+                .find(|(_, p)| {
+                    p.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(query.pod_ip.as_str())
+                })
+                .map(|(n, _)| n.clone())
+        };
+        let pod = pod.ok_or_else(|| format!("no route to {}", query.pod_ip))?;
+        let world = self.world();
+        Ok(Some(world.sessions.get(&pod).map_or(0, |s| s.iter().filter(|end| **end > now).count() as u64)))
+    }
+
+    async fn redirect_new_sessions(&self, _query: &RedirectQuery) -> Result<bool, String> {
+        Ok(false)
+    }
+}
