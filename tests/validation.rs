@@ -707,3 +707,26 @@ fn a_memory_limit_below_what_omero_sizes_its_jvms_for_is_refused_unless_sized_by
         r#"spec: {nodes: [{name: main, resources: {limits: {memory: 2Gi}}, config: {omero.jvmcfg.system_memory: "3414"}}]}"#,
     );
 }
+
+#[test]
+fn two_grid_workers_whose_names_give_one_blitz_index_are_refused() {
+    // Find two names that collide (there are 99999 indexes: a few thousand names hold a pair).
+    let mut seen = std::collections::HashMap::new();
+    let (a, b) = (0..5000)
+        .map(|i| format!("w{i}"))
+        .find_map(|name| {
+            let node: omero_operator::api::NodeSpec =
+                serde_json::from_value(serde_json::json!({"name": name})).unwrap();
+            seen.insert(node.blitz_index(), name.clone()).map(|other| (other, name))
+        })
+        .expect("a colliding pair");
+    let errors = errors(&format!(
+        "spec: {{topology: grid, nodes: [{{name: main, master: true}}, {{name: {a}}}, {{name: {b}}}]}}"
+    ));
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_message(
+        &errors[0],
+        "spec.nodes[2].name",
+        &[&format!("'{a}' and '{b}' would both host Blitz-"), "rename one"],
+    );
+}

@@ -316,6 +316,17 @@ impl NodeSpec {
         super::quantity::mebibytes(&limit.0)
     }
 
+    /// The index of the Blitz a grid worker hosts (`Blitz-<index>` in the master's
+    /// `omero.server.nodedescriptors`): derived from the node's name alone, so adding or
+    /// removing another worker never renames this one's server (a server's name is its
+    /// identity in the grid). 1 to 99999 (`Blitz-0` is the master's); digits only, since
+    /// OMERO splits a descriptor at its `-`. Validation refuses two workers with one index.
+    pub fn blitz_index(&self) -> u32 {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.name.as_bytes());
+        1 + u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % 99_999
+    }
+
     pub fn is_master(&self) -> bool {
         self.master == Some(true)
     }

@@ -216,6 +216,21 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
                 format!("'{}' is the name of an IceGrid node or configuration file of the master: pick another worker name", node.name),
             );
         }
+        if spec.topology == Topology::Grid && !node.is_master() {
+            let earlier =
+                spec.nodes[..i].iter().find(|n| !n.is_master() && n.blitz_index() == node.blitz_index());
+            if let Some(other) = earlier {
+                errors.push(
+                    at("name"),
+                    format!(
+                        "'{}' and '{}' would both host Blitz-{} (a worker's server is named after its node name): rename one",
+                        other.name,
+                        node.name,
+                        node.blitz_index()
+                    ),
+                );
+            }
+        }
         if let Some(probe) = &node.session_probe {
             match probe.kind {
                 SessionProbeKind::Metrics if probe.port.is_none() => errors.push(

@@ -92,15 +92,15 @@ pub(crate) fn properties(cluster: &OmeroCluster, node: &NodeSpec) -> Vec<(&'stat
     props
 }
 
-/// `master:<servers> <worker>:Blitz-<i> ...`, workers sorted by name so that reordering the
-/// spec's list changes nothing.
+/// `master:<servers> <worker>:Blitz-<index> ...`, workers sorted by name so that reordering the
+/// spec's list changes nothing, each with the index its name gives it (`NodeSpec::blitz_index`)
+/// so that adding or removing a worker renames no other worker's server.
 pub(crate) fn node_descriptors(cluster: &OmeroCluster) -> String {
-    let mut workers: Vec<&str> =
-        cluster.spec.nodes.iter().filter(|n| !n.is_master()).map(|n| n.name.as_str()).collect();
-    workers.sort_unstable();
+    let mut workers: Vec<&NodeSpec> = cluster.spec.nodes.iter().filter(|n| !n.is_master()).collect();
+    workers.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     let mut descriptors = format!("{MASTER_ICEGRID_NODE}:{MASTER_SERVERS}");
-    for (i, worker) in workers.iter().enumerate() {
-        descriptors.push_str(&format!(" {worker}:Blitz-{}", i + 1));
+    for worker in workers {
+        descriptors.push_str(&format!(" {}:Blitz-{}", worker.name, worker.blitz_index()));
     }
     descriptors
 }
@@ -197,13 +197,51 @@ spec:
 
     #[test]
     fn master_declares_its_servers_and_one_blitz_per_worker_sorted_by_name() {
-        let desired = render(&cluster(GRID));
+        let c = cluster(GRID);
+        let desired = render(&c);
+        let index = |name: &str| c.spec.node(name).unwrap().blitz_index();
         assert_eq!(
             env_value(&desired, "main", "CONFIG_omero_server_nodedescriptors"),
-            "master:Blitz-0,Indexer-0,DropBox,MonitorServer,FileServer,Storm,PixelData-0,Processor-0,Tables-0 \
-             alpha:Blitz-1 zeta:Blitz-2"
+            format!(
+                "master:Blitz-0,Indexer-0,DropBox,MonitorServer,FileServer,Storm,PixelData-0,Processor-0,Tables-0 \
+                 alpha:Blitz-{} zeta:Blitz-{}",
+                index("alpha"),
+                index("zeta")
+            )
         );
         assert!(env_of(&desired, "alpha", "CONFIG_omero_server_nodedescriptors").is_none());
+    }
+
+    /// A server's name is its identity in the grid: another worker joining or leaving must not
+    /// rename it.
+    #[test]
+    fn adding_or_removing_a_worker_renames_no_other_workers_blitz() {
+        let blitz_of = |c: &OmeroCluster, worker: &str| {
+            let descriptors = node_descriptors(c);
+            descriptors
+                .split(' ')
+                .find_map(|d| d.strip_prefix(&format!("{worker}:")).map(str::to_string))
+                .unwrap()
+        };
+        let before = cluster(GRID);
+        let with_more = base_grid_with(|c| {
+            let mut new = c.spec.nodes[0].clone();
+            new.name = "aaa-first".into();
+            c.spec.nodes.push(new);
+        });
+        let with_fewer = base_grid_with(|c| c.spec.nodes.retain(|n| n.name != "alpha"));
+        assert_eq!(blitz_of(&before, "zeta"), blitz_of(&with_more, "zeta"));
+        assert_eq!(blitz_of(&before, "zeta"), blitz_of(&with_fewer, "zeta"));
+        assert_eq!(blitz_of(&before, "alpha"), blitz_of(&with_more, "alpha"));
+        let index = blitz_of(&before, "zeta");
+        let digits = index.strip_prefix("Blitz-").unwrap();
+        assert!(digits.parse::<u32>().is_ok_and(|i| (1..=99_999).contains(&i)), "{index}");
+    }
+
+    fn base_grid_with(edit: impl FnOnce(&mut OmeroCluster)) -> OmeroCluster {
+        let mut c = cluster(GRID);
+        edit(&mut c);
+        c
     }
 
     #[test]
