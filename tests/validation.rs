@@ -543,7 +543,7 @@ fn extra_env_may_not_set_what_the_operator_sets() {
         "spec.nodes[0].env[1].name",
         &["CONFIG_omero_db_host cannot be set here", "put the property in config instead"],
     );
-    for name in ["PGPORT", "OMERO_TMPDIR", "OMERO_POD_IP"] {
+    for name in ["OMERO_TMPDIR", "OMERO_POD_IP"] {
         assert_error(
             &format!("spec: {{nodes: [{{name: main, env: [{{name: {name}, value: x}}]}}]}}"),
             "spec.nodes[0].env[0].name",

@@ -57,9 +57,6 @@ pub fn managed_by(key: &str, topology: Topology) -> Option<&'static str> {
 pub const POD_IP_ENV: &str = "OMERO_POD_IP";
 /// Where OMERO's TempFileManager writes (`omero.util.temp_files`).
 pub const TMPDIR_ENV: &str = "OMERO_TMPDIR";
-/// Read by `psql` in `/startup/60-database.sh`, which passes `-h`, `-U` and the database name
-/// but no `-p`: without it a database on another port never answers the start-up wait loop.
-pub const PGPORT_ENV: &str = "PGPORT";
 /// OMERO root's password for `omego db init` on an empty database (`/startup/60-database.sh`).
 pub const ROOTPASS_ENV: &str = "ROOTPASS";
 
@@ -67,7 +64,7 @@ pub const ROOTPASS_ENV: &str = "ROOTPASS";
 pub fn reserved_env(name: &str) -> Option<&'static str> {
     if name.starts_with("CONFIG_") {
         Some("CONFIG_ variables are OMERO properties: put the property in config instead")
-    } else if [POD_IP_ENV, TMPDIR_ENV, PGPORT_ENV].contains(&name) {
+    } else if [POD_IP_ENV, TMPDIR_ENV].contains(&name) {
         Some("the operator sets it")
     } else if name == ROOTPASS_ENV {
         Some("the operator sets it from spec.database.rootPasswordSecret")

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Secr
 use super::{grid, volumes};
 use crate::api::{DatabaseEndpoint, NodeSpec, OmeroCluster, SecretKeyRef, property};
 
-pub(crate) use crate::api::property::{PGPORT_ENV, POD_IP_ENV, ROOTPASS_ENV, TMPDIR_ENV};
+pub(crate) use crate::api::property::{POD_IP_ENV, ROOTPASS_ENV, TMPDIR_ENV};
 
 /// The memory (MiB) OMERO sizes its JVMs for.
 pub(crate) const JVM_SYSTEM_MEMORY: &str = "omero.jvmcfg.system_memory";
@@ -75,7 +75,7 @@ pub(crate) fn properties(cluster: &OmeroCluster, node: &NodeSpec) -> BTreeMap<St
 }
 
 /// The container's environment, in a fixed order: the pod IP (grid; it must come before the
-/// variables that refer to it), the properties sorted by name, `PGPORT`, `OMERO_TMPDIR` on
+/// variables that refer to it), the properties sorted by name, `OMERO_TMPDIR` on
 /// read-only nodes, `ROOTPASS` on the node that initialises the database, then the node's own
 /// `env` (validation refuses names the operator sets).
 pub(crate) fn env(cluster: &OmeroCluster, node: &NodeSpec) -> Vec<EnvVar> {
@@ -96,8 +96,8 @@ pub(crate) fn env(cluster: &OmeroCluster, node: &NodeSpec) -> Vec<EnvVar> {
         });
         env.push(env_var(name, value));
     }
-    let port = database(cluster, node).port;
-    env.push(env_var(PGPORT_ENV.into(), Value::Literal(port.to_string())));
+    // No PGPORT: the image's `/startup/60-database.sh` passes the port itself (`-p`, since
+    // 2018) from omero.db.port.
     if volumes::has_writable_tmp(node) {
         env.push(env_var(TMPDIR_ENV.into(), Value::Literal(volumes::TMP_DIR.into())));
     }
@@ -195,7 +195,7 @@ mod tests {
         assert_eq!(env_value(&desired, "rw", "CONFIG_omero_db_port"), "5432");
         assert_eq!(env_value(&desired, "rw", "CONFIG_omero_db_name"), "omero");
         assert_eq!(env_value(&desired, "rw", "CONFIG_omero_db_user"), "omero");
-        assert_eq!(env_value(&desired, "rw", "PGPORT"), "5432");
+        assert!(env_of(&desired, "rw", "PGPORT").is_none(), "the image's scripts pass -p themselves");
     }
 
     #[test]
@@ -237,7 +237,6 @@ mod tests {
         assert_eq!(env_value(&desired, "ro", "CONFIG_omero_db_user"), "reader");
         assert_eq!(env_value(&desired, "ro", "CONFIG_omero_db_port"), "5433", "falls back to the primary's");
         assert_eq!(env_value(&desired, "ro", "CONFIG_omero_db_name"), "omero");
-        assert_eq!(env_value(&desired, "ro", "PGPORT"), "5433");
         let secret = env_of(&desired, "ro", "CONFIG_omero_db_pass").unwrap().value_from.clone().unwrap();
         assert_eq!(secret.secret_key_ref.unwrap().name, "reader-db");
         // The read-write node keeps the primary.
@@ -344,7 +343,7 @@ mod tests {
         let expected: Vec<String> = props
             .iter()
             .map(|k| property::env_name(k).unwrap())
-            .chain(["PGPORT".to_string(), "OMERO_TMPDIR".to_string()])
+            .chain(["OMERO_TMPDIR".to_string()])
             .collect();
         assert_eq!(names(&env), expected);
         assert_eq!(env[0].name, "CONFIG_Ice_IPv6");

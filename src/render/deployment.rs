@@ -229,15 +229,7 @@ mod tests {
         assert_eq!(pod.image_pull_secrets.as_ref().unwrap()[0].name, "regcred");
         let ports: Vec<_> =
             c.ports.clone().unwrap().into_iter().map(|p| (p.name.unwrap(), p.container_port)).collect();
-        assert_eq!(
-            ports,
-            [
-                ("glacier2-tcp".to_string(), 4063),
-                ("glacier2-ssl".to_string(), 4064),
-                ("glacier2-ws".to_string(), 4065),
-                ("glacier2-wss".to_string(), 4066)
-            ]
-        );
+        assert_eq!(ports, [("glacier2-tcp".to_string(), 4063), ("glacier2-ssl".to_string(), 4064),]);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 use kube::ResourceExt;
 
 use super::{
-    CLIENT_PORTS, OMERO_CLI, REGISTRY_PORT,
+    OMERO_CLI, REGISTRY_PORT, client_ports,
     config::{POD_IP_ENV, Value},
     labels::node_object_name,
     volumes::VAR_DIR,
@@ -61,8 +61,8 @@ pub(crate) fn role(cluster: &OmeroCluster, node: &NodeSpec) -> Role {
 /// ports Ice picks, reached through the registry, so a worker has none.
 pub(crate) fn ports(cluster: &OmeroCluster, node: &NodeSpec) -> Vec<(&'static str, i32)> {
     match role(cluster, node) {
-        Role::Standalone => CLIENT_PORTS.to_vec(),
-        Role::Master => std::iter::once(REGISTRY_PORT).chain(CLIENT_PORTS).collect(),
+        Role::Standalone => client_ports(cluster, node),
+        Role::Master => std::iter::once(REGISTRY_PORT).chain(client_ports(cluster, node)).collect(),
         Role::Worker => Vec::new(),
     }
 }
@@ -317,12 +317,12 @@ spec:
                 .map(|p| p.container_port)
                 .collect()
         };
-        assert_eq!(ports("main"), [4061, 4063, 4064, 4065, 4066]);
+        assert_eq!(ports("main"), [4061, 4063, 4064]);
         assert!(ports("alpha").is_empty());
 
         let master = service_named(&desired, "omc-main").spec.clone().unwrap();
         let numbers: Vec<i32> = master.ports.unwrap().iter().map(|p| p.port).collect();
-        assert_eq!(numbers, [4061, 4063, 4064, 4065, 4066]);
+        assert_eq!(numbers, [4061, 4063, 4064]);
         assert_eq!(master.cluster_ip, None);
 
         // A worker keeps a stable DNS name for its pod, with no ports to forward.
@@ -337,7 +337,7 @@ spec:
         let spec = service_named(&desired, "omc").spec.clone().unwrap();
         assert_eq!(spec.selector, Some(crate::render::node_selector_labels("omc", "main")));
         let numbers: Vec<i32> = spec.ports.unwrap().iter().map(|p| p.port).collect();
-        assert_eq!(numbers, [4063, 4064, 4065, 4066], "never the registry");
+        assert_eq!(numbers, [4063, 4064], "never the registry");
     }
 
     #[test]

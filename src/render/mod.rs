@@ -64,10 +64,35 @@ pub fn restart_token_of(deployment: &Deployment) -> Option<&str> {
     template.annotations.as_ref()?.get(keys::RESTART_TOKEN_ANNOTATION).map(String::as_str)
 }
 
-/// Ports of a node that runs Glacier2: every node in `independent` topology, the master in
-/// `grid`. Names are IANA-style service names (at most 15 characters).
-pub(crate) const CLIENT_PORTS: [(&str, i32); 4] =
-    [("glacier2-tcp", 4063), ("glacier2-ssl", 4064), ("glacier2-ws", 4065), ("glacier2-wss", 4066)];
+/// Ports of a node that runs Glacier2 (every node in `independent` topology, the master in
+/// `grid`), by the Ice transport that listens on each. Names are IANA-style service names (at
+/// most 15 characters).
+const GLACIER2_PORTS: [(&str, &str, i32); 4] = [
+    ("tcp", "glacier2-tcp", 4063),
+    ("ssl", "glacier2-ssl", 4064),
+    ("ws", "glacier2-ws", 4065),
+    ("wss", "glacier2-wss", 4066),
+];
+
+/// `omero.client.icetransports`: the transports Glacier2 listens on (OMERO's default `ssl,tcp`;
+/// the websocket ports are opened only when it names `ws`/`wss`).
+const ICE_TRANSPORTS: &str = "omero.client.icetransports";
+const DEFAULT_ICE_TRANSPORTS: &str = "ssl,tcp";
+
+/// The Glacier2 ports `node` listens on, from its effective `omero.client.icetransports`.
+pub(crate) fn client_ports(cluster: &OmeroCluster, node: &crate::api::NodeSpec) -> Vec<(&'static str, i32)> {
+    let transports = node
+        .config
+        .get(ICE_TRANSPORTS)
+        .or_else(|| cluster.spec.config.get(ICE_TRANSPORTS))
+        .map_or(DEFAULT_ICE_TRANSPORTS, String::as_str);
+    let listed: Vec<&str> = transports.split(',').map(str::trim).collect();
+    GLACIER2_PORTS
+        .iter()
+        .filter(|(t, _, _)| listed.contains(t))
+        .map(|(_, name, port)| (*name, *port))
+        .collect()
+}
 
 /// The IceGrid registry of a `grid` master; grid workers reach it through the master's
 /// per-node Service. Never on the entry Service: it is internal to the grid.

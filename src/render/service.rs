@@ -8,7 +8,7 @@ use k8s_openapi::{
 use kube::ResourceExt;
 
 use super::{
-    CLIENT_PORTS,
+    client_ports,
     grid::{self, Role},
     labels,
 };
@@ -72,7 +72,7 @@ pub(crate) fn entry_service(cluster: &OmeroCluster) -> Service {
             // Explicit, so that going back to ClusterIP is applied rather than left behind.
             type_: Some(service.type_.unwrap_or(ServiceType::ClusterIP).as_str().into()),
             selector: Some(selector),
-            ports: Some(service_ports(&CLIENT_PORTS)),
+            ports: Some(service_ports(&entry_ports(cluster))),
             session_affinity: Some("ClientIP".into()),
             session_affinity_config: Some(SessionAffinityConfig {
                 client_ip: Some(ClientIPConfig { timeout_seconds: Some(timeout) }),
@@ -81,6 +81,20 @@ pub(crate) fn entry_service(cluster: &OmeroCluster) -> Service {
         }),
         status: None,
     }
+}
+
+/// Every Glacier2 port any node behind the entry Service listens on (the master, in grid).
+fn entry_ports(cluster: &OmeroCluster) -> Vec<(&'static str, i32)> {
+    let mut ports: Vec<(&'static str, i32)> = cluster
+        .spec
+        .nodes
+        .iter()
+        .filter(|n| grid::role(cluster, n) != Role::Worker)
+        .flat_map(|n| client_ports(cluster, n))
+        .collect();
+    ports.sort_by_key(|(_, port)| *port);
+    ports.dedup();
+    ports
 }
 
 fn service_ports(ports: &[(&str, i32)]) -> Vec<ServicePort> {
@@ -130,10 +144,36 @@ mod tests {
         let ports = service_named(&desired, "omc-rw").spec.clone().unwrap().ports.unwrap();
         let got: Vec<_> =
             ports.iter().map(|p| (p.name.clone().unwrap(), p.port, p.target_port.clone().unwrap())).collect();
-        let want: Vec<_> =
-            CLIENT_PORTS.iter().map(|(n, p)| (n.to_string(), *p, IntOrString::Int(*p))).collect();
-        assert_eq!(got, want);
+        let want: Vec<_> = [("glacier2-tcp", 4063), ("glacier2-ssl", 4064)]
+            .iter()
+            .map(|(n, p)| (n.to_string(), *p, IntOrString::Int(*p)))
+            .collect();
+        assert_eq!(got, want, "OMERO's default transports, ssl and tcp");
         assert!(ports.iter().all(|p| p.protocol.as_deref() == Some("TCP")));
+    }
+
+    #[test]
+    fn websocket_ports_only_where_omero_listens_on_them() {
+        // The cluster enables websockets; node `ro` turns them off again.
+        let yaml = format!(
+            "{}  config: {{omero.client.icetransports: \"ssl,tcp,wss\"}}\n",
+            BASE.replace("      readOnly: {db: true, repo: true}\n", "      readOnly: {db: true, repo: true}\n      config: {omero.client.icetransports: \"ssl,tcp\"}\n")
+        );
+        let desired = render(&cluster(&yaml));
+        let ports = |name: &str| -> Vec<i32> {
+            service_named(&desired, name)
+                .spec
+                .clone()
+                .unwrap()
+                .ports
+                .unwrap()
+                .iter()
+                .map(|p| p.port)
+                .collect()
+        };
+        assert_eq!(ports("omc-rw"), [4063, 4064, 4066]);
+        assert_eq!(ports("omc-ro"), [4063, 4064]);
+        assert_eq!(ports("omc"), [4063, 4064, 4066], "the entry Service: every port some node listens on");
     }
 
     #[test]
@@ -153,7 +193,7 @@ mod tests {
         let timeout = spec.session_affinity_config.unwrap().client_ip.unwrap().timeout_seconds;
         assert_eq!(timeout, Some(10800));
         let ports: Vec<i32> = spec.ports.unwrap().iter().map(|p| p.port).collect();
-        assert_eq!(ports, [4063, 4064, 4065, 4066]);
+        assert_eq!(ports, [4063, 4064]);
     }
 
     #[test]
