@@ -98,7 +98,7 @@ fn pod_spec(cluster: &OmeroCluster, node: &NodeSpec) -> PodSpec {
 }
 
 fn container(cluster: &OmeroCluster, node: &NodeSpec) -> Container {
-    let status = grid::status_command(cluster, node);
+    let checks = grid::checks(cluster, node);
     let ports: Vec<ContainerPort> = grid::ports(cluster, node)
         .into_iter()
         .map(|(name, port)| ContainerPort {
@@ -118,9 +118,9 @@ fn container(cluster: &OmeroCluster, node: &NodeSpec) -> Container {
         resources: node.resources.clone(),
         volume_mounts: Some(volumes::mounts(cluster, node)),
         security_context: Some(container_security_context()),
-        startup_probe: Some(probes::startup(&status)),
-        readiness_probe: Some(probes::readiness(&status)),
-        liveness_probe: Some(probes::liveness(&status)),
+        startup_probe: Some(probes::startup(&checks.alive)),
+        readiness_probe: Some(probes::readiness(&checks.ready)),
+        liveness_probe: Some(probes::liveness(&checks.alive)),
         ..Container::default()
     }
 }

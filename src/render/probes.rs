@@ -1,6 +1,6 @@
 //! Health probes of the OMERO container.
 //!
-//! All three run OMERO's own status check (`grid::status_command`), as the community chart
+//! They run OMERO's own status check (`grid::checks`; a grid worker's differ), as the community chart
 //! manics/kubernetes-omero does. A tcpSocket probe on 4064 would only prove that Glacier2
 //! listens: Glacier2 comes up before Blitz has finished connecting to the database, and stays
 //! up when Blitz has died. `omero admin status` succeeds only when the IceGrid node answers
