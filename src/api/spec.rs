@@ -283,6 +283,15 @@ pub struct NodeSpec {
     pub tolerations: Vec<Toleration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// An existing claim (ReadWriteOnce is enough: one pod at a time) for this node's
+    /// `OMERO.server/var`: logs and, on a grid master, the IceGrid registry's database. Without
+    /// it `var` is an emptyDir, and a grid master that restarts forgets its workers: its Blitz
+    /// then marks every worker's node down and closes their sessions. Set it on a grid master.
+    /// It must be writable by uid 1000 (the image's `omero-server` user): a fresh claim often
+    /// is not, so prepare it, or set `repository.setOwnership` (which re-owns the repository
+    /// too). The operator never owns or deletes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub var_claim_name: Option<String>,
     /// Extra environment variables of the OMERO container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,

@@ -195,6 +195,7 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
             }
         }
         check_resources(errors, i, node, spec);
+        check_not_blank(errors, &at("varClaimName"), node.var_claim_name.as_ref(), "the claim for var");
         let mut container_names = BTreeSet::from([OMERO_CONTAINER]);
         for (j, sidecar) in node.sidecars.iter().enumerate() {
             if !container_names.insert(sidecar.name.as_str()) {

@@ -43,7 +43,11 @@ fn layout(cluster: &OmeroCluster, node: &NodeSpec) -> Vec<(Volume, VolumeMount)>
     if let Some(memo) = &repo.memo_cache_claim_name {
         layout.push(claim("memo-cache", memo, MEMO_CACHE_DIR, read_only));
     }
-    layout.push(empty_dir("var", VAR_DIR));
+    // A claim keeps the grid registry's database across restarts (see NodeSpec::var_claim_name).
+    layout.push(match &node.var_claim_name {
+        Some(claim_name) => claim("var", claim_name, VAR_DIR, false),
+        None => empty_dir("var", VAR_DIR),
+    });
     if has_writable_tmp(node) {
         layout.push(empty_dir("tmp", TMP_DIR));
     }
@@ -104,6 +108,20 @@ mod tests {
 
     fn m(name: &str, path: &str, ro: Option<bool>) -> (String, String, Option<bool>) {
         (name.into(), path.into(), ro)
+    }
+
+    #[test]
+    fn a_var_claim_replaces_the_empty_var_so_a_grid_master_keeps_its_registry() {
+        let yaml = BASE.replace("    - name: rw\n", "    - name: rw\n      varClaimName: omero-rw-var\n");
+        let desired = render(&cluster(&yaml));
+        let volumes = pod_spec(&desired, "rw").volumes.clone().unwrap();
+        let var = volumes.iter().find(|v| v.name == "var").unwrap();
+        assert_eq!(var.persistent_volume_claim.as_ref().unwrap().claim_name, "omero-rw-var");
+        assert!(var.empty_dir.is_none());
+        assert!(mounts_of(&yaml, "rw").contains(&m("var", "/opt/omero/server/OMERO.server/var", None)));
+        let ro_var =
+            pod_spec(&desired, "ro").volumes.clone().unwrap().into_iter().find(|v| v.name == "var").unwrap();
+        assert!(ro_var.empty_dir.is_some(), "only the node that names a claim");
     }
 
     #[test]
