@@ -645,13 +645,12 @@ pub fn refused(drain: &BTreeSet<String>, statuses: &[NodeStatus]) -> Vec<String>
         .collect()
 }
 
-/// Grid topology: where OMERO's configRedirector must send new sessions while any node is out
-/// of service: the master when it serves, else the first serving node. `None` when no node is
-/// out of service (nothing to steer) or none serves (nowhere to steer to).
+/// Grid topology: where OMERO's configRedirector sends new sessions, always (the operator owns
+/// `omero.cluster.redirect` for the cluster's whole life: OMERO itself only ever clears it, and a
+/// Blitz cannot start while it is NULL): the master when it serves, else the first serving node.
+/// Serving means in service and ready now: a node row in OMERO's table whose `down` is NULL
+/// is no proof that its JVM lives. `None` when no node serves (nowhere to steer to).
 pub fn redirect_target<'a>(nodes: &'a [NodeStatus], master: &str) -> Option<&'a NodeStatus> {
-    if !nodes.iter().any(|n| n.phase.is_out_of_service()) {
-        return None;
-    }
-    let serving = |n: &&NodeStatus| n.phase == NodePhase::Serving;
+    let serving = |n: &&NodeStatus| n.phase == NodePhase::Serving && n.ready && !n.leaving;
     nodes.iter().filter(serving).find(|n| n.name == master).or_else(|| nodes.iter().find(serving))
 }

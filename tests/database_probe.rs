@@ -507,3 +507,46 @@ async fn a_redirect_to_a_pod_with_no_live_node_changes_nothing() {
     assert_eq!(redirect_row(&db).await, None);
     db.drop().await;
 }
+
+/// The master's start-up step: a placeholder when the row is missing, NULL or empty (a Blitz
+/// cannot start on NULL with configRedirector), never over a node's UUID.
+#[tokio::test]
+async fn the_redirect_placeholder_fills_a_missing_or_null_row_and_keeps_a_value() {
+    let Some(db) = OmeroDb::create().await else { return };
+    let placeholder = omero_operator::render::REDIRECT_PLACEHOLDER;
+    let write =
+        || async { db.client.execute(omero_operator::render::REDIRECT_PLACEHOLDER_SQL, &[]).await.unwrap() };
+    // First bring-up: no row.
+    write().await;
+    assert_eq!(redirect_row(&db).await.as_deref(), Some(placeholder));
+    // The named node left: OMERO set the row to NULL.
+    for cleared in ["UPDATE configuration SET value = NULL", "UPDATE configuration SET value = ''"] {
+        db.client.execute(&format!("{cleared} WHERE name = 'omero.cluster.redirect'"), &[]).await.unwrap();
+        write().await;
+        assert_eq!(redirect_row(&db).await.as_deref(), Some(placeholder), "{cleared}");
+    }
+    // A node's UUID is kept.
+    db.client
+        .execute("UPDATE configuration SET value = 'node-uuid-1' WHERE name = 'omero.cluster.redirect'", &[])
+        .await
+        .unwrap();
+    write().await;
+    assert_eq!(redirect_row(&db).await.as_deref(), Some("node-uuid-1"));
+    db.drop().await;
+}
+
+/// After OMERO cleared the row (the named node left), the operator points it at a serving node.
+#[tokio::test]
+async fn a_null_redirect_row_is_pointed_at_the_serving_node() {
+    let Some(db) = OmeroDb::create().await else { return };
+    let omero = OmeroClient::default();
+    db.add_node(1, POD_A, false).await;
+    db.client
+        .execute("INSERT INTO configuration (name, value) VALUES ('omero.cluster.redirect', NULL)", &[])
+        .await
+        .unwrap();
+    let set = omero.redirect_new_sessions(&db.credentials(), POD_A).await.unwrap();
+    assert!(set.changed);
+    assert_eq!(redirect_row(&db).await.as_deref(), Some("node-uuid-1"));
+    db.drop().await;
+}

@@ -2831,8 +2831,9 @@ proptest! {
     }
 }
 
+/// A node in `phase`, ready when it serves.
 fn node_in(name: &str, phase: NodePhase) -> NodeStatus {
-    NodeStatus { name: name.into(), phase, ..NodeStatus::default() }
+    NodeStatus { name: name.into(), phase, ready: phase == NodePhase::Serving, ..NodeStatus::default() }
 }
 
 #[test]
@@ -2862,8 +2863,13 @@ fn the_grid_master_is_taken_out_of_a_drain_request_and_reported() {
 
 #[test]
 fn the_redirect_targets_the_serving_master_else_the_first_serving_node() {
+    // Always the master when it serves, even with nothing out of service: the row is owned.
     let all_serving = [node_in("w1", NodePhase::Serving), node_in("main", NodePhase::Serving)];
-    assert_eq!(redirect_target(&all_serving, "main"), None, "nothing out of service: nothing to steer");
+    assert_eq!(redirect_target(&all_serving, "main").map(|n| n.name.as_str()), Some("main"));
+    // A master whose pod is not ready now is not a target, whatever OMERO's node table says.
+    let mut blip = all_serving.clone();
+    blip[1].ready = false;
+    assert_eq!(redirect_target(&blip, "main").map(|n| n.name.as_str()), Some("w1"));
 
     let draining = [
         node_in("w1", NodePhase::Draining),

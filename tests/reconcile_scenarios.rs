@@ -523,8 +523,13 @@ spec:
 #[tokio::test(start_paused = true)]
 async fn a_grid_drain_points_new_sessions_at_the_master_and_keeps_them_there() {
     let (fake, omero, ctx) = setup(GRID);
+    // Before any node serves, nothing can be pointed at (the master's start-up writes a
+    // placeholder); once the master serves, the row is the operator's for good.
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(omero.redirect(), None, "no node serves yet");
     bring_up(&fake, &ctx).await;
-    assert_eq!(omero.redirect(), None, "nothing is steered while every node serves");
+    assert_eq!(omero.redirect().as_deref(), Some("10.0.0.1"), "owned while every node serves");
+    assert!(fake.event_reasons().contains(&"RedirectUpdated".to_string()));
     omero.set("10.0.0.2", Ok(2));
     fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
 
@@ -532,8 +537,15 @@ async fn a_grid_drain_points_new_sessions_at_the_master_and_keeps_them_there() {
     assert_eq!(omero.redirect().as_deref(), Some("10.0.0.1"), "new sessions go to the master");
     let status = fake.status();
     assert_eq!(status.redirect_node.as_deref(), Some("rw"));
-    assert!(fake.event_reasons().contains(&"RedirectUpdated".to_string()));
     assert!(requeue <= Duration::from_secs(30), "the row is re-asserted: {requeue:?}");
+
+    // Re-asserted while paused too: it keeps OMERO itself working.
+    fake.set_annotation(omero_operator::request::PAUSE_ANNOTATION, Some("true"));
+    *omero.redirect.lock().unwrap() = None;
+    let requeue = reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(omero.redirect().as_deref(), Some("10.0.0.1"));
+    assert!(requeue <= Duration::from_secs(30));
+    fake.set_annotation(omero_operator::request::PAUSE_ANNOTATION, None);
 
     // OMERO rewrites the row when a node joins: the next reconcile puts it back.
     *omero.redirect.lock().unwrap() = Some("10.0.0.3".into());

@@ -82,7 +82,7 @@ pub fn next_status(old: &OmeroClusterStatus, a: &Assessment<'_>, now: Timestamp)
     if let Some(Err(e)) = &a.redirect {
         problems.push((
             REASON_REDIRECT_FAILING,
-            format!("new sessions cannot be steered away from draining nodes: {e}"),
+            format!("new sessions cannot be pointed at a serving node (omero.cluster.redirect): {e}"),
         ));
     }
 
@@ -287,9 +287,7 @@ pub fn transition_events(
             EventType::Normal,
             "RedirectUpdated",
             "Redirect",
-            format!(
-                "new sessions go to node {target} (omero.cluster.redirect) while nodes are out of service"
-            ),
+            format!("new sessions go to node {target} (omero.cluster.redirect)"),
         ));
     }
     for gone in old.nodes.iter().filter(|n| n.leaving && new.node(&n.name).is_none()) {

@@ -19,6 +19,7 @@ use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 
 use crate::api::{OmeroCluster, keys};
 
+pub use grid::{REDIRECT_PLACEHOLDER, REDIRECT_PLACEHOLDER_SQL};
 pub use labels::{cluster_selector, entry_service_name, node_object_name, node_selector_labels};
 
 /// Everything the operator creates for one cluster. `apiVersion`/`kind` are left to the
