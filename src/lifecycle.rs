@@ -118,6 +118,10 @@ pub struct NodeInput<'a> {
     pub drain_requested: bool,
     /// `Some` only when the controller probed this node in this reconcile (see [`probe_due`]).
     pub probe: Option<ProbeOutcome>,
+    /// Which sample of its source the probe read, when the source refreshes on its own
+    /// schedule (an exporter): a zero counts towards the end of a drain only from a sample
+    /// newer than the last one. `None`: read live, always new.
+    pub probe_sample: Option<String>,
     pub probe_interval: Duration,
     /// The revision the spec asks for; `None` for a node that left the spec.
     pub target_revision: Option<&'a str>,
@@ -548,13 +552,21 @@ fn continue_drain(
     // A server that runs but is briefly not ready still holds its sessions: keep probing.
     match &node.probe {
         Some(ProbeOutcome::Count(n)) => {
+            // Two probes that read the same exporter sample are one observation, not two.
+            let repeated = node.probe_sample.is_some() && node.probe_sample == status.probe_sample;
             status.sessions = Some(i64::try_from(*n).unwrap_or(i64::MAX));
-            status.sessions_observed_at = Some(Time(now));
             status.probe_error = None;
             status.probe_failures = 0;
-            status.zero_session_probes = if *n == 0 { status.zero_session_probes + 1 } else { 0 };
             status.next_probe_at = Some(Time(later(now, node.probe_interval)));
-            status.message = Some(format!("draining: {n} open sessions"));
+            if repeated {
+                status.message =
+                    Some(format!("draining: {n} open sessions (the same sample as the last probe)"));
+            } else {
+                status.sessions_observed_at = Some(Time(now));
+                status.zero_session_probes = if *n == 0 { status.zero_session_probes + 1 } else { 0 };
+                status.probe_sample = node.probe_sample.clone();
+                status.message = Some(format!("draining: {n} open sessions"));
+            }
         }
         Some(ProbeOutcome::NoProbe) => {
             status.next_probe_at = None;
@@ -633,6 +645,7 @@ fn clear_drain(status: &mut NodeStatus) {
     status.probe_error = None;
     status.sessions = None;
     status.sessions_observed_at = None;
+    status.probe_sample = None;
 }
 
 /// Nodes asked to drain that still serve after a step: their drain was refused (the only way

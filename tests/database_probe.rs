@@ -168,7 +168,14 @@ async fn count(
     credentials: DatabaseCredentials<'_>,
 ) -> Result<Option<u64>, ProbeError> {
     let probe = database_probe();
-    probes.count(&ProbeTarget { pod_ip, probe: &probe, database: Some(credentials) }).await
+    let counted = probes.count(&ProbeTarget { pod_ip, probe: &probe, database: Some(credentials) }).await;
+    // A database count is read live: never a named sample.
+    counted.map(|c| {
+        c.map(|c| {
+            assert_eq!(c.sample, None);
+            c.sessions
+        })
+    })
 }
 
 #[tokio::test]

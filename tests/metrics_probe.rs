@@ -106,7 +106,35 @@ fn response(status: &str, body: &str, length: usize) -> String {
 }
 
 async fn count(probes: &OmeroClient, probe: &SessionProbe) -> Result<Option<u64>, ProbeError> {
-    probes.count(&ProbeTarget { pod_ip: "127.0.0.1", probe, database: None }).await
+    let counted = probes.count(&ProbeTarget { pod_ip: "127.0.0.1", probe, database: None }).await;
+    counted.map(|c| c.map(|c| c.sessions))
+}
+
+/// What omero-prometheus-tools publishes: sessions per user (OMERO's own services log in as
+/// root; the exporter as its own user), and the summary it updates at each refresh.
+const BY_USER: &str = "\
+# HELP omero_sessions_active Active OMERO sessions
+# TYPE omero_sessions_active gauge
+omero_sessions_active{username=\"root\"} 2.0
+omero_sessions_active{username=\"monitor\"} 1.0
+omero_sessions_active{username=\"alice\"} 2.0
+# HELP omero_sessions_processing_seconds Time spent collecting sessions
+# TYPE omero_sessions_processing_seconds summary
+omero_sessions_processing_seconds_count 12.0
+omero_sessions_processing_seconds_sum 0.41
+";
+
+#[tokio::test]
+async fn root_and_the_exporters_own_user_are_left_out_and_the_sample_is_named() {
+    let exporter = Exporter::start(Reply::Ok(BY_USER)).await;
+    let probe = SessionProbe { exporter_user: Some("monitor".into()), ..exporter.probe() };
+    let counted = OmeroClient::default()
+        .count(&ProbeTarget { pod_ip: "127.0.0.1", probe: &probe, database: None })
+        .await;
+    assert_eq!(
+        counted,
+        Ok(Some(omero_operator::omero::SessionCount { sessions: 2, sample: Some("12".into()) }))
+    );
 }
 
 fn metrics_error(url: String, reason: &str) -> ProbeError {

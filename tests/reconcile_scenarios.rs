@@ -27,10 +27,10 @@ spec:
     sessionProbe: {type: database, interval: 10s}
   - name: ro-1
     readOnly: {db: true, repo: true}
-    sessionProbe: {type: metrics, port: 9449, interval: 10s}
+    sessionProbe: {type: metrics, port: 9449, interval: 10s, exporterUser: monitor}
   - name: ro-2
     readOnly: {db: true, repo: true}
-    sessionProbe: {type: metrics, port: 9449, interval: 10s}
+    sessionProbe: {type: metrics, port: 9449, interval: 10s, exporterUser: monitor}
 "#;
 
 const IPS: [(&str, &str); 3] = [("rw", "10.0.0.1"), ("ro-1", "10.0.0.2"), ("ro-2", "10.0.0.3")];
@@ -465,20 +465,26 @@ async fn a_failing_api_write_fails_the_reconcile_without_recording_progress() {
     assert_eq!(fake.node("ro-1").phase, NodePhase::Draining);
 }
 
+/// An exporter refreshes its gauges once a minute: two probes of one sample are one
+/// observation, so "zero twice" means zero in two different samples.
 #[tokio::test(start_paused = true)]
-async fn an_exporters_own_session_does_not_hold_a_drain_open() {
-    let yaml = CLUSTER.replace(
-        "sessionProbe: {type: metrics, port: 9449, interval: 10s}\n  - name: ro-2",
-        "sessionProbe: {type: metrics, port: 9449, interval: 10s, ignoredSessions: 1}\n  - name: ro-2",
-    );
-    let (fake, sessions, ctx) = setup(&yaml);
+async fn a_zero_counts_only_from_a_new_exporter_sample() {
+    let (fake, sessions, ctx) = setup(CLUSTER);
     bring_up(&fake, &ctx).await;
-    sessions.set("10.0.0.2", Ok(3));
+    sessions.set("10.0.0.2", Ok(0));
+    sessions.samples.lock().unwrap().insert("10.0.0.2".into(), "41".into());
     fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
-    run_until(&fake, &ctx, 5, |f| f.node("ro-1").sessions.is_some()).await;
-    assert_eq!(fake.node("ro-1").sessions, Some(2), "the exporter's session is not a user's");
-    sessions.set("10.0.0.2", Ok(1));
-    run_until(&fake, &ctx, 10, |f| f.node("ro-1").phase == NodePhase::Drained).await;
+    for _ in 0..6 {
+        let requeue = reconcile_once(&fake, &ctx).await.unwrap();
+        tokio::time::advance(requeue).await;
+    }
+    let node = fake.node("ro-1");
+    assert_eq!(node.phase, NodePhase::Draining, "one sample read six times is one zero");
+    assert_eq!((node.zero_session_probes, node.probe_sample.as_deref()), (1, Some("41")));
+    assert!(node.message.unwrap().contains("the same sample as the last probe"));
+    // The exporter refreshed: a second zero, from a new sample, ends the drain.
+    sessions.samples.lock().unwrap().insert("10.0.0.2".into(), "42".into());
+    run_until(&fake, &ctx, 3, |f| f.node("ro-1").phase == NodePhase::Drained).await;
 }
 
 #[tokio::test(start_paused = true)]

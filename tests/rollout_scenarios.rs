@@ -34,7 +34,7 @@ spec:
     );
     for i in 1..=replicas {
         yaml.push_str(&format!(
-            "  - name: ro-{i}\n    readOnly: {{db: true, repo: true}}\n    sessionProbe: {{type: metrics, port: 9449, interval: 10s}}\n"
+            "  - name: ro-{i}\n    readOnly: {{db: true, repo: true}}\n    sessionProbe: {{type: metrics, port: 9449, interval: 10s, exporterUser: monitor}}\n"
         ));
     }
     yaml

@@ -455,9 +455,11 @@ fn grid_needs_exactly_one_master_and_allows_several_read_write_nodes() {
 
 #[test]
 fn metrics_probe_needs_a_port() {
-    assert_valid("spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449}}]}");
+    assert_valid(
+        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449, exporterUser: monitor}}]}",
+    );
     assert_error(
-        "spec: {nodes: [{name: main, sessionProbe: {type: metrics}}]}",
+        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, exporterUser: monitor}}]}",
         "spec.nodes[0].sessionProbe.port",
         &["is required for a metrics probe", "set the port of the node's Prometheus endpoint"],
     );
@@ -478,7 +480,7 @@ fn database_probe_on_a_read_only_database_node_is_refused() {
 
 #[test]
 fn read_only_database_node_may_omit_the_probe_or_use_none_or_metrics() {
-    for probe in ["null", "{type: none}", "{type: metrics, port: 9449}"] {
+    for probe in ["null", "{type: none}", "{type: metrics, port: 9449, exporterUser: monitor}"] {
         assert_valid(&format!(
             "spec: {{nodes: [{{name: main}}, {{name: ro, readOnly: {{db: true, repo: true}}, sessionProbe: {probe}}}]}}"
         ));
@@ -489,9 +491,11 @@ fn read_only_database_node_may_omit_the_probe_or_use_none_or_metrics() {
 
 #[test]
 fn probe_path_must_start_with_a_slash() {
-    assert_valid("spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449, path: /metrics}}]}");
+    assert_valid(
+        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449, exporterUser: monitor, path: /metrics}}]}",
+    );
     assert_error(
-        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449, path: metrics}}]}",
+        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449, exporterUser: monitor, path: metrics}}]}",
         "spec.nodes[0].sessionProbe.path",
         &["'metrics' must start with '/'"],
     );
@@ -511,7 +515,7 @@ fn every_problem_is_reported_together_in_field_order() {
           config: {omero.db.pass: secret}
           nodes:
             - {name: Main}
-            - {name: b, sessionProbe: {type: metrics, path: metrics}}
+            - {name: b, sessionProbe: {type: metrics, exporterUser: monitor, path: metrics}}
             - {name: b}
         "#,
     );
@@ -585,7 +589,7 @@ fn port_zero_is_refused_wherever_a_port_is_given() {
         &["from 1 to 65535"],
     );
     assert_error(
-        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 0}}]}",
+        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 0, exporterUser: monitor}}]}",
         "spec.nodes[0].sessionProbe.port",
         &["from 1 to 65535"],
     );
@@ -728,5 +732,28 @@ fn two_grid_workers_whose_names_give_one_blitz_index_are_refused() {
         &errors[0],
         "spec.nodes[2].name",
         &[&format!("'{a}' and '{b}' would both host Blitz-"), "rename one"],
+    );
+}
+
+#[test]
+fn a_metrics_probe_names_the_exporters_user_which_is_not_guest() {
+    assert_error(
+        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449}}]}",
+        "spec.nodes[0].sessionProbe.exporterUser",
+        &["is required for a metrics probe", "its own sessions are then not counted", "not guest"],
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449, exporterUser: guest}}]}",
+        "spec.nodes[0].sessionProbe.exporterUser",
+        &["guest sees only its own session"],
+    );
+}
+
+#[test]
+fn ignored_sessions_is_refused_with_what_to_write_instead() {
+    assert_error(
+        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449, exporterUser: monitor, ignoredSessions: 1}}]}",
+        "spec.nodes[0].sessionProbe.ignoredSessions",
+        &["is no longer supported", "write exporterUser", "root's sessions are left out"],
     );
 }

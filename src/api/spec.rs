@@ -378,15 +378,19 @@ pub struct SessionProbe {
     #[schemars(regex(pattern = r"^/"))]
     pub path: Option<String>,
     /// metrics: name of the gauge holding the open session count (default
-    /// `omero_sessions_active`); samples with several label sets are summed.
+    /// `omero_sessions_active`); samples with several label sets are summed, except those
+    /// whose `username` is `root` (OMERO's own services) or `exporterUser`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<String>,
     /// How often to probe while draining (default 15s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
-    /// Sessions that are not users', subtracted from every count: a monitoring login such as
-    /// omero-prometheus-tools' own session on the node it watches. The node counts as drained
-    /// when no more than this many remain.
+    /// metrics: the OMERO user the exporter logs in as (required). Its sessions, like root's,
+    /// are not counted. Not `guest`: a guest sees only its own session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exporter_user: Option<String>,
+    /// No longer supported (validation says what to write instead): a fixed number could not
+    /// tell OMERO's service sessions and the exporter's login from people's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignored_sessions: Option<u32>,
 }
@@ -394,15 +398,18 @@ pub struct SessionProbe {
 pub const DEFAULT_METRICS_PATH: &str = "/metrics";
 pub const DEFAULT_SESSIONS_METRIC: &str = "omero_sessions_active";
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(15);
+/// OMERO's administrator, the user its own services log in as.
+pub const ROOT_USER: &str = "root";
 
 impl SessionProbe {
     pub fn interval(&self) -> Duration {
         self.interval.unwrap_or(DEFAULT_PROBE_INTERVAL)
     }
 
-    /// The users' sessions in a raw count.
-    pub fn user_sessions(&self, counted: u64) -> u64 {
-        counted.saturating_sub(u64::from(self.ignored_sessions.unwrap_or(0)))
+    /// Users whose sessions a metrics probe leaves out: root (Processor-0's and Tables-0's
+    /// service sessions) and the exporter's own login.
+    pub fn excluded_users(&self) -> Vec<&str> {
+        std::iter::once(ROOT_USER).chain(self.exporter_user.as_deref()).collect()
     }
 }
 

@@ -160,7 +160,10 @@ pub struct NodeStatus {
     /// When `sessions` was observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions_observed_at: Option<Time>,
-    /// Consecutive probes that saw zero sessions (a drain ends at two).
+    /// Which sample of its source the last probe read (an exporter's refresh counter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_sample: Option<String>,
+    /// Consecutive probes that saw zero sessions in distinct samples (a drain ends at two).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub zero_session_probes: u32,
     /// Consecutive failed probes (drives the retry backoff).

@@ -244,6 +244,25 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
                 ),
                 _ => {}
             }
+            if probe.kind == SessionProbeKind::Metrics {
+                match probe.exporter_user.as_deref().map(str::trim) {
+                    None | Some("") => errors.push(
+                        at("sessionProbe.exporterUser"),
+                        "is required for a metrics probe: name the OMERO user the exporter logs in as (its own sessions are then not counted); not guest, which sees only itself",
+                    ),
+                    Some("guest") => errors.push(
+                        at("sessionProbe.exporterUser"),
+                        "guest sees only its own session, so the exporter would count nothing: log it in as a normal user (a read-only light admin is enough)",
+                    ),
+                    Some(_) => {}
+                }
+            }
+            if probe.ignored_sessions.is_some() {
+                errors.push(
+                    at("sessionProbe.ignoredSessions"),
+                    "is no longer supported: the exporter's gauge also counts OMERO's own service sessions (root) and the exporter's login, so a fixed number held drains open; remove it and write exporterUser: <the user the exporter logs in as> (root's sessions are left out too)",
+                );
+            }
             check_port(errors, &at("sessionProbe.port"), probe.port);
             if probe.interval.is_some_and(|d| d.is_zero()) {
                 errors.push(at("sessionProbe.interval"), "must be a positive duration, e.g. 15s");

@@ -1,10 +1,10 @@
 //! The real OMERO port: the session probes and the grid redirect of `crate::omero`.
 
-use super::port::{OmeroPort, RedirectQuery, SessionQuery};
+use super::port::{OmeroPort, RedirectQuery, SessionCount, SessionQuery};
 use crate::omero::{Client, DatabaseCredentials, ProbeTarget};
 
 impl OmeroPort for Client {
-    async fn count_sessions(&self, query: &SessionQuery) -> Result<Option<u64>, String> {
+    async fn count_sessions(&self, query: &SessionQuery) -> Result<Option<SessionCount>, String> {
         let target = ProbeTarget {
             pod_ip: &query.pod_ip,
             probe: &query.probe,

@@ -163,13 +163,15 @@ pub struct RedirectQuery {
     pub database: (DatabaseEndpoint, String),
 }
 
+pub use crate::omero::SessionCount;
+
 /// OMERO itself: its sessions and, in grid topology, where it sends new ones.
 pub trait OmeroPort: Send + Sync + 'static {
     /// `Ok(None)` when the node has no probe (`none`); an error is never a count.
     fn count_sessions(
         &self,
         query: &SessionQuery,
-    ) -> impl Future<Output = Result<Option<u64>, String>> + Send;
+    ) -> impl Future<Output = Result<Option<SessionCount>, String>> + Send;
     /// Makes `omero.cluster.redirect` name the node at `pod_ip`; `Ok(true)` when it changed.
     fn redirect_new_sessions(
         &self,

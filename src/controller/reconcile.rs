@@ -128,7 +128,8 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
             previous: f.previous,
             pod: f.pod,
             drain_requested: request.drain.contains(&f.name),
-            probe: probes.remove(f.name.as_str()),
+            probe_sample: probes.get(f.name.as_str()).and_then(|(_, sample)| sample.clone()),
+            probe: probes.remove(f.name.as_str()).map(|(outcome, _)| outcome),
             probe_interval: f
                 .spec
                 .map_or(api::DEFAULT_PROBE_INTERVAL, |s| s.effective_session_probe().interval()),
@@ -346,29 +347,29 @@ async fn probe<P: ClusterPort, O: OmeroPort>(
     ns: &str,
     node: Option<&api::NodeSpec>,
     pod: Option<&PodObservation>,
-) -> ProbeOutcome {
+) -> (ProbeOutcome, Option<String>) {
     // A node that left the spec has no probe settings left: only its deadline ends its drain.
-    let Some(node) = node else { return ProbeOutcome::NoProbe };
+    let Some(node) = node else { return (ProbeOutcome::NoProbe, None) };
     let probe = node.effective_session_probe();
     if probe.kind == SessionProbeKind::None {
-        return ProbeOutcome::NoProbe;
+        return (ProbeOutcome::NoProbe, None);
     }
     let Some(pod_ip) = pod.and_then(|p| p.ip.clone()) else {
-        return ProbeOutcome::Failed("the node's pod has no IP yet".into());
+        return (ProbeOutcome::Failed("the node's pod has no IP yet".into()), None);
     };
     let database = if probe.kind == SessionProbeKind::Database {
         match primary_credentials(ctx, cluster, ns).await {
             Ok(credentials) => Some(credentials),
-            Err(e) => return ProbeOutcome::Failed(e),
+            Err(e) => return (ProbeOutcome::Failed(e), None),
         }
     } else {
         None
     };
     let query = SessionQuery { pod_ip, probe, database };
     match ctx.omero.count_sessions(&query).await {
-        Ok(Some(n)) => ProbeOutcome::Count(query.probe.user_sessions(n)),
-        Ok(None) => ProbeOutcome::NoProbe,
-        Err(e) => ProbeOutcome::Failed(e),
+        Ok(Some(count)) => (ProbeOutcome::Count(count.sessions), count.sample),
+        Ok(None) => (ProbeOutcome::NoProbe, None),
+        Err(e) => (ProbeOutcome::Failed(e), None),
     }
 }
 

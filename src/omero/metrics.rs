@@ -12,7 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::prometheus_text::{self, Line};
-use super::{ProbeError, ProbeTimeouts, error};
+use super::{ProbeError, ProbeTimeouts, SessionCount, error};
 use crate::api::{DEFAULT_METRICS_PATH, DEFAULT_SESSIONS_METRIC, SessionProbe};
 
 pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
@@ -37,7 +37,7 @@ pub async fn count(
     timeouts: &ProbeTimeouts,
     pod_ip: IpAddr,
     probe: &SessionProbe,
-) -> Result<u64, ProbeError> {
+) -> Result<SessionCount, ProbeError> {
     let port = probe
         .port
         .ok_or_else(|| ProbeError::Config("a metrics probe needs port: the port of the endpoint".into()))?;
@@ -50,7 +50,24 @@ pub async fn count(
         Ok(body) => body.map_err(fail)?,
         Err(_) => return Err(fail(format!("no answer within {}s", timeouts.total.as_secs_f64()))),
     };
-    sum_metric(&body, metric).map_err(fail)
+    read_sessions(&body, metric, &probe.excluded_users()).map_err(fail)
+}
+
+/// The summary omero-prometheus-tools updates at each refresh of its gauges (60 s by default):
+/// its `_count` tells one sample from the next, since the gauges carry no timestamp.
+pub const REFRESH_COUNTER: &str = "omero_sessions_processing_seconds_count";
+
+/// The sessions of people in an exporter's exposition: every sample of `metric` except those
+/// whose `username` label is in `excluded` (root: OMERO's own Processor and Tables sessions;
+/// the exporter's own login), and which sample this is ([`REFRESH_COUNTER`], when the
+/// exporter publishes it; inferred from omero-prometheus-tools' source, so without it every
+/// read counts as a new sample).
+pub fn read_sessions(text: &str, metric: &str, excluded: &[&str]) -> Result<SessionCount, String> {
+    let sessions = sum_metric(text, metric, |labels| {
+        !labels.iter().any(|(name, value)| *name == "username" && excluded.contains(&value.as_ref()))
+    })?;
+    let sample = sum_metric(text, REFRESH_COUNTER, |_| true).ok().map(|n| n.to_string());
+    Ok(SessionCount { sessions, sample })
 }
 
 fn url(pod_ip: IpAddr, port: u16, path: &str) -> String {
@@ -83,15 +100,23 @@ async fn fetch(http: &HttpClient, uri: Uri) -> Result<String, String> {
     String::from_utf8(body.to_bytes().into()).map_err(|_| "the body is not UTF-8 text".to_owned())
 }
 
-/// The sum of every sample of `metric` (whatever its labels) in a Prometheus text exposition.
-/// Each sample must be a whole number of sessions; the metric must be present.
-pub fn sum_metric(text: &str, metric: &str) -> Result<u64, String> {
+/// The sum of the samples of `metric` whose labels `counted` accepts, in a Prometheus text
+/// exposition. Each sample must be a whole number; the metric must be present.
+pub fn sum_metric(
+    text: &str,
+    metric: &str,
+    counted: impl Fn(&[(&str, std::borrow::Cow<'_, str>)]) -> bool,
+) -> Result<u64, String> {
     let mut total: u64 = 0;
     let mut samples = 0usize;
     for line in prometheus_text::lines(text) {
         let line = line.map_err(|e| format!("not the Prometheus text format: {e}"))?;
         let Line::Sample(sample) = line else { continue };
         if sample.name != metric {
+            continue;
+        }
+        samples += 1;
+        if !counted(&sample.labels) {
             continue;
         }
         let value = sample.value;
@@ -111,7 +136,6 @@ pub fn sum_metric(text: &str, metric: &str) -> Result<u64, String> {
         }
         // Exact: a whole number in [0, 2^53].
         total = total.checked_add(value as u64).ok_or_else(|| format!("the sum of {metric} overflows"))?;
-        samples += 1;
     }
     if samples == 0 {
         return Err(format!("no sample of {metric}"));
@@ -122,6 +146,32 @@ pub fn sum_metric(text: &str, metric: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sum(text: &str, metric: &str) -> Result<u64, String> {
+        sum_metric(text, metric, |_| true)
+    }
+
+    #[test]
+    fn people_are_counted_root_and_the_exporter_are_not_and_the_refresh_names_the_sample() {
+        let text = "\
+# TYPE omero_sessions_active gauge
+omero_sessions_active{username=\"root\"} 2
+omero_sessions_active{username=\"monitor\"} 1
+omero_sessions_active{username=\"alice\"} 3
+omero_sessions_active{username=\"bob\"} 1
+# TYPE omero_sessions_processing_seconds summary
+omero_sessions_processing_seconds_count 17
+omero_sessions_processing_seconds_sum 3.2
+";
+        let count = read_sessions(text, "omero_sessions_active", &["root", "monitor"]).unwrap();
+        assert_eq!(count, SessionCount { sessions: 4, sample: Some("17".into()) });
+        // Only root and the exporter are left out; a gauge with no username still counts.
+        let bare = read_sessions("omero_sessions_active 2\n", "omero_sessions_active", &["root"]).unwrap();
+        assert_eq!(bare, SessionCount { sessions: 2, sample: None }, "no refresh counter: every read is new");
+        // Only root and the exporter left: zero, not an error.
+        let idle = "omero_sessions_active{username=\"root\"} 2\nomero_sessions_processing_seconds_count 18\n";
+        assert_eq!(read_sessions(idle, "omero_sessions_active", &["root"]).unwrap().sessions, 0);
+    }
 
     #[test]
     fn urls() {
@@ -142,14 +192,14 @@ omero_sessions_activeX 1000
 xomero_sessions_active 1000
 omero_sessions_active 0
 ";
-        assert_eq!(sum_metric(text, "omero_sessions_active"), Ok(15));
-        assert_eq!(sum_metric(text, "omero_sessions_active_total"), Ok(1000));
+        assert_eq!(sum(text, "omero_sessions_active"), Ok(15));
+        assert_eq!(sum(text, "omero_sessions_active_total"), Ok(1000));
     }
 
     #[test]
     fn absent_metric_is_an_error_not_zero() {
-        assert_eq!(sum_metric("", "m"), Err("no sample of m".into()));
-        assert_eq!(sum_metric("# TYPE m gauge\nm_total 3\n", "m"), Err("no sample of m".into()));
+        assert_eq!(sum("", "m"), Err("no sample of m".into()));
+        assert_eq!(sum("# TYPE m gauge\nm_total 3\n", "m"), Err("no sample of m".into()));
     }
 
     #[test]
@@ -161,17 +211,17 @@ omero_sessions_active 0
             ("1e300", "too large"),
             ("2.5", "not a whole"),
         ] {
-            let error = sum_metric(&format!("m{{node=\"a\"}} {value}\n"), "m").unwrap_err();
+            let error = sum(&format!("m{{node=\"a\"}} {value}\n"), "m").unwrap_err();
             assert!(error.starts_with("sample m{node=\"a\"} is "), "{error}");
             assert!(error.contains(problem), "{value}: {error}");
         }
-        assert_eq!(sum_metric("m 1e3\nm -0\n", "m"), Ok(1000));
+        assert_eq!(sum("m 1e3\nm -0\n", "m"), Ok(1000));
     }
 
     #[test]
     fn a_malformed_body_is_an_error_even_when_the_metric_parses() {
-        let error = sum_metric("m 3\n<html>oops</html>\n", "m").unwrap_err();
+        let error = sum("m 3\n<html>oops</html>\n", "m").unwrap_err();
         assert_eq!(error, "not the Prometheus text format: line 2, column 1: expected a metric name");
-        assert!(sum_metric("m 3", "m").unwrap_err().contains("truncated"));
+        assert!(sum("m 3", "m").unwrap_err().contains("truncated"));
     }
 }

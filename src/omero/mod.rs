@@ -19,7 +19,7 @@ use crate::api::{DatabaseEndpoint, SessionProbe, SessionProbeKind};
 
 pub use database::OPEN_SESSIONS_SQL;
 pub use error::ProbeError;
-pub use metrics::sum_metric;
+pub use metrics::{REFRESH_COUNTER, read_sessions, sum_metric};
 pub use redirect::Redirect;
 
 /// What to probe: one node's pod and the probe in force for it.
@@ -97,6 +97,14 @@ impl Default for Inner {
     }
 }
 
+/// A session probe's answer: the sessions of people on the node, and which sample of the
+/// source this is, when the source refreshes on its own schedule (`None`: read live).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionCount {
+    pub sessions: u64,
+    pub sample: Option<String>,
+}
+
 impl Inner {
     fn new(timeouts: ProbeTimeouts) -> Self {
         Self { timeouts, pools: database::Pools::default(), http: metrics::http_client(&timeouts) }
@@ -110,7 +118,7 @@ impl Client {
 
     /// Open sessions on the target's node: `Ok(None)` for `type: none`, an error whenever the
     /// count is unknown.
-    pub async fn count(&self, target: &ProbeTarget<'_>) -> Result<Option<u64>, ProbeError> {
+    pub async fn count(&self, target: &ProbeTarget<'_>) -> Result<Option<SessionCount>, ProbeError> {
         let inner = &*self.inner;
         let count = match target.probe.kind {
             SessionProbeKind::None => return Ok(None),
@@ -119,14 +127,16 @@ impl Client {
                 let credentials = target.database.ok_or_else(|| {
                     ProbeError::Config("a database probe needs the database endpoint and password".into())
                 })?;
-                database::count(&inner.pools, &inner.timeouts, &credentials, pod_ip).await?
+                let sessions = database::count(&inner.pools, &inner.timeouts, &credentials, pod_ip).await?;
+                // Every query reads the table as it is now: always a new sample.
+                SessionCount { sessions, sample: None }
             }
             SessionProbeKind::Metrics => {
                 let pod_ip = parse_pod_ip(target.pod_ip)?;
                 metrics::count(&inner.http, &inner.timeouts, pod_ip, target.probe).await?
             }
         };
-        tracing::debug!(pod_ip = target.pod_ip, probe = ?target.probe.kind, count, "counted open sessions");
+        tracing::debug!(pod_ip = target.pod_ip, probe = ?target.probe.kind, sessions = count.sessions, sample = ?count.sample, "counted open sessions");
         Ok(Some(count))
     }
 

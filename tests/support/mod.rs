@@ -24,8 +24,8 @@ use omero_operator::{
     controller::{
         Clock, Context,
         port::{
-            Child, ChildKind, Children, ClusterPort, Event, OmeroPort, RedirectQuery, SessionQuery,
-            StatusWrite,
+            Child, ChildKind, Children, ClusterPort, Event, OmeroPort, RedirectQuery, SessionCount,
+            SessionQuery, StatusWrite,
         },
         reconcile,
     },
@@ -445,6 +445,8 @@ pub struct FakeOmero {
     pub redirect: Arc<Mutex<Option<String>>>,
     /// Make the redirect fail with this message.
     pub redirect_failure: Arc<Mutex<Option<String>>>,
+    /// The exporter sample each pod IP's count comes from (unset: read live).
+    pub samples: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl FakeOmero {
@@ -462,13 +464,14 @@ impl FakeOmero {
 }
 
 impl OmeroPort for FakeOmero {
-    async fn count_sessions(&self, query: &SessionQuery) -> Result<Option<u64>, String> {
+    async fn count_sessions(&self, query: &SessionQuery) -> Result<Option<SessionCount>, String> {
         self.queries.lock().unwrap().push(query.clone());
         if query.probe.kind == omero_operator::api::SessionProbeKind::None {
             return Ok(None);
         }
+        let sample = self.samples.lock().unwrap().get(&query.pod_ip).cloned();
         match self.counts.lock().unwrap().get(&query.pod_ip) {
-            Some(Ok(n)) => Ok(Some(*n)),
+            Some(Ok(n)) => Ok(Some(SessionCount { sessions: *n, sample })),
             Some(Err(e)) => Err(e.clone()),
             None => Err(format!("no route to {}", query.pod_ip)),
         }

@@ -14,7 +14,7 @@ use omero_operator::{
     api::keys,
     controller::{
         Clock, Context,
-        port::{OmeroPort, RedirectQuery, SessionQuery},
+        port::{OmeroPort, RedirectQuery, SessionCount, SessionQuery},
     },
     render,
 };
@@ -218,7 +218,7 @@ fn routable_and_ready(pod: &Pod) -> bool {
 
 /// OMERO as the session probe sees it: the sessions still open on the pod with that IP.
 impl OmeroPort for Sim {
-    async fn count_sessions(&self, query: &SessionQuery) -> Result<Option<u64>, String> {
+    async fn count_sessions(&self, query: &SessionQuery) -> Result<Option<SessionCount>, String> {
         if query.probe.kind == omero_operator::api::SessionProbeKind::None {
             return Ok(None);
         }
@@ -235,7 +235,9 @@ impl OmeroPort for Sim {
         };
         let pod = pod.ok_or_else(|| format!("no route to {}", query.pod_ip))?;
         let world = self.world();
-        Ok(Some(world.sessions.get(&pod).map_or(0, |s| s.iter().filter(|end| **end > now).count() as u64)))
+        let sessions =
+            world.sessions.get(&pod).map_or(0, |s| s.iter().filter(|end| **end > now).count() as u64);
+        Ok(Some(SessionCount { sessions, sample: None }))
     }
 
     async fn redirect_new_sessions(&self, _query: &RedirectQuery) -> Result<bool, String> {
