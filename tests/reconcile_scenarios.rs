@@ -545,6 +545,24 @@ async fn a_grid_drain_points_new_sessions_at_the_master_and_keeps_them_there() {
     assert_eq!(status.redirect_node.as_deref(), Some("rw"));
     assert!(requeue <= Duration::from_secs(30), "the row is re-asserted: {requeue:?}");
 
+    // Every node stops serving: status says the row cannot follow, and why it matters.
+    for (node, ip) in IPS {
+        fake.set_pod(node, ip, false);
+    }
+    fake.remove_pod("rw");
+    fake.remove_pod("ro-2");
+    reconcile_once(&fake, &ctx).await.unwrap();
+    let status = fake.status();
+    assert_eq!(status.redirect_node, None);
+    assert!(status.redirect_error.as_deref().unwrap().contains("no node serves"), "{status:?}");
+    assert_eq!(status.condition(conditions::DEGRADED).unwrap().reason, "RedirectFailing");
+    for (node, ip) in IPS {
+        fake.set_pod(node, ip, true);
+    }
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.status().redirect_node.as_deref(), Some("rw"));
+
     // Re-asserted while paused too: it keeps OMERO itself working.
     fake.set_annotation(omero_operator::request::PAUSE_ANNOTATION, Some("true"));
     *omero.redirect.lock().unwrap() = None;

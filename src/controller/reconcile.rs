@@ -152,9 +152,16 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
 
     // The grid redirect keeps OMERO itself working, so it runs even while paused. It is
     // idempotent and re-asserted, so a stale read at worst re-asserts an older target once.
-    let redirect = match master.and_then(|m| lifecycle::redirect_target(&statuses, m)) {
-        Some(target) => Some(redirect(&ctx, &cluster, &ns, target, pods.get(&target.name)).await),
-        None => None,
+    let redirect = match (master, master.and_then(|m| lifecycle::redirect_target(&statuses, m))) {
+        (_, Some(target)) => Some(redirect(&ctx, &cluster, &ns, target, pods.get(&target.name)).await),
+        // A grid that had a target and lost every serving node: the row names a JVM that may be
+        // gone, and OMERO may clear it; a Blitz starting on a NULL row fails until a node serves.
+        (Some(_), None) if old.redirect_node.is_some() || old.redirect_error.is_some() => Some(Err(
+            "no node serves: the row keeps its last value until one does, and a Blitz that starts while \
+             OMERO has cleared it fails (IceGrid restarts it) until then"
+                .to_string(),
+        )),
+        _ => None,
     };
     let rollout_status = RolloutStatus {
         target_revision: cluster_revision(&desired.deployments),
