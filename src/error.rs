@@ -16,6 +16,8 @@ pub enum Error {
         "the OmeroCluster CRD is not installed (or not readable): {0}; install it with `omero-operator crd | kubectl apply -f -`"
     )]
     CrdMissing(kube::Error),
+    #[error("a watch cache closed before it was filled: {0}")]
+    CacheClosed(String),
 }
 
 impl Error {

@@ -10,8 +10,11 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions},
-    runtime::events::{self, Recorder, Reporter},
+    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
+    runtime::{
+        events::{self, Recorder, Reporter},
+        reflector::Store,
+    },
 };
 use serde_json::json;
 
@@ -25,17 +28,27 @@ use crate::{
 /// The one field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = keys::MANAGER;
 
+/// The watch caches a reconcile reads children from: reflector stores of the objects that
+/// carry the operator's label (managed fields stripped), kept by the controller's own watches.
+#[derive(Clone)]
+pub struct Caches {
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub pods: Store<Pod>,
+}
+
 #[derive(Clone)]
 pub struct KubePort {
     client: Client,
     recorder: Recorder,
+    caches: Caches,
 }
 
 impl KubePort {
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: Client, caches: Caches) -> Self {
         let reporter =
             Reporter { controller: keys::MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-        Self { recorder: Recorder::new(client.clone(), reporter), client }
+        Self { recorder: Recorder::new(client.clone(), reporter), client, caches }
     }
 
     fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>>(
@@ -50,12 +63,22 @@ impl KubePort {
     }
 }
 
-fn selector(cluster: &OmeroCluster) -> String {
-    render::cluster_selector(&cluster.name_any())
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+/// The cached objects of one namespace that carry every label of `selector`.
+fn of_cluster<K: Resource + Clone>(
+    store: &Store<K>,
+    ns: &str,
+    selector: &std::collections::BTreeMap<String, String>,
+) -> Vec<K>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store
+        .state()
+        .into_iter()
+        .filter(|o| o.meta().namespace.as_deref() == Some(ns))
+        .filter(|o| selector.iter().all(|(k, v)| o.meta().labels.as_ref().and_then(|l| l.get(k)) == Some(v)))
+        .map(|o| (*o).clone())
+        .collect()
 }
 
 fn namespace(cluster: &OmeroCluster) -> Result<String, Error> {
@@ -63,13 +86,15 @@ fn namespace(cluster: &OmeroCluster) -> Result<String, Error> {
 }
 
 impl ClusterPort for KubePort {
+    /// From the watch caches, never a LIST: a cache can lag behind the API server, which the
+    /// decisions tolerate (revisions, not readiness alone; uid preconditions on writes).
     async fn children(&self, cluster: &OmeroCluster) -> Result<Children, Error> {
         let ns = namespace(cluster)?;
-        let lp = ListParams::default().labels(&selector(cluster));
+        let selector = render::cluster_selector(&cluster.name_any());
         Ok(Children {
-            deployments: self.api::<Deployment>(&ns).list(&lp).await?.items,
-            services: self.api::<Service>(&ns).list(&lp).await?.items,
-            pods: self.api::<Pod>(&ns).list(&lp).await?.items,
+            deployments: of_cluster(&self.caches.deployments, &ns, &selector),
+            services: of_cluster(&self.caches.services, &ns, &selector),
+            pods: of_cluster(&self.caches.pods, &ns, &selector),
         })
     }
 
@@ -121,8 +146,11 @@ impl ClusterPort for KubePort {
         let value = if routable { json!("true") } else { json!(null) };
         let patch = json!({"metadata": {"labels": {keys::ROUTABLE_LABEL: value}}});
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-        self.api::<Pod>(ns).patch(pod, &params, &Patch::Merge(&patch)).await?;
-        Ok(())
+        match self.api::<Pod>(ns).patch(pod, &params, &Patch::Merge(&patch)).await {
+            // A pod the cache still showed is gone: nothing left to label.
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            other => other.map(drop).map_err(Into::into),
+        }
     }
 
     async fn secret_value(&self, ns: &str, secret: &SecretKeyRef) -> Result<String, Error> {

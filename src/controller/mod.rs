@@ -138,13 +138,29 @@ pub async fn run<O: OmeroPort>(client: Client, omero: O, options: RunOptions) ->
         None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
     };
     let ours = watcher::Config::default().labels(&format!("{}={}", keys::MANAGED_BY_LABEL, keys::MANAGER));
-    let ctx = Arc::new(Context::new(kube_port::KubePort::new(client.clone()), omero, Clock::system()));
+    // One watch per kind feeds both a cache (what reconciles read) and the controller's triggers.
+    let (deployment_cache, deployment_events, deployment_watch) = shared_watch(deployments, ours.clone());
+    let (service_cache, service_events, service_watch) = shared_watch(services, ours.clone());
+    let (pod_cache, pod_events, pod_watch) = shared_watch(pods, ours);
+    let watches = tokio::spawn(futures::future::join3(deployment_watch, service_watch, pod_watch));
+    let caches =
+        kube_port::Caches { deployments: deployment_cache, services: service_cache, pods: pod_cache };
+    info!("waiting for the watch caches to fill");
+    for ready in [
+        caches.deployments.wait_until_ready().await,
+        caches.services.wait_until_ready().await,
+        caches.pods.wait_until_ready().await,
+    ] {
+        ready.map_err(|e| Error::CacheClosed(e.to_string()))?;
+    }
+    let ctx =
+        Arc::new(Context::new(kube_port::KubePort::new(client.clone(), caches), omero, Clock::system()));
     info!(namespace = ?options.namespace, concurrency = options.concurrency, "starting controller");
     Controller::new(clusters, watcher::Config::default().any_semantic())
-        .owns(deployments, ours.clone())
-        .owns(services, ours.clone())
+        .owns_shared_stream(deployment_events)
+        .owns_shared_stream(service_events)
         // Pods are owned by ReplicaSets, so map them to their cluster by label.
-        .watches(pods, ours, |pod| {
+        .watches_shared_stream(pod_events, |pod| {
             let cluster = pod.labels().get(keys::CLUSTER_LABEL).cloned();
             let ns = pod.namespace();
             cluster.map(|c| ObjectRef::<OmeroCluster>::new(&c).within(ns.as_deref().unwrap_or_default()))
@@ -159,8 +175,47 @@ pub async fn run<O: OmeroPort>(client: Client, omero: O, options: RunOptions) ->
             }
         })
         .await;
+    watches.abort();
     info!("controller stopped");
     Ok(())
+}
+
+/// Events each shared watch buffers for the controller before the slowest reader catches up.
+const SHARED_BUFFER: usize = 256;
+
+/// A watch of the operator's own objects of one kind, managed fields stripped (they are most
+/// of an object's size and never read): its cache, its stream of changes for the controller,
+/// and the future that drives it (restarting with backoff on errors).
+fn shared_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    kube::runtime::reflector::Store<K>,
+    impl futures::Stream<Item = Arc<K>> + Send + 'static,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    use kube::runtime::{WatchStreamExt, reflector};
+    let (cache, writer) = reflector::store_shared(SHARED_BUFFER);
+    let events = writer.subscribe().expect("a shared store hands out subscribers");
+    let drive = watcher(api, config)
+        .default_backoff()
+        .modify(|object| object.managed_fields_mut().clear())
+        .reflect_shared(writer)
+        .for_each(|event| async move {
+            if let Err(error) = event {
+                warn!(%error, "watch error; retrying with backoff");
+            }
+        });
+    (cache, events, drive)
 }
 
 /// `reconcile`, and on success forget the cluster's failure count.

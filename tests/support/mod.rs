@@ -66,6 +66,8 @@ pub struct State {
     /// Kill the operator right after this many port calls: every later call fails.
     pub crash_after: Option<usize>,
     pub crashed: bool,
+    /// What a lagging watch cache hands the reconcile instead of the current objects.
+    pub cache: Option<Children>,
     /// Objects (by `Kind/name`) whose apply the API server refuses, with its message.
     pub refuse: BTreeMap<String, String>,
 }
@@ -305,6 +307,23 @@ impl ClusterPort for FakeCluster {
         self.call()?;
         let state = self.state();
         let name = cluster.metadata.name.clone().unwrap();
+        if let Some(cache) = &state.cache {
+            return Ok(Children {
+                deployments: cache
+                    .deployments
+                    .iter()
+                    .filter(|d| labelled_for(&d.metadata, &name))
+                    .cloned()
+                    .collect(),
+                services: cache
+                    .services
+                    .iter()
+                    .filter(|s| labelled_for(&s.metadata, &name))
+                    .cloned()
+                    .collect(),
+                pods: cache.pods.iter().filter(|p| labelled_for(&p.metadata, &name)).cloned().collect(),
+            });
+        }
         Ok(Children {
             deployments: state
                 .deployments
@@ -383,8 +402,9 @@ impl ClusterPort for FakeCluster {
     async fn set_routable(&self, _ns: &str, pod: &str, routable: bool) -> Result<(), Error> {
         self.write(Write::Label { pod: pod.into(), routable })?;
         let mut state = self.state();
-        let labels =
-            state.pods.get_mut(pod).expect("labelled pod exists").metadata.labels.get_or_insert_default();
+        // Gone (a lagging cache still showed it): the real adapter takes a 404 as done.
+        let Some(found) = state.pods.get_mut(pod) else { return Ok(()) };
+        let labels = found.metadata.labels.get_or_insert_default();
         if routable {
             labels.insert(keys::ROUTABLE_LABEL.into(), "true".into());
         } else {
