@@ -141,6 +141,18 @@ fn every_secret_an_example_cluster_reads_is_in_the_same_file() {
     }
 }
 
+/// `kubectl apply -n my-ns -f examples/X.yaml` must work: no example names a namespace.
+#[test]
+fn examples_apply_to_any_namespace() {
+    for path in example_files() {
+        let text = fs::read_to_string(&path).unwrap();
+        for (i, document) in serde_norway::Deserializer::from_str(&text).enumerate() {
+            let doc = Value::deserialize(document).unwrap();
+            assert!(doc["metadata"]["namespace"].is_null(), "{}: document {i} names a namespace", path.display());
+        }
+    }
+}
+
 #[test]
 fn secret_refs_cover_every_place_a_cluster_reads_a_secret() {
     let example = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/read-only-replicas.yaml"));
