@@ -3,7 +3,6 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use kube::CustomResourceExt;
 use omero_operator::{
     api::{self, OmeroCluster},
     controller::{self, RunOptions},
@@ -87,7 +86,7 @@ async fn run(options: RunOptions) -> ExitCode {
 }
 
 fn crd_yaml() -> String {
-    serde_norway::to_string(&OmeroCluster::crd()).expect("the CRD is plain data and serialises")
+    serde_norway::to_string(&api::crd()).expect("the CRD is plain data and serialises")
 }
 
 fn render_file(path: &PathBuf, namespace: Option<&str>) -> ExitCode {

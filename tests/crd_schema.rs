@@ -1,15 +1,43 @@
 //! The generated CustomResourceDefinition: names, printer columns, and the schema-level rules
 //! (patterns, list semantics, CEL) the API server enforces at `kubectl apply`.
 
-use kube::CustomResourceExt;
-use omero_operator::api::OmeroCluster;
 use serde_json::{Value, json};
 
 const DURATION_PATTERN: &str = "^([0-9]+(h|ms|m|s))+$";
 const POSITIVE_DURATION_RULE: &str = "duration(self) > duration('0s')";
 
 fn crd() -> Value {
-    serde_json::to_value(OmeroCluster::crd()).expect("the CRD serialises")
+    serde_json::to_value(omero_operator::api::crd()).expect("the CRD serialises")
+}
+
+/// The API server's check of a schema `pattern`, run for real with a regex engine (RE2-like,
+/// as Kubernetes' own).
+fn matches(schema: &Value, value: &str) -> bool {
+    let pattern = schema["pattern"].as_str().expect("a pattern");
+    regex::Regex::new(pattern).expect("the pattern compiles").is_match(value)
+}
+
+#[test]
+fn the_crd_refuses_a_bad_env_name_and_a_bad_quantity() {
+    let env_name = &spec_schema("nodes[].env[]")["properties"]["name"];
+    for good in ["JAVA_OPTS", "a.b-c", "_x1", "-dash"] {
+        assert!(matches(env_name, good), "{good}");
+    }
+    for bad in ["1 bad", "1abc", "a b", "ä", ""] {
+        assert!(!matches(env_name, bad), "{bad}");
+    }
+    for map in ["limits", "requests"] {
+        let quantity = &spec_schema("nodes[].resources")["properties"][map]["additionalProperties"];
+        assert_eq!(quantity["x-kubernetes-int-or-string"], true, "still int or string");
+        for good in ["500m", "2", "1.5Gi", "4G", "1e9", "0.5", "+1", ".5"] {
+            assert!(matches(quantity, good), "{map}: {good}");
+            assert!(omero_operator::api::quantity::nanos(good).is_some(), "the Rust check agrees: {good}");
+        }
+        for bad in ["lots", "1 Gi", "8GB", "1.2.3", "Gi", ""] {
+            assert!(!matches(quantity, bad), "{map}: {bad}");
+            assert!(omero_operator::api::quantity::nanos(bad).is_none(), "the Rust check agrees: {bad}");
+        }
+    }
 }
 
 /// The only served version.

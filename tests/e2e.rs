@@ -21,7 +21,7 @@ use k8s_openapi::{
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
-    Api, Client, Config, CustomResourceExt, ResourceExt,
+    Api, Client, Config, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
@@ -67,7 +67,7 @@ where
 async fn start(client: &Client, path: &str, purpose: &str) -> (String, Operator) {
     let ssa = PatchParams::apply("omero-operator-e2e").force();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch("omeroclusters.omero.openmicroscopy.org", &ssa, &Patch::Apply(OmeroCluster::crd()))
+    crds.patch("omeroclusters.omero.openmicroscopy.org", &ssa, &Patch::Apply(omero_operator::api::crd()))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;

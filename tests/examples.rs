@@ -148,7 +148,11 @@ fn examples_apply_to_any_namespace() {
         let text = fs::read_to_string(&path).unwrap();
         for (i, document) in serde_norway::Deserializer::from_str(&text).enumerate() {
             let doc = Value::deserialize(document).unwrap();
-            assert!(doc["metadata"]["namespace"].is_null(), "{}: document {i} names a namespace", path.display());
+            assert!(
+                doc["metadata"]["namespace"].is_null(),
+                "{}: document {i} names a namespace",
+                path.display()
+            );
         }
     }
 }

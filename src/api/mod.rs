@@ -13,6 +13,29 @@ pub use spec::*;
 pub use status::*;
 pub use validate::{OMERO_CONTAINER, ValidationError, validate};
 
+/// What the API server (Kubernetes 1.28 and later) takes as an environment variable name.
+pub const ENV_NAME_PATTERN: &str = "^[-._a-zA-Z][-._a-zA-Z0-9]*$";
+/// A resource quantity, as controller-gen writes it for `resource.Quantity` (a pattern, not
+/// CEL's `quantity()`, which Kubernetes 1.28 does not compile for new rules).
+pub const QUANTITY_PATTERN: &str = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+
+/// The OmeroCluster CRD, with the patterns the generated schema lacks: a node's env var names
+/// and its resource quantities, so the API server refuses them at `kubectl apply` (patterns
+/// cost nothing in CEL's budget). `validate` checks the same in Rust.
+pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    let mut crd = serde_json::to_value(OmeroCluster::crd()).expect("the CRD serialises");
+    for version in crd["spec"]["versions"].as_array_mut().into_iter().flatten() {
+        let node = &mut version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["nodes"]["items"]
+            ["properties"];
+        node["env"]["items"]["properties"]["name"]["pattern"] = ENV_NAME_PATTERN.into();
+        for map in ["limits", "requests"] {
+            node["resources"]["properties"][map]["additionalProperties"]["pattern"] = QUANTITY_PATTERN.into();
+        }
+    }
+    serde_json::from_value(crd).expect("the patched CRD deserialises")
+}
+
 /// Label and annotation keys shared by every object the operator creates or reads.
 pub mod keys {
     pub const GROUP: &str = "omero.openmicroscopy.org";

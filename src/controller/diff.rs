@@ -125,20 +125,37 @@ pub fn orphans<K: Resource>(existing: &[K], desired: &[K], owner_uid: Option<&st
 /// the API server, status, managed fields) do not count. Empty lists and maps in `desired`
 /// match an absent field, since the API server drops them.
 pub fn needs_apply(desired: &Value, existing: Option<&Value>) -> bool {
-    existing.is_none_or(|existing| !contains(existing, desired))
+    existing.is_none_or(|existing| !contains(existing, desired, false))
 }
 
-fn contains(existing: &Value, desired: &Value) -> bool {
+/// Maps of resource quantities, whose values the API server returns in canonical form.
+const QUANTITY_MAPS: [&str; 3] = ["limits", "requests", "overhead"];
+
+/// `quantities`: the values compared are resource quantities (`500m` is `0.5`).
+fn contains(existing: &Value, desired: &Value, quantities: bool) -> bool {
     match (existing, desired) {
         (Value::Object(e), Value::Object(d)) => d.iter().all(|(k, dv)| match e.get(k) {
-            Some(ev) => contains(ev, dv),
+            // The values of a quantity map (its children) are quantities.
+            Some(ev) => contains(ev, dv, quantities || QUANTITY_MAPS.contains(&k.as_str())),
             None => is_empty(dv),
         }),
         (Value::Array(e), Value::Array(d)) => {
-            e.len() == d.len() && e.iter().zip(d).all(|(ev, dv)| contains(ev, dv))
+            e.len() == d.len() && e.iter().zip(d).all(|(ev, dv)| contains(ev, dv, false))
         }
         (Value::Null, d) => is_empty(d),
+        (e, d) if quantities => match (quantity_text(e), quantity_text(d)) {
+            (Some(e), Some(d)) => crate::api::quantity::same(&e, &d),
+            _ => e == d,
+        },
         (e, d) => e == d,
+    }
+}
+
+fn quantity_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 
@@ -187,6 +204,23 @@ mod tests {
         assert!(!needs_apply(&json!({"env": [{"name": "A"}, {"name": "B"}]}), Some(&existing)));
         assert!(needs_apply(&json!({"env": [{"name": "B"}, {"name": "A"}]}), Some(&existing)));
         assert!(needs_apply(&json!({"env": [{"name": "A"}]}), Some(&existing)));
+    }
+
+    /// The API server returns quantities in canonical form: any spelling of the same quantity
+    /// is no change, so a no-op reconcile writes nothing whatever the spec's spelling.
+    #[test]
+    fn quantities_compare_by_value_not_spelling() {
+        for (written, stored) in
+            [("0.5", "500m"), ("1", "1000m"), ("1073741824", "1Gi"), ("1e9", "1G"), ("2Gi", "2Gi")]
+        {
+            let desired = json!({"resources": {"limits": {"memory": written}, "requests": {"cpu": written}}});
+            let existing = json!({"resources": {"limits": {"memory": stored}, "requests": {"cpu": stored}}});
+            assert!(!needs_apply(&desired, Some(&existing)), "{written} vs {stored}");
+        }
+        let desired = json!({"resources": {"limits": {"cpu": "400m"}}});
+        assert!(needs_apply(&desired, Some(&json!({"resources": {"limits": {"cpu": "500m"}}}))));
+        // Elsewhere a string is a string: an env value "0.5" is not "500m".
+        assert!(needs_apply(&json!({"env": [{"value": "0.5"}]}), Some(&json!({"env": [{"value": "500m"}]}))));
     }
 
     #[test]
