@@ -27,6 +27,10 @@ enum Command {
         /// Most reconciles at once; bounds API connections when many clusters need work.
         #[arg(long, env = "OMERO_OPERATOR_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
         concurrency: u16,
+        /// Most API requests waiting for their response at once (watches hold none while they
+        /// stream); the rest queue in order.
+        #[arg(long, env = "OMERO_OPERATOR_MAX_API_REQUESTS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+        max_api_requests: u16,
         /// Log level or tracing filter, e.g. `info` or `omero_operator=debug,kube=info`.
         #[arg(long, env = "OMERO_OPERATOR_LOG_LEVEL", default_value = "info")]
         log_level: String,
@@ -51,9 +55,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { namespace, concurrency, log_level, log_format } => {
+        Command::Run { namespace, concurrency, max_api_requests, log_level, log_format } => {
             telemetry::init(&log_level, log_format);
-            run(RunOptions { namespace, concurrency })
+            run(RunOptions { namespace, concurrency, max_api_requests })
         }
         Command::Crd => {
             print!("{}", crd_yaml());
@@ -69,13 +73,18 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn run(options: RunOptions) -> ExitCode {
-    let client = match kube::Client::try_default().await {
-        Ok(client) => client,
+    let builder = match kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)
+        .and_then(kube::client::ClientBuilder::try_from)
+    {
+        Ok(builder) => builder,
         Err(e) => {
             tracing::error!(error = %e, "cannot reach the Kubernetes API (no kubeconfig or in-cluster account)");
             return ExitCode::FAILURE;
         }
     };
+    let client = controller::limited_client(builder, usize::from(options.max_api_requests));
     match controller::run(client, omero::Client::default(), options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -439,3 +439,44 @@ async fn an_unchanged_reconcile_sends_no_write_request() {
     assert_eq!(writes, Vec::<String>::new());
     assert_eq!(third.len(), 0, "no request at all: children come from the watch caches");
 }
+
+/// A restart facing hundreds of clusters: however many requests are made at once, at most the
+/// limit wait for their response; the others queue and all complete.
+#[tokio::test]
+async fn api_requests_in_flight_are_limited() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client =
+        omero_operator::controller::limited_client(kube::client::ClientBuilder::new(service, "omero"), 4);
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(client.clone(), "omero");
+        requests.spawn(async move { secrets.get_opt(&format!("s{i}")).await });
+    }
+    let not_found = || {
+        Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Body::from(
+                serde_json::to_vec(&json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}))
+                    .unwrap(),
+            ))
+            .unwrap()
+    };
+    let (mut waiting, mut most, mut answered) = (Vec::new(), 0, 0);
+    while answered < 20 {
+        while let Ok(Some((_, respond))) =
+            tokio::time::timeout(std::time::Duration::from_millis(20), handle.next_request()).await
+        {
+            waiting.push(respond);
+        }
+        most = most.max(waiting.len());
+        if let Some(respond) = waiting.pop() {
+            respond.send_response(not_found());
+            answered += 1;
+        }
+    }
+    while let Some(result) = requests.join_next().await {
+        assert_eq!(result.unwrap().unwrap(), None, "every request completes");
+    }
+    assert_eq!(most, 4, "at most the limit wait for a response at once");
+}

@@ -110,6 +110,23 @@ pub fn retry_delay(failures: u32) -> Duration {
     Duration::from_secs(secs.min(300))
 }
 
+/// A client to the API server that has at most `max_requests` requests waiting for their
+/// response at once, whatever the load: a restart facing hundreds of clusters neither opens
+/// hundreds of connections nor queues hundreds of responses in memory; the rest wait, in
+/// order, behind kube's request buffer. A request holds its place until its response's
+/// headers arrive, so a watch (a long-lived response body) holds none while it streams and
+/// can never starve the others.
+pub fn limited_client<S, B>(builder: kube::client::ClientBuilder<S>, max_requests: usize) -> Client
+where
+    S: tower::Service<http::Request<kube::client::Body>, Response = http::Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    builder.with_layer(&tower::limit::ConcurrencyLimitLayer::new(max_requests)).build()
+}
+
 /// Options of `omero-operator run`.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -117,6 +134,8 @@ pub struct RunOptions {
     pub namespace: Option<String>,
     /// Most reconciles running at once.
     pub concurrency: u16,
+    /// Most API requests waiting for a response at once.
+    pub max_api_requests: u16,
 }
 
 /// Runs the controller until SIGTERM or SIGINT, then lets running reconciles finish.
