@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 
 use crate::{
-    api::{OMERO_CONTAINER, keys},
+    api::{OMERO_CONTAINER, ObjectProblem, ObjectProblemReason, keys},
     lifecycle::{PodObservation, ServerContainer},
     render,
 };
@@ -19,6 +19,35 @@ const FAILING_REASONS: &[&str] = &[
     "CreateContainerConfigError",
     "CreateContainerError",
 ];
+
+/// Refusals that hit a Deployment's pods rather than the operator's own writes (a
+/// ResourceQuota, a LimitRange, Pod Security admission: the ReplicaSet cannot create the pod),
+/// which the Deployment reports in its `ReplicaFailure` condition.
+pub fn pod_refusals<'a>(deployments: impl IntoIterator<Item = &'a Deployment>) -> Vec<ObjectProblem> {
+    deployments
+        .into_iter()
+        .filter_map(|d| {
+            let failure = d
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")?;
+            let name = d.metadata.name.clone().unwrap_or_default();
+            let why = failure.message.clone().or_else(|| failure.reason.clone()).unwrap_or_default();
+            Some(ObjectProblem {
+                kind: "Deployment".into(),
+                name: name.clone(),
+                reason: ObjectProblemReason::Refused,
+                message: format!(
+                    "the API server refused to create the pod of Deployment {name}: {why}; fix the quota, limit range \
+                     or admission policy it names, or the node's resources"
+                ),
+            })
+        })
+        .collect()
+}
 
 /// Each node's current pod, by node name. When a node has several (the old one still
 /// terminating), the live one wins, then the newest. Only pods of the Deployments named in
@@ -216,6 +245,30 @@ status:
         newer.metadata.deletion_timestamp = newer.metadata.creation_timestamp.clone();
         let by_node = pods_by_node(&[newer, old], &["omero-rw"]);
         assert_eq!(by_node["rw"].name, "omero-rw-abc");
+    }
+
+    #[test]
+    fn a_replica_failure_is_a_refusal_of_the_deployments_pods() {
+        let d: Deployment = serde_norway::from_str(
+            r#"
+metadata: {name: omero-rw}
+status:
+  conditions:
+  - {type: Available, status: "False"}
+  - {type: ReplicaFailure, status: "True", reason: FailedCreate, message: 'pods "omero-rw-5f7d-x" is forbidden: exceeded quota: compute, requested: limits.memory=16Gi'}
+"#,
+        )
+        .unwrap();
+        let problems = pod_refusals([&d]);
+        assert_eq!(problems.len(), 1);
+        assert_eq!((problems[0].kind.as_str(), problems[0].name.as_str()), ("Deployment", "omero-rw"));
+        assert_eq!(problems[0].reason, ObjectProblemReason::Refused);
+        assert!(problems[0].message.contains("exceeded quota: compute"), "{}", problems[0].message);
+        let healthy: Deployment = serde_norway::from_str(
+            "metadata: {name: x}\nstatus: {conditions: [{type: Available, status: \"True\"}]}",
+        )
+        .unwrap();
+        assert!(pod_refusals([&healthy]).is_empty());
     }
 
     #[test]

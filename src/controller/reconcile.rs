@@ -101,8 +101,13 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         find(&ctx.port, &ns, ChildKind::Service, diff::unseen(&desired.services, &children.services)).await?;
     let services =
         diff::plan(&desired.services, &children.services, &found, uid.as_deref()).map_err(serialize)?;
-    let plan_problems: Vec<api::ObjectProblem> =
-        deployments.problems.iter().chain(&services.problems).cloned().collect();
+    let plan_problems: Vec<api::ObjectProblem> = deployments
+        .problems
+        .iter()
+        .chain(&services.problems)
+        .cloned()
+        .chain(super::observe::pod_refusals(ours.iter().copied()))
+        .collect();
 
     // Decide: which nodes the rollout moves, then every node's step.
     let our_names: Vec<&str> = ours.iter().filter_map(|d| d.metadata.name.as_deref()).collect();
