@@ -40,7 +40,7 @@ spec:
         )
         .unwrap();
     }
-    let cluster: OmeroCluster = serde_norway::from_str(&yaml).expect("bench cluster parses");
+    let cluster: OmeroCluster = serde_saphyr::from_str(&yaml).expect("bench cluster parses");
     omero_operator::api::validate(&cluster).expect("bench cluster is valid");
     cluster
 }

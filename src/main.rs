@@ -8,7 +8,6 @@ use omero_operator::{
     controller::{self, RunOptions},
     omero, render, telemetry,
 };
-use serde::Deserialize;
 
 #[derive(Parser)]
 #[command(name = "omero-operator", version, about = "Runs OMERO.server clusters on Kubernetes")]
@@ -95,7 +94,7 @@ async fn run(options: RunOptions) -> ExitCode {
 }
 
 fn crd_yaml() -> String {
-    serde_norway::to_string(&api::crd()).expect("the CRD is plain data and serialises")
+    serde_saphyr::to_string(&api::crd()).expect("the CRD is plain data and serialises")
 }
 
 fn render_file(path: &PathBuf, namespace: Option<&str>) -> ExitCode {
@@ -136,8 +135,8 @@ fn render_file(path: &PathBuf, namespace: Option<&str>) -> ExitCode {
         for yaml in desired
             .deployments
             .iter()
-            .map(serde_norway::to_string)
-            .chain(desired.services.iter().map(serde_norway::to_string))
+            .map(serde_saphyr::to_string)
+            .chain(desired.services.iter().map(serde_saphyr::to_string))
         {
             out.push_str("---\n");
             out.push_str(&yaml.expect("Kubernetes objects serialise"));
@@ -150,14 +149,14 @@ fn render_file(path: &PathBuf, namespace: Option<&str>) -> ExitCode {
 /// Every OmeroCluster document of a multi-document YAML file.
 fn clusters_in(text: &str) -> Result<Vec<OmeroCluster>, String> {
     let mut clusters = Vec::new();
-    for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
-        let value =
-            serde_norway::Value::deserialize(document).map_err(|e| format!("document {}: {e}", i + 1))?;
+    let documents: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| format!("not YAML: {e}"))?;
+    for (i, value) in documents.into_iter().enumerate() {
         if value.get("kind").and_then(|k| k.as_str()) != Some("OmeroCluster") {
             continue;
         }
         let cluster: OmeroCluster =
-            serde_norway::from_value(value).map_err(|e| format!("document {} (OmeroCluster): {e}", i + 1))?;
+            serde_json::from_value(value).map_err(|e| format!("document {} (OmeroCluster): {e}", i + 1))?;
         clusters.push(cluster);
     }
     Ok(clusters)

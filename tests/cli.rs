@@ -36,7 +36,7 @@ fn render_prints_every_object_of_an_example() {
     let docs: Vec<serde_json::Value> = text
         .split("---\n")
         .filter(|d| !d.trim().is_empty())
-        .map(|d| serde_norway::from_str(d).unwrap())
+        .map(|d| serde_saphyr::from_str(d).unwrap())
         .collect();
     let kinds: Vec<(&str, &str)> =
         docs.iter().map(|d| (d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap())).collect();

@@ -10,7 +10,6 @@ use std::{
 use k8s_openapi::api::core::v1::Secret;
 use kube::Resource;
 use omero_operator::api::{OmeroCluster, validate};
-use serde::Deserialize;
 use serde_json::Value;
 
 fn example_files() -> Vec<PathBuf> {
@@ -35,8 +34,8 @@ fn load(path: &Path) -> Example {
     let name = path.display();
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut example = Example::default();
-    for (i, document) in serde_norway::Deserializer::from_str(&text).enumerate() {
-        let doc = Value::deserialize(document).unwrap_or_else(|e| panic!("{name}: document {i}: {e}"));
+    let documents: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+    for (i, doc) in documents.into_iter().enumerate() {
         if doc.is_null() {
             continue; // an empty document, e.g. comments before the first `---`
         }
@@ -48,9 +47,9 @@ fn load(path: &Path) -> Example {
             ),
             _ if api_version == OmeroCluster::api_version(&()) && kind == OmeroCluster::kind(&()) => {
                 // Through the YAML text, as `kubectl apply -f` reads it.
-                let yaml = serde_norway::to_string(&doc).expect("serialises");
+                let yaml = serde_saphyr::to_string(&doc).expect("serialises");
                 example.clusters.push(
-                    serde_norway::from_str(&yaml)
+                    serde_saphyr::from_str(&yaml)
                         .unwrap_or_else(|e| panic!("{name}: document {i} (OmeroCluster): {e}")),
                 );
             }
@@ -146,8 +145,8 @@ fn every_secret_an_example_cluster_reads_is_in_the_same_file() {
 fn examples_apply_to_any_namespace() {
     for path in example_files() {
         let text = fs::read_to_string(&path).unwrap();
-        for (i, document) in serde_norway::Deserializer::from_str(&text).enumerate() {
-            let doc = Value::deserialize(document).unwrap();
+        let documents: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+        for (i, doc) in documents.into_iter().enumerate() {
             assert!(
                 doc["metadata"]["namespace"].is_null(),
                 "{}: document {i} names a namespace",

@@ -27,10 +27,10 @@ spec:
 "#;
 
 /// `BASE` with `patch` merged in, as YAML text, parsed the way `kubectl apply -f` input is.
-fn parse(patch: &str) -> Result<OmeroCluster, serde_norway::Error> {
-    let mut doc: Value = serde_norway::from_str(BASE).expect("BASE is YAML");
-    merge(&mut doc, serde_norway::from_str(patch).expect("the patch is YAML"));
-    serde_norway::from_str(&serde_norway::to_string(&doc).expect("serialises"))
+fn parse(patch: &str) -> Result<OmeroCluster, serde_saphyr::Error> {
+    let mut doc: Value = serde_saphyr::from_str(BASE).expect("BASE is YAML");
+    merge(&mut doc, serde_saphyr::from_str(patch).expect("the patch is YAML"));
+    serde_saphyr::from_str(&serde_saphyr::to_string(&doc).expect("serialises"))
 }
 
 fn cluster(patch: &str) -> OmeroCluster {

@@ -144,7 +144,7 @@ mod tests {
     use super::*;
 
     fn pod(yaml: &str) -> Pod {
-        serde_norway::from_str(yaml).unwrap()
+        serde_saphyr::from_str(yaml).unwrap()
     }
 
     const READY: &str = r#"
@@ -249,7 +249,7 @@ status:
 
     #[test]
     fn a_replica_failure_is_a_refusal_of_the_deployments_pods() {
-        let d: Deployment = serde_norway::from_str(
+        let d: Deployment = serde_saphyr::from_str(
             r#"
 metadata: {name: omero-rw}
 status:
@@ -264,7 +264,7 @@ status:
         assert_eq!((problems[0].kind.as_str(), problems[0].name.as_str()), ("Deployment", "omero-rw"));
         assert_eq!(problems[0].reason, ObjectProblemReason::Refused);
         assert!(problems[0].message.contains("exceeded quota: compute"), "{}", problems[0].message);
-        let healthy: Deployment = serde_norway::from_str(
+        let healthy: Deployment = serde_saphyr::from_str(
             "metadata: {name: x}\nstatus: {conditions: [{type: Available, status: \"True\"}]}",
         )
         .unwrap();

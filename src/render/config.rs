@@ -376,7 +376,7 @@ mod tests {
                 Some(SecretKeyRef { name: "omero-db".into(), key: "root-password".into() });
             c.spec
                 .nodes
-                .push(serde_norway::from_str("{name: ro, readOnly: {db: true, repo: true}}").unwrap());
+                .push(serde_saphyr::from_str("{name: ro, readOnly: {db: true, repo: true}}").unwrap());
         }));
         let rootpass = env_of(&desired, "rw", ROOTPASS_ENV).expect("ROOTPASS on the read-write node");
         assert_eq!(rootpass.value, None, "never inlined");

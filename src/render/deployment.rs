@@ -336,7 +336,7 @@ mod tests {
     #[test]
     fn sidecars_run_beside_omero_in_the_nodes_pod() {
         let desired = render(&crate::render::tests::base_with(|c| {
-            c.spec.nodes[0].sidecars = vec![serde_norway::from_str(
+            c.spec.nodes[0].sidecars = vec![serde_saphyr::from_str(
                 "{name: sessions-exporter, image: 'ghcr.io/example/omero-prometheus-tools:1', ports: [{containerPort: 9449}]}",
             )
             .unwrap()];

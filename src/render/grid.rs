@@ -560,7 +560,7 @@ spec:
     fn the_grid_properties_are_refused_in_the_users_config_of_a_grid_only() {
         for key in ["omero.cluster.redirector", "omero.master.host", "omero.server.nodedescriptors"] {
             let c: OmeroCluster =
-                serde_norway::from_str(&format!("{GRID}  config:\n    {key}: x\n")).unwrap();
+                serde_saphyr::from_str(&format!("{GRID}  config:\n    {key}: x\n")).unwrap();
             let errors = crate::api::validate(&c).unwrap_err();
             assert_eq!(errors[0].field, format!("spec.config[{key}]"));
             assert!(errors[0].message.contains("is set by the operator"), "{}", errors[0]);

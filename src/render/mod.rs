@@ -131,7 +131,7 @@ spec:
 
     /// Parses a cluster from YAML and checks it is valid, since `render` assumes so.
     pub(crate) fn cluster(yaml: &str) -> OmeroCluster {
-        let cluster: OmeroCluster = serde_norway::from_str(yaml).expect("test YAML parses");
+        let cluster: OmeroCluster = serde_saphyr::from_str(yaml).expect("test YAML parses");
         if let Err(errors) = crate::api::validate(&cluster) {
             panic!("test cluster must be valid: {errors:?}");
         }

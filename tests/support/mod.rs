@@ -529,7 +529,7 @@ pub async fn reconcile_once<O: OmeroPort>(
 }
 
 pub fn cluster_from_yaml(yaml: &str) -> OmeroCluster {
-    let mut cluster: OmeroCluster = serde_norway::from_str(yaml).unwrap();
+    let mut cluster: OmeroCluster = serde_saphyr::from_str(yaml).unwrap();
     cluster.metadata.namespace.get_or_insert_with(|| "omero".into());
     cluster.metadata.uid.get_or_insert_with(|| "4f7e1c2a-0000-4000-8000-000000000001".into());
     cluster.metadata.generation.get_or_insert(1);
