@@ -10,6 +10,7 @@ mod error;
 pub mod lifecycle;
 pub mod omero;
 pub mod ownership;
+pub mod plugin;
 pub mod render;
 pub mod request;
 pub mod rollout;

@@ -127,3 +127,25 @@ fn version_prints_the_crate_version() {
     assert!(out.status.success());
     assert_eq!(stdout(&out).trim(), format!("omero-operator {}", env!("CARGO_PKG_VERSION")));
 }
+
+/// `kubectl omero`: every command has help with an example, and a drain names its nodes.
+#[test]
+fn kubectl_omero_parses_its_commands() {
+    let plugin = env!("CARGO_BIN_EXE_kubectl-omero");
+    for command in ["status", "drain", "undrain", "restart", "pause", "resume"] {
+        let out = std::process::Command::new(plugin).args([command, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{command}");
+        let help = String::from_utf8(out.stdout).unwrap();
+        assert!(help.contains(&format!("Example: kubectl omero {command} omero")), "{command}: {help}");
+    }
+    let out = std::process::Command::new(plugin).args(["drain", "omero"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a drain without nodes is a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("<NODES>"));
+    // No kubeconfig: a clear error, exit 1.
+    let out = std::process::Command::new(plugin)
+        .args(["status", "omero", "--kubeconfig", "/nonexistent/kubeconfig"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: /nonexistent/kubeconfig"));
+}
