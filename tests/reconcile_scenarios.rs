@@ -698,3 +698,24 @@ async fn an_api_refusal_shows_in_status_and_one_event_and_clears_when_fixed() {
     assert!(status.object_problems.is_empty(), "{:?}", status.object_problems);
     assert_eq!(status.condition(conditions::DEGRADED).unwrap().status, "False");
 }
+
+/// A reconcile from a copy older than the operator's own last status write is refused at its
+/// status write, acts on nothing, publishes nothing, and looks again at once (not through the
+/// error backoff).
+#[tokio::test(start_paused = true)]
+async fn a_stale_copy_acts_on_nothing_and_requeues_at_once() {
+    let (fake, _, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    let stale = fake.cluster();
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.node("ro-1").phase, NodePhase::Draining);
+    fake.take_writes();
+    // The copy before that write still wants ro-1 in service: it must not put it back.
+    let requeue =
+        omero_operator::controller::reconcile(std::sync::Arc::new(stale), ctx.clone()).await.unwrap();
+    assert_eq!(requeue, omero_operator::controller::STALE_RETRY);
+    assert_eq!(fake.take_writes(), [Write::Status], "only the refused status write");
+    assert_eq!(fake.node("ro-1").phase, NodePhase::Draining);
+    assert!(!fake.pod_routable("ro-1"));
+}
