@@ -7,9 +7,18 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 
-use super::diff::Write;
+use k8s_openapi::api::core::v1::Service;
+use kube::Resource;
+
+use super::{
+    diff::{self, Plan, Write},
+    port::ChildKind,
+};
 use crate::{
-    api::{NodePhase, NodeSpec, NodeStatus, OmeroCluster, OmeroClusterStatus, keys},
+    api::{
+        NodePhase, NodeSpec, NodeStatus, ObjectProblem, ObjectProblemReason, OmeroCluster,
+        OmeroClusterStatus, keys,
+    },
     lifecycle::{self, PodObservation},
     render,
     rollout::{NodeView, Role},
@@ -122,13 +131,90 @@ impl NodeFacts<'_> {
     }
 }
 
+/// The writes a reconcile's decisions call for, once they are recorded in status.
+#[derive(Debug, Default)]
+pub struct Writes<'a> {
+    pub deployments: Vec<Write<'a, Deployment>>,
+    pub services: Vec<Write<'a, Service>>,
+    /// Kind, name and uid (a precondition) of objects to delete.
+    pub deletes: Vec<(ChildKind, String, String)>,
+    /// Pod name and the routable label it gets.
+    pub labels: Vec<(String, bool)>,
+}
+
+impl Writes<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.deployments.is_empty()
+            && self.services.is_empty()
+            && self.deletes.is_empty()
+            && self.labels.is_empty()
+    }
+
+    /// Problems the API server reported last time for objects tried again now: kept until
+    /// the write succeeds, so a retry does not make the report flicker.
+    pub fn retried_refusals<'p>(&self, old: &'p [ObjectProblem]) -> impl Iterator<Item = &'p ObjectProblem> {
+        let tried: Vec<(&str, &str)> = self
+            .deployments
+            .iter()
+            .map(|w| ("Deployment", w.object.metadata.name.as_deref().unwrap_or_default()))
+            .chain(
+                self.services
+                    .iter()
+                    .map(|w| ("Service", w.object.metadata.name.as_deref().unwrap_or_default())),
+            )
+            .collect();
+        old.iter().filter(move |p| {
+            p.reason == ObjectProblemReason::Refused && tried.contains(&(p.kind.as_str(), p.name.as_str()))
+        })
+    }
+}
+
+/// What to write, from the ownership plans, the existing objects and the decided statuses:
+/// nothing while paused; a node's Deployment only once its status released the revision; the
+/// objects of a node that left the spec only once it is drained; the label patches the
+/// lifecycle asked for.
+pub fn writes<'a>(
+    (deployments, services): (Plan<'a, Deployment>, Plan<'a, Service>),
+    existing: (&[Deployment], &[Service]),
+    desired: (&[Deployment], &[Service]),
+    owner_uid: Option<&str>,
+    statuses: &[NodeStatus],
+    labels: Vec<(String, bool)>,
+    paused: bool,
+) -> Writes<'a> {
+    if paused {
+        return Writes::default();
+    }
+    let deletes = removable_orphans(existing.0, desired.0, ChildKind::Deployment, owner_uid, statuses)
+        .chain(removable_orphans(existing.1, desired.1, ChildKind::Service, owner_uid, statuses))
+        .collect();
+    Writes {
+        deployments: releasable(deployments.writes, statuses),
+        services: services.writes,
+        deletes,
+        labels,
+    }
+}
+
+/// The cluster's own objects of nodes that left the spec that may go now (see [`removable`]).
+fn removable_orphans<'s, K: Resource>(
+    existing: &'s [K],
+    desired: &'s [K],
+    kind: ChildKind,
+    owner_uid: Option<&str>,
+    statuses: &'s [NodeStatus],
+) -> impl Iterator<Item = (ChildKind, String, String)> + 's {
+    diff::orphans(existing, desired, owner_uid).into_iter().filter_map(move |(name, uid)| {
+        let object = existing.iter().find(|e| e.meta().name.as_ref() == Some(&name))?;
+        let node = object.meta().labels.as_ref().and_then(|l| l.get(keys::NODE_LABEL));
+        removable(node.and_then(|n| statuses.iter().find(|s| &s.name == n))).then_some((kind, name, uid))
+    })
+}
+
 /// The Deployment writes the statuses allow: a node's Deployment gets the rendered template
 /// only once its status records that revision as released to it (see `lifecycle::release`);
 /// until then the running template is kept.
-pub fn releasable<'a>(
-    writes: Vec<Write<'a, Deployment>>,
-    statuses: &[NodeStatus],
-) -> Vec<Write<'a, Deployment>> {
+fn releasable<'a>(writes: Vec<Write<'a, Deployment>>, statuses: &[NodeStatus]) -> Vec<Write<'a, Deployment>> {
     writes
         .into_iter()
         .filter(|w| {
@@ -154,4 +240,88 @@ pub fn probes_due<'a>(
     now: k8s_openapi::jiff::Timestamp,
 ) -> impl Iterator<Item = &'a NodeFacts<'a>> {
     facts.iter().filter(move |f| lifecycle::probe_due(f.previous, f.pod, now))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::render::{
+        render,
+        tests::{BASE, cluster},
+    };
+
+    fn status(name: &str, phase: NodePhase, released: Option<&str>, leaving: bool) -> NodeStatus {
+        NodeStatus {
+            name: name.into(),
+            phase,
+            deployment_revision: released.map(String::from),
+            leaving,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn writes_follow_the_recorded_decisions() {
+        let c = cluster(BASE);
+        let uid = c.metadata.uid.clone();
+        let desired = render(&c);
+        let revision = |node: &str| {
+            let d = desired
+                .deployments
+                .iter()
+                .find(|d| d.labels().get(keys::NODE_LABEL).map(String::as_str) == Some(node));
+            render::revision_of(&d.unwrap().metadata).unwrap().to_string()
+        };
+        // An old node `gone` whose objects are the cluster's own.
+        let mut gone = desired.deployments[0].clone();
+        gone.metadata.name = Some("omc-gone".into());
+        gone.metadata.uid = Some("u-gone".into());
+        gone.metadata.labels.as_mut().unwrap().insert(keys::NODE_LABEL.into(), "gone".into());
+        let existing = (std::slice::from_ref(&gone), &[] as &[Service]);
+        let plans = || {
+            let empty = BTreeMap::new();
+            (
+                diff::plan(&desired.deployments, &[], &empty, uid.as_deref()).unwrap(),
+                diff::plan(&desired.services, &[], &empty, uid.as_deref()).unwrap(),
+            )
+        };
+        let write = |statuses: &[NodeStatus], paused: bool| {
+            let w = writes(
+                plans(),
+                existing,
+                (&desired.deployments, &desired.services),
+                uid.as_deref(),
+                statuses,
+                vec![("omc-rw-pod".into(), true)],
+                paused,
+            );
+            let names: Vec<String> =
+                w.deployments.iter().map(|w| w.object.metadata.name.clone().unwrap()).collect();
+            (names, w.deletes, w.labels.len(), w.services.len())
+        };
+
+        // `rw` released its revision, `ro` keeps the running one; `gone` still drains.
+        let statuses = [
+            status("rw", NodePhase::Serving, Some(&revision("rw")), false),
+            status("ro", NodePhase::Serving, Some("older"), false),
+            status("gone", NodePhase::Draining, None, true),
+        ];
+        let (deployments, deletes, labels, services) = write(&statuses, false);
+        assert_eq!(deployments, ["omc-rw"]);
+        assert!(deletes.is_empty(), "a leaving node's objects wait for its drain");
+        assert_eq!((labels, services), (1, 3), "label patches and Services (no restart) go at once");
+
+        // Drained: its Deployment goes, with its uid as a precondition.
+        let statuses =
+            [statuses[0].clone(), statuses[1].clone(), status("gone", NodePhase::Drained, None, true)];
+        assert_eq!(
+            write(&statuses, false).1,
+            [(ChildKind::Deployment, "omc-gone".to_string(), "u-gone".to_string())]
+        );
+
+        // Paused: nothing at all.
+        assert_eq!(write(&statuses, true), (vec![], vec![], 0, 0));
+    }
 }

@@ -186,48 +186,25 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         rollout: Some(rollout_status),
     };
 
-    // The writes these decisions call for (none while paused).
-    let (applies, services, deletes, labels) = if request.paused {
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new())
-    } else {
-        let deletes: Vec<(ChildKind, String, String)> = orphans(
-            &children.deployments,
-            &desired.deployments,
-            ChildKind::Deployment,
-            uid.as_deref(),
-            &assessment.nodes,
-        )
-        .into_iter()
-        .chain(orphans(
-            &children.services,
-            &desired.services,
-            ChildKind::Service,
-            uid.as_deref(),
-            &assessment.nodes,
-        ))
-        .collect();
-        let labels: Vec<(String, bool)> =
-            decisions.iter().filter_map(|d| Some((d.status.pod.clone()?, d.set_routable?))).collect();
-        (nodes::releasable(deployments.writes, &assessment.nodes), services.writes, deletes, labels)
-    };
-    let acts = !(applies.is_empty() && services.is_empty() && deletes.is_empty() && labels.is_empty());
-    // An object the API server refused before keeps its report while it is tried again.
-    let retried = old.object_problems.iter().filter(|p| {
-        p.reason == api::ObjectProblemReason::Refused
-            && (applies
-                .iter()
-                .any(|w| p.kind == "Deployment" && w.object.metadata.name.as_deref() == Some(&p.name))
-                || services
-                    .iter()
-                    .any(|w| p.kind == "Service" && w.object.metadata.name.as_deref() == Some(&p.name)))
-    });
-    assessment.object_problems = plan_problems.iter().chain(retried).cloned().collect();
+    // The writes these decisions call for.
+    let labels = decisions.iter().filter_map(|d| Some((d.status.pod.clone()?, d.set_routable?))).collect();
+    let writes = nodes::writes(
+        (deployments, services),
+        (&children.deployments, &children.services),
+        (&desired.deployments, &desired.services),
+        uid.as_deref(),
+        &assessment.nodes,
+        labels,
+        request.paused,
+    );
+    assessment.object_problems =
+        plan_problems.iter().chain(writes.retried_refusals(&old.object_problems)).cloned().collect();
     assessment.object_problems.sort();
     let next = status::next_status(&old, &assessment, now);
 
     // Record, then act.
     let mut recorded = cluster.metadata.resource_version.clone();
-    if next != old || acts {
+    if next != old || !writes.is_empty() {
         match ctx.port.write_status(&cluster, &next).await? {
             StatusWrite::Stale => {
                 debug!(cluster = %name, "stale read: the cluster changed since it was read; looking again");
@@ -236,11 +213,11 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
             StatusWrite::Written(resource_version) => recorded = resource_version,
         }
     }
-    let children_written = applies
+    let children_written = writes
+        .deployments
         .iter()
-        .map(|w| Child::Deployment(w.object))
-        .chain(services.iter().map(|w| Child::Service(w.object)))
-        .zip(applies.iter().map(|w| w.uid.as_deref()).chain(services.iter().map(|w| w.uid.as_deref())));
+        .map(|w| (Child::Deployment(w.object), w.uid.as_deref()))
+        .chain(writes.services.iter().map(|w| (Child::Service(w.object), w.uid.as_deref())));
     let mut refusals = Vec::new();
     for (child, child_uid) in children_written {
         info!(cluster = %name, kind = child.kind().as_str(), child = child.name(), "applying");
@@ -252,11 +229,11 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         }
     }
     let mut events: Vec<Event> = Vec::new();
-    for (kind, child, child_uid) in &deletes {
+    for (kind, child, child_uid) in &writes.deletes {
         info!(cluster = %name, ?kind, child, "deleting: its node left the spec and is drained");
         ctx.port.delete_child(&ns, *kind, child, child_uid).await?;
     }
-    for (pod, routable) in &labels {
+    for (pod, routable) in &writes.labels {
         info!(cluster = %name, pod, routable, "labelling pod");
         ctx.port.set_routable(&ns, pod, *routable).await?;
     }
@@ -286,26 +263,6 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
     } else {
         requeue
     })
-}
-
-/// The cluster's own objects of nodes that left the spec, with their uids, that may go now:
-/// their node is drained (or never served).
-fn orphans<K: Resource>(
-    existing: &[K],
-    desired: &[K],
-    kind: ChildKind,
-    uid: Option<&str>,
-    statuses: &[api::NodeStatus],
-) -> Vec<(ChildKind, String, String)> {
-    diff::orphans(existing, desired, uid)
-        .into_iter()
-        .filter(|(name, _)| {
-            let object = existing.iter().find(|e| e.meta().name.as_ref() == Some(name));
-            let node = object.and_then(|o| o.meta().labels.as_ref()?.get(api::keys::NODE_LABEL).cloned());
-            nodes::removable(node.and_then(|n| statuses.iter().find(|s| s.name == n)))
-        })
-        .map(|(name, uid)| (kind, name, uid))
-        .collect()
 }
 
 /// A digest of every node's target revision, for status.
