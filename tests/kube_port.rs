@@ -28,7 +28,7 @@ use omero_operator::{
     controller::{
         Clock, Context,
         kube_port::{Caches, KubePort},
-        port::{Child, ChildKind, ClusterPort, Event, EventType, StatusWrite},
+        port::{Child, ChildKind, ClusterPort, Event, EventType, Related, StatusWrite},
         reconcile,
     },
     render,
@@ -76,6 +76,8 @@ struct ApiServer {
     /// Objects by "kind/name".
     objects: BTreeMap<String, Value>,
     cluster: Value,
+    /// Applies refused by "kind/name", with the HTTP status and the API server's message.
+    refuse: BTreeMap<String, (StatusCode, String)>,
 }
 
 type Shared = Arc<Mutex<ApiServer>>;
@@ -147,6 +149,15 @@ impl ApiServer {
                     }
                 }
                 (StatusCode::OK, pod.clone())
+            }
+            (Method::PATCH, [.., kind, name]) if self.refuse.contains_key(&format!("{kind}/{name}")) => {
+                let (status, message) = self.refuse[&format!("{kind}/{name}")].clone();
+                let reason = if status == StatusCode::FORBIDDEN { "Forbidden" } else { "Invalid" };
+                (
+                    status,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
+                                "code": status.as_u16(), "message": message}),
+                )
             }
             (Method::PATCH, [.., kind, name]) => {
                 // Server-side apply: the object keeps its uid, a new one gets one.
@@ -378,6 +389,7 @@ async fn events_are_created_about_the_cluster() {
         reason: "DrainRefused".into(),
         note: "why".into(),
         action: "Drain".into(),
+        related: Some(Related::Node("ro-1".into())),
     };
     port.publish(&cluster, &event).await.unwrap();
     let requests = seen(&server);
@@ -392,6 +404,22 @@ async fn events_are_created_about_the_cluster() {
     assert_eq!(r.body["regarding"]["kind"], "OmeroCluster");
     assert_eq!(r.body["regarding"]["name"], "omero");
     assert_eq!(r.body["reportingController"], "omero-operator");
+    assert_eq!(
+        (r.body["related"]["kind"].as_str(), r.body["related"]["name"].as_str()),
+        (Some("Deployment"), Some("omero-ro-1"))
+    );
+
+    // The same reason about another node is an Event of its own, not a count on the first
+    // (kube's Recorder folds Events with the same reason and objects into one series).
+    let other =
+        Event { related: Some(Related::Node("ro-2".into())), note: "why not".into(), ..event.clone() };
+    port.publish(&cluster, &other).await.unwrap();
+    let requests = seen(&server);
+    assert_eq!(requests[0].method, Method::POST, "a new Event, not a series update");
+    assert_eq!(requests[0].body["note"], "why not");
+    // Only a repeat about the same node is folded into the first.
+    port.publish(&cluster, &event).await.unwrap();
+    assert_eq!(seen(&server)[0].method, Method::PATCH);
 }
 
 /// The measure of the core issue: API write requests sent by a second, unchanged reconcile of
@@ -479,4 +507,63 @@ async fn api_requests_in_flight_are_limited() {
         assert_eq!(result.unwrap().unwrap(), None, "every request completes");
     }
     assert_eq!(most, 4, "at most the limit wait for a response at once");
+}
+
+/// The API server refuses two applies (a 422 for an invalid Deployment, a 403 for a Service):
+/// the reconcile does not fail into a retry loop; status names each object with the API
+/// server's own message, written on top of the status it recorded first (its new
+/// resourceVersion), with one Event each; a second reconcile announces nothing again.
+#[tokio::test]
+async fn api_refusals_go_into_status_and_one_event_each() {
+    let (server, port, _, mut watches) = setup_with_watches();
+    let invalid = "Deployment.apps \"omero-ro-2\" is invalid: spec.template.spec.containers[0].resources.limits[cpu]: \
+                   Invalid value: \"lots\": quantities must match the regular expression";
+    let forbidden = "services \"omero\" is forbidden: User \"system:serviceaccount:omero:omero-operator\" cannot patch resource \"services\"";
+    {
+        let mut s = server.lock().unwrap();
+        s.cluster["metadata"]["resourceVersion"] = json!("1");
+        s.refuse.insert("deployments/omero-ro-2".into(), (StatusCode::UNPROCESSABLE_ENTITY, invalid.into()));
+        s.refuse.insert("services/omero".into(), (StatusCode::FORBIDDEN, forbidden.into()));
+    }
+    let ctx = Arc::new(Context::new(port, FakeOmero::default(), Clock::system()));
+    let current = |server: &Shared| -> Arc<OmeroCluster> {
+        Arc::new(serde_json::from_value(server.lock().unwrap().cluster.clone()).unwrap())
+    };
+    watches.sync(&server);
+    reconcile(current(&server), ctx.clone()).await.expect("reported, not an error to retry");
+    let requests = seen(&server);
+    let status_writes: Vec<&Seen> = requests.iter().filter(|r| r.path.ends_with("/status")).collect();
+    assert_eq!(status_writes.len(), 2, "the decisions, then the refusals");
+    assert_eq!(status_writes[0].body["metadata"]["resourceVersion"], "1");
+    assert_eq!(
+        status_writes[1].body["metadata"]["resourceVersion"], "2",
+        "on the version the first write made"
+    );
+    let status: OmeroClusterStatus =
+        serde_json::from_value(server.lock().unwrap().cluster["status"].clone()).unwrap();
+    let refused: Vec<(&str, &str)> =
+        status.object_problems.iter().map(|p| (p.kind.as_str(), p.name.as_str())).collect();
+    assert_eq!(refused, [("Deployment", "omero-ro-2"), ("Service", "omero")]);
+    assert!(status.object_problems[0].message.contains("\"lots\""), "{:?}", status.object_problems);
+    assert!(
+        status.object_problems[1].message.contains("cannot patch resource"),
+        "{:?}",
+        status.object_problems
+    );
+    let degraded = status.condition("Degraded").unwrap();
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "ApplyRefused"));
+    let refusal_events = |requests: &[Seen]| {
+        requests.iter().filter(|r| r.path.ends_with("/events") && r.body["reason"] == "ApplyRefused").count()
+    };
+    assert_eq!(refusal_events(&requests), 2, "one Event per refusal");
+
+    watches.sync(&server);
+    reconcile(current(&server), ctx.clone()).await.unwrap();
+    let again = seen(&server);
+    assert_eq!(refusal_events(&again), 0, "not announced again");
+    let status: OmeroClusterStatus =
+        serde_json::from_value(server.lock().unwrap().cluster["status"].clone()).unwrap();
+    assert_eq!(status.object_problems.len(), 2, "still reported while they are refused");
+    let applies = again.iter().filter(|r| r.method == Method::PATCH && r.path.contains("omero-ro-2")).count();
+    assert_eq!(applies, 1, "tried again once per reconcile, not in a loop");
 }

@@ -260,6 +260,14 @@ async fn a_rolling_restart_of_3_nodes_goes_node_by_node_read_only_first_and_kill
         tokio::time::advance(Duration::from_secs(5)).await;
     }
     assert_eq!(restarts(&sim).values().sum::<u32>(), 3, "carried out once");
+
+    // A new token asks again: every node once more, in the same order.
+    sim.fake.set_annotation(RESTART_ANNOTATION, Some("2026-11-30T11:00:00Z"));
+    let mut ctx = sim.context();
+    drive(&sim, &mut ctx, 5_000, StepMode::Plain, rolled_out).await;
+    assert_eq!(restarts(&sim), BTreeMap::from([("ro-1".into(), 2), ("ro-2".into(), 2), ("rw".into(), 2)]));
+    assert_eq!(restart_order(&sim.fake), ["ro-1", "ro-2", "rw", "ro-1", "ro-2", "rw"]);
+    assert_eq!(sim.world().killed, 0);
 }
 
 /// The measure, printed: `cargo test --test rollout_scenarios -- --nocapture`.
@@ -430,6 +438,31 @@ spec:
     sim.fake.set_annotation(ALLOW_DOWNTIME_ANNOTATION, Some("true"));
     drive(&sim, &mut ctx, 5_000, StepMode::Plain, rolled_out).await;
     assert_eq!(restart_order(&sim.fake), ["w1", "w2", "master"]);
+
+    // A new worker changes the master's node descriptors: the worker is created at once, the
+    // master's restart waits for consent again.
+    sim.fake.set_annotation(ALLOW_DOWNTIME_ANNOTATION, None);
+    sim.fake.state().events.clear();
+    sim.fake.edit(|c| {
+        let mut w3 = c.spec.nodes[1].clone();
+        w3.name = "w3".into();
+        c.spec.nodes.push(w3);
+    });
+    drive(&sim, &mut ctx, 5_000, StepMode::Plain, |s| {
+        let status = s.fake.status();
+        s.pod_of("w3").is_some()
+            && status
+                .rollout
+                .as_ref()
+                .and_then(|r| r.waiting.as_ref())
+                .is_some_and(|w| w.contains("grid master"))
+    })
+    .await;
+    let master = sim.fake.node("master");
+    assert_eq!(master.phase, NodePhase::Serving);
+    assert!(!master.up_to_date, "its new descriptors wait");
+    assert_eq!(restarts(&sim).get("master"), Some(&1), "not restarted again without consent");
+    assert!(sim.fake.event_reasons().contains(&"RolloutWaiting".to_string()));
 }
 
 /// Kill anywhere: the operator stopped after every single port call of a rollout, restarted

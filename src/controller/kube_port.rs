@@ -4,7 +4,7 @@
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{Pod, Secret, Service},
+        core::v1::{ObjectReference, Pod, Secret, Service},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -18,7 +18,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::port::{Child, ChildKind, Children, ClusterPort, Event, EventType, StatusWrite};
+use super::port::{Child, ChildKind, Children, ClusterPort, Event, EventType, Related, StatusWrite};
 use crate::{
     Error,
     api::{OmeroCluster, OmeroClusterStatus, SecretKeyRef, keys},
@@ -60,6 +60,24 @@ impl KubePort {
 
     fn apply_params() -> PatchParams {
         PatchParams::apply(FIELD_MANAGER).force()
+    }
+}
+
+/// The object reference of what an Event is about.
+fn related_reference(cluster: &OmeroCluster, related: &Related) -> ObjectReference {
+    let (api_version, kind, name) = match related {
+        Related::Node(node) => ("apps/v1", "Deployment", render::node_object_name(&cluster.name_any(), node)),
+        Related::Object { kind, name } => {
+            let api_version = if kind == "Deployment" { "apps/v1" } else { "v1" };
+            (api_version, kind.as_str(), name.clone())
+        }
+    };
+    ObjectReference {
+        api_version: Some(api_version.into()),
+        kind: Some(kind.into()),
+        name: Some(name),
+        namespace: cluster.namespace(),
+        ..ObjectReference::default()
     }
 }
 
@@ -197,7 +215,7 @@ impl ClusterPort for KubePort {
             reason: event.reason.clone(),
             note: Some(event.note.clone()),
             action: event.action.clone(),
-            secondary: None,
+            secondary: event.related.as_ref().map(|related| related_reference(cluster, related)),
         };
         self.recorder.publish(&ev, &cluster.object_ref(&())).await?;
         Ok(())

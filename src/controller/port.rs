@@ -88,6 +88,19 @@ pub struct Event {
     pub note: String,
     /// PascalCase action the operator took or refused, e.g. `Drain`.
     pub action: String,
+    /// The object the Event is about besides the cluster (its `related`). kube's Recorder
+    /// folds Events with the same reason and objects into one series, keeping the first
+    /// note: without this, a second node's `DrainStarted` would only count up the first's.
+    pub related: Option<Related>,
+}
+
+/// What an Event is about, besides the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Related {
+    /// A node, by name (its Deployment, `<cluster>-<node>`).
+    Node(String),
+    /// One of the cluster's objects, by kind and name.
+    Object { kind: String, name: String },
 }
 
 pub trait ClusterPort: Send + Sync + 'static {

@@ -5,7 +5,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 
-use super::port::{Event, EventType};
+use super::port::{Event, EventType, Related};
 use crate::{
     api::{
         DrainReason, NodePhase, NodeStatus, ObjectProblem, OmeroClusterStatus, RolloutStatus,
@@ -260,7 +260,10 @@ pub fn transition_events(
     }
     // One Warning per object problem, when it first appears.
     for p in new.object_problems.iter().filter(|p| !old.object_problems.contains(p)) {
-        events.push(event(EventType::Warning, p.reason.as_str(), "Apply", p.message.clone()));
+        events.push(Event {
+            related: Some(Related::Object { kind: p.kind.clone(), name: p.name.clone() }),
+            ..event(EventType::Warning, p.reason.as_str(), "Apply", p.message.clone())
+        });
     }
     let waiting = |s: &OmeroClusterStatus| s.rollout.as_ref().and_then(|r| r.waiting.clone());
     if let Some(why) = waiting(new)
@@ -291,12 +294,15 @@ pub fn transition_events(
         ));
     }
     for gone in old.nodes.iter().filter(|n| n.leaving && new.node(&n.name).is_none()) {
-        events.push(event(
-            EventType::Normal,
-            "NodeRemoved",
-            "Delete",
-            format!("node {} left the spec: drained, its Deployment and Service deleted", gone.name),
-        ));
+        events.push(
+            event(
+                EventType::Normal,
+                "NodeRemoved",
+                "Delete",
+                format!("node {} left the spec: drained, its Deployment and Service deleted", gone.name),
+            )
+            .about_node(&gone.name),
+        );
     }
     for node in &new.nodes {
         let before = old.node(&node.name).map(|n| n.phase);
@@ -304,19 +310,25 @@ pub fn transition_events(
             continue;
         }
         match node.phase {
-            NodePhase::Serving if before.is_none_or(|p| !p.is_out_of_service()) => events.push(event(
-                EventType::Normal,
-                "NodeServing",
-                "Serve",
-                format!("node {} is ready and receives new sessions", node.name),
-            )),
+            NodePhase::Serving if before.is_none_or(|p| !p.is_out_of_service()) => events.push(
+                event(
+                    EventType::Normal,
+                    "NodeServing",
+                    "Serve",
+                    format!("node {} is ready and receives new sessions", node.name),
+                )
+                .about_node(&node.name),
+            ),
             // A failed restart has its own Event (NodeRestartFailed).
-            NodePhase::Failed if before != Some(NodePhase::Restarting) => events.push(event(
-                EventType::Warning,
-                REASON_NODE_FAILED,
-                "Start",
-                format!("node {}: {}", node.name, node.message.as_deref().unwrap_or("failed")),
-            )),
+            NodePhase::Failed if before != Some(NodePhase::Restarting) => events.push(
+                event(
+                    EventType::Warning,
+                    REASON_NODE_FAILED,
+                    "Start",
+                    format!("node {}: {}", node.name, node.message.as_deref().unwrap_or("failed")),
+                )
+                .about_node(&node.name),
+            ),
             _ => {}
         }
     }
@@ -325,6 +337,20 @@ pub fn transition_events(
 
 /// The Event for a node's transition.
 pub fn node_event(e: &NodeEvent) -> Event {
+    let node = match e {
+        NodeEvent::DrainStarted { node, .. }
+        | NodeEvent::DrainCompleted { node }
+        | NodeEvent::DeadlineReached { node, .. }
+        | NodeEvent::DrainRefused { node, .. }
+        | NodeEvent::Undrained { node }
+        | NodeEvent::Restarting { node, .. }
+        | NodeEvent::Restarted { node, .. }
+        | NodeEvent::RestartFailed { node, .. } => node,
+    };
+    node_event_text(e).about_node(node)
+}
+
+fn node_event_text(e: &NodeEvent) -> Event {
     match e {
         NodeEvent::DrainStarted { node, deadline, reason } => {
             let why = match reason {
@@ -392,5 +418,12 @@ pub fn node_event(e: &NodeEvent) -> Event {
 }
 
 pub fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
-    Event { type_, reason: reason.into(), action: action.into(), note }
+    Event { type_, reason: reason.into(), action: action.into(), note, related: None }
+}
+
+impl Event {
+    /// The same Event, about `node`.
+    fn about_node(self, node: &str) -> Self {
+        Self { related: Some(Related::Node(node.into())), ..self }
+    }
 }
