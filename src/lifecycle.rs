@@ -261,7 +261,8 @@ fn observe_only(node: &NodeInput<'_>, policy: &Policy, now: Timestamp) -> Decisi
         node.previous.cloned().unwrap_or_else(|| NodeStatus { name: node.name.into(), ..Default::default() });
     let mut status = observed(node, &previous);
     if node.previous.is_none() {
-        status.phase = service_phase(&serving_state(node.pod, now, policy.ready_timeout), &previous);
+        status.phase =
+            service_phase(&serving_state(node.pod, now, policy.ready_timeout), node.pod, &previous);
     }
     Decision { status, set_routable: None, events: Vec::new() }
 }
@@ -309,7 +310,7 @@ fn step_node(node: &NodeInput<'_>, policy: &Policy, now: Timestamp, serving: usi
                     events.push(NodeEvent::Undrained { node: node.name.into() });
                 }
                 clear_drain(&mut status);
-                status.phase = service_phase(&state, &previous);
+                status.phase = service_phase(&state, node.pod, &previous);
                 status.message = match &state {
                     Serving::NotServing(why) => Some(why.clone()),
                     _ if status.phase == NodePhase::Failed => previous.message.clone(),
@@ -464,16 +465,14 @@ fn routable_patch(status: &mut NodeStatus) -> Option<bool> {
 
 /// The phase of a node in service. A node whose restart failed stays Failed until its server
 /// runs again.
-fn service_phase(state: &Serving, previous: &NodeStatus) -> NodePhase {
+/// Not serving is Pending while there is no pod or it does not run yet (and has no failure),
+/// Failed otherwise (a failing server container, or never ready within the allowance).
+fn service_phase(state: &Serving, pod: Option<&PodObservation>, previous: &NodeStatus) -> NodePhase {
     match state {
         Serving::Running => NodePhase::Serving,
         _ if previous.phase == NodePhase::Failed => NodePhase::Failed,
         Serving::Starting => NodePhase::Starting,
-        Serving::NotServing(why)
-            if why.starts_with("the node has no pod") || why.starts_with("its pod is not running") =>
-        {
-            NodePhase::Pending
-        }
+        Serving::NotServing(_) if pod.is_none_or(|p| !p.running && p.failure.is_none()) => NodePhase::Pending,
         Serving::NotServing(_) => NodePhase::Failed,
     }
 }
