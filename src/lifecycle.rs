@@ -123,6 +123,9 @@ pub struct NodeInput<'a> {
     /// newer than the last one. `None`: read live, always new.
     pub probe_sample: Option<String>,
     pub probe_interval: Duration,
+    /// How often to count the node's sessions while it serves (`sessionProbe.servingInterval`);
+    /// `None`: only while it drains or restarts.
+    pub serving_probe_interval: Option<Duration>,
     /// The revision the spec asks for; `None` for a node that left the spec.
     pub target_revision: Option<&'a str>,
     /// The node's Deployment exists (the cluster's own).
@@ -179,8 +182,23 @@ pub fn probe_due(previous: Option<&NodeStatus>, pod: Option<&PodObservation>, no
     }
 }
 
+/// Whether the controller should count a serving node's sessions now, at the slower serving
+/// interval: so status shows where people are before an admin chooses what to drain.
+pub fn serving_probe_due(
+    previous: Option<&NodeStatus>,
+    pod: Option<&PodObservation>,
+    interval: Option<Duration>,
+    now: Timestamp,
+) -> bool {
+    let (Some(s), Some(_)) = (previous, interval) else { return false };
+    s.phase == NodePhase::Serving
+        && pod.is_some_and(|p| p.ready && p.failure.is_none())
+        && s.next_probe_at.as_ref().is_none_or(|t| t.0 <= now)
+}
+
 /// The earliest time a node needs looking at again without any watch event: a draining
-/// node's next probe or deadline, a restarting node's next probe or ready timeout.
+/// node's next probe or deadline, a restarting node's next probe or ready timeout, a serving
+/// node's next count.
 pub fn next_wakeup(statuses: &[NodeStatus], ready_timeout: Duration) -> Option<Timestamp> {
     statuses
         .iter()
@@ -193,6 +211,7 @@ pub fn next_wakeup(statuses: &[NodeStatus], ready_timeout: Duration) -> Option<T
                 s.next_probe_at.as_ref().map(|t| t.0),
                 s.restart_started_at.as_ref().map(|t| later(t.0, ready_timeout)),
             ],
+            NodePhase::Serving => [s.next_probe_at.as_ref().map(|t| t.0), None],
             _ => [None, None],
         })
         .flatten()
@@ -264,6 +283,9 @@ fn observe_only(node: &NodeInput<'_>, policy: &Policy, now: Timestamp) -> Decisi
         status.phase =
             service_phase(&serving_state(node.pod, now, policy.ready_timeout), node.pod, &previous);
     }
+    if status.phase == NodePhase::Serving {
+        count_while_serving(node, &previous, now, &mut status);
+    }
     Decision { status, set_routable: None, events: Vec::new() }
 }
 
@@ -316,6 +338,9 @@ fn step_node(node: &NodeInput<'_>, policy: &Policy, now: Timestamp, serving: usi
                     _ if status.phase == NodePhase::Failed => previous.message.clone(),
                     _ => None,
                 };
+                if status.phase == NodePhase::Serving {
+                    count_while_serving(node, &previous, now, &mut status);
+                }
             }
             Some(reason) => match previous.phase {
                 NodePhase::Draining => {
@@ -615,6 +640,41 @@ fn continue_drain(
                 "deadline passed with {open} sessions open; holding (drain.onDeadline: Hold) until they end"
             ));
         }
+    }
+}
+
+/// A serving node's session count: the last one kept between probes (a drain starts its own),
+/// a new one recorded when this reconcile probed. A failure is kept in `probeError` and retried
+/// with backoff; it never changes the phase: the node serves whatever its probe says.
+fn count_while_serving(node: &NodeInput<'_>, previous: &NodeStatus, now: Timestamp, status: &mut NodeStatus) {
+    let Some(interval) = node.serving_probe_interval else { return };
+    if previous.phase == NodePhase::Serving {
+        status.sessions = previous.sessions;
+        status.sessions_observed_at = previous.sessions_observed_at.clone();
+        status.probe_sample = previous.probe_sample.clone();
+        status.probe_failures = previous.probe_failures;
+        status.probe_error = previous.probe_error.clone();
+        status.next_probe_at = previous.next_probe_at.clone();
+    }
+    match &node.probe {
+        Some(ProbeOutcome::Count(n)) => {
+            status.sessions = Some(i64::try_from(*n).unwrap_or(i64::MAX));
+            // The same exporter sample again is not a newer count.
+            if node.probe_sample.is_none() || node.probe_sample != status.probe_sample {
+                status.sessions_observed_at = Some(Time(now));
+                status.probe_sample = node.probe_sample.clone();
+            }
+            status.probe_failures = 0;
+            status.probe_error = None;
+            status.next_probe_at = Some(Time(later(now, interval)));
+        }
+        Some(ProbeOutcome::Failed(error)) => {
+            status.probe_failures += 1;
+            status.probe_error = Some(error.clone());
+            status.next_probe_at = Some(Time(later(now, probe_backoff(interval, status.probe_failures))));
+        }
+        Some(ProbeOutcome::NoProbe) => status.next_probe_at = None,
+        None => {}
     }
 }
 

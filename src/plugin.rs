@@ -57,11 +57,14 @@ pub fn node_table(cluster: &OmeroCluster, now: Timestamp) -> String {
             (_, Some(n)) if n.is_read_write() => "read-write",
             _ => "read-only",
         };
-        let sessions = match (node.sessions, &node.sessions_observed_at) {
+        let mut sessions = match (node.sessions, &node.sessions_observed_at) {
             (Some(n), Some(at)) => format!("{n} ({} ago)", age(at.0, now)),
             (Some(n), None) => n.to_string(),
             _ => "-".into(),
         };
+        if node.probe_error.is_some() {
+            sessions.push_str(", probe failing");
+        }
         let revision = match (&node.revision, node.up_to_date) {
             (Some(r), true) => r.clone(),
             (Some(r), false) => format!("{r} (out of date)"),

@@ -13,7 +13,7 @@ use omero_operator::{
     lifecycle::{
         Decision, MAX_PROBE_BACKOFF, NodeEvent, NodeInput, PodObservation, Policy, ProbeOutcome,
         ServerContainer, Serving, ZERO_CONFIRMATIONS, next_wakeup, probe_backoff, probe_due, redirect_target,
-        refused, serving_state, step,
+        refused, serving_probe_due, serving_state, step,
     },
     request::{DRAIN_ANNOTATION, FORCE_ANNOTATION, Request, keep_grid_master, parse},
 };
@@ -115,6 +115,8 @@ struct Cluster {
     deployments: Vec<Option<String>>,
     policy: Policy,
     interval: Duration,
+    /// `sessionProbe.servingInterval`; `None`: serving nodes are not counted.
+    serving_interval: Option<Duration>,
     now: Timestamp,
 }
 
@@ -138,6 +140,7 @@ impl Cluster {
                 paused: false,
             },
             interval: INTERVAL,
+            serving_interval: None,
             now: at(0),
         }
     }
@@ -203,6 +206,7 @@ impl Cluster {
                 probe: probes.iter().find(|(n, _)| n == name).map(|(_, p)| p.clone()),
                 probe_sample: None,
                 probe_interval: self.interval,
+                serving_probe_interval: self.serving_interval,
                 target_revision: Some(self.target.as_str()),
                 deployment_exists: self.deployments[i].is_some(),
                 deployment_revision: self.deployments[i].as_deref(),
@@ -1313,6 +1317,115 @@ fn paused_first_sight_records_phases_from_the_pods() {
     assert!(!decisions[0].status.routable, "no label while paused");
 }
 
+// --- sessions counted while serving ----------------------------------------------------------
+
+const SERVING_INTERVAL: Duration = Duration::from_secs(60);
+
+#[test]
+fn a_serving_node_is_counted_at_its_serving_interval_and_stays_serving() {
+    let mut cluster = Cluster::serving(&["main", "backup"]);
+    cluster.serving_interval = Some(SERVING_INTERVAL);
+    let i = cluster.index("backup");
+    let due = |c: &Cluster| {
+        serving_probe_due(c.statuses[i].as_ref(), c.pods[i].as_ref(), c.serving_interval, c.now)
+    };
+    assert!(due(&cluster), "a serving node never counted is due at once");
+    assert!(
+        !serving_probe_due(cluster.statuses[i].as_ref(), cluster.pods[i].as_ref(), None, cluster.now),
+        "servingInterval 0s: never"
+    );
+    cluster.advance(5);
+    let decision = cluster.step(&[("backup", ProbeOutcome::Count(4))]).swap_remove(i);
+    assert_eq!(decision.status.phase, NodePhase::Serving);
+    assert!(decision.events.is_empty() && decision.set_routable.is_none(), "{decision:#?}");
+    assert_eq!(decision.status.sessions, Some(4));
+    assert_eq!(decision.status.sessions_observed_at, time(5));
+    assert_eq!(decision.status.next_probe_at, time(65));
+    assert!(!due(&cluster));
+    assert_eq!(
+        next_wakeup(&cluster.statuses.iter().flatten().cloned().collect::<Vec<_>>(), READY_TIMEOUT),
+        Some(at(65))
+    );
+
+    // Between counts the last one is kept; a failure is kept beside it and retried later.
+    cluster.advance(10);
+    cluster.step(&[]);
+    assert_eq!(cluster.status("backup").sessions, Some(4));
+    cluster.advance(50);
+    assert!(due(&cluster));
+    let failed =
+        cluster.step(&[("backup", ProbeOutcome::Failed("connection refused".into()))]).swap_remove(i);
+    assert_eq!(failed.status.phase, NodePhase::Serving, "a failing count never takes a node out");
+    assert!(failed.status.routable);
+    assert_eq!((failed.status.sessions, failed.status.probe_failures), (Some(4), 1));
+    assert_eq!(failed.status.probe_error.as_deref(), Some("connection refused"));
+    assert_eq!(failed.status.sessions_observed_at, time(5), "the age of the count shows it is old");
+    let second = cluster.now + probe_backoff(SERVING_INTERVAL, 1).std();
+    assert_eq!(failed.status.next_probe_at, Some(Time(second)));
+
+    // A drain starts its own count at once: the serving count says nothing about its end.
+    cluster.advance_to(second);
+    cluster.drain(&["backup"]);
+    let draining = cluster.step(&[]).swap_remove(i);
+    assert_eq!(draining.status.phase, NodePhase::Draining);
+    assert_eq!((draining.status.sessions, draining.status.probe_error.clone()), (None, None));
+    assert!(cluster.due("backup"));
+}
+
+#[test]
+fn a_serving_node_is_not_counted_when_not_ready_or_out_of_service() {
+    let mut cluster = Cluster::serving(&["main", "backup"]);
+    cluster.serving_interval = Some(SERVING_INTERVAL);
+    let i = cluster.index("backup");
+    cluster.pod_mut("backup").as_mut().unwrap().ready = false;
+    assert!(!serving_probe_due(
+        cluster.statuses[i].as_ref(),
+        cluster.pods[i].as_ref(),
+        cluster.serving_interval,
+        cluster.now
+    ));
+    let mut draining = Cluster::draining_backup();
+    draining.serving_interval = Some(SERVING_INTERVAL);
+    assert!(!serving_probe_due(
+        draining.statuses[i].as_ref(),
+        draining.pods[i].as_ref(),
+        draining.serving_interval,
+        draining.now
+    ));
+}
+
+#[test]
+fn the_same_exporter_sample_is_not_a_newer_serving_count() {
+    let mut cluster = Cluster::serving(&["main", "backup"]);
+    cluster.serving_interval = Some(SERVING_INTERVAL);
+    let i = cluster.index("backup");
+    // Two counts from the exporter's sample "s1": the second does not make the count younger.
+    for (t, sample, observed) in [(0, "s1", 0), (60, "s1", 0), (120, "s2", 120)] {
+        cluster.advance_to(at(t));
+        let status = cluster.statuses[i].clone();
+        let pod = cluster.pods[i].clone();
+        let input = NodeInput {
+            name: "backup",
+            previous: status.as_ref(),
+            pod: pod.as_ref(),
+            drain_requested: false,
+            probe: Some(ProbeOutcome::Count(2)),
+            probe_sample: Some(sample.into()),
+            probe_interval: INTERVAL,
+            serving_probe_interval: Some(SERVING_INTERVAL),
+            target_revision: Some(REVISION),
+            deployment_exists: true,
+            deployment_revision: Some(REVISION),
+            selected: false,
+            leaving: false,
+        };
+        let decision = step(std::slice::from_ref(&input), &cluster.policy, cluster.now).swap_remove(0);
+        assert_eq!(decision.status.sessions_observed_at, time(observed), "at {t}s, sample {sample}");
+        assert_eq!(decision.status.probe_sample.as_deref(), Some(sample));
+        cluster.statuses[i] = Some(decision.status);
+    }
+}
+
 // --- probe_due and next_wakeup --------------------------------------------------------------
 
 fn status_with(phase: NodePhase, next_probe: Option<i64>, deadline: Option<i64>) -> NodeStatus {
@@ -1377,9 +1490,11 @@ fn next_wakeup_is_the_earliest_probe_or_deadline_of_a_draining_node() {
         status_with(NodePhase::Draining, Some(90), Some(600)),
         status_with(NodePhase::Draining, None, Some(300)),
     ];
-    assert_eq!(next_wakeup(&statuses, READY_TIMEOUT), Some(at(90)));
+    // A serving node's next count wakes it too.
+    assert_eq!(next_wakeup(&statuses, READY_TIMEOUT), Some(at(1)));
+    assert_eq!(next_wakeup(&statuses[1..], READY_TIMEOUT), Some(at(90)));
     assert_eq!(next_wakeup(&statuses[3..], READY_TIMEOUT), Some(at(300)));
-    assert_eq!(next_wakeup(&statuses[..2], READY_TIMEOUT), None);
+    assert_eq!(next_wakeup(&statuses[1..2], READY_TIMEOUT), None);
     // A deadline already reached (Hold) no longer wakes anything.
     let held = NodeStatus { deadline_reached: true, ..status_with(NodePhase::Draining, None, Some(300)) };
     assert_eq!(next_wakeup(std::slice::from_ref(&held), READY_TIMEOUT), None);
@@ -2127,6 +2242,7 @@ fn run_scenario(scenario: &Scenario) -> Result<(), TestCaseError> {
                 probe: probes[i].clone(),
                 probe_sample: None,
                 probe_interval: interval,
+                serving_probe_interval: None,
                 target_revision: Some(REVISION),
                 deployment_exists: true,
                 deployment_revision: Some(REVISION),
@@ -2672,6 +2788,7 @@ fn run_rollout_scenario(scenario: &RolloutScenario) -> Result<(), TestCaseError>
                 probe: probes[i].clone(),
                 probe_sample: None,
                 probe_interval: interval,
+                serving_probe_interval: None,
                 target_revision: Some(target.as_str()),
                 deployment_exists: true,
                 deployment_revision: Some(deployments[i].as_str()),

@@ -427,7 +427,11 @@ async fn events_are_created_about_the_cluster() {
 #[tokio::test]
 async fn an_unchanged_reconcile_sends_no_write_request() {
     let (server, port, _, mut watches) = setup_with_watches();
-    let ctx = Arc::new(Context::new(port, FakeOmero::default(), Clock::system()));
+    let sessions = FakeOmero::default();
+    for ip in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
+        sessions.set(ip, Ok(0));
+    }
+    let ctx = Arc::new(Context::new(port, sessions, Clock::system()));
     let current = |server: &Shared| -> Arc<OmeroCluster> {
         Arc::new(serde_json::from_value(server.lock().unwrap().cluster.clone()).unwrap())
     };
@@ -457,6 +461,16 @@ async fn an_unchanged_reconcile_sends_no_write_request() {
     reconcile(current(&server), ctx.clone()).await.unwrap();
     let second = seen(&server);
     assert_eq!(second.iter().filter(|r| r.path.contains("/pods/")).count(), 3, "three label patches");
+
+    // Serving now: the first serving-session counts are recorded, one status write.
+    watches.sync(&server);
+    reconcile(current(&server), ctx.clone()).await.unwrap();
+    let counted: Vec<String> =
+        seen(&server).iter().filter(|r| r.is_write()).map(|r| format!("{} {}", r.method, r.path)).collect();
+    assert_eq!(
+        counted,
+        ["PUT /apis/omero.openmicroscopy.org/v1alpha1/namespaces/omero/omeroclusters/omero/status"]
+    );
 
     watches.sync(&server);
     reconcile(current(&server), ctx.clone()).await.unwrap();

@@ -38,7 +38,11 @@ const IPS: [(&str, &str); 3] = [("rw", "10.0.0.1"), ("ro-1", "10.0.0.2"), ("ro-2
 fn setup(yaml: &str) -> (FakeCluster, FakeOmero, std::sync::Arc<Ctx>) {
     let fake = FakeCluster::new(cluster_from_yaml(yaml));
     fake.state().secrets.insert(("omero-db".into(), "password".into()), "s3cret".into());
+    // A healthy cluster's probes answer: serving nodes are counted too.
     let sessions = FakeOmero::default();
+    for (_, ip) in IPS {
+        sessions.set(ip, Ok(0));
+    }
     let ctx = context(&fake, &sessions);
     (fake, sessions, ctx)
 }
@@ -113,10 +117,17 @@ async fn ready_pods_become_routable_and_an_unchanged_reconcile_writes_nothing() 
     assert!(status.nodes.iter().all(|n| n.phase == NodePhase::Serving && n.routable && n.ready));
     assert_eq!(status.condition(conditions::READY).unwrap().status, "True");
 
-    // The measure of the issue: a second, unchanged reconcile of a 3-node cluster.
+    // Serving nodes are counted at their serving interval (default 60s): the first count is
+    // one status write, and the next look is due then.
+    let requeue = reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.take_writes(), vec![Write::Status]);
+    assert!(fake.status().nodes.iter().all(|n| n.sessions == Some(0) && n.sessions_observed_at.is_some()));
+    assert_eq!(requeue, Duration::from_secs(60));
+
+    // The measure of the issue: an unchanged reconcile of a 3-node cluster.
     let requeue = reconcile_once(&fake, &ctx).await.unwrap();
     assert_eq!(fake.take_writes(), vec![], "an unchanged reconcile must not write");
-    assert_eq!(requeue, RESYNC);
+    assert!(requeue <= Duration::from_secs(60) && requeue < RESYNC, "{requeue:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -169,7 +180,7 @@ async fn a_node_removed_from_the_spec_is_drained_then_loses_its_objects_and_only
     assert_eq!(fake.status().node_count, 2, "counts the nodes of the spec");
 
     sessions.set("10.0.0.3", Ok(0));
-    run_until(&fake, &ctx, 10, |f| f.status().node("ro-2").is_none()).await;
+    run_until(&fake, &ctx, 60, |f| f.status().node("ro-2").is_none()).await;
     let writes = fake.take_writes();
     assert!(writes.contains(&Write::Delete(ChildKind::Deployment, "omero-ro-2".into())), "{writes:?}");
     assert!(writes.contains(&Write::Delete(ChildKind::Service, "omero-ro-2".into())), "{writes:?}");
@@ -256,11 +267,15 @@ async fn drain_to_zero_sessions() {
     assert!(fake.event_reasons().contains(&"DrainCompleted".to_string()));
     assert_eq!(fake.status().draining_nodes, 0);
 
-    // Drained and idle: no probes, no writes.
-    let before = sessions.queries().len();
-    let requeue = reconcile_once(&fake, &ctx).await.unwrap();
-    assert_eq!(requeue, RESYNC);
-    assert_eq!(sessions.queries().len(), before);
+    // Drained and idle: never probed again (the serving nodes still are, at their interval).
+    let probed = |ip: &str| sessions.queries().iter().filter(|q| q.pod_ip == ip).count();
+    let before = probed("10.0.0.2");
+    for _ in 0..3 {
+        let requeue = reconcile_once(&fake, &ctx).await.unwrap();
+        tokio::time::advance(requeue).await;
+    }
+    assert_eq!(probed("10.0.0.2"), before);
+    assert_eq!(fake.node("ro-1").phase, NodePhase::Drained);
 }
 
 #[tokio::test(start_paused = true)]

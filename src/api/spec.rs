@@ -385,6 +385,12 @@ pub struct SessionProbe {
     /// How often to probe while draining (default 15s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
+    /// How often to count sessions while the node serves, so status (and `kubectl omero
+    /// status`) shows where people are before an admin chooses what to drain (default 60s;
+    /// `0s` counts only while draining). Slower than `interval`: a serving node's count is
+    /// for people to read, not a decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_interval: Option<Duration>,
     /// metrics: the OMERO user the exporter logs in as (required). Its sessions, like root's,
     /// are not counted. Not `guest`: a guest sees only its own session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -398,12 +404,19 @@ pub struct SessionProbe {
 pub const DEFAULT_METRICS_PATH: &str = "/metrics";
 pub const DEFAULT_SESSIONS_METRIC: &str = "omero_sessions_active";
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(15);
+pub const DEFAULT_SERVING_PROBE_INTERVAL: Duration = Duration::from_secs(60);
 /// OMERO's administrator, the user its own services log in as.
 pub const ROOT_USER: &str = "root";
 
 impl SessionProbe {
     pub fn interval(&self) -> Duration {
         self.interval.unwrap_or(DEFAULT_PROBE_INTERVAL)
+    }
+
+    /// How often to count a serving node's sessions; `None` when never (no probe, or `0s`).
+    pub fn serving_interval(&self) -> Option<Duration> {
+        let interval = self.serving_interval.unwrap_or(DEFAULT_SERVING_PROBE_INTERVAL);
+        (self.kind != SessionProbeKind::None && !interval.is_zero()).then_some(interval)
     }
 
     /// Users whose sessions a metrics probe leaves out: root (Processor-0's and Tables-0's

@@ -102,6 +102,12 @@ pub fn facts<'a>(
 }
 
 impl NodeFacts<'_> {
+    /// How often to count the node's sessions while it serves; a node that left the spec has
+    /// no probe settings left.
+    pub fn serving_probe_interval(&self) -> Option<crate::api::Duration> {
+        self.spec.and_then(|s| s.effective_session_probe().serving_interval())
+    }
+
     pub fn role(&self, cluster: &OmeroCluster) -> Role {
         match self.spec {
             None => Role::Leaving,
@@ -239,7 +245,10 @@ pub fn probes_due<'a>(
     facts: &'a [NodeFacts<'a>],
     now: k8s_openapi::jiff::Timestamp,
 ) -> impl Iterator<Item = &'a NodeFacts<'a>> {
-    facts.iter().filter(move |f| lifecycle::probe_due(f.previous, f.pod, now))
+    facts.iter().filter(move |f| {
+        lifecycle::probe_due(f.previous, f.pod, now)
+            || lifecycle::serving_probe_due(f.previous, f.pod, f.serving_probe_interval(), now)
+    })
 }
 
 #[cfg(test)]

@@ -138,6 +138,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
             probe_interval: f
                 .spec
                 .map_or(api::DEFAULT_PROBE_INTERVAL, |s| s.effective_session_probe().interval()),
+            serving_probe_interval: f.serving_probe_interval(),
             target_revision: f.target_revision,
             deployment_exists: f.deployment.is_some(),
             deployment_revision: f.deployment_revision(),
