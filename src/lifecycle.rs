@@ -136,6 +136,8 @@ pub struct NodeInput<'a> {
     pub selected: bool,
     /// The node left the spec.
     pub leaving: bool,
+    /// This node's drain is forced (`drain-force` naming it), as [`Policy::force`] is for all.
+    pub force: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -524,10 +526,12 @@ fn start_drain(
         return;
     }
     // Rollouts and removals were checked by the planner; a requested drain is checked here.
-    if reason == DrainReason::Requested && would_serve(node) && serving <= 1 && !policy.force {
+    if reason == DrainReason::Requested && would_serve(node) && serving <= 1 && !(policy.force || node.force)
+    {
         let why = format!(
             "it is the last serving node: new sessions would have nowhere to go; add \
-             {FORCE_ANNOTATION}: \"true\" to drain it anyway"
+             {FORCE_ANNOTATION}: \"{}\" (kubectl omero drain --force) to drain it anyway",
+            node.name
         );
         status.phase = NodePhase::Serving;
         if status.message.as_deref() != Some(&format!("drain refused: {why}")) {
@@ -618,7 +622,7 @@ fn continue_drain(
         return;
     }
     let deadline = status.drain_deadline.as_ref().map(|t| t.0);
-    let proceed = policy.on_deadline == OnDeadline::Proceed || policy.force;
+    let proceed = policy.on_deadline == OnDeadline::Proceed || policy.force || node.force;
     let reached_now = deadline.is_some_and(|d| d <= now) && !status.deadline_reached;
     if reached_now {
         status.deadline_reached = true;

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 /// undrains it.
 pub const DRAIN_ANNOTATION: &str = "omero.openmicroscopy.org/drain";
 /// `omero.openmicroscopy.org/drain-force: "true"` lets the drain take the last serving node,
-/// and ends drains held past their deadline (`drain.onDeadline: Hold`).
+/// and ends drains held past their deadline (`drain.onDeadline: Hold`), for every node;
+/// `"ro-1,ro-2"` does so for those nodes' requested drains only (`kubectl omero drain --force`;
+/// `undrain` removes the names again, so the force ends with the drain).
 pub const FORCE_ANNOTATION: &str = "omero.openmicroscopy.org/drain-force";
 /// `omero.openmicroscopy.org/restart: "<token>"` restarts every node, one at a time, each
 /// drained first; `"<node>,<node>@<token>"` restarts those nodes. A token (e.g. the time of
@@ -33,7 +35,10 @@ pub struct RestartRequest {
 pub struct Request {
     /// Nodes to drain.
     pub drain: BTreeSet<String>,
+    /// Force for every node (`drain-force: "true"`).
     pub force: bool,
+    /// Force for these nodes' requested drains only.
+    pub force_nodes: BTreeSet<String>,
     pub restart: Option<RestartRequest>,
     pub paused: bool,
     pub allow_downtime: bool,
@@ -42,11 +47,31 @@ pub struct Request {
 }
 
 impl Request {
+    /// Whether `node`'s drain may take the last serving node and end at its deadline even
+    /// under `onDeadline: Hold`.
+    pub fn forced(&self, node: &str) -> bool {
+        self.force || self.force_nodes.contains(node)
+    }
+
     /// The restart token `node` is asked to run with, if the restart request covers it.
     pub fn restart_token(&self, node: &str) -> Option<&str> {
         let restart = self.restart.as_ref()?;
         restart.nodes.as_ref().is_none_or(|n| n.contains(node)).then_some(restart.token.as_str())
     }
+}
+
+/// Every annotation a user asks through.
+pub const REQUEST_ANNOTATIONS: [&str; 5] =
+    [DRAIN_ANNOTATION, FORCE_ANNOTATION, RESTART_ANNOTATION, PAUSE_ANNOTATION, ALLOW_DOWNTIME_ANNOTATION];
+
+/// The request annotations as they are, for `status.observedRequests`: written with the status
+/// that acts on them, so whoever asked (`kubectl omero`) sees that the operator runs and has
+/// taken the request in.
+pub fn observed(annotations: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    REQUEST_ANNOTATIONS
+        .iter()
+        .filter_map(|key| Some((key.to_string(), annotations.get(*key)?.clone())))
+        .collect()
 }
 
 /// Longest restart token: it is stamped on pod templates as an annotation value.
@@ -67,14 +92,30 @@ pub fn parse(annotations: &BTreeMap<String, String>, node_names: &[&str]) -> Req
             }
         }
     };
-    let force = flag(FORCE_ANNOTATION);
     let paused = flag(PAUSE_ANNOTATION);
     let allow_downtime = flag(ALLOW_DOWNTIME_ANNOTATION);
-    request.force = force;
     request.paused = paused;
     request.allow_downtime = allow_downtime;
     if let Some(value) = annotations.get(DRAIN_ANNOTATION) {
         request.drain = node_list(DRAIN_ANNOTATION, value, node_names, &mut request.problems);
+    }
+    if let Some(value) = annotations.get(FORCE_ANNOTATION) {
+        match value.trim() {
+            "true" => request.force = true,
+            "false" | "" => {}
+            list => {
+                let nodes = node_list(FORCE_ANNOTATION, list, node_names, &mut request.problems);
+                for name in &nodes {
+                    if !request.drain.contains(name) {
+                        request.problems.push(format!(
+                            "{FORCE_ANNOTATION}: '{name}' is not asked to drain, so nothing is forced; remove \
+                             it (it would force that node's next drain) or add it to {DRAIN_ANNOTATION}"
+                        ));
+                    }
+                }
+                request.force_nodes = nodes.intersection(&request.drain).cloned().collect();
+            }
+        }
     }
     if let Some(value) = annotations.get(RESTART_ANNOTATION) {
         request.restart = restart(value, node_names, &mut request.problems);

@@ -117,6 +117,8 @@ struct Cluster {
     interval: Duration,
     /// `sessionProbe.servingInterval`; `None`: serving nodes are not counted.
     serving_interval: Option<Duration>,
+    /// Nodes whose drain is forced (`drain-force` naming them).
+    forced: BTreeSet<String>,
     now: Timestamp,
 }
 
@@ -141,6 +143,7 @@ impl Cluster {
             },
             interval: INTERVAL,
             serving_interval: None,
+            forced: BTreeSet::new(),
             now: at(0),
         }
     }
@@ -212,6 +215,7 @@ impl Cluster {
                 deployment_revision: self.deployments[i].as_deref(),
                 selected: self.selected.contains(name),
                 leaving: false,
+                force: self.forced.contains(name),
             })
             .collect();
         let decisions = step(&inputs, &self.policy, self.now);
@@ -317,6 +321,21 @@ fn parse_force_true() {
     assert!(request.problems.is_empty());
     let request = parse(&annotations(&[(FORCE_ANNOTATION, " true ")]), NODES);
     assert!(request.force, "surrounding whitespace is ignored");
+}
+
+#[test]
+fn parse_force_naming_nodes_forces_only_their_requested_drains() {
+    let request = parse(&annotations(&[(DRAIN_ANNOTATION, "main,ro-1"), (FORCE_ANNOTATION, "ro-1")]), NODES);
+    assert!(!request.force);
+    assert_eq!(request.force_nodes, nodes(&["ro-1"]));
+    assert!(request.forced("ro-1") && !request.forced("main"));
+    assert!(request.problems.is_empty(), "{:?}", request.problems);
+
+    // A name not being drained is reported and forces nothing (it would force its next drain).
+    let request = parse(&annotations(&[(DRAIN_ANNOTATION, "main"), (FORCE_ANNOTATION, "main, ro-2")]), NODES);
+    assert_eq!(request.force_nodes, nodes(&["main"]));
+    assert_eq!(request.problems.len(), 1, "{:?}", request.problems);
+    assert!(request.problems[0].contains("'ro-2' is not asked to drain"), "{}", request.problems[0]);
 }
 
 #[test]
@@ -628,6 +647,31 @@ fn draining_the_last_serving_node_is_refused_once() {
     cluster.drain(&["main"]);
     let decisions = cluster.step(&[]);
     assert!(matches!(decisions[0].events.as_slice(), [NodeEvent::DrainRefused { .. }]));
+}
+
+#[test]
+fn a_forced_node_may_be_the_last_serving_one_and_ends_at_its_deadline_under_hold() {
+    let mut cluster = Cluster::serving(&["main", "backup"]);
+    cluster.policy.on_deadline = OnDeadline::Hold;
+    cluster.drain(&["main", "backup"]);
+    cluster.forced = nodes(&["backup"]);
+    let decisions = cluster.step(&[]);
+    // main first (spec order) takes one of two serving nodes; backup is then the last serving
+    // node, and its force lets it go too.
+    assert_eq!(decisions[0].status.phase, NodePhase::Draining);
+    assert_eq!(decisions[1].status.phase, NodePhase::Draining);
+    cluster.advance(TIMEOUT.std().as_secs());
+    let decisions = cluster.step(&[("main", ProbeOutcome::Count(2)), ("backup", ProbeOutcome::Count(2))]);
+    assert_eq!(decisions[0].status.phase, NodePhase::Draining, "Hold: main waits for its sessions");
+    assert_eq!(decisions[1].status.phase, NodePhase::Drained, "forced: backup ends at its deadline");
+
+    // Without force, the last serving node stays.
+    let mut cluster = Cluster::serving(&["main", "backup"]);
+    cluster.drain(&["main", "backup"]);
+    cluster.forced = nodes(&["main"]);
+    let decisions = cluster.step(&[]);
+    assert_eq!(decisions[0].status.phase, NodePhase::Draining);
+    assert_eq!(decisions[1].status.phase, NodePhase::Serving, "main's force is not backup's");
 }
 
 #[test]
@@ -1418,6 +1462,7 @@ fn the_same_exporter_sample_is_not_a_newer_serving_count() {
             deployment_revision: Some(REVISION),
             selected: false,
             leaving: false,
+            force: false,
         };
         let decision = step(std::slice::from_ref(&input), &cluster.policy, cluster.now).swap_remove(0);
         assert_eq!(decision.status.sessions_observed_at, time(observed), "at {t}s, sample {sample}");
@@ -2248,6 +2293,7 @@ fn run_scenario(scenario: &Scenario) -> Result<(), TestCaseError> {
                 deployment_revision: Some(REVISION),
                 selected: false,
                 leaving: false,
+                force: false,
             })
             .collect();
         let decisions = step(&inputs, &policy, now);
@@ -2794,6 +2840,7 @@ fn run_rollout_scenario(scenario: &RolloutScenario) -> Result<(), TestCaseError>
                 deployment_revision: Some(deployments[i].as_str()),
                 selected: selected[i],
                 leaving: false,
+                force: false,
             })
             .collect();
         let decisions = step(&inputs, &policy, now);

@@ -412,11 +412,22 @@ async fn draining_the_last_serving_node_is_refused_unless_forced() {
     reconcile_once(&fake, &ctx).await.unwrap();
     assert_eq!(fake.event_reasons().iter().filter(|r| *r == "DrainRefused").count(), 1, "announced once");
 
-    fake.set_annotation(FORCE_ANNOTATION, Some("true"));
+    // Forcing another node changes nothing for ro-2; forcing ro-2 (kubectl omero drain --force
+    // ro-2) lets it go. The status shows the request as the operator read it.
+    fake.set_annotation(FORCE_ANNOTATION, Some("ro-1"));
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.node("ro-2").phase, NodePhase::Serving);
+    assert_eq!(fake.status().observed_requests.get(FORCE_ANNOTATION).map(String::as_str), Some("ro-1"));
+    fake.set_annotation(FORCE_ANNOTATION, Some("ro-1,ro-2"));
     reconcile_once(&fake, &ctx).await.unwrap();
     assert_eq!(fake.node("ro-2").phase, NodePhase::Draining);
     assert!(!fake.pod_routable("ro-2"));
     assert_eq!(fake.status().condition(conditions::READY).unwrap().reason, "NoServingNode");
+    let observed = fake.status().observed_requests;
+    assert_eq!(
+        (observed[DRAIN_ANNOTATION].as_str(), observed[FORCE_ANNOTATION].as_str()),
+        ("ro-1,ro-2,rw", "ro-1,ro-2")
+    );
 }
 
 #[tokio::test(start_paused = true)]

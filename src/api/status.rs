@@ -2,6 +2,8 @@
 //! state lives here (not in the operator's memory) so a restarted operator resumes a drain
 //! with the same deadline.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -43,6 +45,11 @@ pub struct OmeroClusterStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
     pub object_problems: Vec<ObjectProblem>,
+    /// The request annotations (drain, drain-force, restart, paused, allow-downtime) as the
+    /// operator last read them, written with the status that acts on them: `kubectl omero`
+    /// waits for its edit to show here, which tells it the operator runs and took it in.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub observed_requests: BTreeMap<String, String>,
 }
 
 /// An object of the cluster that the operator does not write, and why.

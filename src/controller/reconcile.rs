@@ -52,6 +52,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
             generation: cluster.meta().generation,
             nodes: old.nodes.clone(),
             invalid: &errors,
+            requests: request::observed(cluster.annotations()),
             ..Default::default()
         };
         let next = status::next_status(&old, &assessment, now);
@@ -144,6 +145,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
             deployment_revision: f.deployment_revision(),
             selected: plan.selected.contains(&f.name),
             leaving: f.spec.is_none(),
+            force: request.force_nodes.contains(&f.name),
         })
         .collect();
     let policy = Policy {
@@ -185,6 +187,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         redirect,
         object_problems: Vec::new(),
         rollout: Some(rollout_status),
+        requests: request::observed(cluster.annotations()),
     };
 
     // The writes these decisions call for.

@@ -32,6 +32,8 @@ pub struct Assessment<'a> {
     pub object_problems: Vec<ObjectProblem>,
     /// The rollout's state (None for an invalid spec: the old one is kept).
     pub rollout: Option<RolloutStatus>,
+    /// The request annotations read (`status.observedRequests`).
+    pub requests: std::collections::BTreeMap<String, String>,
 }
 
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
@@ -142,6 +144,7 @@ pub fn next_status(old: &OmeroClusterStatus, a: &Assessment<'_>, now: Timestamp)
         } else {
             old.object_problems.clone()
         },
+        observed_requests: a.requests.clone(),
     }
 }
 
