@@ -7,14 +7,14 @@ use std::{collections::BTreeMap, io::Write};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::{
-    Api,
+    Api, ResourceExt,
     api::{Patch, PatchParams},
 };
 use serde_json::json;
 
 use crate::{
     api::{NodePhase, OmeroCluster, Topology, conditions},
-    request::DRAIN_ANNOTATION,
+    request::{DRAIN_ANNOTATION, FORCE_ANNOTATION},
 };
 
 /// Conflicts in a row before an edit gives up.
@@ -154,7 +154,7 @@ pub async fn edit_annotations(
     change: impl Fn(&OmeroCluster) -> Result<AnnotationChange, String>,
 ) -> Result<AnnotationChange, String> {
     for _ in 0..MAX_CONFLICTS {
-        let cluster = api.get(name).await.map_err(|e| describe(name, &e))?;
+        let cluster = get(api, name).await?;
         let edit = change(&cluster)?;
         let patch =
             json!({"metadata": {"resourceVersion": cluster.metadata.resource_version, "annotations": edit}});
@@ -170,26 +170,392 @@ pub async fn edit_annotations(
 /// An API error in the words a user needs.
 pub fn describe(name: &str, error: &kube::Error) -> String {
     match error {
+        // The resource type itself is unknown: the API server has no OmeroCluster CRD.
+        kube::Error::Api(e)
+            if e.code == 404 && e.message.contains("could not find the requested resource") =>
+        {
+            "the OmeroCluster resource is not installed on this cluster (no CRD \
+             omeroclusters.omero.openmicroscopy.org): install the operator's chart or \
+             `omero-operator crd | kubectl apply -f -`"
+                .into()
+        }
         kube::Error::Api(e) if e.code == 404 => {
             format!("no OmeroCluster named {name} here (kubectl get omc lists them)")
         }
+        // The API server's message names the user, the verb and the resource.
         kube::Error::Api(e) if e.code == 403 => format!("forbidden: {}", e.message),
         other => other.to_string(),
     }
 }
 
-/// The drain annotation change that adds `nodes`.
-pub fn drain(cluster: &OmeroCluster, nodes: &[String]) -> Result<AnnotationChange, String> {
-    unknown_nodes(cluster, nodes)?;
-    let current = cluster.metadata.annotations.as_ref().and_then(|a| a.get(DRAIN_ANNOTATION));
-    Ok(BTreeMap::from([(DRAIN_ANNOTATION.to_string(), Some(with_nodes(current.map(String::as_str), nodes)))]))
+/// Reads the cluster; when there is none by that name, says which ones there are.
+pub async fn get(api: &Api<OmeroCluster>, name: &str) -> Result<OmeroCluster, String> {
+    match api.get(name).await {
+        Ok(cluster) => Ok(cluster),
+        Err(kube::Error::Api(e))
+            if e.code == 404 && !e.message.contains("could not find the requested resource") =>
+        {
+            let names: Vec<String> = match api.list_metadata(&kube::api::ListParams::default()).await {
+                Ok(list) => list.items.into_iter().filter_map(|c| c.metadata.name).collect(),
+                Err(_) => return Err(format!("no OmeroCluster named {name} here")),
+            };
+            Err(if names.is_empty() {
+                format!(
+                    "no OmeroCluster named {name}: there is none in this namespace (-n NAMESPACE to look elsewhere)"
+                )
+            } else {
+                format!("no OmeroCluster named {name}; the ones here are {}", names.join(", "))
+            })
+        }
+        Err(e) => Err(describe(name, &e)),
+    }
 }
 
-/// The drain annotation change that removes `nodes` (and only those).
+/// The drain annotation change that adds `nodes`, and with `force` adds them to the per-node
+/// force list too.
+pub fn drain(cluster: &OmeroCluster, nodes: &[String], forced: bool) -> Result<AnnotationChange, String> {
+    unknown_nodes(cluster, nodes)?;
+    let current = cluster.metadata.annotations.as_ref().and_then(|a| a.get(DRAIN_ANNOTATION));
+    let mut edit = BTreeMap::from([(
+        DRAIN_ANNOTATION.to_string(),
+        Some(with_nodes(current.map(String::as_str), nodes)),
+    )]);
+    if forced && let Some(list) = force(cluster, nodes) {
+        edit.insert(FORCE_ANNOTATION.to_string(), Some(list));
+    }
+    Ok(edit)
+}
+
+/// The drain annotation change that removes `nodes` (and only those), from the per-node force
+/// list too.
 pub fn undrain(cluster: &OmeroCluster, nodes: &[String]) -> Result<AnnotationChange, String> {
     unknown_nodes(cluster, nodes)?;
     let current = cluster.metadata.annotations.as_ref().and_then(|a| a.get(DRAIN_ANNOTATION));
-    Ok(BTreeMap::from([(DRAIN_ANNOTATION.to_string(), without_nodes(current.map(String::as_str), nodes))]))
+    let mut edit =
+        BTreeMap::from([(DRAIN_ANNOTATION.to_string(), without_nodes(current.map(String::as_str), nodes))]);
+    if let Some(left) = unforce(cluster, nodes) {
+        edit.insert(FORCE_ANNOTATION.to_string(), left);
+    }
+    Ok(edit)
+}
+
+/// The edit made it into `status.observedRequests`: the operator runs and has read it (each
+/// annotation set is there with the value written; each removed one is gone).
+pub fn acknowledged(cluster: &OmeroCluster, edit: &AnnotationChange) -> bool {
+    let Some(status) = &cluster.status else { return false };
+    edit.iter().all(|(key, value)| status.observed_requests.get(key) == value.as_ref())
+}
+
+/// What `--wait` (and `kubectl omero wait`) follows until it ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// The named nodes' drains: until each is Drained.
+    Drain(Vec<String>),
+    /// A restart (or any rollout), or `kubectl omero wait`: until the named nodes (every node
+    /// of the spec when empty) run the revision the spec asks for and serve, or stay drained
+    /// when asked to.
+    Settle(Vec<String>),
+}
+
+/// Where an operation stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Running,
+    /// Ended as asked, with a one-line summary.
+    Done(String),
+    /// Ended otherwise: refused, failed, or stuck until someone acts; the reason.
+    Failed(String),
+}
+
+/// One node's progress in words: phase, sessions left, time to the deadline, message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeProgress {
+    pub name: String,
+    /// What changed when this changes (the countdown to the deadline left out).
+    pub state: String,
+    /// `state` with the time left to the drain deadline.
+    pub line: String,
+    pub done: bool,
+}
+
+/// The operation's progress as the cluster's status shows it now. Pure.
+pub fn progress(cluster: &OmeroCluster, op: &Operation, now: Timestamp) -> (Vec<NodeProgress>, Outcome) {
+    let status = cluster.status.clone().unwrap_or_default();
+    let names: Vec<String> = match op {
+        Operation::Drain(nodes) => nodes.clone(),
+        Operation::Settle(nodes) if nodes.is_empty() => {
+            cluster.spec.nodes.iter().map(|n| n.name.clone()).collect()
+        }
+        Operation::Settle(nodes) => nodes.clone(),
+    };
+    let asked_to_drain = crate::request::parse(
+        cluster.annotations(),
+        &cluster.spec.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+    )
+    .drain;
+    let mut nodes = Vec::new();
+    let mut failures = Vec::new();
+    for name in &names {
+        let Some(node) = status.node(name) else {
+            nodes.push(NodeProgress {
+                name: name.clone(),
+                state: "no status yet".into(),
+                line: "no status yet".into(),
+                done: false,
+            });
+            continue;
+        };
+        let done = match op {
+            Operation::Drain(_) => node.phase == NodePhase::Drained,
+            Operation::Settle(_) if asked_to_drain.contains(name) => {
+                node.phase == NodePhase::Drained && node.up_to_date
+            }
+            Operation::Settle(_) => node.phase == NodePhase::Serving && node.ready && node.up_to_date,
+        };
+        let refused = node.phase == NodePhase::Serving
+            && matches!(op, Operation::Drain(_))
+            && node.message.as_deref().is_some_and(|m| m.starts_with("drain refused"));
+        if node.phase == NodePhase::Failed || refused {
+            failures.push(format!("{name}: {}", node.message.as_deref().unwrap_or(phase(node.phase))));
+        }
+        let mut state = phase(node.phase).to_string();
+        if let Some(n) = node.sessions {
+            state.push_str(&format!(", {n} session{}", if n == 1 { "" } else { "s" }));
+        }
+        if matches!(op, Operation::Settle(_)) && !node.up_to_date && node.target_revision.is_some() {
+            state.push_str(&format!(", revision {}", node.target_revision.as_deref().unwrap_or_default()));
+            state.push_str(" to come");
+        }
+        if let Some(message) = &node.message {
+            state.push_str(&format!(": {message}"));
+        }
+        let mut line = state.clone();
+        if node.phase == NodePhase::Draining
+            && let Some(deadline) = &node.drain_deadline
+        {
+            let left = deadline.0.as_second() - now.as_second();
+            if left > 0 {
+                line = format!("{line} (deadline in {})", age(now, deadline.0));
+            } else {
+                line = format!("{line} (deadline passed)");
+            }
+        }
+        nodes.push(NodeProgress { name: name.clone(), state, line, done });
+    }
+    let invalid = status
+        .condition(conditions::DEGRADED)
+        .filter(|c| c.status == "True" && c.reason == "InvalidSpec")
+        .map(|c| c.message.clone());
+    let outcome = if let Some(message) = invalid {
+        Outcome::Failed(message)
+    } else if !failures.is_empty() {
+        Outcome::Failed(failures.join("; "))
+    } else if nodes.iter().all(|n| n.done) {
+        let list: Vec<&str> = names.iter().map(String::as_str).collect();
+        Outcome::Done(match op {
+            Operation::Drain(_) => format!("drained {}", list.join(", ")),
+            Operation::Settle(_) => format!("{} up to date", list.join(", ")),
+        })
+    } else if let Some(waiting) = status.rollout.as_ref().and_then(|r| r.waiting.clone())
+        && matches!(op, Operation::Settle(_))
+    {
+        // The planner moves nothing and says why: only someone acting ends this wait.
+        Outcome::Failed(format!("the rollout waits: {waiting}"))
+    } else {
+        Outcome::Running
+    };
+    (nodes, outcome)
+}
+
+/// Follows an operation across successive reads of the cluster, for a log: the lines of the
+/// nodes whose state changed since the last read.
+#[derive(Debug)]
+pub struct Follower {
+    op: Operation,
+    last: BTreeMap<String, String>,
+}
+
+impl Follower {
+    pub fn new(op: Operation) -> Self {
+        Self { op, last: BTreeMap::new() }
+    }
+
+    pub fn operation(&self) -> &Operation {
+        &self.op
+    }
+
+    /// The nodes as they stand, the lines that changed (`node: state`), and the outcome.
+    pub fn observe(
+        &mut self,
+        cluster: &OmeroCluster,
+        now: Timestamp,
+    ) -> (Vec<NodeProgress>, Vec<String>, Outcome) {
+        let (nodes, outcome) = progress(cluster, &self.op, now);
+        let mut changed = Vec::new();
+        for node in &nodes {
+            if self.last.get(&node.name) != Some(&node.state) {
+                self.last.insert(node.name.clone(), node.state.clone());
+                changed.push(format!("{}: {}", node.name, node.line));
+            }
+        }
+        (nodes, changed, outcome)
+    }
+}
+
+/// The per-node force list with `add` added: `drain --force` forces only the named nodes.
+pub fn force(cluster: &OmeroCluster, nodes: &[String]) -> Option<String> {
+    let current = cluster.metadata.annotations.as_ref().and_then(|a| a.get(FORCE_ANNOTATION));
+    match current.map(|v| v.trim()) {
+        // Every node is forced already.
+        Some("true") => None,
+        Some("false") | None => Some(with_nodes(None, nodes)),
+        Some(list) => Some(with_nodes(Some(list), nodes)),
+    }
+}
+
+/// The per-node force list without `remove`: an undrain ends the force with the drain. A
+/// cluster-wide `"true"` is left alone.
+pub fn unforce(cluster: &OmeroCluster, nodes: &[String]) -> Option<Option<String>> {
+    let current = cluster.metadata.annotations.as_ref().and_then(|a| a.get(FORCE_ANNOTATION))?;
+    match current.trim() {
+        "true" | "false" => None,
+        list => {
+            let left = without_nodes(Some(list), nodes);
+            (left.as_deref() != Some(list)).then_some(left)
+        }
+    }
+}
+
+/// How `--wait` shows progress: redrawn in place on a terminal, or one line per change.
+pub trait Display {
+    /// The nodes as they stand, and the lines of those that changed since the last call.
+    fn show(&mut self, nodes: &[NodeProgress], changed: &[String]);
+    /// A line of its own (acknowledgement, summary).
+    fn say(&mut self, line: &str);
+}
+
+/// One line per change, each with the time: for pipes and logs.
+pub struct Log<W: Write> {
+    pub out: W,
+}
+
+impl<W: Write> Display for Log<W> {
+    fn show(&mut self, _: &[NodeProgress], changed: &[String]) {
+        let time = Timestamp::now().strftime("%H:%M:%S");
+        for line in changed {
+            let _ = writeln!(self.out, "{time} {line}");
+        }
+        let _ = self.out.flush();
+    }
+
+    fn say(&mut self, line: &str) {
+        let _ = writeln!(self.out, "{line}");
+        let _ = self.out.flush();
+    }
+}
+
+/// How following a request ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// The operator took the request in (`status.observedRequests`); not waited for further.
+    Acknowledged,
+    Done(String),
+    Failed(String),
+    /// The operator did not show the request in status in time: it is not running, or cannot
+    /// write the cluster's status.
+    NotAcknowledged(std::time::Duration),
+    TimedOut(std::time::Duration),
+    /// Ctrl-C: watching stopped; the operation goes on.
+    Interrupted,
+}
+
+/// What to follow after an edit.
+#[derive(Clone, Debug, Default)]
+pub struct FollowOptions {
+    /// The edit made: wait until the operator shows it read it.
+    pub ack: Option<AnnotationChange>,
+    pub ack_timeout: std::time::Duration,
+    /// Follow the operation until it ends (else stop once acknowledged).
+    pub wait: bool,
+    pub timeout: Option<std::time::Duration>,
+    /// Redraw this often (the countdown to deadlines), on a terminal.
+    pub redraw: Option<std::time::Duration>,
+}
+
+/// Follows the cluster from a watch (never by polling): first until the operator acknowledges
+/// `options.ack`, then, with `options.wait`, until the operation ends, the timeout passes or
+/// `interrupt` completes.
+pub async fn follow(
+    api: Api<OmeroCluster>,
+    name: &str,
+    op: Operation,
+    options: &FollowOptions,
+    display: &mut dyn Display,
+    interrupt: impl std::future::Future<Output = ()>,
+) -> Result<Ending, String> {
+    use futures::StreamExt;
+    use tokio::time::{Instant, sleep_until};
+
+    let mut stream = std::pin::pin!(kube::runtime::watcher::watch_object(api, name));
+    let mut interrupt = std::pin::pin!(interrupt);
+    let started = Instant::now();
+    let ack_deadline = started + options.ack_timeout;
+    let far = started + std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+    let deadline = options.timeout.map_or(far, |t| started + t);
+    let mut redraw = tokio::time::interval(options.redraw.unwrap_or(std::time::Duration::from_secs(3600)));
+    let mut acknowledged_yet = options.ack.is_none();
+    let mut follower = Follower::new(op);
+    let mut latest: Option<OmeroCluster> = None;
+    loop {
+        tokio::select! {
+            () = &mut interrupt => return Ok(Ending::Interrupted),
+            () = sleep_until(ack_deadline), if !acknowledged_yet => {
+                return Ok(Ending::NotAcknowledged(options.ack_timeout));
+            }
+            () = sleep_until(deadline), if options.timeout.is_some() => {
+                return Ok(Ending::TimedOut(started.elapsed()));
+            }
+            _ = redraw.tick(), if options.redraw.is_some() && latest.is_some() => {
+                if let Some(cluster) = &latest {
+                    let (nodes, _, _) = follower.observe(cluster, Timestamp::now());
+                    display.show(&nodes, &[]);
+                }
+            }
+            event = stream.next() => {
+                let cluster = match event {
+                    None => return Err(format!("the watch of OmeroCluster {name} ended")),
+                    Some(Err(e)) => return Err(watch_error(name, &e)),
+                    Some(Ok(None)) => return Err(format!("OmeroCluster {name} was deleted")),
+                    Some(Ok(Some(cluster))) => cluster,
+                };
+                if !acknowledged_yet {
+                    if !options.ack.as_ref().is_some_and(|edit| acknowledged(&cluster, edit)) {
+                        continue;
+                    }
+                    acknowledged_yet = true;
+                    display.say("acknowledged by the operator");
+                    if !options.wait {
+                        return Ok(Ending::Acknowledged);
+                    }
+                }
+                let (nodes, changed, outcome) = follower.observe(&cluster, Timestamp::now());
+                display.show(&nodes, &changed);
+                match outcome {
+                    Outcome::Done(summary) => return Ok(Ending::Done(summary)),
+                    Outcome::Failed(why) => return Ok(Ending::Failed(why)),
+                    Outcome::Running => latest = Some(cluster),
+                }
+            }
+        }
+    }
+}
+
+fn watch_error(name: &str, error: &kube::runtime::watcher::Error) -> String {
+    use kube::runtime::watcher::Error as W;
+    match error {
+        W::InitialListFailed(e) | W::WatchStartFailed(e) | W::WatchFailed(e) => describe(name, e),
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -105,7 +105,7 @@ fn names(v: &[&str]) -> Vec<String> {
 async fn a_drain_adds_to_the_list_with_the_resource_version_as_precondition() {
     let server = server(0);
     let api: Api<OmeroCluster> = Api::namespaced(client(server.clone()), "omero");
-    plugin::edit_annotations(&api, "omero", |c| plugin::drain(c, &names(&["ro-2"]))).await.unwrap();
+    plugin::edit_annotations(&api, "omero", |c| plugin::drain(c, &names(&["ro-2"]), false)).await.unwrap();
     let s = server.lock().unwrap();
     assert_eq!(
         s.patches,
@@ -117,7 +117,7 @@ async fn a_drain_adds_to_the_list_with_the_resource_version_as_precondition() {
 async fn a_conflict_reads_again_and_keeps_what_someone_else_added() {
     let server = server(1);
     let api: Api<OmeroCluster> = Api::namespaced(client(server.clone()), "omero");
-    plugin::edit_annotations(&api, "omero", |c| plugin::drain(c, &names(&["ro-2"]))).await.unwrap();
+    plugin::edit_annotations(&api, "omero", |c| plugin::drain(c, &names(&["ro-2"]), false)).await.unwrap();
     let s = server.lock().unwrap();
     assert_eq!(s.patches.len(), 2);
     assert_eq!(
@@ -143,8 +143,9 @@ async fn an_undrain_removes_only_the_named_nodes_and_the_last_removes_the_annota
 async fn an_unknown_node_is_refused_with_the_nodes_there_are() {
     let server = server(0);
     let api: Api<OmeroCluster> = Api::namespaced(client(server.clone()), "omero");
-    let error =
-        plugin::edit_annotations(&api, "omero", |c| plugin::drain(c, &names(&["ro-9"]))).await.unwrap_err();
+    let error = plugin::edit_annotations(&api, "omero", |c| plugin::drain(c, &names(&["ro-9"]), false))
+        .await
+        .unwrap_err();
     assert_eq!(error, "no node named ro-9; the nodes are rw, ro-1, ro-2");
     assert!(server.lock().unwrap().patches.is_empty(), "nothing sent");
 }

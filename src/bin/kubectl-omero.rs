@@ -1,7 +1,7 @@
 //! `kubectl omero`: see an OmeroCluster's nodes and sessions, and drive drains, restarts and
 //! pauses through its annotations. Put this binary on the PATH as `kubectl-omero`.
 
-use std::{collections::BTreeMap, process::ExitCode};
+use std::{collections::BTreeMap, io::IsTerminal, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use k8s_openapi::jiff::Timestamp;
@@ -11,7 +11,7 @@ use kube::{
 };
 use omero_operator::{
     api::OmeroCluster,
-    plugin,
+    plugin::{self, Ending, Operation},
     request::{ALLOW_DOWNTIME_ANNOTATION, PAUSE_ANNOTATION, RESTART_ANNOTATION},
 };
 
@@ -44,11 +44,17 @@ enum Command {
     },
     /// Take nodes out of service until their sessions end (adds them to the drain list).
     ///
-    /// Example: kubectl omero drain omero ro-1 ro-2
+    /// Example: kubectl omero drain omero ro-1 ro-2 --wait
     Drain {
         cluster: String,
         #[arg(required = true)]
         nodes: Vec<String>,
+        /// For these nodes only: drain even the last serving node, and end the drain at its
+        /// deadline even under `drain.onDeadline: Hold`. Ends with the drain (`undrain`).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Put drained nodes back in service (removes only them from the drain list).
     ///
@@ -70,6 +76,23 @@ enum Command {
         /// Allow restarting the last serving node or a grid master (downtime).
         #[arg(long)]
         allow_downtime: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Follow what is under way until it ends: drains (--drained) or the rollout (nodes serve
+    /// the revision the spec asks for). Resumes watching after Ctrl-C.
+    ///
+    /// Example: kubectl omero wait omero ro-1 --drained; kubectl omero wait omero
+    Wait {
+        cluster: String,
+        /// The nodes to follow (default: every node).
+        nodes: Vec<String>,
+        /// Wait for the named nodes to be drained.
+        #[arg(long, requires = "nodes")]
+        drained: bool,
+        /// Give up after this long (e.g. 90s, 30m, 2h); exit code 2.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
     },
     /// Stop every change to the cluster's running objects.
     ///
@@ -81,6 +104,24 @@ enum Command {
     Resume { cluster: String },
 }
 
+#[derive(clap::Args, Clone, Copy, Default)]
+struct WaitArgs {
+    /// Follow the operation live until it ends; exit 0 when done, 1 when refused or failed,
+    /// 2 when --timeout passes, 130 on Ctrl-C (the operation goes on).
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this long (e.g. 90s, 30m, 2h).
+    #[arg(long, value_parser = parse_duration, requires = "wait")]
+    timeout: Option<std::time::Duration>,
+}
+
+fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
+    value.parse::<omero_operator::api::Duration>().map(|d| d.std()).map_err(|e| e.to_string())
+}
+
+/// How long the operator has to show it read a request in `status.observedRequests`.
+const ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Output {
     Json,
@@ -91,7 +132,7 @@ enum Output {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
@@ -112,7 +153,7 @@ async fn client(cli: &Cli) -> Result<(Client, String), String> {
     Ok((Client::try_from(config).map_err(|e| e.to_string())?, namespace))
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> Result<ExitCode, String> {
     let (client, namespace) = client(&cli).await?;
     let api: Api<OmeroCluster> = Api::namespaced(client, &namespace);
     let set = |pairs: &[(&str, Option<String>)]| -> plugin::AnnotationChange {
@@ -120,7 +161,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     };
     match cli.command {
         Command::Status { cluster, output } => {
-            let found = api.get(&cluster).await.map_err(|e| plugin::describe(&cluster, &e))?;
+            let found = plugin::get(&api, &cluster).await?;
             match output {
                 Some(Output::Json) => {
                     println!("{}", serde_json::to_string_pretty(&found.status).map_err(|e| e.to_string())?)
@@ -136,19 +177,25 @@ async fn run(cli: Cli) -> Result<(), String> {
                     print!("{}", plugin::node_table(&found, Timestamp::now()));
                 }
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Drain { cluster, nodes } => {
-            let edit = plugin::edit_annotations(&api, &cluster, |c| plugin::drain(c, &nodes)).await?;
+        Command::Drain { cluster, nodes, force, wait } => {
+            let edit = plugin::edit_annotations(&api, &cluster, |c| plugin::drain(c, &nodes, force)).await?;
             report(&cluster, &edit);
-            Ok(())
+            follow(&api, &cluster, Some(&edit), Operation::Drain(nodes), wait).await
         }
         Command::Undrain { cluster, nodes } => {
             let edit = plugin::edit_annotations(&api, &cluster, |c| plugin::undrain(c, &nodes)).await?;
             report(&cluster, &edit);
-            Ok(())
+            follow(&api, &cluster, Some(&edit), Operation::Settle(nodes), WaitArgs::default()).await
         }
-        Command::Restart { cluster, nodes, all: _, allow_downtime } => {
+        Command::Wait { cluster, nodes, drained, timeout } => {
+            let found = plugin::get(&api, &cluster).await?;
+            plugin::unknown_nodes(&found, &nodes)?;
+            let op = if drained { Operation::Drain(nodes) } else { Operation::Settle(nodes) };
+            follow(&api, &cluster, None, op, WaitArgs { wait: true, timeout }).await
+        }
+        Command::Restart { cluster, nodes, all: _, allow_downtime, wait } => {
             let token =
                 Timestamp::from_second(Timestamp::now().as_second()).map_err(|e| e.to_string())?.to_string();
             let value = if nodes.is_empty() { token } else { format!("{}@{token}", nodes.join(",")) };
@@ -162,7 +209,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             })
             .await?;
             report(&cluster, &edit);
-            Ok(())
+            follow(&api, &cluster, Some(&edit), Operation::Settle(nodes), wait).await
         }
         Command::Pause { cluster } => {
             let edit = plugin::edit_annotations(&api, &cluster, |_| {
@@ -170,13 +217,128 @@ async fn run(cli: Cli) -> Result<(), String> {
             })
             .await?;
             report(&cluster, &edit);
-            Ok(())
+            follow(&api, &cluster, Some(&edit), Operation::Settle(Vec::new()), WaitArgs::default()).await
         }
         Command::Resume { cluster } => {
             let edit =
                 plugin::edit_annotations(&api, &cluster, |_| Ok(set(&[(PAUSE_ANNOTATION, None)]))).await?;
             report(&cluster, &edit);
-            Ok(())
+            follow(&api, &cluster, Some(&edit), Operation::Settle(Vec::new()), WaitArgs::default()).await
+        }
+    }
+}
+
+/// Waits for the operator to acknowledge `edit`, then with `--wait` follows `op` until it ends.
+async fn follow(
+    api: &Api<OmeroCluster>,
+    cluster: &str,
+    edit: Option<&plugin::AnnotationChange>,
+    op: Operation,
+    wait: WaitArgs,
+) -> Result<ExitCode, String> {
+    let options = plugin::FollowOptions {
+        ack: edit.cloned(),
+        ack_timeout: ACK_TIMEOUT,
+        wait: wait.wait || edit.is_none(),
+        timeout: wait.timeout,
+        redraw: std::io::stdout().is_terminal().then_some(std::time::Duration::from_secs(1)),
+    };
+    let resume = match &op {
+        Operation::Drain(nodes) => format!("kubectl omero wait {cluster} {} --drained", nodes.join(" ")),
+        Operation::Settle(nodes) => {
+            format!("kubectl omero wait {cluster} {}", nodes.join(" ")).trim_end().to_string()
+        }
+    };
+    let started = std::time::Instant::now();
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let ending = if options.redraw.is_some() && options.wait {
+        let mut display = Terminal::default();
+        let ending = plugin::follow(api.clone(), cluster, op, &options, &mut display, interrupt).await;
+        display.finish();
+        ending?
+    } else {
+        let mut display = plugin::Log { out: std::io::stdout() };
+        plugin::follow(api.clone(), cluster, op, &options, &mut display, interrupt).await?
+    };
+    let took = format_took(started.elapsed());
+    Ok(match ending {
+        Ending::Acknowledged => ExitCode::SUCCESS,
+        Ending::Done(summary) => {
+            println!("{summary} in {took}");
+            ExitCode::SUCCESS
+        }
+        Ending::Failed(why) => {
+            eprintln!("error: {why}");
+            ExitCode::FAILURE
+        }
+        Ending::NotAcknowledged(after) => {
+            eprintln!(
+                "error: the operator has not acknowledged the request within {}s (status.observedRequests): \
+                 is it running? (kubectl get pods -A -l app.kubernetes.io/name=omero-operator). The request \
+                 stays in the annotations and is carried out once the operator runs.",
+                after.as_secs()
+            );
+            ExitCode::FAILURE
+        }
+        Ending::TimedOut(after) => {
+            eprintln!("timed out after {}; the operation goes on. Watch again: {resume}", format_took(after));
+            ExitCode::from(2)
+        }
+        Ending::Interrupted => {
+            eprintln!("stopped watching; the operation goes on. Watch again: {resume}");
+            ExitCode::from(130)
+        }
+    })
+}
+
+fn format_took(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..60 => format!("{}.{}s", secs, d.subsec_millis() / 100),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+/// Progress redrawn in place: one spinner line per node (indicatif).
+#[derive(Default)]
+struct Terminal {
+    multi: indicatif::MultiProgress,
+    bars: BTreeMap<String, indicatif::ProgressBar>,
+}
+
+impl plugin::Display for Terminal {
+    fn show(&mut self, nodes: &[plugin::NodeProgress], _: &[String]) {
+        for node in nodes {
+            let bar = self.bars.entry(node.name.clone()).or_insert_with(|| {
+                let bar = self.multi.add(indicatif::ProgressBar::new_spinner());
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg}")
+                        .expect("a valid template"),
+                );
+                bar.set_prefix(node.name.clone());
+                bar
+            });
+            bar.set_message(node.line.clone());
+            if node.done {
+                bar.finish();
+            } else {
+                bar.tick();
+            }
+        }
+    }
+
+    fn say(&mut self, line: &str) {
+        let _ = self.multi.println(line);
+    }
+}
+
+impl Terminal {
+    fn finish(&self) {
+        for bar in self.bars.values() {
+            bar.finish();
         }
     }
 }
