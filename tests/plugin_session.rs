@@ -1,0 +1,245 @@
+//! A recorded `kubectl omero` session: the real `kubectl-omero` binary, over real HTTP, against
+//! a small API server in this test that serves one OmeroCluster (GET, merge PATCH with its
+//! `resourceVersion` precondition, LIST and WATCH) from the port double, while the real
+//! reconcile runs on it with `support::sim` playing the Deployment controller, the kubelet and
+//! OMERO's sessions, on the real clock (probes every second, pods ready 2 s after creation).
+//! It drains a node with sessions and waits, puts it back, restarts every node and waits.
+//! The transcript is printed (`cargo test --test plugin_session -- --nocapture`); the README
+//! shows one.
+
+mod support;
+
+use std::{convert::Infallible, time::Duration};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::jiff::Timestamp;
+use omero_operator::{api::NodePhase, controller::Clock};
+use serde_json::{Value, json};
+use support::{FakeCluster, cluster_from_yaml, reconcile_once, sim::Sim};
+
+const CLUSTER: &str = r#"
+apiVersion: omero.openmicroscopy.org/v1alpha1
+kind: OmeroCluster
+metadata: {name: omero}
+spec:
+  image: openmicroscopy/omero-server:5.6
+  database: {host: db, passwordSecret: {name: omero-db, key: password}}
+  repository: {claimName: omero-data}
+  drain: {timeout: 10m}
+  nodes:
+  - name: rw
+    sessionProbe: {type: database, interval: 1s, servingInterval: 2s}
+  - name: ro-1
+    readOnly: {db: true, repo: true}
+    sessionProbe: {type: metrics, port: 9449, interval: 1s, servingInterval: 2s, exporterUser: monitor}
+  - name: ro-2
+    readOnly: {db: true, repo: true}
+    sessionProbe: {type: metrics, port: 9449, interval: 1s, servingInterval: 2s, exporterUser: monitor}
+"#;
+
+type Reply = Response<BoxBody<Bytes, Infallible>>;
+
+fn json_reply(code: StatusCode, value: &Value) -> Reply {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(serde_json::to_vec(value).unwrap())).boxed())
+        .unwrap()
+}
+
+fn cluster_json(fake: &FakeCluster) -> Value {
+    let mut value = serde_json::to_value(fake.cluster()).unwrap();
+    value["apiVersion"] = json!("omero.openmicroscopy.org/v1alpha1");
+    value["kind"] = json!("OmeroCluster");
+    value
+}
+
+/// The API server's side for the one cluster.
+async fn serve(fake: FakeCluster, request: Request<Incoming>) -> Result<Reply, Infallible> {
+    let (parts, body) = request.into_parts();
+    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let path = parts.uri.path();
+    let query = parts.uri.query().unwrap_or_default();
+    let base = "/apis/omero.openmicroscopy.org/v1alpha1/namespaces/omero/omeroclusters";
+    if path == base && query.contains("watch=true") {
+        // A watch: every new resourceVersion of the cluster goes out as one MODIFIED event.
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
+        tokio::spawn(async move {
+            let mut sent = fake.cluster().metadata.resource_version;
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let now = fake.cluster().metadata.resource_version;
+                if now != sent {
+                    sent = now;
+                    let mut line =
+                        serde_json::to_vec(&json!({"type": "MODIFIED", "object": cluster_json(&fake)}))
+                            .unwrap();
+                    line.push(b'\n');
+                    if tx.unbounded_send(Ok(Frame::data(Bytes::from(line)))).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        return Ok(Response::builder().status(200).body(StreamBody::new(rx).boxed()).unwrap());
+    }
+    if path == base {
+        let cluster = cluster_json(&fake);
+        let list = json!({"apiVersion": "omero.openmicroscopy.org/v1alpha1", "kind": "OmeroClusterList",
+                          "metadata": {"resourceVersion": cluster["metadata"]["resourceVersion"]}, "items": [cluster]});
+        return Ok(json_reply(StatusCode::OK, &list));
+    }
+    if path != format!("{base}/omero") {
+        return Ok(json_reply(
+            StatusCode::NOT_FOUND,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+                    "message": format!("{path} not found")}),
+        ));
+    }
+    match parts.method {
+        Method::GET => Ok(json_reply(StatusCode::OK, &cluster_json(&fake))),
+        Method::PATCH => {
+            let patch: Value = serde_json::from_slice(&bytes).unwrap();
+            let current = fake.cluster().metadata.resource_version;
+            if patch["metadata"]["resourceVersion"].as_str() != current.as_deref() {
+                return Ok(json_reply(
+                    StatusCode::CONFLICT,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict",
+                            "code": 409, "message": "the object has been modified"}),
+                ));
+            }
+            fake.edit(|cluster| {
+                let annotations = cluster.metadata.annotations.get_or_insert_default();
+                for (k, v) in patch["metadata"]["annotations"].as_object().unwrap() {
+                    match v.as_str() {
+                        Some(v) => annotations.insert(k.clone(), v.into()),
+                        None => annotations.remove(k),
+                    };
+                }
+            });
+            Ok(json_reply(StatusCode::OK, &cluster_json(&fake)))
+        }
+        other => panic!("unexpected {other} {path}"),
+    }
+}
+
+/// Runs `kubectl-omero ARGS` against the server; returns its output as a terminal would show
+/// it (stdout then stderr) and whether it succeeded.
+async fn kubectl_omero(kubeconfig: &std::path::Path, args: &str) -> (String, bool) {
+    let kubeconfig = kubeconfig.to_owned();
+    let args: Vec<String> = args.split_whitespace().map(String::from).collect();
+    tokio::task::spawn_blocking(move || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-omero"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(&args)
+            .output()
+            .unwrap();
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        (text, output.status.success())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_and_a_restart_with_the_real_binary_over_http() {
+    // The cluster, up and serving, on the real clock.
+    let fake = FakeCluster::new(cluster_from_yaml(CLUSTER));
+    fake.state().secrets.insert(("omero-db".into(), "password".into()), "s3cret".into());
+    let mut sim = Sim::new(&fake, Duration::from_secs(2));
+    sim.clock = Clock::starting_at(Timestamp::now());
+    let ctx = sim.context();
+    for _ in 0..6 {
+        sim.kubelet();
+        reconcile_once(&fake, &ctx).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(fake.status().nodes.iter().all(|n| n.phase == NodePhase::Serving), "{:#?}", fake.status());
+    sim.open_sessions("ro-1", 1, Duration::from_secs(2));
+    sim.open_sessions("ro-1", 1, Duration::from_secs(4));
+    sim.open_sessions("rw", 3, Duration::from_secs(3));
+
+    // The operator: reconciles as its requeue asks, at least every 200 ms (a watch event).
+    let operator = tokio::spawn({
+        let (fake, sim) = (fake.clone(), sim.clone());
+        async move {
+            loop {
+                sim.kubelet();
+                let requeue = reconcile_once(&fake, &ctx).await.unwrap_or(Duration::from_millis(200));
+                tokio::time::sleep(requeue.min(Duration::from_millis(200))).await;
+            }
+        }
+    });
+
+    // The API server, on a free loopback port.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tokio::spawn({
+        let fake = fake.clone();
+        async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let fake = fake.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| serve(fake.clone(), request));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        }
+    });
+    let dir = std::env::temp_dir().join(format!("omero-plugin-session-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: scripted\n  cluster: {{server: \"http://{address}\"}}\n\
+             users:\n- name: admin\n  user: {{}}\ncontexts:\n- name: scripted\n  context: {{cluster: scripted, user: admin, namespace: omero}}\n\
+             current-context: scripted\n"
+        ),
+    )
+    .unwrap();
+
+    let mut transcript = String::new();
+    let mut run = async |args: &str| {
+        let (output, ok) = kubectl_omero(&kubeconfig, args).await;
+        transcript.push_str(&format!("$ kubectl omero {args}\n{output}"));
+        (output, ok)
+    };
+    let (status, ok) = run("status omero").await;
+    assert!(ok, "{status}");
+    assert!(status.contains("rw    read-write  Serving"), "{status}");
+
+    let (drain, ok) = run("drain omero ro-1 --wait").await;
+    assert!(ok, "{drain}");
+    assert!(drain.contains("acknowledged by the operator"), "{drain}");
+    assert!(drain.contains("ro-1: Draining, 2 sessions"), "{drain}");
+    assert!(drain.lines().last().unwrap().starts_with("drained ro-1 in "), "{drain}");
+    assert_eq!(fake.node("ro-1").phase, NodePhase::Drained);
+
+    let (undrain, ok) = run("undrain omero ro-1").await;
+    assert!(ok && undrain.contains("acknowledged by the operator"), "{undrain}");
+
+    let (restart, ok) = run("restart omero --all --wait").await;
+    assert!(ok, "{restart}");
+    assert!(restart.lines().last().unwrap().starts_with("rw, ro-1, ro-2 up to date in "), "{restart}");
+    assert!(sim.world().restarts.values().all(|n| *n == 1), "each node restarted once");
+    assert_eq!(sim.world().killed, 0, "no session was killed");
+
+    let (refused, ok) = run("drain omero ro-9").await;
+    assert!(!ok && refused.contains("error: no node named ro-9; the nodes are rw, ro-1, ro-2"), "{refused}");
+    run("status omero").await;
+
+    operator.abort();
+    server.abort();
+    println!("{transcript}");
+}
