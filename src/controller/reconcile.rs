@@ -137,7 +137,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
             probe: probes.remove(f.name.as_str()).map(|(outcome, _)| outcome),
             probe_interval: f
                 .spec
-                .map_or(api::DEFAULT_PROBE_INTERVAL, |s| s.effective_session_probe().interval()),
+                .map_or(api::DEFAULT_PROBE_INTERVAL, |s| cluster.spec.session_probe_of(s).interval()),
             target_revision: f.target_revision,
             deployment_exists: f.deployment.is_some(),
             deployment_revision: f.deployment_revision(),
@@ -319,7 +319,7 @@ async fn probe<P: ClusterPort, O: OmeroPort>(
 ) -> (ProbeOutcome, Option<String>) {
     // A node that left the spec has no probe settings left: only its deadline ends its drain.
     let Some(node) = node else { return (ProbeOutcome::NoProbe, None) };
-    let probe = node.effective_session_probe();
+    let probe = cluster.spec.session_probe_of(node);
     if probe.kind == SessionProbeKind::None {
         return (ProbeOutcome::NoProbe, None);
     }
