@@ -101,10 +101,20 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         find(&ctx.port, &ns, ChildKind::Service, diff::unseen(&desired.services, &children.services)).await?;
     let services =
         diff::plan(&desired.services, &children.services, &found, uid.as_deref()).map_err(serialize)?;
+    let found = find(
+        &ctx.port,
+        &ns,
+        ChildKind::ConfigMap,
+        diff::unseen(&desired.config_maps, &children.config_maps),
+    )
+    .await?;
+    let config_maps =
+        diff::plan(&desired.config_maps, &children.config_maps, &found, uid.as_deref()).map_err(serialize)?;
     let plan_problems: Vec<api::ObjectProblem> = deployments
         .problems
         .iter()
         .chain(&services.problems)
+        .chain(&config_maps.problems)
         .cloned()
         .chain(super::observe::pod_refusals(ours.iter().copied()))
         .collect();
@@ -189,9 +199,9 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
     // The writes these decisions call for.
     let labels = decisions.iter().filter_map(|d| Some((d.status.pod.clone()?, d.set_routable?))).collect();
     let writes = nodes::writes(
-        (deployments, services),
-        (&children.deployments, &children.services),
-        (&desired.deployments, &desired.services),
+        (deployments, services, config_maps),
+        (&children.deployments, &children.services, &children.config_maps),
+        (&desired.deployments, &desired.services, &desired.config_maps),
         uid.as_deref(),
         &assessment.nodes,
         labels,
@@ -213,10 +223,12 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
             StatusWrite::Written(resource_version) => recorded = resource_version,
         }
     }
+    // The counter's script first: a pod that mounts it does not start until it exists.
     let children_written = writes
-        .deployments
+        .config_maps
         .iter()
-        .map(|w| (Child::Deployment(w.object), w.uid.as_deref()))
+        .map(|w| (Child::ConfigMap(w.object), w.uid.as_deref()))
+        .chain(writes.deployments.iter().map(|w| (Child::Deployment(w.object), w.uid.as_deref())))
         .chain(writes.services.iter().map(|w| (Child::Service(w.object), w.uid.as_deref())));
     let mut refusals = Vec::new();
     for (child, child_uid) in children_written {
