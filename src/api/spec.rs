@@ -410,7 +410,6 @@ impl NodeSpec {
     pub fn is_master(&self) -> bool {
         self.master == Some(true)
     }
-
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

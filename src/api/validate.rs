@@ -322,7 +322,11 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
     }
 }
 
-fn check_session_counter(errors: &mut Errors, counter: &super::SessionCounterSpec, spec: &super::OmeroClusterSpec) {
+fn check_session_counter(
+    errors: &mut Errors,
+    counter: &super::SessionCounterSpec,
+    spec: &super::OmeroClusterSpec,
+) {
     if spec.topology == Topology::Grid {
         errors.push(
             "spec.sessionCounter",
@@ -350,7 +354,10 @@ fn check_session_counter(errors: &mut Errors, counter: &super::SessionCounterSpe
                 if super::quantity::bytes(&quantity.0).is_none() {
                     errors.push(
                         format!("spec.sessionCounter.resources.{kind}.{resource}"),
-                        format!("'{}' is not a quantity: write e.g. 10m for cpu, 64Mi for memory", quantity.0),
+                        format!(
+                            "'{}' is not a quantity: write e.g. 10m for cpu, 64Mi for memory",
+                            quantity.0
+                        ),
                     );
                 }
             }

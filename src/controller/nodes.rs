@@ -217,7 +217,8 @@ fn unmounted_config_maps<'s>(
 ) -> impl Iterator<Item = (ChildKind, String, String)> + 's {
     let mounted = |name: &str| {
         deployments.iter().any(|d| {
-            let volumes = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|p| p.volumes.as_ref());
+            let volumes =
+                d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|p| p.volumes.as_ref());
             volumes.into_iter().flatten().any(|v| v.config_map.as_ref().is_some_and(|c| c.name == name))
         })
     };

@@ -101,13 +101,9 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         find(&ctx.port, &ns, ChildKind::Service, diff::unseen(&desired.services, &children.services)).await?;
     let services =
         diff::plan(&desired.services, &children.services, &found, uid.as_deref()).map_err(serialize)?;
-    let found = find(
-        &ctx.port,
-        &ns,
-        ChildKind::ConfigMap,
-        diff::unseen(&desired.config_maps, &children.config_maps),
-    )
-    .await?;
+    let found =
+        find(&ctx.port, &ns, ChildKind::ConfigMap, diff::unseen(&desired.config_maps, &children.config_maps))
+            .await?;
     let config_maps =
         diff::plan(&desired.config_maps, &children.config_maps, &found, uid.as_deref()).map_err(serialize)?;
     let plan_problems: Vec<api::ObjectProblem> = deployments

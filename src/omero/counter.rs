@@ -80,11 +80,11 @@ pub async fn count(
     let url = metrics::url(pod_ip, COUNTER_PORT, COUNTER_PATH);
     let fail = |reason: String| ProbeError::Counter { url: url.clone(), reason };
     let uri: Uri = url.parse().map_err(|e| ProbeError::Config(format!("counter URL {url}: {e}")))?;
-    let (status, body) = match tokio::time::timeout(timeouts.total, metrics::get(http, uri, "application/json")).await
-    {
-        Ok(answer) => answer.map_err(fail)?,
-        Err(_) => return Err(fail(format!("no answer within {}s", timeouts.total.as_secs_f64()))),
-    };
+    let (status, body) =
+        match tokio::time::timeout(timeouts.total, metrics::get(http, uri, "application/json")).await {
+            Ok(answer) => answer.map_err(fail)?,
+            Err(_) => return Err(fail(format!("no answer within {}s", timeouts.total.as_secs_f64()))),
+        };
     read_answer(StatusCode::as_u16(&status), &body, MAX_SAMPLE_AGE).map_err(fail)
 }
 
@@ -97,7 +97,10 @@ mod tests {
     #[test]
     fn an_ok_answer_is_the_count_and_its_sample() {
         let body = r#"{"ageSeconds": 1.2, "excluded": {"counter": 0, "expired": 0, "own": 1, "service": 2, "share": 0}, "format": "omero-session-counter/1", "ok": true, "restricted": 0, "sample": "1a2b3c4d-17", "sessions": 3, "takenAt": "2026-01-01T00:00:00.000Z"}"#;
-        assert_eq!(read_answer(200, body, AGE), Ok(SessionCount { sessions: 3, sample: Some("1a2b3c4d-17".into()) }));
+        assert_eq!(
+            read_answer(200, body, AGE),
+            Ok(SessionCount { sessions: 3, sample: Some("1a2b3c4d-17".into()) })
+        );
     }
 
     #[test]
@@ -127,8 +130,16 @@ mod tests {
             (200, ok(r#", "sample": "a-1", "ageSeconds": 1"#), "no sessions count"),
             (200, ok(r#", "sessions": 1, "ageSeconds": 1"#), "no sample id"),
             (200, ok(r#", "sessions": 1, "sample": "a-1""#), "how old"),
-            (200, ok(r#", "sessions": -1, "sample": "a-1", "ageSeconds": 1"#), "not the session counter's answer"),
-            (200, ok(r#", "sessions": 1.5, "sample": "a-1", "ageSeconds": 1"#), "not the session counter's answer"),
+            (
+                200,
+                ok(r#", "sessions": -1, "sample": "a-1", "ageSeconds": 1"#),
+                "not the session counter's answer",
+            ),
+            (
+                200,
+                ok(r#", "sessions": 1.5, "sample": "a-1", "ageSeconds": 1"#),
+                "not the session counter's answer",
+            ),
             (500, ok(r#", "sessions": 1, "sample": "a-1", "ageSeconds": 1"#), "HTTP status 500"),
             (200, ok(r#", "sessions": 1, "sample": "a-1", "ageSeconds": -3"#), "not an age"),
         ] {

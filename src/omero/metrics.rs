@@ -88,7 +88,11 @@ async fn fetch(http: &HttpClient, uri: Uri) -> Result<String, String> {
 }
 
 /// A GET of a small text document: its status and body, whatever the status.
-pub(super) async fn get(http: &HttpClient, uri: Uri, accept: &str) -> Result<(hyper::StatusCode, String), String> {
+pub(super) async fn get(
+    http: &HttpClient,
+    uri: Uri,
+    accept: &str,
+) -> Result<(hyper::StatusCode, String), String> {
     let request = Request::get(uri)
         .header(ACCEPT, accept)
         .header(USER_AGENT, concat!("omero-operator/", env!("CARGO_PKG_VERSION")))
@@ -103,7 +107,8 @@ pub(super) async fn get(http: &HttpClient, uri: Uri, accept: &str) -> Result<(hy
             format!("reading the body: {}", error::chain(&*e))
         }
     })?;
-    let text = String::from_utf8(body.to_bytes().into()).map_err(|_| "the body is not UTF-8 text".to_owned())?;
+    let text =
+        String::from_utf8(body.to_bytes().into()).map_err(|_| "the body is not UTF-8 text".to_owned())?;
     Ok((status, text))
 }
 

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use crate::api::{DatabaseEndpoint, SessionProbe, SessionProbeKind};
 
-pub use counter::{COUNTER_FORMAT, COUNTER_PATH, COUNTER_PORT, MAX_SAMPLE_AGE, read_answer as read_counter_answer};
+pub use counter::{
+    COUNTER_FORMAT, COUNTER_PATH, COUNTER_PORT, MAX_SAMPLE_AGE, read_answer as read_counter_answer,
+};
 pub use database::OPEN_SESSIONS_SQL;
 pub use error::ProbeError;
 pub use metrics::{REFRESH_COUNTER, read_sessions, sum_metric};

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{
-        ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, ResourceRequirements,
-        SecretKeySelector, Volume, VolumeMount,
+        ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+        ResourceRequirements, SecretKeySelector, Volume, VolumeMount,
     },
     apimachinery::pkg::api::resource::Quantity,
 };
@@ -102,7 +102,8 @@ fn supervisor() -> String {
 /// it listens on (plain TCP when it can: the connection never leaves the pod).
 fn server_url(cluster: &OmeroCluster, node: &NodeSpec) -> String {
     let ports = super::client_ports(cluster, node);
-    let preference = [("glacier2-tcp", "tcp"), ("glacier2-ssl", "ssl"), ("glacier2-ws", "ws"), ("glacier2-wss", "wss")];
+    let preference =
+        [("glacier2-tcp", "tcp"), ("glacier2-ssl", "ssl"), ("glacier2-ws", "ws"), ("glacier2-wss", "wss")];
     preference
         .iter()
         .find_map(|(name, scheme)| {
@@ -138,9 +139,15 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
 /// The counter container of `node`'s pod. `server` is the rendered OMERO container, whose
 /// image and security settings it copies. No probes: a not-ready container would make the pod
 /// not ready and drop it from every Service.
-pub(crate) fn container(cluster: &OmeroCluster, node: &NodeSpec, spec: &SessionCounterSpec, server: &Container) -> Container {
+pub(crate) fn container(
+    cluster: &OmeroCluster,
+    node: &NodeSpec,
+    spec: &SessionCounterSpec,
+    server: &Container,
+) -> Container {
     let credentials = &spec.credentials_secret;
-    let literal = |name: &str, value: String| EnvVar { name: name.into(), value: Some(value), ..EnvVar::default() };
+    let literal =
+        |name: &str, value: String| EnvVar { name: name.into(), value: Some(value), ..EnvVar::default() };
     Container {
         name: CONTAINER_NAME.into(),
         image: server.image.clone(),
@@ -168,5 +175,131 @@ pub(crate) fn container(cluster: &OmeroCluster, node: &NodeSpec, spec: &SessionC
         }]),
         security_context: server.security_context.clone(),
         ..Container::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::{
+        render,
+        tests::{BASE, cluster, pod_spec},
+    };
+
+    fn with_counter(extra: &str) -> String {
+        format!("{BASE}  sessionCounter:\n    credentialsSecret: {{name: omero-monitor}}\n{extra}")
+    }
+
+    fn counter_of<'a>(desired: &'a crate::render::Desired, node: &str) -> Option<&'a Container> {
+        pod_spec(desired, node).containers.iter().find(|c| c.name == CONTAINER_NAME)
+    }
+
+    #[test]
+    fn a_read_only_node_counts_with_the_script_from_the_clusters_config_map() {
+        let desired = render(&cluster(&with_counter("")));
+        // The read-only node runs it; the read-write node keeps the database probe.
+        assert!(counter_of(&desired, "rw").is_none());
+        let c = counter_of(&desired, "ro").expect("a counter container on the read-only node");
+        let pod = pod_spec(&desired, "ro");
+        let server = &pod.containers[0];
+        assert_eq!(
+            pod.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["omero-server", "session-counter"]
+        );
+        assert_eq!(c.image, server.image, "the node's own image");
+        assert_eq!(c.security_context, server.security_context, "the server container's security settings");
+        assert_eq!((&c.readiness_probe, &c.liveness_probe, &c.startup_probe), (&None, &None, &None));
+        let script = c.command.as_ref().unwrap().join(" ");
+        assert!(
+            script.contains("/opt/omero/server/venv3/bin/python /opt/omero-operator/session-counter/omero_session_counter.py"),
+            "{script}"
+        );
+        let env: BTreeMap<&str, &EnvVar> = c.env.iter().flatten().map(|e| (e.name.as_str(), e)).collect();
+        for (name, key) in [("OMERO_COUNTER_USER", "username"), ("OMERO_COUNTER_PASSWORD", "password")] {
+            let e = env[name];
+            assert_eq!(e.value, None, "{name} is never in the pod spec in clear");
+            let r = e.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+            assert_eq!((r.name.as_str(), r.key.as_str()), ("omero-monitor", key));
+        }
+        assert_eq!(env["OMERO_COUNTER_SERVER"].value.as_deref(), Some("tcp://127.0.0.1:4063"));
+        assert_eq!(env["OMERO_COUNTER_PORT"].value.as_deref(), Some("9450"));
+        assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 9450);
+        let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!((requests["cpu"].0.as_str(), requests["memory"].0.as_str()), ("10m", "64Mi"));
+        // The script, mounted read-only from the cluster's ConfigMap.
+        let mount = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            ("/opt/omero-operator/session-counter", Some(true))
+        );
+        let volume = pod.volumes.iter().flatten().find(|v| v.name == mount.name).unwrap();
+        assert_eq!(volume.config_map.as_ref().unwrap().name, "omc-session-counter");
+        assert_eq!(desired.config_maps.len(), 1);
+        let map = &desired.config_maps[0];
+        assert_eq!(map.metadata.name.as_deref(), Some("omc-session-counter"));
+        assert_eq!(map.data.as_ref().unwrap()[SCRIPT_FILE], SCRIPT);
+        assert!(SCRIPT.contains("def count_sessions("), "the real script is shipped");
+        let owner = &map.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.controller), ("OmeroCluster", Some(true)));
+        assert_eq!(map.metadata.labels.as_ref().unwrap()[crate::api::keys::CLUSTER_LABEL], "omc");
+    }
+
+    #[test]
+    fn absent_unless_asked_for() {
+        let desired = render(&cluster(BASE));
+        assert!(desired.config_maps.is_empty());
+        for node in ["rw", "ro"] {
+            assert!(counter_of(&desired, node).is_none(), "{node}");
+            let template =
+                &crate::render::tests::deployment_of(&desired, node).spec.as_ref().unwrap().template;
+            let annotations = template.metadata.as_ref().unwrap().annotations.clone().unwrap_or_default();
+            assert!(!annotations.contains_key(SCRIPT_ANNOTATION), "{node}");
+        }
+        // Credentials alone with every node choosing its probe: no counter anywhere.
+        let chosen = with_counter("").replace(
+            "      readOnly: {db: true, repo: true}\n",
+            "      readOnly: {db: true, repo: true}\n      sessionProbe: {type: none}\n",
+        );
+        let desired = render(&cluster(&chosen));
+        assert!(desired.config_maps.is_empty() && counter_of(&desired, "ro").is_none());
+    }
+
+    #[test]
+    fn every_node_when_asked_and_over_ssl_when_tcp_is_off() {
+        let yaml = with_counter("    defaultFor: all\n    resources: {requests: {cpu: 5m, memory: 48Mi}}\n")
+            + "  config: {omero.client.icetransports: ssl}\n";
+        let desired = render(&cluster(&yaml));
+        for node in ["rw", "ro"] {
+            let c = counter_of(&desired, node).unwrap_or_else(|| panic!("{node}"));
+            let server = c.env.iter().flatten().find(|e| e.name == "OMERO_COUNTER_SERVER").unwrap();
+            assert_eq!(server.value.as_deref(), Some("ssl://127.0.0.1:4064"));
+            assert_eq!(c.resources.as_ref().unwrap().requests.as_ref().unwrap()["memory"].0, "48Mi");
+        }
+        assert_eq!(desired.config_maps.len(), 1, "one ConfigMap per cluster");
+    }
+
+    #[test]
+    fn the_scripts_digest_is_in_the_pod_template_so_a_new_script_rolls_out() {
+        let desired = render(&cluster(&with_counter("")));
+        let template = &crate::render::tests::deployment_of(&desired, "ro").spec.as_ref().unwrap().template;
+        let annotations = template.metadata.as_ref().unwrap().annotations.as_ref().unwrap();
+        assert_eq!(annotations[SCRIPT_ANNOTATION], script_digest());
+        assert_eq!(script_digest(), crate::render::revision::of_text(SCRIPT));
+        // Turning the counter on changes the read-only node's revision, not the read-write one's.
+        let before = render(&cluster(BASE));
+        let revision = |d: &crate::render::Desired, node: &str| {
+            crate::render::revision_of(&crate::render::tests::deployment_of(d, node).metadata)
+                .map(String::from)
+        };
+        assert_ne!(revision(&before, "ro"), revision(&desired, "ro"));
+        assert_eq!(revision(&before, "rw"), revision(&desired, "rw"));
+    }
+
+    #[test]
+    fn the_supervisor_is_valid_shell_that_restarts_the_script_and_stops_on_sigterm() {
+        let script = supervisor();
+        assert!(script.contains("trap '") && script.contains("TERM"), "{script}");
+        let status = std::process::Command::new("sh").args(["-n", "-c", &script]).status().expect("sh runs");
+        assert!(status.success(), "sh -n refused:\n{script}");
     }
 }
