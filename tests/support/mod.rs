@@ -263,6 +263,28 @@ impl FakeCluster {
         deployment
     }
 
+    /// Like [`seed_service`], a ConfigMap.
+    pub fn seed_config_map(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        owner: Option<(&str, &str, &str)>,
+    ) -> ConfigMap {
+        let mut state = self.state();
+        let uid = state.new_uid();
+        let config_map: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "omero", "uid": uid, "resourceVersion": "19",
+                         "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+                         "ownerReferences": owner.map(|(kind, n, u)| vec![serde_json::json!({
+                             "apiVersion": if kind == "OmeroCluster" { "omero.openmicroscopy.org/v1alpha1" } else { "v1" },
+                             "kind": kind, "name": n, "uid": u, "controller": true})])},
+            "data": {"settings.ini": "[web]\nport = 8080\n"}
+        }))
+        .unwrap();
+        state.config_maps.insert(name.into(), config_map.clone());
+        config_map
+    }
+
     /// The garbage collector after the OmeroCluster with `uid` is deleted: every object with an
     /// owner reference to it goes.
     pub fn collect_garbage_of(&self, uid: &str) {
