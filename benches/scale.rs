@@ -107,6 +107,7 @@ async fn main() {
             let kind = match write {
                 Write::ApplyDeployment(_) => "apply Deployment",
                 Write::ApplyService(_) => "apply Service",
+                Write::ApplyConfigMap(_) => "apply ConfigMap",
                 Write::Delete(..) => "delete",
                 Write::Label { .. } => "label pod",
                 Write::Status => "status",

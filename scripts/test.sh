@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every check CI runs, on a fresh machine: installs what the tests need (PostgreSQL from
-# Debian's packages), then formatting, lints, and all tests with a private PostgreSQL server.
+# Debian's packages), then formatting, lints, the session counter's Python tests, and all tests with a private PostgreSQL server.
 #
 #   scripts/test.sh
 set -euo pipefail
@@ -22,6 +22,10 @@ cargo fmt --check
 
 echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+
+# The session counter's own tests (counter/): Python's standard library only, no omero-py.
+echo "==> python3 -m unittest (the session counter script)"
+python3 -m unittest discover -s counter -t counter
 
 echo "==> cargo test (with a private PostgreSQL on 127.0.0.1)"
 scripts/with-postgres.sh cargo test --quiet

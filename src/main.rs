@@ -132,10 +132,12 @@ fn render_file(path: &PathBuf, namespace: Option<&str>) -> ExitCode {
             continue;
         }
         let desired = render::render(&cluster);
+        // The counter's ConfigMap first, as the operator applies it before the Deployments.
         for yaml in desired
-            .deployments
+            .config_maps
             .iter()
             .map(serde_saphyr::to_string)
+            .chain(desired.deployments.iter().map(serde_saphyr::to_string))
             .chain(desired.services.iter().map(serde_saphyr::to_string))
         {
             out.push_str("---\n");

@@ -205,7 +205,7 @@ fn independent_topology_allows_at_most_one_read_write_node() {
 
 #[test]
 fn grid_topology_needs_exactly_one_master() {
-    let rule = rule_containing(&spec_schema(""), "self.topology != 'grid'");
+    let rule = rule_containing(&spec_schema(""), "self.topology != 'grid' || self.nodes.filter");
     assert_eq!(
         rule["rule"],
         "self.topology != 'grid' || self.nodes.filter(n, has(n.master) && n.master).size() == 1"
@@ -220,6 +220,25 @@ fn master_is_refused_outside_grid_topology() {
     assert_eq!(rule["rule"], "self.topology == 'grid' || self.nodes.all(n, !has(n.master) || !n.master)");
     assert_eq!(rule["fieldPath"], ".nodes");
     assert!(rule["message"].as_str().unwrap().contains("only meaningful in grid topology"), "{rule:#?}");
+}
+
+#[test]
+fn the_session_counter_needs_credentials_and_is_not_offered_in_grid_topology() {
+    let grid = rule_containing(&spec_schema(""), "!has(self.sessionCounter) &&");
+    assert_eq!(
+        grid["rule"],
+        "self.topology != 'grid' || (!has(self.sessionCounter) && self.nodes.all(n, !has(n.sessionProbe) || n.sessionProbe.type != 'counter'))"
+    );
+    assert_eq!(grid["fieldPath"], ".sessionCounter");
+    assert!(grid["message"].as_str().unwrap().contains("not offered in grid topology"), "{grid:#?}");
+    let credentials = rule_containing(&spec_schema(""), "has(self.sessionCounter) ||");
+    assert_eq!(
+        credentials["rule"],
+        "has(self.sessionCounter) || self.nodes.all(n, !has(n.sessionProbe) || n.sessionProbe.type != 'counter')"
+    );
+    assert!(credentials["message"].as_str().unwrap().contains("spec.sessionCounter.credentialsSecret"));
+    assert_eq!(spec_schema("sessionCounter")["required"], json!(["credentialsSecret"]));
+    assert_eq!(spec_schema("sessionCounter.credentialsSecret")["required"], json!(["name"]));
 }
 
 #[test]
@@ -238,7 +257,10 @@ fn database_probe_is_refused_on_a_read_only_database_node() {
         "!has(self.sessionProbe) || self.sessionProbe.type != 'database' || !has(self.readOnly) || !self.readOnly.db"
     );
     assert_eq!(rule["fieldPath"], ".sessionProbe.type");
-    assert!(rule["message"].as_str().unwrap().contains("use sessionProbe.type metrics or none"), "{rule:#?}");
+    assert!(
+        rule["message"].as_str().unwrap().contains("use sessionProbe.type counter, metrics or none"),
+        "{rule:#?}"
+    );
 }
 
 /// The rules read `self.topology`, `n.readOnly.db`, `n.readOnly.repo` and
@@ -254,7 +276,10 @@ fn fields_the_rules_read_without_has_have_defaults() {
     // A probe names its type: the default depends on the node (database, or none on a
     // read-only database node), which a schema default cannot express.
     assert_eq!(spec_schema("nodes[].sessionProbe")["required"], json!(["type"]));
-    assert_eq!(spec_schema("nodes[].sessionProbe.type")["enum"], json!(["database", "metrics", "none"]));
+    assert_eq!(
+        spec_schema("nodes[].sessionProbe.type")["enum"],
+        json!(["database", "counter", "metrics", "none"])
+    );
 }
 
 /// Walks every schema in the CRD, calling `visit` with the schema and its path.
@@ -292,8 +317,8 @@ fn every_rule_has_a_message_and_a_field_path_that_exists() {
             }
         }
     });
-    // 2 on the root (names), 4 on the spec, 1 on a node, 1 on a probe, 6 durations.
-    assert_eq!(count, 14, "rules in the CRD");
+    // 2 on the root (names), 6 on the spec, 1 on a node, 1 on a probe, 6 durations.
+    assert_eq!(count, 16, "rules in the CRD");
 }
 
 /// Switching topology would need a per-node Service's immutable clusterIP changed and every

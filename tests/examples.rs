@@ -73,6 +73,16 @@ fn secret_refs(cluster: &OmeroCluster) -> Vec<(String, String, String)> {
     if let Some(secret) = db.read_only.as_ref().and_then(|ro| ro.password_secret.as_ref()) {
         refs.push(("spec.database.readOnly.passwordSecret".into(), secret.name.clone(), secret.key.clone()));
     }
+    if let Some(counter) = &cluster.spec.session_counter {
+        let secret = &counter.credentials_secret;
+        for (field, key) in [("userKey", secret.user_key()), ("passwordKey", secret.password_key())] {
+            refs.push((
+                format!("spec.sessionCounter.credentialsSecret.{field}"),
+                secret.name.clone(),
+                key.to_string(),
+            ));
+        }
+    }
     for node in &cluster.spec.nodes {
         for env in &node.env {
             if let Some(secret) = env.value_from.as_ref().and_then(|from| from.secret_key_ref.as_ref()) {
@@ -167,8 +177,15 @@ fn secret_refs_cover_every_place_a_cluster_reads_a_secret() {
             "spec.database.passwordSecret",
             "spec.database.rootPasswordSecret",
             "spec.database.readOnly.passwordSecret",
+            "spec.sessionCounter.credentialsSecret.userKey",
+            "spec.sessionCounter.credentialsSecret.passwordKey",
         ]
     );
+    // The read-only nodes count their sessions with the built-in counter.
+    let cluster = &example.clusters[0];
+    let kinds: Vec<_> = cluster.spec.nodes.iter().map(|n| cluster.spec.session_probe_of(n).kind).collect();
+    use omero_operator::api::SessionProbeKind::{Counter, Database};
+    assert_eq!(kinds, [Database, Counter, Counter]);
 }
 
 #[test]

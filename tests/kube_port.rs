@@ -230,7 +230,9 @@ fn setup_with_watches() -> (Shared, KubePort, OmeroCluster, Watches) {
     let (deployments, dw) = reflector::store();
     let (services, sw) = reflector::store();
     let (pods, pw) = reflector::store();
-    let port = KubePort::new(client(server.clone()), Caches { deployments, services, pods });
+    // The ConfigMap cache stays empty here: its writer is dropped, as no test feeds it.
+    let (config_maps, _) = reflector::store();
+    let port = KubePort::new(client(server.clone()), Caches { deployments, services, config_maps, pods });
     (server, port, cluster, Watches { deployments: dw, services: sw, pods: pw })
 }
 

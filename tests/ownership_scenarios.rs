@@ -264,3 +264,94 @@ spec:
     reconcile_once(&fake, &ctx).await.unwrap();
     assert_eq!(fake.event_reasons().iter().filter(|r| *r == "ImmutableField").count(), 1);
 }
+
+const WEB_COUNTED: &str = r#"
+apiVersion: omero.openmicroscopy.org/v1alpha1
+kind: OmeroCluster
+metadata: {name: web}
+spec:
+  image: openmicroscopy/omero-server:5.6
+  database: {host: db, passwordSecret: {name: omero-db, key: password}}
+  repository: {claimName: omero-data}
+  sessionCounter: {credentialsSecret: {name: omero-monitor}}
+  nodes:
+  - name: main
+  - name: ro
+    readOnly: {db: true, repo: true}
+"#;
+
+/// The session counter's ConfigMap is a kind the operator writes like any other: a foreign
+/// ConfigMap with its name (here another application's, even carrying the operator's labels)
+/// is never written, adopted or deleted; it is reported, and the cluster's own is created once
+/// the name is free.
+#[tokio::test(start_paused = true)]
+async fn a_foreign_config_map_with_the_counters_name_is_never_written() {
+    let (fake, ctx) = setup(WEB_COUNTED);
+    let labels = [(keys::MANAGED_BY_LABEL, keys::MANAGER), (keys::CLUSTER_LABEL, "web")];
+    let foreign = fake.seed_config_map("web-session-counter", &labels, None);
+    let helm =
+        fake.seed_config_map("web-session-counter-x", &[("app.kubernetes.io/managed-by", "Helm")], None);
+
+    for _ in 0..3 {
+        reconcile_once(&fake, &ctx).await.unwrap();
+    }
+    let writes = fake.take_writes();
+    assert!(!writes.contains(&Write::ApplyConfigMap("web-session-counter".into())), "{writes:?}");
+    assert!(!writes.iter().any(|w| matches!(w, Write::Delete(ChildKind::ConfigMap, _))), "{writes:?}");
+    assert_eq!(json(&fake.state().config_maps["web-session-counter"]), json(&foreign), "byte for byte");
+    assert_eq!(json(&fake.state().config_maps["web-session-counter-x"]), json(&helm));
+    // The rest of the cluster goes on.
+    assert!(writes.contains(&Write::ApplyDeployment("web-ro".into())), "{writes:?}");
+    let status = fake.status();
+    let problem = status.object_problems.iter().find(|p| p.kind == "ConfigMap").expect("reported");
+    assert_eq!(
+        (problem.name.as_str(), problem.reason),
+        ("web-session-counter", ObjectProblemReason::NotOwned)
+    );
+    assert!(
+        problem.message.contains("carries the operator's labels but no owner reference"),
+        "{}",
+        problem.message
+    );
+    assert_eq!(fake.event_reasons().iter().filter(|r| *r == "ObjectNotOwned").count(), 1, "one Event");
+
+    // The name is freed: the cluster's own ConfigMap holds the script.
+    fake.state().config_maps.remove("web-session-counter");
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert!(fake.take_writes().contains(&Write::ApplyConfigMap("web-session-counter".into())));
+    let ours = fake.state().config_maps["web-session-counter"].clone();
+    assert_eq!(ours.metadata.owner_references.unwrap()[0].name, "web");
+    assert!(ours.data.unwrap()["omero_session_counter.py"].contains("def count_sessions("));
+    assert!(fake.status().object_problems.is_empty());
+}
+
+/// Once no node runs the counter, its ConfigMap goes, but only after no Deployment of the
+/// cluster mounts it any more (a node keeps its template until it is drained); never a foreign one.
+#[tokio::test(start_paused = true)]
+async fn the_counters_config_map_goes_only_once_no_deployment_mounts_it() {
+    let (fake, ctx) = setup(WEB_COUNTED);
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert!(fake.state().config_maps.contains_key("web-session-counter"));
+    fake.take_writes();
+    fake.edit(|c| c.spec.session_counter = None);
+    let mounts = |fake: &FakeCluster| {
+        fake.state().deployments["web-ro"]
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.volumes.as_ref())
+            .is_some_and(|v| v.iter().any(|v| v.config_map.is_some()))
+    };
+    let mut kept_while_mounted = false;
+    for _ in 0..4 {
+        let mounted_before = mounts(&fake);
+        reconcile_once(&fake, &ctx).await.unwrap();
+        let deleted =
+            fake.take_writes().contains(&Write::Delete(ChildKind::ConfigMap, "web-session-counter".into()));
+        assert!(!(deleted && mounted_before), "deleted while a Deployment still mounted it");
+        kept_while_mounted |= mounted_before && !deleted;
+    }
+    assert!(kept_while_mounted, "the first reconcile saw it mounted and kept it");
+    assert!(!mounts(&fake), "the node got its new template");
+    assert!(!fake.state().config_maps.contains_key("web-session-counter"), "then the ConfigMap went");
+}

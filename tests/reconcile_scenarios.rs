@@ -745,3 +745,88 @@ async fn a_stale_copy_acts_on_nothing_and_requeues_at_once() {
     assert_eq!(fake.node("ro-1").phase, NodePhase::Draining);
     assert!(!fake.pod_routable("ro-1"));
 }
+
+/// A crash-looping session counter beside a serving node's server: the kubelet reports the
+/// counter container waiting in CrashLoopBackOff, and the pod not Ready (Kubernetes 1.28 counts
+/// every container). The node's phase never changes for it, its Deployment is never rewritten
+/// (so the server is never restarted), and a drain of it gets failures from the probe, never a
+/// zero: only the deadline ends that drain.
+#[tokio::test(start_paused = true)]
+async fn a_crash_looping_counter_never_changes_a_serving_nodes_phase_nor_restarts_its_server() {
+    let yaml = r#"
+apiVersion: omero.openmicroscopy.org/v1alpha1
+kind: OmeroCluster
+metadata: {name: omero}
+spec:
+  image: openmicroscopy/omero-server:5.6
+  database: {host: db, passwordSecret: {name: omero-db, key: password}}
+  repository: {claimName: omero-data}
+  sessionCounter: {credentialsSecret: {name: omero-monitor}}
+  drain: {timeout: 10m}
+  nodes:
+  - name: rw
+  - name: ro
+    readOnly: {db: true, repo: true}
+"#;
+    let fake = FakeCluster::new(cluster_from_yaml(yaml));
+    let omero = FakeOmero::default();
+    let ctx = context(&fake, &omero);
+    omero.set("10.0.0.1", Ok(0));
+    omero.set(
+        "10.0.0.2",
+        Err("session counter http://10.0.0.2:9450/sessions: error trying to connect: Connection refused"),
+    );
+    reconcile_once(&fake, &ctx).await.unwrap();
+    fake.set_pod("rw", "10.0.0.1", true);
+    fake.set_pod("ro", "10.0.0.2", true);
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.node("ro").phase, NodePhase::Serving);
+    // The counter crash-loops: the server container runs and started; the pod is not Ready.
+    {
+        let mut state = fake.state();
+        let pod = state.pods.get_mut("omero-ro-pod").unwrap();
+        let status = pod.status.as_mut().unwrap();
+        status.conditions.as_mut().unwrap()[0].status = "False".into();
+        let server = status.container_statuses.as_ref().unwrap()[0].clone();
+        let counter = serde_json::from_value(serde_json::json!({
+            "name": "session-counter", "image": "openmicroscopy/omero-server:5.6", "imageID": "",
+            "ready": false, "restartCount": 9, "started": false,
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s restarting failed container"}}
+        }))
+        .unwrap();
+        status.container_statuses = Some(vec![server, counter]);
+    }
+    fake.take_writes();
+    for _ in 0..5 {
+        reconcile_once(&fake, &ctx).await.unwrap();
+        tokio::time::advance(std::time::Duration::from_secs(30)).await;
+    }
+    let ro = fake.node("ro");
+    assert_eq!(ro.phase, NodePhase::Serving, "{ro:?}");
+    assert_eq!(ro.message, None);
+    let writes = fake.take_writes();
+    assert!(!writes.iter().any(|w| matches!(w, Write::ApplyDeployment(_) | Write::Delete(..))), "{writes:?}");
+    assert!(!fake.event_reasons().iter().any(|r| r.contains("Fail")), "{:?}", fake.event_reasons());
+
+    // Drained on request: the probe fails (nothing answers on the counter's port), which is
+    // never a zero, so the drain lasts until its deadline.
+    fake.set_annotation("omero.openmicroscopy.org/drain", Some("ro"));
+    reconcile_once(&fake, &ctx).await.unwrap();
+    for _ in 0..8 {
+        tokio::time::advance(std::time::Duration::from_secs(60)).await;
+        reconcile_once(&fake, &ctx).await.unwrap();
+        let ro = fake.node("ro");
+        assert_eq!(ro.phase, NodePhase::Draining, "{ro:?}");
+        assert_eq!(ro.zero_session_probes, 0);
+    }
+    let ro = fake.node("ro");
+    assert!(ro.probe_error.as_deref().is_some_and(|e| e.contains("session counter")), "{ro:?}");
+    assert!(
+        omero.queries().iter().any(|q| q.pod_ip == "10.0.0.2" && q.probe.kind == SessionProbeKind::Counter)
+    );
+    tokio::time::advance(std::time::Duration::from_secs(180)).await;
+    reconcile_once(&fake, &ctx).await.unwrap();
+    let ro = fake.node("ro");
+    assert_eq!(ro.phase, NodePhase::Drained);
+    assert!(ro.deadline_reached, "{ro:?}");
+}

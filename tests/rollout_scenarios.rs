@@ -108,6 +108,7 @@ async fn drive(
             let now = Children {
                 deployments: state.deployments.values().cloned().collect(),
                 services: state.services.values().cloned().collect(),
+                config_maps: state.config_maps.values().cloned().collect(),
                 pods: state.pods.values().cloned().collect(),
             };
             let lagging = earlier.replace(now.clone()).unwrap_or(now);

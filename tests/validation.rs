@@ -467,7 +467,11 @@ fn metrics_probe_needs_a_port() {
 
 #[test]
 fn database_probe_on_a_read_only_database_node_is_refused() {
-    let fix = ["database cannot count sessions of a read-only database node", "use metrics", "or none"];
+    let fix = [
+        "database cannot count sessions of a read-only database node",
+        "use counter (with spec.sessionCounter), metrics",
+        "or none",
+    ];
     assert_error(
         "spec: {nodes: [{name: main}, {name: ro, readOnly: {db: true, repo: true}, sessionProbe: {type: database}}]}",
         "spec.nodes[1].sessionProbe.type",
@@ -755,5 +759,67 @@ fn ignored_sessions_is_refused_with_what_to_write_instead() {
         "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449, exporterUser: monitor, ignoredSessions: 1}}]}",
         "spec.nodes[0].sessionProbe.ignoredSessions",
         &["is no longer supported", "write exporterUser", "root's sessions are left out"],
+    );
+}
+
+const COUNTER: &str = "{spec: {sessionCounter: {credentialsSecret: {name: omero-monitor}}, nodes: [{name: main}, {name: ro, readOnly: {db: true, repo: true}}]}}";
+
+#[test]
+fn the_session_counter_is_the_default_of_read_only_nodes_once_it_has_credentials() {
+    use omero_operator::api::SessionProbeKind;
+    assert_valid(COUNTER);
+    let c = cluster(COUNTER);
+    let kinds: Vec<_> = c.spec.nodes.iter().map(|n| c.spec.session_probe_of(n).kind).collect();
+    assert_eq!(kinds, [SessionProbeKind::Database, SessionProbeKind::Counter]);
+    // Read-write nodes too when asked, per node or for all.
+    assert_valid(
+        "{spec: {sessionCounter: {credentialsSecret: {name: m}}, nodes: [{name: main, sessionProbe: {type: counter}}]}}",
+    );
+    let all = cluster("{spec: {sessionCounter: {credentialsSecret: {name: m}, defaultFor: all}}}");
+    assert_eq!(all.spec.session_probe_of(&all.spec.nodes[0]).kind, SessionProbeKind::Counter);
+    // Without credentials nothing changes: read-only nodes have no probe.
+    let none = cluster("{spec: {nodes: [{name: main}, {name: ro, readOnly: {db: true, repo: true}}]}}");
+    assert_eq!(none.spec.session_probe_of(&none.spec.nodes[1]).kind, SessionProbeKind::None);
+}
+
+#[test]
+fn a_counter_probe_without_credentials_is_refused_naming_the_field() {
+    assert_error(
+        "{spec: {nodes: [{name: main, sessionProbe: {type: counter}}]}}",
+        "spec.nodes[0].sessionProbe.type",
+        &["spec.sessionCounter.credentialsSecret", "ReadSession"],
+    );
+    assert_error(
+        "{spec: {sessionCounter: {credentialsSecret: {name: ' '}}}}",
+        "spec.sessionCounter.credentialsSecret.name",
+        &["Secret"],
+    );
+    assert_error(
+        "{spec: {sessionCounter: {credentialsSecret: {name: m}}, nodes: [{name: main, sessionProbe: {type: counter, port: 9449}}]}}",
+        "spec.nodes[0].sessionProbe.port",
+        &["remove it"],
+    );
+}
+
+#[test]
+fn the_counter_is_not_offered_in_grid_topology() {
+    let grid = "{spec: {topology: grid, nodes: [{name: main, master: true}, {name: w1, sessionProbe: {type: counter}}]}}";
+    let found = errors(grid);
+    let probe =
+        found.iter().find(|e| e.field == "spec.nodes[1].sessionProbe.type").expect("the worker's probe");
+    assert_message(probe, "spec.nodes[1].sessionProbe.type", &["grid topology", "no Glacier2", "database"]);
+    assert_error(
+        "{spec: {topology: grid, sessionCounter: {credentialsSecret: {name: m}}, nodes: [{name: main, master: true}, {name: w1}]}}",
+        "spec.sessionCounter",
+        &["grid topology", "remove it"],
+    );
+}
+
+#[test]
+fn a_sidecar_may_not_take_the_counters_name() {
+    assert_error(
+        "{spec: {sessionCounter: {credentialsSecret: {name: m}}, nodes: [{name: main}, {name: ro, readOnly: {db: true, repo: true}, sidecars: [{name: session-counter, image: x}]}]}}",
+        "spec.nodes[1].sidecars[0].name",
+        &["rename the sidecar"],
     );
 }

@@ -46,6 +46,8 @@ use super::{Duration, OmeroClusterStatus};
     validation = Rule::new("self.topology != 'independent' || self.nodes.filter(n, !has(n.readOnly) || !n.readOnly.db || !n.readOnly.repo).size() <= 1").message("independent topology allows at most one read-write node: two read-write OMERO servers on one database close each other's sessions; set readOnly.db and readOnly.repo on the others").field_path(".nodes"),
     validation = Rule::new("self.topology != 'grid' || self.nodes.filter(n, has(n.master) && n.master).size() == 1").message("grid topology needs exactly one node with master: true").field_path(".nodes"),
     validation = Rule::new("self.topology == 'grid' || self.nodes.all(n, !has(n.master) || !n.master)").message("master is only meaningful in grid topology; remove it or set topology: grid").field_path(".nodes"),
+    validation = Rule::new("self.topology != 'grid' || (!has(self.sessionCounter) && self.nodes.all(n, !has(n.sessionProbe) || n.sessionProbe.type != 'counter'))").message("the session counter is not offered in grid topology: a worker has no Glacier2 of its own, and a login through the master's is steered by configRedirector to another node; grid nodes write session rows, so use sessionProbe.type database").field_path(".sessionCounter"),
+    validation = Rule::new("has(self.sessionCounter) || self.nodes.all(n, !has(n.sessionProbe) || n.sessionProbe.type != 'counter')").message("a counter session probe needs spec.sessionCounter.credentialsSecret: the OMERO user the counter logs in as").field_path(".nodes"),
     validation = Rule::new("self.topology == oldSelf.topology").message("topology cannot change on an existing cluster (a per-node Service's clusterIP is immutable, and every node would have to restart at once): create a new OmeroCluster with the other topology and move to it").field_path(".topology")
 )]
 #[serde(rename_all = "camelCase")]
@@ -88,6 +90,74 @@ pub struct OmeroClusterSpec {
     /// The entry Service and the per-node Services.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceSpec>,
+    /// The built-in session counter: a small script the operator ships (in a ConfigMap it
+    /// owns), run beside the server in a node's pod from the node's own image. It logs in to
+    /// that server and counts the sessions of people on it, which the `counter` session probe
+    /// reads during a drain. With this set, it is the default probe of read-only database nodes
+    /// (whose sessions the database cannot see); other nodes use it with `sessionProbe.type:
+    /// counter` (or `defaultFor: all`). Not offered in grid topology.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_counter: Option<SessionCounterSpec>,
+}
+
+/// The built-in session counter (`sessionProbe.type: counter`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionCounterSpec {
+    /// The Secret with the OMERO user the counter logs in as, passed to the counter container
+    /// by reference (the operator never reads it). Not root: a light admin with only the
+    /// `ReadSession` privilege is enough (it needs to read other users' sessions to tell
+    /// OMERO's service sessions and shares from people's; a normal user works too, but then
+    /// every session of another user is counted, shares included). Never `guest`, which sees
+    /// only itself.
+    pub credentials_secret: CounterCredentials,
+    /// Which nodes use the counter when their `sessionProbe` is not set: `readOnly` (default:
+    /// read-only database nodes, whose sessions no database query sees) or `all` (every node;
+    /// on a read-write node it also sees expired-but-unswept sessions as gone, which the
+    /// database does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_for: Option<CounterDefault>,
+    /// Compute resources of the counter container (default: requests cpu 10m, memory 64Mi;
+    /// limit memory 256Mi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// The keys of one Secret holding an OMERO user name and password.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CounterCredentials {
+    /// Name of the Secret, in the cluster's namespace.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Key holding the OMERO user name (default `username`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub user_key: Option<String>,
+    /// Key holding the password (default `password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub password_key: Option<String>,
+}
+
+impl CounterCredentials {
+    pub fn user_key(&self) -> &str {
+        self.user_key.as_deref().unwrap_or("username")
+    }
+
+    pub fn password_key(&self) -> &str {
+        self.password_key.as_deref().unwrap_or("password")
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum CounterDefault {
+    /// Read-only database nodes.
+    #[default]
+    ReadOnly,
+    /// Every node.
+    All,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -257,7 +327,7 @@ pub struct SessionsSpec {
 /// One OMERO node: one Deployment, one pod, one per-node Service.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(
-    validation = Rule::new("!has(self.sessionProbe) || self.sessionProbe.type != 'database' || !has(self.readOnly) || !self.readOnly.db").message("a read-only database node writes no session rows, so the database probe cannot count its sessions; use sessionProbe.type metrics or none").field_path(".sessionProbe.type")
+    validation = Rule::new("!has(self.sessionProbe) || self.sessionProbe.type != 'database' || !has(self.readOnly) || !self.readOnly.db").message("a read-only database node writes no session rows, so the database probe cannot count its sessions; use sessionProbe.type counter, metrics or none").field_path(".sessionProbe.type")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSpec {
@@ -299,8 +369,9 @@ pub struct NodeSpec {
     /// for a `metrics` session probe on a read-only node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sidecars: Vec<Container>,
-    /// How this node's open sessions are counted during a drain. Default: `database` for
-    /// nodes that write to the database, `none` for read-only database nodes.
+    /// How this node's open sessions are counted during a drain. Default: `counter` where
+    /// `spec.sessionCounter` says so (read-only database nodes, or all), else `database` for
+    /// nodes that write to the database and `none` for read-only database nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_probe: Option<SessionProbe>,
 }
@@ -339,14 +410,6 @@ impl NodeSpec {
     pub fn is_master(&self) -> bool {
         self.master == Some(true)
     }
-
-    /// The probe in force, with the default filled in.
-    pub fn effective_session_probe(&self) -> SessionProbe {
-        self.session_probe.clone().unwrap_or_else(|| SessionProbe {
-            kind: if self.read_only_db() { SessionProbeKind::None } else { SessionProbeKind::Database },
-            ..SessionProbe::default()
-        })
-    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -365,8 +428,10 @@ pub struct ReadOnlySpec {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SessionProbe {
-    /// `database` (SQL on the OMERO database; read-write nodes), `metrics` (a Prometheus text
-    /// endpoint on the node's pod) or `none` (only the drain deadline ends a drain).
+    /// `database` (SQL on the OMERO database; read-write nodes), `counter` (the built-in
+    /// session counter beside the server: any node of an independent topology; needs
+    /// `spec.sessionCounter`), `metrics` (a Prometheus text endpoint on the node's pod, e.g. a
+    /// home-built exporter) or `none` (only the drain deadline ends a drain).
     #[serde(rename = "type")]
     pub kind: SessionProbeKind,
     /// metrics: port on the pod.
@@ -431,6 +496,7 @@ impl SessionProbe {
 pub enum SessionProbeKind {
     #[default]
     Database,
+    Counter,
     Metrics,
     None,
 }
@@ -526,6 +592,28 @@ impl OmeroClusterSpec {
 
     pub fn node(&self, name: &str) -> Option<&NodeSpec> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The probe in force for `node`, with the default filled in: its own `sessionProbe`, else
+    /// the session counter where `sessionCounter` makes it the default (never in grid
+    /// topology), else `database` for nodes that write to the database and `none` for
+    /// read-only database nodes.
+    pub fn session_probe_of(&self, node: &NodeSpec) -> SessionProbe {
+        if let Some(probe) = &node.session_probe {
+            return probe.clone();
+        }
+        let counter = self.topology == Topology::Independent
+            && self.session_counter.as_ref().is_some_and(|c| {
+                node.read_only_db() || c.default_for.unwrap_or_default() == CounterDefault::All
+            });
+        let kind = if counter {
+            SessionProbeKind::Counter
+        } else if node.read_only_db() {
+            SessionProbeKind::None
+        } else {
+            SessionProbeKind::Database
+        };
+        SessionProbe { kind, ..SessionProbe::default() }
     }
 
     /// The master of a `grid` topology; none in `independent` (where `master` is refused).

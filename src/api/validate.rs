@@ -28,6 +28,8 @@ impl fmt::Display for ValidationError {
 const MAX_OBJECT_NAME: usize = 63;
 /// The OMERO container of a node's pod (render uses the same name).
 pub const OMERO_CONTAINER: &str = "omero-server";
+/// The session counter's container, in the pods of nodes whose probe is `counter`.
+pub const SESSION_COUNTER_CONTAINER: &str = "session-counter";
 /// The schema's limits on nodes.
 const MAX_NODE_NAME: usize = 40;
 const MAX_NODES: usize = 64;
@@ -92,6 +94,9 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
         }
     }
     check_nodes(&mut errors, cluster);
+    if let Some(counter) = &spec.session_counter {
+        check_session_counter(&mut errors, counter, spec);
+    }
 
     if let Some(drain) = &spec.drain {
         if drain.timeout.is_some_and(|d| d.is_zero()) {
@@ -104,7 +109,7 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
             let blind: Vec<&str> = spec
                 .nodes
                 .iter()
-                .filter(|n| n.effective_session_probe().kind == SessionProbeKind::None)
+                .filter(|n| spec.session_probe_of(n).kind == SessionProbeKind::None)
                 .map(|n| n.name.as_str())
                 .collect();
             if !blind.is_empty() {
@@ -197,6 +202,9 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
         check_resources(errors, i, node, spec);
         check_not_blank(errors, &at("varClaimName"), node.var_claim_name.as_ref(), "the claim for var");
         let mut container_names = BTreeSet::from([OMERO_CONTAINER]);
+        if spec.session_probe_of(node).kind == SessionProbeKind::Counter {
+            container_names.insert(SESSION_COUNTER_CONTAINER);
+        }
         for (j, sidecar) in node.sidecars.iter().enumerate() {
             if !container_names.insert(sidecar.name.as_str()) {
                 errors.push(
@@ -240,7 +248,19 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
                 ),
                 SessionProbeKind::Database if node.read_only_db() => errors.push(
                     at("sessionProbe.type"),
-                    "database cannot count sessions of a read-only database node (it writes no session rows): use metrics (e.g. omero-prometheus-tools) or none",
+                    "database cannot count sessions of a read-only database node (it writes no session rows): use counter (with spec.sessionCounter), metrics or none",
+                ),
+                SessionProbeKind::Counter if spec.topology == Topology::Grid => errors.push(
+                    at("sessionProbe.type"),
+                    "counter is not offered in grid topology: a worker has no Glacier2 of its own to log in through, and a login through the master's is steered by configRedirector to whichever node new sessions go to, so it could count another node; grid nodes write session rows: use database",
+                ),
+                SessionProbeKind::Counter if spec.session_counter.is_none() => errors.push(
+                    at("sessionProbe.type"),
+                    "counter needs spec.sessionCounter.credentialsSecret: the Secret with the OMERO user the counter logs in as (a light admin with the ReadSession privilege)",
+                ),
+                SessionProbeKind::Counter if probe.port.is_some() => errors.push(
+                    at("sessionProbe.port"),
+                    "is not used by a counter probe (the counter listens on a port of its own): remove it",
                 ),
                 _ => {}
             }
@@ -297,6 +317,49 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
                     "spec.nodes",
                     format!("grid topology needs exactly one node with master: true, found {masters}"),
                 );
+            }
+        }
+    }
+}
+
+fn check_session_counter(
+    errors: &mut Errors,
+    counter: &super::SessionCounterSpec,
+    spec: &super::OmeroClusterSpec,
+) {
+    if spec.topology == Topology::Grid {
+        errors.push(
+            "spec.sessionCounter",
+            "is not offered in grid topology: a worker has no Glacier2 of its own, and a login through the master's is steered by configRedirector to another node; grid nodes write session rows, which the database probe counts: remove it",
+        );
+    }
+    let secret = &counter.credentials_secret;
+    if secret.name.trim().is_empty() {
+        errors.push(
+            "spec.sessionCounter.credentialsSecret.name",
+            "is empty: name the Secret with the OMERO user and password the counter logs in as",
+        );
+    }
+    for (field, key) in [("userKey", &secret.user_key), ("passwordKey", &secret.password_key)] {
+        check_not_blank(
+            errors,
+            &format!("spec.sessionCounter.credentialsSecret.{field}"),
+            key.as_ref(),
+            "the key of the Secret",
+        );
+    }
+    if let Some(resources) = &counter.resources {
+        for (kind, map) in [("limits", &resources.limits), ("requests", &resources.requests)] {
+            for (resource, quantity) in map.iter().flatten() {
+                if super::quantity::bytes(&quantity.0).is_none() {
+                    errors.push(
+                        format!("spec.sessionCounter.resources.{kind}.{resource}"),
+                        format!(
+                            "'{}' is not a quantity: write e.g. 10m for cpu, 64Mi for memory",
+                            quantity.0
+                        ),
+                    );
+                }
             }
         }
     }

@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::Service},
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, Service},
+    },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::Resource;
@@ -56,6 +59,17 @@ impl Child for Service {
             "spec.clusterIP cannot change between headless (None) and a cluster IP, which a change of \
              spec.topology would need; topology is fixed for a cluster's life: create a new \
              OmeroCluster with the other topology and move to it"
+                .into()
+        })
+    }
+}
+
+impl Child for ConfigMap {
+    fn immutable_change(desired: &Self, existing: &Self) -> Option<String> {
+        // The operator never marks it immutable; someone else may have.
+        (existing.immutable == Some(true) && desired.data != existing.data).then(|| {
+            "it is marked immutable, so the session counter's script in it cannot be updated; delete it \
+             and the operator creates it anew"
                 .into()
         })
     }

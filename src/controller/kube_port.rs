@@ -4,7 +4,7 @@
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{ObjectReference, Pod, Secret, Service},
+        core::v1::{ConfigMap, ObjectReference, Pod, Secret, Service},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -34,6 +34,7 @@ pub const FIELD_MANAGER: &str = keys::MANAGER;
 pub struct Caches {
     pub deployments: Store<Deployment>,
     pub services: Store<Service>,
+    pub config_maps: Store<ConfigMap>,
     pub pods: Store<Pod>,
 }
 
@@ -68,7 +69,7 @@ fn related_reference(cluster: &OmeroCluster, related: &Related) -> ObjectReferen
     let (api_version, kind, name) = match related {
         Related::Node(node) => ("apps/v1", "Deployment", render::node_object_name(&cluster.name_any(), node)),
         Related::Object { kind, name } => {
-            let api_version = if kind == "Deployment" { "apps/v1" } else { "v1" };
+            let api_version = if kind == "Deployment" { "apps/v1" } else { "v1" }; // Service, ConfigMap
             (api_version, kind.as_str(), name.clone())
         }
     };
@@ -112,6 +113,7 @@ impl ClusterPort for KubePort {
         Ok(Children {
             deployments: of_cluster(&self.caches.deployments, &ns, &selector),
             services: of_cluster(&self.caches.services, &ns, &selector),
+            config_maps: of_cluster(&self.caches.config_maps, &ns, &selector),
             pods: of_cluster(&self.caches.pods, &ns, &selector),
         })
     }
@@ -123,6 +125,9 @@ impl ClusterPort for KubePort {
                 self.api::<Deployment>(ns).get_metadata_opt(name).await?.map(|p| p.metadata)
             }
             ChildKind::Service => self.api::<Service>(ns).get_metadata_opt(name).await?.map(|p| p.metadata),
+            ChildKind::ConfigMap => {
+                self.api::<ConfigMap>(ns).get_metadata_opt(name).await?.map(|p| p.metadata)
+            }
         })
     }
 
@@ -140,6 +145,10 @@ impl ClusterPort for KubePort {
                 let body = Service { metadata: with_uid(&s.metadata), ..s.clone() };
                 self.api::<Service>(ns).patch(&name, &Self::apply_params(), &Patch::Apply(body)).await?;
             }
+            Child::ConfigMap(c) => {
+                let body = ConfigMap { metadata: with_uid(&c.metadata), ..c.clone() };
+                self.api::<ConfigMap>(ns).patch(&name, &Self::apply_params(), &Patch::Apply(body)).await?;
+            }
         }
         Ok(())
     }
@@ -152,6 +161,7 @@ impl ClusterPort for KubePort {
         let result = match kind {
             ChildKind::Deployment => self.api::<Deployment>(ns).delete(name, &params).await.map(drop),
             ChildKind::Service => self.api::<Service>(ns).delete(name, &params).await.map(drop),
+            ChildKind::ConfigMap => self.api::<ConfigMap>(ns).delete(name, &params).await.map(drop),
         };
         match result {
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),

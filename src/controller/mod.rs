@@ -23,7 +23,7 @@ use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{Pod, Service},
+        core::v1::{ConfigMap, Pod, Service},
     },
     jiff::Timestamp,
 };
@@ -148,26 +148,40 @@ pub async fn run<O: OmeroPort>(client: Client, omero: O, options: RunOptions) ->
     };
     let clusters = api(&client);
     clusters.list(&ListParams::default().limit(1)).await.map_err(Error::CrdMissing)?;
-    let (deployments, services, pods) = match &options.namespace {
+    let (deployments, services, config_maps, pods) = match &options.namespace {
         Some(ns) => (
             Api::<Deployment>::namespaced(client.clone(), ns),
             Api::<Service>::namespaced(client.clone(), ns),
+            Api::<ConfigMap>::namespaced(client.clone(), ns),
             Api::<Pod>::namespaced(client.clone(), ns),
         ),
-        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
     };
     let ours = watcher::Config::default().labels(&format!("{}={}", keys::MANAGED_BY_LABEL, keys::MANAGER));
     // One watch per kind feeds both a cache (what reconciles read) and the controller's triggers.
     let (deployment_cache, deployment_events, deployment_watch) = shared_watch(deployments, ours.clone());
     let (service_cache, service_events, service_watch) = shared_watch(services, ours.clone());
+    // Only ConfigMaps with the operator's label: the session counter's script, one per cluster.
+    let (config_map_cache, config_map_events, config_map_watch) = shared_watch(config_maps, ours.clone());
     let (pod_cache, pod_events, pod_watch) = shared_watch(pods, ours);
-    let watches = tokio::spawn(futures::future::join3(deployment_watch, service_watch, pod_watch));
-    let caches =
-        kube_port::Caches { deployments: deployment_cache, services: service_cache, pods: pod_cache };
+    let watches =
+        tokio::spawn(futures::future::join4(deployment_watch, service_watch, config_map_watch, pod_watch));
+    let caches = kube_port::Caches {
+        deployments: deployment_cache,
+        services: service_cache,
+        config_maps: config_map_cache,
+        pods: pod_cache,
+    };
     info!("waiting for the watch caches to fill");
     for ready in [
         caches.deployments.wait_until_ready().await,
         caches.services.wait_until_ready().await,
+        caches.config_maps.wait_until_ready().await,
         caches.pods.wait_until_ready().await,
     ] {
         ready.map_err(|e| Error::CacheClosed(e.to_string()))?;
@@ -178,6 +192,7 @@ pub async fn run<O: OmeroPort>(client: Client, omero: O, options: RunOptions) ->
     Controller::new(clusters, watcher::Config::default().any_semantic())
         .owns_shared_stream(deployment_events)
         .owns_shared_stream(service_events)
+        .owns_shared_stream(config_map_events)
         // Pods are owned by ReplicaSets, so map them to their cluster by label.
         .watches_shared_stream(pod_events, |pod| {
             let cluster = pod.labels().get(keys::CLUSTER_LABEL).cloned();

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Resource;
 
 use super::{
@@ -104,8 +104,8 @@ pub fn facts<'a>(
 impl NodeFacts<'_> {
     /// How often to count the node's sessions while it serves; a node that left the spec has
     /// no probe settings left.
-    pub fn serving_probe_interval(&self) -> Option<crate::api::Duration> {
-        self.spec.and_then(|s| s.effective_session_probe().serving_interval())
+    pub fn serving_probe_interval(&self, cluster: &OmeroCluster) -> Option<crate::api::Duration> {
+        self.spec.and_then(|s| cluster.spec.session_probe_of(s).serving_interval())
     }
 
     pub fn role(&self, cluster: &OmeroCluster) -> Role {
@@ -142,6 +142,8 @@ impl NodeFacts<'_> {
 pub struct Writes<'a> {
     pub deployments: Vec<Write<'a, Deployment>>,
     pub services: Vec<Write<'a, Service>>,
+    /// The session counter's script: applied before the Deployments that mount it.
+    pub config_maps: Vec<Write<'a, ConfigMap>>,
     /// Kind, name and uid (a precondition) of objects to delete.
     pub deletes: Vec<(ChildKind, String, String)>,
     /// Pod name and the routable label it gets.
@@ -152,6 +154,7 @@ impl Writes<'_> {
     pub fn is_empty(&self) -> bool {
         self.deployments.is_empty()
             && self.services.is_empty()
+            && self.config_maps.is_empty()
             && self.deletes.is_empty()
             && self.labels.is_empty()
     }
@@ -168,6 +171,11 @@ impl Writes<'_> {
                     .iter()
                     .map(|w| ("Service", w.object.metadata.name.as_deref().unwrap_or_default())),
             )
+            .chain(
+                self.config_maps
+                    .iter()
+                    .map(|w| ("ConfigMap", w.object.metadata.name.as_deref().unwrap_or_default())),
+            )
             .collect();
         old.iter().filter(move |p| {
             p.reason == ObjectProblemReason::Refused && tried.contains(&(p.kind.as_str(), p.name.as_str()))
@@ -178,11 +186,11 @@ impl Writes<'_> {
 /// What to write, from the ownership plans, the existing objects and the decided statuses:
 /// nothing while paused; a node's Deployment only once its status released the revision; the
 /// objects of a node that left the spec only once it is drained; the label patches the
-/// lifecycle asked for.
+/// lifecycle asked for; the session counter's ConfigMap once no Deployment mounts it.
 pub fn writes<'a>(
-    (deployments, services): (Plan<'a, Deployment>, Plan<'a, Service>),
-    existing: (&[Deployment], &[Service]),
-    desired: (&[Deployment], &[Service]),
+    (deployments, services, config_maps): (Plan<'a, Deployment>, Plan<'a, Service>, Plan<'a, ConfigMap>),
+    existing: (&[Deployment], &[Service], &[ConfigMap]),
+    desired: (&[Deployment], &[Service], &[ConfigMap]),
     owner_uid: Option<&str>,
     statuses: &[NodeStatus],
     labels: Vec<(String, bool)>,
@@ -193,13 +201,37 @@ pub fn writes<'a>(
     }
     let deletes = removable_orphans(existing.0, desired.0, ChildKind::Deployment, owner_uid, statuses)
         .chain(removable_orphans(existing.1, desired.1, ChildKind::Service, owner_uid, statuses))
+        .chain(unmounted_config_maps(existing.2, desired.2, existing.0, owner_uid))
         .collect();
     Writes {
         deployments: releasable(deployments.writes, statuses),
         services: services.writes,
+        config_maps: config_maps.writes,
         deletes,
         labels,
     }
+}
+
+/// The cluster's own ConfigMaps no longer desired (no node runs the session counter) that no
+/// existing Deployment's template mounts any more: a node keeps its old template until it is
+/// drained, and a pod of it that starts again needs the ConfigMap to start at all.
+fn unmounted_config_maps<'s>(
+    existing: &'s [ConfigMap],
+    desired: &'s [ConfigMap],
+    deployments: &'s [Deployment],
+    owner_uid: Option<&str>,
+) -> impl Iterator<Item = (ChildKind, String, String)> + 's {
+    let mounted = |name: &str| {
+        deployments.iter().any(|d| {
+            let volumes =
+                d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|p| p.volumes.as_ref());
+            volumes.into_iter().flatten().any(|v| v.config_map.as_ref().is_some_and(|c| c.name == name))
+        })
+    };
+    diff::orphans(existing, desired, owner_uid)
+        .into_iter()
+        .filter(move |(name, _)| !mounted(name))
+        .map(|(name, uid)| (ChildKind::ConfigMap, name, uid))
 }
 
 /// The cluster's own objects of nodes that left the spec that may go now (see [`removable`]).
@@ -242,12 +274,13 @@ pub fn removable(node: Option<&NodeStatus>) -> bool {
 
 /// Probes due this reconcile, by node name.
 pub fn probes_due<'a>(
+    cluster: &'a OmeroCluster,
     facts: &'a [NodeFacts<'a>],
     now: k8s_openapi::jiff::Timestamp,
 ) -> impl Iterator<Item = &'a NodeFacts<'a>> {
     facts.iter().filter(move |f| {
         lifecycle::probe_due(f.previous, f.pod, now)
-            || lifecycle::serving_probe_due(f.previous, f.pod, f.serving_probe_interval(), now)
+            || lifecycle::serving_probe_due(f.previous, f.pod, f.serving_probe_interval(cluster), now)
     })
 }
 
@@ -288,19 +321,20 @@ mod tests {
         gone.metadata.name = Some("omc-gone".into());
         gone.metadata.uid = Some("u-gone".into());
         gone.metadata.labels.as_mut().unwrap().insert(keys::NODE_LABEL.into(), "gone".into());
-        let existing = (std::slice::from_ref(&gone), &[] as &[Service]);
+        let existing = (std::slice::from_ref(&gone), &[] as &[Service], &[] as &[ConfigMap]);
         let plans = || {
             let empty = BTreeMap::new();
             (
                 diff::plan(&desired.deployments, &[], &empty, uid.as_deref()).unwrap(),
                 diff::plan(&desired.services, &[], &empty, uid.as_deref()).unwrap(),
+                diff::plan(&desired.config_maps, &[], &empty, uid.as_deref()).unwrap(),
             )
         };
         let write = |statuses: &[NodeStatus], paused: bool| {
             let w = writes(
                 plans(),
                 existing,
-                (&desired.deployments, &desired.services),
+                (&desired.deployments, &desired.services, &desired.config_maps),
                 uid.as_deref(),
                 statuses,
                 vec![("omc-rw-pod".into(), true)],

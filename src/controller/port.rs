@@ -7,7 +7,7 @@ use std::future::Future;
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{Pod, Service},
+        core::v1::{ConfigMap, Pod, Service},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -22,6 +22,7 @@ use crate::{
 pub struct Children {
     pub deployments: Vec<Deployment>,
     pub services: Vec<Service>,
+    pub config_maps: Vec<ConfigMap>,
     pub pods: Vec<Pod>,
 }
 
@@ -29,6 +30,7 @@ pub struct Children {
 pub enum ChildKind {
     Deployment,
     Service,
+    ConfigMap,
 }
 
 impl ChildKind {
@@ -36,6 +38,7 @@ impl ChildKind {
         match self {
             Self::Deployment => "Deployment",
             Self::Service => "Service",
+            Self::ConfigMap => "ConfigMap",
         }
     }
 }
@@ -45,6 +48,7 @@ impl ChildKind {
 pub enum Child<'a> {
     Deployment(&'a Deployment),
     Service(&'a Service),
+    ConfigMap(&'a ConfigMap),
 }
 
 impl Child<'_> {
@@ -52,6 +56,7 @@ impl Child<'_> {
         match self {
             Self::Deployment(_) => ChildKind::Deployment,
             Self::Service(_) => ChildKind::Service,
+            Self::ConfigMap(_) => ChildKind::ConfigMap,
         }
     }
 
@@ -59,6 +64,7 @@ impl Child<'_> {
         let meta = match self {
             Self::Deployment(d) => &d.metadata,
             Self::Service(s) => &s.metadata,
+            Self::ConfigMap(c) => &c.metadata,
         };
         meta.name.as_deref().unwrap_or_default()
     }

@@ -102,10 +102,16 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         find(&ctx.port, &ns, ChildKind::Service, diff::unseen(&desired.services, &children.services)).await?;
     let services =
         diff::plan(&desired.services, &children.services, &found, uid.as_deref()).map_err(serialize)?;
+    let found =
+        find(&ctx.port, &ns, ChildKind::ConfigMap, diff::unseen(&desired.config_maps, &children.config_maps))
+            .await?;
+    let config_maps =
+        diff::plan(&desired.config_maps, &children.config_maps, &found, uid.as_deref()).map_err(serialize)?;
     let plan_problems: Vec<api::ObjectProblem> = deployments
         .problems
         .iter()
         .chain(&services.problems)
+        .chain(&config_maps.problems)
         .cloned()
         .chain(super::observe::pod_refusals(ours.iter().copied()))
         .collect();
@@ -122,7 +128,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
     };
     let plan = rollout::plan(&views, &limits);
     let mut probes = BTreeMap::new();
-    for fact in nodes::probes_due(&facts, now) {
+    for fact in nodes::probes_due(&cluster, &facts, now) {
         let outcome = probe(&ctx, &cluster, &ns, fact.spec, fact.pod).await;
         debug!(cluster = %name, node = %fact.name, ?outcome, "session probe");
         probes.insert(fact.name.as_str(), outcome);
@@ -138,8 +144,8 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
             probe: probes.remove(f.name.as_str()).map(|(outcome, _)| outcome),
             probe_interval: f
                 .spec
-                .map_or(api::DEFAULT_PROBE_INTERVAL, |s| s.effective_session_probe().interval()),
-            serving_probe_interval: f.serving_probe_interval(),
+                .map_or(api::DEFAULT_PROBE_INTERVAL, |s| cluster.spec.session_probe_of(s).interval()),
+            serving_probe_interval: f.serving_probe_interval(&cluster),
             target_revision: f.target_revision,
             deployment_exists: f.deployment.is_some(),
             deployment_revision: f.deployment_revision(),
@@ -193,9 +199,9 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
     // The writes these decisions call for.
     let labels = decisions.iter().filter_map(|d| Some((d.status.pod.clone()?, d.set_routable?))).collect();
     let writes = nodes::writes(
-        (deployments, services),
-        (&children.deployments, &children.services),
-        (&desired.deployments, &desired.services),
+        (deployments, services, config_maps),
+        (&children.deployments, &children.services, &children.config_maps),
+        (&desired.deployments, &desired.services, &desired.config_maps),
         uid.as_deref(),
         &assessment.nodes,
         labels,
@@ -217,10 +223,12 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
             StatusWrite::Written(resource_version) => recorded = resource_version,
         }
     }
+    // The counter's script first: a pod that mounts it does not start until it exists.
     let children_written = writes
-        .deployments
+        .config_maps
         .iter()
-        .map(|w| (Child::Deployment(w.object), w.uid.as_deref()))
+        .map(|w| (Child::ConfigMap(w.object), w.uid.as_deref()))
+        .chain(writes.deployments.iter().map(|w| (Child::Deployment(w.object), w.uid.as_deref())))
         .chain(writes.services.iter().map(|w| (Child::Service(w.object), w.uid.as_deref())));
     let mut refusals = Vec::new();
     for (child, child_uid) in children_written {
@@ -323,7 +331,7 @@ async fn probe<P: ClusterPort, O: OmeroPort>(
 ) -> (ProbeOutcome, Option<String>) {
     // A node that left the spec has no probe settings left: only its deadline ends its drain.
     let Some(node) = node else { return (ProbeOutcome::NoProbe, None) };
-    let probe = node.effective_session_probe();
+    let probe = cluster.spec.session_probe_of(node);
     if probe.kind == SessionProbeKind::None {
         return (ProbeOutcome::NoProbe, None);
     }

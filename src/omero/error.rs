@@ -14,6 +14,9 @@ pub enum ProbeError {
     /// its server has not registered yet, or publishes another address.
     #[error("database {endpoint}: no live OMERO node has host {pod_ip} in node.conn ({live})")]
     NodeNotRegistered { endpoint: String, pod_ip: String, live: String },
+    /// The session counter beside the server failed, did not answer or has no fresh count.
+    #[error("session counter {url}: {reason}")]
+    Counter { url: String, reason: String },
     /// The metrics endpoint failed, timed out or did not hold a usable count.
     #[error("metrics {url}: {reason}")]
     Metrics { url: String, reason: String },

@@ -70,7 +70,7 @@ pub fn read_sessions(text: &str, metric: &str, excluded: &[&str]) -> Result<Sess
     Ok(SessionCount { sessions, sample })
 }
 
-fn url(pod_ip: IpAddr, port: u16, path: &str) -> String {
+pub(super) fn url(pod_ip: IpAddr, port: u16, path: &str) -> String {
     let slash = if path.starts_with('/') { "" } else { "/" };
     match pod_ip {
         IpAddr::V4(ip) => format!("http://{ip}:{port}{slash}{path}"),
@@ -79,17 +79,27 @@ fn url(pod_ip: IpAddr, port: u16, path: &str) -> String {
 }
 
 async fn fetch(http: &HttpClient, uri: Uri) -> Result<String, String> {
+    // The classic text format, not OpenMetrics or protobuf.
+    let (status, body) = get(http, uri, "text/plain;version=0.0.4;q=1,*/*;q=0.1").await?;
+    if !status.is_success() {
+        return Err(format!("HTTP status {status}"));
+    }
+    Ok(body)
+}
+
+/// A GET of a small text document: its status and body, whatever the status.
+pub(super) async fn get(
+    http: &HttpClient,
+    uri: Uri,
+    accept: &str,
+) -> Result<(hyper::StatusCode, String), String> {
     let request = Request::get(uri)
-        // The classic text format, not OpenMetrics or protobuf.
-        .header(ACCEPT, "text/plain;version=0.0.4;q=1,*/*;q=0.1")
+        .header(ACCEPT, accept)
         .header(USER_AGENT, concat!("omero-operator/", env!("CARGO_PKG_VERSION")))
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
     let response = http.request(request).await.map_err(|e| error::chain(&e))?;
     let status = response.status();
-    if !status.is_success() {
-        return Err(format!("HTTP status {status}"));
-    }
     let body = Limited::new(response.into_body(), MAX_BODY_BYTES).collect().await.map_err(|e| {
         if e.is::<LengthLimitError>() {
             format!("body larger than {} MiB", MAX_BODY_BYTES >> 20)
@@ -97,7 +107,9 @@ async fn fetch(http: &HttpClient, uri: Uri) -> Result<String, String> {
             format!("reading the body: {}", error::chain(&*e))
         }
     })?;
-    String::from_utf8(body.to_bytes().into()).map_err(|_| "the body is not UTF-8 text".to_owned())
+    let text =
+        String::from_utf8(body.to_bytes().into()).map_err(|_| "the body is not UTF-8 text".to_owned())?;
+    Ok((status, text))
 }
 
 /// The sum of the samples of `metric` whose labels `counted` accepts, in a Prometheus text

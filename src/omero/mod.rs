@@ -1,9 +1,10 @@
-//! The OMERO side: session probes (database, metrics) and the grid redirect row.
+//! The OMERO side: session probes (database, counter, metrics) and the grid redirect row.
 //!
 //! These are I/O adapters. The drain state machine sees only what [`Client::count`]
 //! returns: `Ok(Some(n))` open sessions, `Ok(None)` when the node has no probe, or an error,
 //! never a made-up zero.
 
+mod counter;
 mod database;
 mod error;
 mod ice_proxy;
@@ -17,6 +18,9 @@ use std::time::Duration;
 
 use crate::api::{DatabaseEndpoint, SessionProbe, SessionProbeKind};
 
+pub use counter::{
+    COUNTER_FORMAT, COUNTER_PATH, COUNTER_PORT, MAX_SAMPLE_AGE, read_answer as read_counter_answer,
+};
 pub use database::OPEN_SESSIONS_SQL;
 pub use error::ProbeError;
 pub use metrics::{REFRESH_COUNTER, read_sessions, sum_metric};
@@ -27,7 +31,7 @@ pub use redirect::Redirect;
 pub struct ProbeTarget<'a> {
     /// The pod's IP (`status.podIP`).
     pub pod_ip: &'a str,
-    /// The effective probe, defaults filled (`NodeSpec::effective_session_probe`).
+    /// The effective probe, defaults filled (`OmeroClusterSpec::session_probe_of`).
     pub probe: &'a SessionProbe,
     /// Needed by `database` probes; ignored by the others.
     pub database: Option<DatabaseCredentials<'a>>,
@@ -134,6 +138,10 @@ impl Client {
             SessionProbeKind::Metrics => {
                 let pod_ip = parse_pod_ip(target.pod_ip)?;
                 metrics::count(&inner.http, &inner.timeouts, pod_ip, target.probe).await?
+            }
+            SessionProbeKind::Counter => {
+                let pod_ip = parse_pod_ip(target.pod_ip)?;
+                counter::count(&inner.http, &inner.timeouts, pod_ip).await?
             }
         };
         tracing::debug!(pod_ip = target.pod_ip, probe = ?target.probe.kind, sessions = count.sessions, sample = ?count.sample, "counted open sessions");

@@ -14,7 +14,7 @@ use k8s_openapi::{
 };
 use kube::ResourceExt;
 
-use super::{config, grid, labels, probes, volumes};
+use super::{config, counter, grid, labels, probes, volumes};
 use crate::api::{NodeSpec, OmeroCluster, keys};
 
 /// The container every node runs.
@@ -38,11 +38,17 @@ const PROGRESS_DEADLINE_SECONDS: i32 = probes::STARTUP_BUDGET_SECONDS + 600;
 pub(crate) fn deployment(cluster: &OmeroCluster, node: &NodeSpec, restart_token: Option<&str>) -> Deployment {
     let cluster_name = cluster.name_any();
     let labels = labels::node_labels(&cluster_name, &node.name);
+    let mut annotations = BTreeMap::new();
+    if let Some(token) = restart_token {
+        annotations.insert(keys::RESTART_TOKEN_ANNOTATION.to_string(), token.to_string());
+    }
+    if counter::runs_on(cluster, node) {
+        annotations.insert(counter::SCRIPT_ANNOTATION.to_string(), counter::script_digest());
+    }
     let mut template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels.clone()),
-            annotations: restart_token
-                .map(|t| BTreeMap::from([(keys::RESTART_TOKEN_ANNOTATION.to_string(), t.to_string())])),
+            annotations: (!annotations.is_empty()).then_some(annotations),
             ..ObjectMeta::default()
         }),
         spec: Some(pod_spec(cluster, node)),
@@ -78,10 +84,20 @@ pub(crate) fn deployment(cluster: &OmeroCluster, node: &NodeSpec, restart_token:
 
 fn pod_spec(cluster: &OmeroCluster, node: &NodeSpec) -> PodSpec {
     let spec = &cluster.spec;
+    let server = container(cluster, node);
+    let counter = spec
+        .session_counter
+        .as_ref()
+        .filter(|_| counter::runs_on(cluster, node))
+        .map(|c| counter::container(cluster, node, c, &server));
+    let mut pod_volumes = volumes::volumes(cluster, node);
+    if counter.is_some() {
+        pod_volumes.push(counter::volume(cluster));
+    }
     PodSpec {
-        containers: std::iter::once(container(cluster, node)).chain(node.sidecars.iter().cloned()).collect(),
+        containers: std::iter::once(server).chain(counter).chain(node.sidecars.iter().cloned()).collect(),
         init_containers: Some(vec![prepare_var(cluster, node)]),
-        volumes: Some(volumes::volumes(cluster, node)),
+        volumes: Some(pod_volumes),
         image_pull_secrets: non_empty(spec.image_pull_secrets.clone()),
         node_selector: (!node.node_selector.is_empty()).then(|| node.node_selector.clone()),
         tolerations: non_empty(node.tolerations.clone()),

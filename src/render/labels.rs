@@ -53,7 +53,7 @@ pub(crate) fn entry_labels(cluster: &str) -> BTreeMap<String, String> {
     labels
 }
 
-fn app_labels(cluster: &str, component: &str) -> [(String, String); 3] {
+pub(crate) fn app_labels(cluster: &str, component: &str) -> [(String, String); 3] {
     [
         (keys::NAME_LABEL.to_string(), keys::APP_NAME.to_string()),
         (keys::INSTANCE_LABEL.to_string(), cluster.to_string()),

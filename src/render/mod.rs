@@ -5,6 +5,7 @@
 //! same spec always renders byte-identical objects (server-side apply then has nothing to do).
 
 mod config;
+pub mod counter;
 mod deployment;
 mod grid;
 mod labels;
@@ -15,7 +16,10 @@ mod volumes;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ConfigMap, Service},
+};
 
 use crate::api::{OmeroCluster, keys};
 
@@ -30,9 +34,12 @@ pub struct Desired {
     pub deployments: Vec<Deployment>,
     /// One per node, in spec order, then the entry Service.
     pub services: Vec<Service>,
+    /// The session counter's script, when a node runs the counter (one per cluster).
+    pub config_maps: Vec<ConfigMap>,
 }
 
-/// The objects `cluster` needs. Assumes `crate::api::validate(cluster)` passed: property names
+/// The objects `cluster` needs: Deployments, Services and, when a node runs the session
+/// counter, the ConfigMap with its script. Assumes `crate::api::validate(cluster)` passed: property names
 /// it would reject make this panic with a message saying so.
 pub fn render(cluster: &OmeroCluster) -> Desired {
     render_with_restarts(cluster, &BTreeMap::new())
@@ -51,7 +58,8 @@ pub fn render_with_restarts(cluster: &OmeroCluster, restart_tokens: &BTreeMap<St
         .map(|node| service::node_service(cluster, node))
         .chain(std::iter::once(service::entry_service(cluster)))
         .collect();
-    Desired { deployments, services }
+    let config_maps = counter::config_map(cluster).into_iter().collect();
+    Desired { deployments, services, config_maps }
 }
 
 /// The revision a Deployment (or a pod) carries: the digest of the operator's pod template.

@@ -13,7 +13,7 @@ use std::{
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{Pod, Service},
+        core::v1::{ConfigMap, Pod, Service},
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
     jiff::Timestamp,
@@ -36,6 +36,7 @@ use omero_operator::{
 pub enum Write {
     ApplyDeployment(String),
     ApplyService(String),
+    ApplyConfigMap(String),
     Delete(ChildKind, String),
     Label { pod: String, routable: bool },
     Status,
@@ -47,6 +48,7 @@ pub struct State {
     pub cluster: Option<OmeroCluster>,
     pub deployments: BTreeMap<String, Deployment>,
     pub services: BTreeMap<String, Service>,
+    pub config_maps: BTreeMap<String, ConfigMap>,
     pub pods: BTreeMap<String, Pod>,
     pub secrets: BTreeMap<(String, String), String>,
     pub events: Vec<Event>,
@@ -79,6 +81,15 @@ pub fn bump(cluster: &mut OmeroCluster) {
 }
 
 impl State {
+    /// The metadata of the object of `kind` named `name`, whoever holds it.
+    fn meta_of(&self, kind: ChildKind, name: &str) -> Option<ObjectMeta> {
+        match kind {
+            ChildKind::Deployment => self.deployments.get(name).map(|d| d.metadata.clone()),
+            ChildKind::Service => self.services.get(name).map(|s| s.metadata.clone()),
+            ChildKind::ConfigMap => self.config_maps.get(name).map(|c| c.metadata.clone()),
+        }
+    }
+
     fn new_uid(&mut self) -> String {
         self.next_uid += 1;
         format!("00000000-0000-4000-8000-{:012}", self.next_uid)
@@ -252,6 +263,28 @@ impl FakeCluster {
         deployment
     }
 
+    /// Like [`seed_service`], a ConfigMap.
+    pub fn seed_config_map(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        owner: Option<(&str, &str, &str)>,
+    ) -> ConfigMap {
+        let mut state = self.state();
+        let uid = state.new_uid();
+        let config_map: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "omero", "uid": uid, "resourceVersion": "19",
+                         "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+                         "ownerReferences": owner.map(|(kind, n, u)| vec![serde_json::json!({
+                             "apiVersion": if kind == "OmeroCluster" { "omero.openmicroscopy.org/v1alpha1" } else { "v1" },
+                             "kind": kind, "name": n, "uid": u, "controller": true})])},
+            "data": {"settings.ini": "[web]\nport = 8080\n"}
+        }))
+        .unwrap();
+        state.config_maps.insert(name.into(), config_map.clone());
+        config_map
+    }
+
     /// The garbage collector after the OmeroCluster with `uid` is deleted: every object with an
     /// owner reference to it goes.
     pub fn collect_garbage_of(&self, uid: &str) {
@@ -259,6 +292,7 @@ impl FakeCluster {
         let owned = |m: &ObjectMeta| m.owner_references.iter().flatten().any(|r| r.uid == uid);
         state.deployments.retain(|_, d| !owned(&d.metadata));
         state.services.retain(|_, s| !owned(&s.metadata));
+        state.config_maps.retain(|_, c| !owned(&c.metadata));
     }
 
     pub fn remove_pod(&self, node: &str) {
@@ -321,6 +355,12 @@ impl ClusterPort for FakeCluster {
                     .filter(|s| labelled_for(&s.metadata, &name))
                     .cloned()
                     .collect(),
+                config_maps: cache
+                    .config_maps
+                    .iter()
+                    .filter(|c| labelled_for(&c.metadata, &name))
+                    .cloned()
+                    .collect(),
                 pods: cache.pods.iter().filter(|p| labelled_for(&p.metadata, &name)).cloned().collect(),
             });
         }
@@ -332,17 +372,19 @@ impl ClusterPort for FakeCluster {
                 .cloned()
                 .collect(),
             services: state.services.values().filter(|s| labelled_for(&s.metadata, &name)).cloned().collect(),
+            config_maps: state
+                .config_maps
+                .values()
+                .filter(|c| labelled_for(&c.metadata, &name))
+                .cloned()
+                .collect(),
             pods: state.pods.values().filter(|p| labelled_for(&p.metadata, &name)).cloned().collect(),
         })
     }
 
     async fn find(&self, _ns: &str, kind: ChildKind, name: &str) -> Result<Option<ObjectMeta>, Error> {
         self.call()?;
-        let state = self.state();
-        Ok(match kind {
-            ChildKind::Deployment => state.deployments.get(name).map(|d| d.metadata.clone()),
-            ChildKind::Service => state.services.get(name).map(|s| s.metadata.clone()),
-        })
+        Ok(self.state().meta_of(kind, name))
     }
 
     async fn apply(&self, _ns: &str, child: Child<'_>, uid: Option<&str>) -> Result<(), Error> {
@@ -350,6 +392,7 @@ impl ClusterPort for FakeCluster {
         let write = match child.kind() {
             ChildKind::Deployment => Write::ApplyDeployment(name.clone()),
             ChildKind::Service => Write::ApplyService(name.clone()),
+            ChildKind::ConfigMap => Write::ApplyConfigMap(name.clone()),
         };
         self.write(write)?;
         let mut state = self.state();
@@ -357,10 +400,7 @@ impl ClusterPort for FakeCluster {
             let status = kube::core::Status::failure(message, "Invalid").with_code(422);
             return Err(Error::Kube(kube::Error::Api(status.boxed())));
         }
-        let existing = match child.kind() {
-            ChildKind::Deployment => state.deployments.get(&name).map(|d| d.metadata.clone()),
-            ChildKind::Service => state.services.get(&name).map(|s| s.metadata.clone()),
-        };
+        let existing = state.meta_of(child.kind(), &name);
         check_uid(existing.as_ref(), uid, &name)?;
         let uid = match existing.and_then(|m| m.uid) {
             Some(uid) => uid,
@@ -377,6 +417,11 @@ impl ClusterPort for FakeCluster {
                 s.metadata.uid = Some(uid);
                 state.services.insert(name, s);
             }
+            Child::ConfigMap(c) => {
+                let mut c = c.clone();
+                c.metadata.uid = Some(uid);
+                state.config_maps.insert(name, c);
+            }
         }
         Ok(())
     }
@@ -384,10 +429,7 @@ impl ClusterPort for FakeCluster {
     async fn delete_child(&self, _ns: &str, kind: ChildKind, name: &str, uid: &str) -> Result<(), Error> {
         self.write(Write::Delete(kind, name.into()))?;
         let mut state = self.state();
-        let existing = match kind {
-            ChildKind::Deployment => state.deployments.get(name).map(|d| d.metadata.clone()),
-            ChildKind::Service => state.services.get(name).map(|s| s.metadata.clone()),
-        };
+        let existing = state.meta_of(kind, name);
         if existing.is_none() {
             return Ok(());
         }
@@ -395,6 +437,7 @@ impl ClusterPort for FakeCluster {
         match kind {
             ChildKind::Deployment => state.deployments.remove(name).map(drop),
             ChildKind::Service => state.services.remove(name).map(drop),
+            ChildKind::ConfigMap => state.config_maps.remove(name).map(drop),
         };
         Ok(())
     }

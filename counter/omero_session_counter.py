@@ -1,0 +1,375 @@
+"""OMERO session counter: the sessions of people on the OMERO.server beside it, over HTTP.
+
+Shipped by omero-operator (in a ConfigMap it owns) and run in a node's pod, next to the server,
+with the node's own image's Python (``/opt/omero/server/venv3``, which has omero-py and Ice). It
+logs in to the node's own server through its local Glacier2, asks for the server's current
+sessions (``omero.cmd.CurrentSessionsRequest``, what ``omero sessions who`` uses) every few
+seconds, and answers ``GET /sessions`` with the last sample as JSON (format below), which the
+operator's ``counter`` session probe reads during a drain.
+
+What counts: the sessions a drain waits for, sessions of people. Not counted:
+
+- its own login, and earlier logins of the counter (same user and user agent) that have not
+  timed out yet;
+- OMERO's own service sessions: owner ``root`` (Processor-0 and Tables-0 log in as root with
+  user agent ``Python service`` and keep that session for their whole life; a person's root
+  session is left out too, the same rule as the operator's database and metrics probes);
+- shares: a share is a standing grant to view data, stored as a session that no one is
+  connected through; it ends only when it expires (often never), so counting it would hold
+  every drain open until its deadline. The database probe leaves them out for the same reason;
+- expired sessions: the server already leaves out timed-out sessions (SessionManagerImpl
+  ``getSessionData`` skips them; read from omero-server's source, not observed), and the rule
+  below drops any that the data shows past its idle time or lifetime anyway.
+
+A sample that could not be taken (server not up, login refused, request failed) is reported as
+a failure, never as zero; every sample, good or failed, carries a sample id (``<run>-<n>``,
+``n`` rising with each sample, ``run`` new at each start of the script) and when it was taken,
+so the operator never takes one sample for two.
+
+Answer (``Content-Type: application/json``; HTTP 200 when ``ok``, 503 otherwise)::
+
+    {"format": "omero-session-counter/1", "ok": true, "sessions": 3,
+     "sample": "1a2b3c4d-17", "takenAt": "2026-01-01T00:00:00.000Z", "ageSeconds": 1.2,
+     "excluded": {"own": 1, "counter": 0, "service": 2, "share": 0, "expired": 0},
+     "restricted": 0}
+    {"format": "omero-session-counter/1", "ok": false, "error": "login refused: ...",
+     "sample": "1a2b3c4d-18", "takenAt": "...", "ageSeconds": 0.4}
+
+``restricted``: sessions whose session object the server did not return (the counter's user
+lacks the ``ReadSession`` privilege): they are counted unless their user is root or the
+counter's user, since their user agent and share status cannot be seen.
+
+The counting rule is the pure function ``count_sessions``; only ``OmeroSource`` imports omero,
+so the rule and the HTTP answer are tested without omero-py (``test_omero_session_counter.py``).
+
+Settings (environment): OMERO_COUNTER_USER, OMERO_COUNTER_PASSWORD (from a Secret),
+OMERO_COUNTER_SERVER (e.g. ``tcp://127.0.0.1:4063``), OMERO_COUNTER_PORT (default 9450),
+OMERO_COUNTER_INTERVAL (seconds between samples, default 5).
+"""
+
+import datetime
+import http.server
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid as uuidlib
+
+FORMAT = "omero-session-counter/1"
+# The user agent of the counter's own logins, so that they can be told apart.
+AGENT = "omero-operator session counter"
+# OMERO's administrator: Processor-0 and Tables-0 log in as root ("Python service").
+ROOT = "root"
+DEFAULT_PORT = 9450
+DEFAULT_INTERVAL = 5.0
+
+
+class Session:
+    """One entry of a CurrentSessionsResponse, reduced to what the rule needs.
+
+    ``detailed`` is False when the server returned no session object for it (the caller may not
+    read that session): then only ``user`` is known. Times are milliseconds since the epoch,
+    durations milliseconds (0: no limit), as OMERO stores them.
+    """
+
+    def __init__(self, user, uuid=None, agent=None, share=False, detailed=True,
+                 started=None, last_access=None, time_to_idle=0, time_to_live=0):
+        self.user = user
+        self.uuid = uuid
+        self.agent = agent
+        self.share = share
+        self.detailed = detailed
+        self.started = started
+        self.last_access = last_access
+        self.time_to_idle = time_to_idle or 0
+        self.time_to_live = time_to_live or 0
+
+    def __repr__(self):
+        return "Session(%r)" % self.__dict__
+
+
+def expired(session, now_ms):
+    """Past its idle time or its lifetime at ``now_ms``, by the data the server returned."""
+    if session.time_to_idle > 0 and session.last_access is not None:
+        if now_ms - session.last_access > session.time_to_idle:
+            return True
+    if session.time_to_live > 0 and session.started is not None:
+        if now_ms - session.started > session.time_to_live:
+            return True
+    return False
+
+
+def count_sessions(sessions, own_uuid, own_user, now_ms):
+    """The sessions of people among ``sessions``: (count, excluded by reason, restricted).
+
+    Each session is left out for the first reason that applies, in this order: own (the
+    counter's current login), counter (an earlier login of the counter: its user and agent),
+    service (owner root), share, expired.
+    """
+    excluded = {"own": 0, "counter": 0, "service": 0, "share": 0, "expired": 0}
+    counted = 0
+    restricted = 0
+    for s in sessions:
+        if s.uuid is not None and s.uuid == own_uuid:
+            reason = "own"
+        elif s.user == own_user and s.agent == AGENT:
+            reason = "counter"
+        elif s.user == ROOT:
+            reason = "service"
+        elif s.share:
+            reason = "share"
+        elif expired(s, now_ms):
+            reason = "expired"
+        else:
+            reason = None
+        if reason is not None:
+            excluded[reason] += 1
+            continue
+        counted += 1
+        if not s.detailed:
+            restricted += 1
+    return counted, excluded, restricted
+
+
+def iso(epoch_seconds):
+    moment = datetime.datetime.fromtimestamp(epoch_seconds, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (moment.microsecond // 1000)
+
+
+class Sampler:
+    """Takes samples from a source and keeps the last one. ``source()`` returns
+    ``(sessions, own_uuid, own_user)`` or raises; its failure is the sample's failure."""
+
+    def __init__(self, source, clock=time.time, monotonic=time.monotonic):
+        self.source = source
+        self.clock = clock
+        self.monotonic = monotonic
+        self.run = uuidlib.uuid4().hex[:8]
+        self.number = 0
+        self.lock = threading.Lock()
+        self.last = None  # (answer without age, monotonic time taken)
+
+    def sample(self):
+        taken = self.clock()
+        answer = {"format": FORMAT}
+        try:
+            sessions, own_uuid, own_user = self.source()
+            count, excluded, restricted = count_sessions(
+                sessions, own_uuid, own_user, int(taken * 1000))
+            answer.update(ok=True, sessions=count, excluded=excluded, restricted=restricted)
+        except Exception as e:  # every failure is reported, never turned into a count
+            answer.update(ok=False, error=describe(e))
+        with self.lock:
+            self.number += 1
+            answer.update(sample="%s-%d" % (self.run, self.number), takenAt=iso(taken))
+            self.last = (answer, self.monotonic())
+        return answer
+
+    def answer(self):
+        """The last sample with its age, or a failure when there is none yet."""
+        with self.lock:
+            last = self.last
+        if last is None:
+            return {"format": FORMAT, "ok": False, "sample": None,
+                    "error": "no sample taken yet: the counter has just started"}
+        answer, at = last
+        return dict(answer, ageSeconds=round(max(0.0, self.monotonic() - at), 3))
+
+    def loop(self, interval, stop):
+        while not stop.is_set():
+            started = self.monotonic()
+            answer = self.sample()
+            if not answer["ok"]:
+                log("sample %s failed: %s" % (answer["sample"], answer["error"]))
+            stop.wait(max(0.0, interval - (self.monotonic() - started)))
+
+
+def describe(error):
+    text = str(error) or error.__class__.__name__
+    name = error.__class__.__name__
+    return text if text.startswith(name) else "%s: %s" % (name, text)
+
+
+def log(message):
+    sys.stderr.write("%s %s\n" % (iso(time.time()), message))
+    sys.stderr.flush()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    sampler = None  # set by make_server
+    server_version = "omero-session-counter/1"
+
+    def do_GET(self):
+        if self.path.split("?")[0] != "/sessions":
+            self.send_error(404, "only /sessions is served")
+            return
+        answer = self.sampler.answer()
+        body = json.dumps(answer, sort_keys=True).encode("utf-8")
+        self.send_response(200 if answer["ok"] else 503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):
+        pass  # one line per probe would flood the container log
+
+
+class DualStackServer(http.server.ThreadingHTTPServer):
+    """Listens on IPv6 and IPv4 where the kernel allows it (a pod IP may be either)."""
+
+    address_family = socket.AF_INET6
+    daemon_threads = True
+
+    def server_bind(self):
+        try:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        except (AttributeError, OSError):
+            pass
+        super().server_bind()
+
+
+def make_server(sampler, port, host=None):
+    handler = type("BoundHandler", (Handler,), {"sampler": sampler})
+    if host is None:
+        try:
+            return DualStackServer(("::", port), handler)
+        except OSError:  # no IPv6 in this pod
+            pass
+        host = "0.0.0.0"
+    return http.server.ThreadingHTTPServer((host, port), handler)
+
+
+class OmeroSource:
+    """Counts through omero-py: one login kept alive between samples (every login is a session
+    that lives until its idle timeout, so logging in at every sample would pile them up), and a
+    new one when a request fails. Inferred from OMERO's source, not run against a server here:
+    the response shape (``omero.cmd.CurrentSessionsResponse``: ``sessions``, ``contexts``,
+    ``data`` as parallel lists; a ``None`` session where the caller may not read it) and the
+    client calls. Anything missing is treated as not known, never as not a session."""
+
+    def __init__(self, server, user, password, timeout_ms=10000):
+        self.server = server
+        self.user = user
+        self.password = password
+        self.timeout_ms = timeout_ms
+        self.client = None
+
+    def connect(self):
+        import omero.clients  # noqa: F401  (imported here: the tests run without omero-py)
+        import omero
+        client = omero.client(host=self.server, pmap={
+            # A stuck server must not stall the sampler for ever.
+            "Ice.Override.Timeout": str(self.timeout_ms),
+        })
+        client.setAgent(AGENT)
+        try:
+            client.createSession(self.user, self.password)
+        except Exception as e:
+            client.__del__()
+            raise RuntimeError("login to %s as %s refused or failed: %s" % (
+                self.server, self.user, describe(e)))
+        self.client = client
+
+    def close(self):
+        client, self.client = self.client, None
+        if client is not None:
+            try:
+                client.closeSession()
+            except Exception:
+                pass
+            try:
+                client.__del__()
+            except Exception:
+                pass
+
+    def __call__(self):
+        if self.client is None:
+            self.connect()
+        try:
+            return self.current()
+        except Exception:
+            self.close()  # the next sample logs in again
+            raise
+
+    def current(self):
+        import omero
+        import omero.cmd
+        from omero.rtypes import unwrap
+        client = self.client
+        own_uuid = client.getSessionId()
+        callback = client.submit(omero.cmd.CurrentSessionsRequest(), loops=20, ms=500)
+        try:
+            response = callback.getResponse() if hasattr(callback, "getResponse") else callback
+        finally:
+            if hasattr(callback, "close"):
+                callback.close(True)
+        if isinstance(response, omero.cmd.ERR):
+            raise RuntimeError("CurrentSessionsRequest failed: %s %s" % (
+                response.category, response.name))
+        sessions = []
+        data = list(response.data or [])
+        for i, context in enumerate(response.contexts):
+            session = response.sessions[i] if i < len(response.sessions) else None
+            values = unwrap(data[i]) if i < len(data) and data[i] is not None else {}
+            user = getattr(context, "userName", None)
+            if session is None:
+                sessions.append(Session(user=user, uuid=getattr(context, "sessionUuid", None),
+                                        detailed=False))
+                continue
+            sessions.append(Session(
+                user=user,
+                uuid=unwrap(getattr(session, "uuid", None)) or getattr(context, "sessionUuid", None),
+                agent=unwrap(getattr(session, "userAgent", None)),
+                share=isinstance(session, omero.model.Share),
+                started=unwrap(getattr(session, "started", None)),
+                last_access=values.get("lastAccessTime"),
+                time_to_idle=unwrap(getattr(session, "timeToIdle", None)),
+                time_to_live=unwrap(getattr(session, "timeToLive", None)),
+            ))
+        return sessions, own_uuid, self.user
+
+
+def main():
+    user = os.environ.get("OMERO_COUNTER_USER", "")
+    password = os.environ.get("OMERO_COUNTER_PASSWORD", "")
+    server = os.environ.get("OMERO_COUNTER_SERVER", "tcp://127.0.0.1:4063")
+    port = int(os.environ.get("OMERO_COUNTER_PORT", DEFAULT_PORT))
+    interval = float(os.environ.get("OMERO_COUNTER_INTERVAL", DEFAULT_INTERVAL))
+    if not user or not password:
+        source_error = RuntimeError(
+            "OMERO_COUNTER_USER and OMERO_COUNTER_PASSWORD must be set (from the Secret named in "
+            "spec.sessionCounter.credentialsSecret)")
+
+        def source():
+            raise source_error
+        omero_source = None
+    else:
+        omero_source = source = OmeroSource(server, user, password)
+    sampler = Sampler(source)
+    stop = threading.Event()
+    httpd = make_server(sampler, port)
+    thread = threading.Thread(target=sampler.loop, args=(interval, stop), daemon=True)
+    thread.start()
+    log("serving /sessions on port %d; counting %s as %s every %ss" % (port, server, user, interval))
+    try:
+        httpd.serve_forever()
+    finally:
+        stop.set()
+        if omero_source is not None:
+            omero_source.close()
+
+
+if __name__ == "__main__":
+    import signal
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        main()
+    except KeyboardInterrupt:
+        pass
