@@ -7,10 +7,13 @@
 pub mod api;
 pub mod controller;
 mod error;
+pub mod http;
 pub mod lifecycle;
+pub mod metrics;
 pub mod omero;
 pub mod ownership;
 pub mod plugin;
+pub mod rbac;
 pub mod render;
 pub mod request;
 pub mod rollout;
