@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod omero;
 pub mod ownership;
 pub mod plugin;
+pub mod pod_security;
 pub mod rbac;
 pub mod render;
 pub mod request;
