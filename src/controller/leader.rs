@@ -31,8 +31,10 @@ use crate::{
     api::{OmeroCluster, OmeroClusterStatus, SecretKeyRef},
 };
 
-/// How long a lease holds without renewal. A standby takes over at most this long after the
-/// leader died without releasing it (a clean stop releases it: the standby takes over at once).
+/// How long a lease holds without renewal. A standby looks again when the holder's lease would
+/// expire (kube-lease-manager sleeps until then), so it takes over at most this long after the
+/// leader's last renewal, whether the leader died or stopped cleanly; a replica that starts
+/// after a clean stop (which releases the lease) takes it at once.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// The holder renews this long before the lease expires; also the clock skew tolerated
 /// between replicas.
@@ -46,7 +48,8 @@ pub const LEASE_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// `LeaseManager::changed` contract); an error means this replica could not renew or read it.
 pub trait LeaderLease: Send + Sync + 'static {
     fn changed(&self) -> impl Future<Output = Result<bool, String>> + Send;
-    /// Gives the lease up if held, so a standby need not wait for it to expire.
+    /// Gives the lease up if held, so the next replica to look takes it without waiting for
+    /// it to expire.
     fn release(&self) -> impl Future<Output = Result<(), String>> + Send;
 }
 
@@ -114,7 +117,7 @@ impl Leadership {
         self.leading.clone()
     }
 
-    /// Stops competing and releases the lease if held, so a standby takes over at once.
+    /// Stops competing and releases the lease if held.
     pub async fn resign(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
