@@ -127,29 +127,60 @@ fn chart_rules(docs: &[Value], watched: Option<&str>) -> BTreeSet<RuleKey> {
     rules
 }
 
-fn code_rules(crd_apply: bool) -> BTreeSet<RuleKey> {
-    rbac::rules_for(|value| match value {
-        "crd.apply" => crd_apply,
-        other => panic!("src/rbac.rs names chart value {other}: teach this test about it"),
-    })
-    .map(|r| {
-        let mut verbs: Vec<String> = r.verbs.iter().map(|v| v.to_string()).collect();
-        verbs.sort();
-        let mut names: Vec<String> = r.resource_names.iter().map(|v| v.to_string()).collect();
-        names.sort();
-        (r.scope, r.group.to_string(), r.resource.to_string(), verbs, names)
-    })
-    .collect()
+/// The chart's values with an option set merged over the defaults (maps merge, the rest
+/// replaces), as helm merges them.
+fn values(option_set: Option<&str>) -> Value {
+    fn merge(base: &mut Value, over: Value) {
+        match (base, over) {
+            (Value::Object(base), Value::Object(over)) => {
+                for (k, v) in over {
+                    merge(base.entry(k).or_insert(Value::Null), v);
+                }
+            }
+            (base, over) => *base = over,
+        }
+    }
+    let read =
+        |path: &Path| -> Value { serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap() };
+    let mut values = read(&root().join(CHART).join("values.yaml"));
+    if let Some(file) = option_set {
+        merge(&mut values, read(&root().join(file)));
+    }
+    values
 }
 
-fn assert_rbac(docs: &[Value], watched: Option<&str>, crd_apply: bool) {
+/// The boolean chart value at a dotted path; a rule switched by a value that is not a boolean
+/// in `values.yaml` is a mistake in `src/rbac.rs` or the chart.
+fn switch(values: &Value, path: &str) -> bool {
+    let value = path.split('.').fold(values, |v, key| &v[key]);
+    value.as_bool().unwrap_or_else(|| {
+        panic!("src/rbac.rs switches a rule by chart value {path}, which is not a boolean in values.yaml")
+    })
+}
+
+fn code_rules(values: &Value) -> BTreeSet<RuleKey> {
+    rbac::rules_for(|path| switch(values, path))
+        .map(|r| {
+            let mut verbs: Vec<String> = r.verbs.iter().map(|v| v.to_string()).collect();
+            verbs.sort();
+            let mut names: Vec<String> = r.resource_names.iter().map(|v| v.to_string()).collect();
+            names.sort();
+            (r.scope, r.group.to_string(), r.resource.to_string(), verbs, names)
+        })
+        .collect()
+}
+
+/// The chart rendered with `option_set` grants exactly the code's rules for those values.
+fn assert_rbac(docs: &[Value], option_set: Option<&str>) {
+    let values = values(option_set);
+    let watched = values["watchNamespace"].as_str().filter(|ns| !ns.is_empty());
     let chart = chart_rules(docs, watched);
-    let code = code_rules(crd_apply);
+    let code = code_rules(&values);
     let missing: Vec<_> = code.difference(&chart).collect();
     let extra: Vec<_> = chart.difference(&code).collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
-        "the chart's RBAC differs from src/rbac.rs (watching {watched:?}, crd.apply {crd_apply}):\n  in the code only: \
+        "the chart's RBAC differs from src/rbac.rs (values {option_set:?}):\n  in the code only: \
          {missing:?}\n  in the chart only: {extra:?}"
     );
     // Each role is bound to the operator's ServiceAccount, in the role's namespace.
@@ -165,6 +196,18 @@ fn assert_rbac(docs: &[Value], watched: Option<&str>, crd_apply: bool) {
         assert_eq!(subjects[0]["kind"], "ServiceAccount");
         assert_eq!(subjects[0]["name"], "omero-operator");
         assert_eq!(subjects[0]["namespace"], RELEASE_NAMESPACE);
+    }
+}
+
+#[test]
+fn every_option_set_grants_exactly_the_codes_rules() {
+    for option_set in option_sets() {
+        let docs = rendered(option_set.as_deref());
+        if values(option_set.as_deref())["rbac"]["create"] == true {
+            assert_rbac(&docs, option_set.as_deref());
+        } else {
+            assert!(docs.iter().all(|d| !d["kind"].as_str().unwrap().contains("Role")), "{option_set:?}");
+        }
     }
 }
 
@@ -223,7 +266,7 @@ fn default_values_render_a_working_install() {
             "ServiceAccount/omero-operator",
         ]
     );
-    assert_rbac(&docs, None, true);
+    assert_rbac(&docs, None);
 
     let deployment = one(&docs, "Deployment");
     let spec = &deployment["spec"];
@@ -294,7 +337,7 @@ fn default_values_render_a_working_install() {
 #[test]
 fn watching_one_namespace_grants_a_role_there_and_nothing_namespaced_cluster_wide() {
     let docs = rendered(Some("charts/omero-operator/ci/namespaced-values.yaml"));
-    assert_rbac(&docs, Some("omero"), true);
+    assert_rbac(&docs, Some("charts/omero-operator/ci/namespaced-values.yaml"));
     let role = find(&docs, "Role", "omero-operator").unwrap();
     assert_eq!(role["metadata"]["namespace"], "omero");
     // The only ClusterRole left is the CRD's.
@@ -309,10 +352,10 @@ fn watching_one_namespace_grants_a_role_there_and_nothing_namespaced_cluster_wid
 #[test]
 fn without_crd_apply_the_operator_holds_nothing_cluster_scoped() {
     let docs = rendered(Some("charts/omero-operator/ci/no-crd-apply-values.yaml"));
-    assert_rbac(&docs, None, false);
+    assert_rbac(&docs, Some("charts/omero-operator/ci/no-crd-apply-values.yaml"));
     assert!(find(&docs, "ClusterRole", "omero-operator-cluster").is_none());
     let docs = rendered(Some("charts/omero-operator/ci/namespaced-no-crd-apply-values.yaml"));
-    assert_rbac(&docs, Some("omero"), false);
+    assert_rbac(&docs, Some("charts/omero-operator/ci/namespaced-no-crd-apply-values.yaml"));
     assert!(docs.iter().all(|d| d["kind"] != "ClusterRole" && d["kind"] != "ClusterRoleBinding"));
     let container = &one(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
     assert!(
@@ -400,4 +443,18 @@ fn an_existing_account_is_used_without_rbac_or_service() {
     assert_eq!(docs[0]["spec"]["template"]["spec"]["serviceAccountName"], "omero-operator-prebuilt");
     let refused = template(None, &["serviceAccount.create=false"]).unwrap_err();
     assert!(refused.contains("serviceAccount.name: name the existing ServiceAccount"), "{refused}");
+}
+
+#[test]
+fn bad_values_are_refused_naming_the_value() {
+    for (set, field) in [
+        ("log.format=xml", "log.format"),
+        ("replicaCount=0", "replicaCount"),
+        ("crd.apply=maybe", "crd.apply"),
+        ("watchNamespace=Not_A_Namespace", "watchNamespace"),
+        ("metrics.port=70000", "metrics.port"),
+    ] {
+        let refused = template(None, &[set]).expect_err(set);
+        assert!(refused.contains(field), "{set}: {refused}");
+    }
 }

@@ -152,7 +152,8 @@ where
     tokio::select! {
         biased;
         () = shutdown.clone() => return Term::Shutdown,
-        became = leading.wait_for(|l| *l) => if became.is_err() { return Term::Shutdown },
+        // The lease task only ends on its own after losing the lease (or failing to renew it).
+        became = leading.wait_for(|l| *l) => if became.is_err() { return Term::Lost },
     }
     info!("leading: starting the controller");
     on_change(true);
