@@ -128,15 +128,20 @@ async fn run(options: RunOptions, lease: LeaseOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The pod's name (the chart passes it) says in the Lease which replica leads.
-    let identity =
-        std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", keys::MANAGER, std::process::id()));
+    // The pod's name (the chart passes it; else the host's) says in the Lease which replica
+    // leads, and must differ between replicas.
+    let identity = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .map(|host| format!("{host}-{}", std::process::id()))
+        .unwrap_or_else(|_| format!("{}-{}", keys::MANAGER, std::process::id()));
     let manager = kube_lease_manager::LeaseManagerBuilder::new(lease_client, &lease.name)
         .with_namespace(&lease_namespace)
         .with_identity(&identity)
         .with_duration(leader::LEASE_DURATION.as_secs())
         .with_grace(leader::LEASE_GRACE.as_secs())
-        .with_field_manager(format!("{}-lease", keys::MANAGER))
+        // One field manager per replica: server-side apply's conflict between two managers is
+        // what stops two replicas from taking the lease at once.
+        .with_field_manager(format!("{}-{identity}", keys::MANAGER))
         .build()
         .await;
     let manager = match manager {
