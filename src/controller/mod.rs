@@ -2,7 +2,9 @@
 //!
 //! `reconcile` sequences pure steps (`observe`, `diff`, `status`, `crate::drain`,
 //! `crate::render`) around two ports (`port`); `kube_port` is the real cluster adapter and
-//! `crate::omero` the real session counter.
+//! `crate::omero` the real session counter. `run` wires them: the HTTP endpoints, the watches
+//! (on every replica), and the controller only while this replica holds the leader Lease
+//! (`leader`); `crd` applies the operator's own CRD at start.
 
 pub mod crd;
 mod diff;
