@@ -18,6 +18,16 @@ pub enum Error {
     CrdMissing(kube::Error),
     #[error("a watch cache closed before it was filled: {0}")]
     CacheClosed(String),
+    #[error("not the leader: another replica holds the lease, so this one writes nothing")]
+    NotLeader,
+    #[error("leader election: {0}")]
+    Lease(String),
+    #[error(
+        "lost the leader lease: stopping so that only the new leader acts (the process restarts as a standby)"
+    )]
+    LeaseLost,
+    #[error("serving metrics and health on {address}: {source}")]
+    Http { address: String, source: std::io::Error },
 }
 
 impl Error {

@@ -7,10 +7,14 @@
 pub mod api;
 pub mod controller;
 mod error;
+pub mod http;
 pub mod lifecycle;
+pub mod metrics;
 pub mod omero;
 pub mod ownership;
 pub mod plugin;
+pub mod pod_security;
+pub mod rbac;
 pub mod render;
 pub mod request;
 pub mod rollout;

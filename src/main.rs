@@ -4,8 +4,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use omero_operator::{
-    api::{self, OmeroCluster},
-    controller::{self, RunOptions},
+    api::{self, OmeroCluster, keys},
+    controller::{self, RunOptions, leader},
     omero, render, telemetry,
 };
 
@@ -35,6 +35,20 @@ enum Command {
         log_level: String,
         #[arg(long, env = "OMERO_OPERATOR_LOG_FORMAT", value_enum, default_value = "text")]
         log_format: telemetry::LogFormat,
+        /// Address of the HTTP endpoints `/metrics`, `/healthz` and `/readyz`.
+        #[arg(long, env = "OMERO_OPERATOR_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
+        http_address: String,
+        /// Apply the operator's own CRD at start, unless the cluster has a newer one (needs
+        /// get and patch on that CRD; refused is logged, not fatal).
+        #[arg(long, env = "OMERO_OPERATOR_APPLY_CRD", default_value_t = false)]
+        apply_crd: bool,
+        /// Namespace of the leader election Lease (default: the pod's namespace, else the
+        /// kubeconfig's).
+        #[arg(long, env = "OMERO_OPERATOR_LEASE_NAMESPACE")]
+        lease_namespace: Option<String>,
+        /// Name of the leader election Lease; replicas with the same Lease take turns.
+        #[arg(long, env = "OMERO_OPERATOR_LEASE_NAME", default_value = "omero-operator")]
+        lease_name: String,
     },
     /// Print the OmeroCluster CustomResourceDefinition as YAML.
     Crd,
@@ -54,9 +68,20 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { namespace, concurrency, max_api_requests, log_level, log_format } => {
+        Command::Run {
+            namespace,
+            concurrency,
+            max_api_requests,
+            log_level,
+            log_format,
+            http_address,
+            apply_crd,
+            lease_namespace,
+            lease_name,
+        } => {
             telemetry::init(&log_level, log_format);
-            run(RunOptions { namespace, concurrency, max_api_requests })
+            let options = RunOptions { namespace, concurrency, max_api_requests, http_address, apply_crd };
+            run(options, LeaseOptions { namespace: lease_namespace, name: lease_name })
         }
         Command::Crd => {
             print!("{}", crd_yaml());
@@ -70,21 +95,64 @@ fn main() -> ExitCode {
     }
 }
 
+struct LeaseOptions {
+    namespace: Option<String>,
+    name: String,
+}
+
 #[tokio::main]
-async fn run(options: RunOptions) -> ExitCode {
-    let builder = match kube::Config::infer()
-        .await
-        .map_err(kube::Error::InferConfig)
-        .and_then(kube::client::ClientBuilder::try_from)
-    {
-        Ok(builder) => builder,
+async fn run(options: RunOptions, lease: LeaseOptions) -> ExitCode {
+    let config = match kube::Config::infer().await {
+        Ok(config) => config,
         Err(e) => {
             tracing::error!(error = %e, "cannot reach the Kubernetes API (no kubeconfig or in-cluster account)");
             return ExitCode::FAILURE;
         }
     };
-    let client = controller::limited_client(builder, usize::from(options.max_api_requests));
-    match controller::run(client, omero::Client::default(), options).await {
+    let lease_namespace = lease.namespace.unwrap_or_else(|| config.default_namespace.clone());
+    // The lease has its own client, outside the request limit (a renewal must never queue
+    // behind reconciles) and with short timeouts (a renewal that hangs fails before the lease
+    // expires, so this replica steps down before another can take over).
+    let mut lease_config = config.clone();
+    lease_config.connect_timeout = Some(leader::LEASE_REQUEST_TIMEOUT);
+    lease_config.read_timeout = Some(leader::LEASE_REQUEST_TIMEOUT);
+    lease_config.write_timeout = Some(leader::LEASE_REQUEST_TIMEOUT);
+    let clients = kube::client::ClientBuilder::try_from(config).and_then(|builder| {
+        let lease_client = kube::Client::try_from(lease_config)?;
+        Ok((controller::limited_client(builder, usize::from(options.max_api_requests)), lease_client))
+    });
+    let (client, lease_client) = match clients {
+        Ok(clients) => clients,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build a client for the Kubernetes API");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The pod's name (the chart passes it; else the host's) says in the Lease which replica
+    // leads, and must differ between replicas.
+    let identity = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .map(|host| format!("{host}-{}", std::process::id()))
+        .unwrap_or_else(|_| format!("{}-{}", keys::MANAGER, std::process::id()));
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(lease_client, &lease.name)
+        .with_namespace(&lease_namespace)
+        .with_identity(&identity)
+        .with_duration(leader::LEASE_DURATION.as_secs())
+        .with_grace(leader::LEASE_GRACE.as_secs())
+        // One field manager per replica: server-side apply's conflict between two managers is
+        // what stops two replicas from taking the lease at once.
+        .with_field_manager(format!("{}-{identity}", keys::MANAGER))
+        .build()
+        .await;
+    let manager = match manager {
+        Ok(manager) => manager,
+        Err(e) => {
+            tracing::error!(error = %e, namespace = %lease_namespace, lease = %lease.name, "cannot use the leader election Lease");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(namespace = %lease_namespace, lease = %lease.name, %identity, "leader election");
+    match controller::run(client, manager, omero::Client::default(), options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "controller failed");

@@ -3,10 +3,15 @@
 //! reports, what the API server refuses (CEL), node removal, drains and garbage collection.
 //! Skipped, with a message, when the variable is unset (as in CI, which has no cluster).
 //!
+//! Each test's namespace enforces the `restricted` Pod Security Standard (no `FailedCreate`
+//! Event may follow), and the operator runs as the chart's ServiceAccount with the chart's
+//! RBAC for that namespace (rendered by `bin/helm`), with no `forbidden` answer in its log.
+//!
 //! OMERO itself needs a database to become ready; these checks hold whether or not the pods
 //! become ready (`OMERO_OPERATOR_E2E_IMAGE` picks the image, default the official one).
 
 use std::{
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -16,7 +21,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{Namespace, Node, Pod, Secret, Service},
+        authentication::v1::TokenRequest,
+        core::v1::{Namespace, Node, Pod, Secret, Service, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
@@ -33,13 +40,57 @@ use serde_json::json;
 
 const KUBECONFIG: &str = "OMERO_OPERATOR_E2E_KUBECONFIG";
 
-struct Operator(Child);
+/// The operator process, its log, and what it ran as.
+struct Operator {
+    child: Child,
+    log: PathBuf,
+}
 
 impl Drop for Operator {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- operator log ({}) ---\n{}",
+                self.log.display(),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
     }
+}
+
+impl Operator {
+    /// Stops the operator and checks that the API server refused it nothing: the chart's RBAC
+    /// is all it needs (no `forbidden`, no 403, in its whole log).
+    fn finish(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let refused: Vec<&str> =
+            log.lines().filter(|l| l.to_lowercase().contains("forbidden") || l.contains(" 403")).collect();
+        assert!(
+            refused.is_empty(),
+            "the operator was refused under the chart's RBAC:\n{}",
+            refused.join("\n")
+        );
+    }
+}
+
+/// No pod of `ns` was refused by admission (Pod Security `restricted` is enforced there): no
+/// `FailedCreate` Event from a ReplicaSet.
+async fn assert_no_failed_create(client: &Client, ns: &str) {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    let failed: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
+        .map(|e| e.message.unwrap_or_default())
+        .collect();
+    assert!(failed.is_empty(), "pods refused in a restricted namespace: {failed:?}");
 }
 
 async fn client(path: &str) -> Client {
@@ -63,7 +114,9 @@ where
     panic!("timed out after {secs}s waiting for {what}");
 }
 
-/// The CRD applied, a fresh namespace named after `purpose`, and the built operator watching it.
+/// The CRD applied, a fresh namespace named after `purpose` (Pod Security `restricted`
+/// enforced), the chart's ServiceAccount and RBAC for watching that namespace, and the built
+/// operator running as that ServiceAccount (a token in a kubeconfig of its own).
 async fn start(client: &Client, path: &str, purpose: &str) -> (String, Operator) {
     let ssa = PatchParams::apply("omero-operator-e2e").force();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -73,20 +126,109 @@ async fn start(client: &Client, path: &str, purpose: &str) -> (String, Operator)
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ns = format!("omero-e2e-{purpose}-{}", std::process::id());
     let namespaces: Api<Namespace> = Api::all(client.clone());
+    let labels = json!({"pod-security.kubernetes.io/enforce": "restricted",
+                        "pod-security.kubernetes.io/enforce-version": "latest"});
     namespaces
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns, "labels": labels}})).unwrap(),
+        )
         .await
         .unwrap();
-    let operator = Operator(
-        Command::new(env!("CARGO_BIN_EXE_omero-operator"))
-            .args(["run", "--namespace", &ns, "--log-level", "omero_operator=debug"])
-            .env("KUBECONFIG", path)
+    let account = install_chart_rbac(client, &ns).await;
+    let kubeconfig = kubeconfig_of(client, path, &ns, &account).await;
+    let log = std::env::temp_dir().join(format!("{ns}.log"));
+    let operator = Operator {
+        child: Command::new(env!("CARGO_BIN_EXE_omero-operator"))
+            .args(["run", "--namespace", &ns, "--lease-namespace", &ns, "--apply-crd"])
+            .args(["--http-address", "127.0.0.1:0", "--log-level", "omero_operator=debug,kube=info"])
+            .env("KUBECONFIG", &kubeconfig)
             .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("the operator starts"),
-    );
+        log,
+    };
     (ns, operator)
+}
+
+/// Renders the chart's ServiceAccount and RBAC for watching `ns` (installed in `ns`) with the
+/// repository's helm, applies them, and returns the ServiceAccount's name.
+async fn install_chart_rbac(client: &Client, ns: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let helm = std::env::var_os("HELM").map_or_else(|| root.join("bin/helm"), PathBuf::from);
+    assert!(helm.is_file(), "no helm at {}: run scripts/test.sh (it installs bin/helm)", helm.display());
+    let out = Command::new(helm)
+        .current_dir(root)
+        .args(["template", ns, "charts/omero-operator", "--namespace", ns, "--kube-version", "1.28.0"])
+        .args(["--set", &format!("watchNamespace={ns}")])
+        .args(["--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"])
+        .output()
+        .expect("helm runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let ssa = PatchParams::apply("omero-operator-e2e").force();
+    let mut account = None;
+    for doc in docs.into_iter().filter(|d| !d.is_null()) {
+        let name = doc["metadata"]["name"].as_str().unwrap().to_string();
+        let namespace = doc["metadata"]["namespace"].as_str().map(String::from);
+        match doc["kind"].as_str().unwrap() {
+            "ServiceAccount" => {
+                let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+                api.patch(&name, &ssa, &Patch::Apply(doc)).await.unwrap();
+                account = Some(name);
+            }
+            "Role" => {
+                let api: Api<Role> = Api::namespaced(client.clone(), &namespace.unwrap());
+                api.patch(&name, &ssa, &Patch::Apply(doc)).await.unwrap();
+            }
+            "RoleBinding" => {
+                let api: Api<RoleBinding> = Api::namespaced(client.clone(), &namespace.unwrap());
+                api.patch(&name, &ssa, &Patch::Apply(doc)).await.unwrap();
+            }
+            "ClusterRole" => {
+                Api::<ClusterRole>::all(client.clone()).patch(&name, &ssa, &Patch::Apply(doc)).await.unwrap();
+            }
+            "ClusterRoleBinding" => {
+                Api::<ClusterRoleBinding>::all(client.clone())
+                    .patch(&name, &ssa, &Patch::Apply(doc))
+                    .await
+                    .unwrap();
+            }
+            other => panic!("the chart's RBAC rendered a {other}"),
+        }
+    }
+    account.expect("the chart renders a ServiceAccount")
+}
+
+/// A kubeconfig for the suite's cluster that authenticates as `account` (a one-hour token).
+async fn kubeconfig_of(client: &Client, path: &str, ns: &str, account: &str) -> PathBuf {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
+    let token = accounts.create_token_request(account, &PostParams::default(), &request).await.unwrap();
+    let token = token.status.expect("a token").token;
+    let admin: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let context = admin["current-context"].as_str().expect("the e2e kubeconfig has a current context");
+    let cluster_name = admin["contexts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == context)
+        .map(|c| c["context"]["cluster"].clone())
+        .unwrap();
+    let cluster =
+        admin["clusters"].as_array().unwrap().iter().find(|c| c["name"] == cluster_name).unwrap().clone();
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+        "clusters": [cluster],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": cluster_name, "user": "operator", "namespace": ns}}],
+    });
+    let file = std::env::temp_dir().join(format!("{ns}.kubeconfig"));
+    std::fs::write(&file, serde_saphyr::to_string(&config).unwrap()).unwrap();
+    file
 }
 
 fn cluster_manifest(ns: &str, image: &str, nodes: serde_json::Value) -> serde_json::Value {
@@ -114,7 +256,7 @@ async fn a_foreign_service_survives_the_cluster() {
     };
     let client = client(&path).await;
     let ssa = PatchParams::apply("omero-operator-e2e").force();
-    let (ns, _operator) = start(&client, &path, "foreign").await;
+    let (ns, operator) = start(&client, &path, "foreign").await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let foreign = services
@@ -152,6 +294,8 @@ async fn a_foreign_service_survives_the_cluster() {
     })
     .await;
     unchanged(&services.get("web-main").await.unwrap());
+    assert_no_failed_create(&client, &ns).await;
+    operator.finish();
     namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
 }
 
@@ -169,7 +313,7 @@ async fn operator_on_a_real_cluster() {
     let ssa = PatchParams::apply("omero-operator-e2e").force();
 
     // The CRD, as `omero-operator crd` prints it, and the operator.
-    let (ns, _operator) = start(&client, &path, "core").await;
+    let (ns, operator) = start(&client, &path, "core").await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -252,6 +396,8 @@ async fn operator_on_a_real_cluster() {
         deployments.list(&owned).await.ok()?.items.is_empty().then_some(())
     })
     .await;
+    assert_no_failed_create(&client, &ns).await;
+    operator.finish();
     namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
 }
 
@@ -314,7 +460,7 @@ async fn rolling_restart_and_image_change_on_a_real_cluster() {
     };
     let client = client(&path).await;
     let ssa = PatchParams::apply("omero-operator-e2e").force();
-    let (ns, _operator) = start(&client, &path, "rollout").await;
+    let (ns, operator) = start(&client, &path, "rollout").await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let node_name = format!("omero-e2e-{}", std::process::id());
     let k8s_nodes: Api<Node> = Api::all(client.clone());
@@ -431,6 +577,8 @@ async fn rolling_restart_and_image_change_on_a_real_cluster() {
     assert!(replaced.values().all(|uids| uids.len() == 2), "{replaced:?}");
 
     kubelet.abort();
+    assert_no_failed_create(&client, &ns).await;
+    operator.finish();
     clusters.delete("omero", &DeleteParams::default()).await.unwrap();
     namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
     k8s_nodes.delete(&node_name, &DeleteParams::default()).await.unwrap();

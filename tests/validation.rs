@@ -823,3 +823,42 @@ fn a_sidecar_may_not_take_the_counters_name() {
         &["rename the sidecar"],
     );
 }
+
+#[test]
+fn a_sidecar_that_breaks_the_restricted_pod_security_standard_is_refused_by_field() {
+    // Left unset, the settings are filled in by the operator: valid.
+    assert_valid("spec: {nodes: [{name: main, sidecars: [{name: exporter, image: e}]}]}");
+    assert_valid(
+        "spec: {nodes: [{name: main, sidecars: [{name: exporter, image: e, securityContext: {runAsUser: 2000, capabilities: {add: [NET_BIND_SERVICE]}}}]}]}",
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, sidecars: [{name: exporter, image: e, securityContext: {privileged: true}}]}]}",
+        "spec.nodes[0].sidecars[0].securityContext.privileged",
+        &["privileged container is not allowed", "set false"],
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, sidecars: [{name: exporter, image: e, securityContext: {runAsUser: 0}}]}]}",
+        "spec.nodes[0].sidecars[0].securityContext.runAsUser",
+        &["uid 0 is root"],
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, sidecars: [{name: exporter, image: e, securityContext: {capabilities: {add: [NET_ADMIN]}}}]}]}",
+        "spec.nodes[0].sidecars[0].securityContext.capabilities.add[0]",
+        &["NET_ADMIN may not be added", "NET_BIND_SERVICE"],
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, sidecars: [{name: exporter, image: e, securityContext: {allowPrivilegeEscalation: true}}]}]}",
+        "spec.nodes[0].sidecars[0].securityContext.allowPrivilegeEscalation",
+        &["privilege escalation is not allowed"],
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, sidecars: [{name: exporter, image: e, securityContext: {seccompProfile: {type: Unconfined}}}]}]}",
+        "spec.nodes[0].sidecars[0].securityContext.seccompProfile.type",
+        &["'Unconfined' is not allowed", "RuntimeDefault"],
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, sidecars: [{name: exporter, image: e, ports: [{containerPort: 9449, hostPort: 9449}]}]}]}",
+        "spec.nodes[0].sidecars[0].ports[0].hostPort",
+        &["host ports are not allowed"],
+    );
+}

@@ -33,6 +33,10 @@ pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::
             node["resources"]["properties"][map]["additionalProperties"]["pattern"] = QUANTITY_PATTERN.into();
         }
     }
+    // Which operator release wrote it: an operator applying its own CRD at start never
+    // replaces a newer one (a rollback, or an old replica beside a new one in a rolling upgrade).
+    crd["metadata"]["annotations"] =
+        serde_json::json!({ keys::CRD_VERSION_ANNOTATION: env!("CARGO_PKG_VERSION") });
     serde_json::from_value(crd).expect("the patched CRD deserialises")
 }
 
@@ -56,4 +60,6 @@ pub mod keys {
     pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
     pub const APP_NAME: &str = "omero-server";
     pub const MANAGER: &str = "omero-operator";
+    /// On the CRD: the operator version whose schema it is.
+    pub const CRD_VERSION_ANNOTATION: &str = "omero.openmicroscopy.org/operator-version";
 }

@@ -215,6 +215,10 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
                     ),
                 );
             }
+            // Pod Security admission would refuse the pod only when its ReplicaSet creates it.
+            for (field, message) in crate::pod_security::violations(sidecar) {
+                errors.push(format!("spec.nodes[{i}].sidecars[{j}].{field}"), message);
+            }
         }
         if spec.topology == Topology::Grid
             && !node.is_master()

@@ -2,10 +2,14 @@
 //!
 //! `reconcile` sequences pure steps (`observe`, `diff`, `status`, `crate::drain`,
 //! `crate::render`) around two ports (`port`); `kube_port` is the real cluster adapter and
-//! `crate::omero` the real session counter.
+//! `crate::omero` the real session counter. `run` wires them: the HTTP endpoints, the watches
+//! (on every replica), and the controller only while this replica holds the leader Lease
+//! (`leader`); `crd` applies the operator's own CRD at start.
 
+pub mod crd;
 mod diff;
 pub mod kube_port;
+pub mod leader;
 mod nodes;
 mod observe;
 mod omero_port;
@@ -44,7 +48,9 @@ pub use reconcile::{RESYNC, STALE_RETRY, reconcile};
 use crate::{
     Error,
     api::{OmeroCluster, keys},
+    metrics::{Metrics, ReconcileResult},
 };
+use leader::{LeaderLease, LeaderOnly, Leadership, Term};
 use port::{ClusterPort, OmeroPort};
 
 /// Wall-clock time for decisions, at whole seconds (what a status timestamp can hold, so a
@@ -74,13 +80,20 @@ pub struct Context<P, O> {
     pub port: P,
     pub omero: O,
     pub clock: Clock,
+    /// What `/metrics` reports; reconciles update it.
+    pub metrics: Arc<Metrics>,
     /// Consecutive failures per cluster, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<OmeroCluster>, u32>>,
 }
 
 impl<P, O> Context<P, O> {
     pub fn new(port: P, omero: O, clock: Clock) -> Self {
-        Self { port, omero, clock, failures: Mutex::default() }
+        Self { port, omero, clock, metrics: Arc::default(), failures: Mutex::default() }
+    }
+
+    /// The same, reporting into `metrics` (the registry `/metrics` serves).
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
+        Self { metrics, ..self }
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<OmeroCluster>, u32>> {
@@ -136,10 +149,34 @@ pub struct RunOptions {
     pub concurrency: u16,
     /// Most API requests waiting for a response at once.
     pub max_api_requests: u16,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub http_address: String,
+    /// Apply the operator's own CRD at start (see `crd`).
+    pub apply_crd: bool,
 }
 
-/// Runs the controller until SIGTERM or SIGINT, then lets running reconciles finish.
-pub async fn run<O: OmeroPort>(client: Client, omero: O, options: RunOptions) -> Result<(), Error> {
+/// Runs the operator until SIGTERM or SIGINT: the HTTP endpoints at once, then the watches
+/// (ready once their caches are filled), and the controller only while `lease` is held. Ends
+/// with [`Error::LeaseLost`] when the lease is lost, so the process restarts as a standby.
+pub async fn run<O: OmeroPort, L: LeaderLease>(
+    client: Client,
+    lease: L,
+    omero: O,
+    options: RunOptions,
+) -> Result<(), Error> {
+    use futures::FutureExt;
+    let metrics = Arc::new(Metrics::new());
+    let endpoints = crate::http::Endpoints::new(metrics.clone());
+    let shutdown = shutdown_signal().shared();
+    let listener = tokio::net::TcpListener::bind(&options.http_address)
+        .await
+        .map_err(|source| Error::Http { address: options.http_address.clone(), source })?;
+    info!(address = %options.http_address, "serving /metrics, /healthz and /readyz");
+    let server = tokio::spawn(crate::http::serve(listener, endpoints.clone(), shutdown.clone()));
+
+    if options.apply_crd {
+        crd::apply_own(client.clone()).await;
+    }
     let api = |client: &Client| -> Api<OmeroCluster> {
         match &options.namespace {
             Some(ns) => Api::namespaced(client.clone(), ns),
@@ -164,6 +201,7 @@ pub async fn run<O: OmeroPort>(client: Client, omero: O, options: RunOptions) ->
     };
     let ours = watcher::Config::default().labels(&format!("{}={}", keys::MANAGED_BY_LABEL, keys::MANAGER));
     // One watch per kind feeds both a cache (what reconciles read) and the controller's triggers.
+    // Every replica runs them, leader or not: a standby is ready and takes over with full caches.
     let (deployment_cache, deployment_events, deployment_watch) = shared_watch(deployments, ours.clone());
     let (service_cache, service_events, service_watch) = shared_watch(services, ours.clone());
     // Only ConfigMaps with the operator's label: the session counter's script, one per cluster.
@@ -177,6 +215,15 @@ pub async fn run<O: OmeroPort>(client: Client, omero: O, options: RunOptions) ->
         config_maps: config_map_cache,
         pods: pod_cache,
     };
+    let leadership = Leadership::start(lease);
+    let leading = leadership.watch();
+    // A shared watch waits for its slowest reader: until this replica leads, its change streams
+    // are read and dropped, so the caches keep up; the controller takes them over when it starts.
+    let deployment_events = tokio::spawn(read_until_leading(deployment_events, leading.clone()));
+    let service_events = tokio::spawn(read_until_leading(service_events, leading.clone()));
+    let config_map_events = tokio::spawn(read_until_leading(config_map_events, leading.clone()));
+    let pod_events = tokio::spawn(read_until_leading(pod_events, leading.clone()));
+
     info!("waiting for the watch caches to fill");
     for ready in [
         caches.deployments.wait_until_ready().await,
@@ -186,32 +233,108 @@ pub async fn run<O: OmeroPort>(client: Client, omero: O, options: RunOptions) ->
     ] {
         ready.map_err(|e| Error::CacheClosed(e.to_string()))?;
     }
-    let ctx =
-        Arc::new(Context::new(kube_port::KubePort::new(client.clone(), caches), omero, Clock::system()));
-    info!(namespace = ?options.namespace, concurrency = options.concurrency, "starting controller");
-    Controller::new(clusters, watcher::Config::default().any_semantic())
-        .owns_shared_stream(deployment_events)
-        .owns_shared_stream(service_events)
-        .owns_shared_stream(config_map_events)
-        // Pods are owned by ReplicaSets, so map them to their cluster by label.
-        .watches_shared_stream(pod_events, |pod| {
-            let cluster = pod.labels().get(keys::CLUSTER_LABEL).cloned();
-            let ns = pod.namespace();
-            cluster.map(|c| ObjectRef::<OmeroCluster>::new(&c).within(ns.as_deref().unwrap_or_default()))
-        })
-        .with_config(controller::Config::default().concurrency(options.concurrency))
-        .shutdown_on_signal()
-        .run(reconcile_and_reset::<kube_port::KubePort, O>, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(cluster = %obj.name, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile error"),
-            }
-        })
-        .await;
+    endpoints.set_ready();
+    info!("watch caches filled: ready; waiting for the leader lease");
+
+    let work_metrics = metrics.clone();
+    let work = |shutdown: futures::future::Shared<_>| async move {
+        let metrics = work_metrics;
+        let (Ok(deployment_events), Ok(service_events), Ok(config_map_events), Ok(pod_events)) =
+            (deployment_events.await, service_events.await, config_map_events.await, pod_events.await)
+        else {
+            warn!("a watch stream ended before the controller started");
+            return;
+        };
+        let port = LeaderOnly::new(kube_port::KubePort::new(client.clone(), caches), leading.clone());
+        let ctx = Arc::new(
+            Context::new(port, LeaderOnly::new(omero, leading.clone()), Clock::system())
+                .with_metrics(metrics.clone()),
+        );
+        info!(namespace = ?options.namespace, concurrency = options.concurrency, "starting controller");
+        let controller = Controller::new(clusters, watcher::Config::default().any_semantic())
+            .owns_shared_stream(deployment_events)
+            .owns_shared_stream(service_events)
+            .owns_shared_stream(config_map_events)
+            // Pods are owned by ReplicaSets, so map them to their cluster by label.
+            .watches_shared_stream(pod_events, |pod| {
+                let cluster = pod.labels().get(keys::CLUSTER_LABEL).cloned();
+                let ns = pod.namespace();
+                cluster.map(|c| ObjectRef::<OmeroCluster>::new(&c).within(ns.as_deref().unwrap_or_default()))
+            })
+            .with_config(controller::Config::default().concurrency(options.concurrency))
+            .graceful_shutdown_on(shutdown);
+        let store = controller.store();
+        controller
+            .run(reconcile_and_reset::<LeaderOnly<kube_port::KubePort>, LeaderOnly<O>>, error_policy, ctx)
+            .for_each(|result| {
+                // The series of a cluster that was deleted go with it.
+                for (ns, name) in metrics.clusters() {
+                    if store.get(&ObjectRef::new(&name).within(&ns)).is_none() {
+                        metrics.forget_cluster(&ns, &name);
+                    }
+                }
+                match result {
+                    Ok((obj, _)) => tracing::debug!(cluster = %obj.name, "reconciled"),
+                    Err(e) => tracing::debug!(error = %e, "reconcile error"),
+                }
+                futures::future::ready(())
+            })
+            .await;
+    };
+    let term = lead(leadership.watch(), shutdown.clone(), work, &metrics).await;
     watches.abort();
-    info!("controller stopped");
-    Ok(())
+    leadership.resign().await;
+    server.abort();
+    info!(?term, "controller stopped");
+    match term {
+        Term::Shutdown => Ok(()),
+        Term::Lost => Err(Error::LeaseLost),
+    }
+}
+
+async fn lead<S, W, Fut>(
+    leading: tokio::sync::watch::Receiver<bool>,
+    shutdown: S,
+    work: W,
+    metrics: &Metrics,
+) -> Term
+where
+    S: std::future::Future<Output = ()> + Clone,
+    W: FnOnce(S) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    leader::lead(leading, shutdown, work, |leads| metrics.set_leader(leads)).await
+}
+
+/// Reads `events` (and drops them) until this replica leads, then hands the stream back.
+async fn read_until_leading<S: futures::Stream + Unpin>(
+    mut events: S,
+    mut leading: tokio::sync::watch::Receiver<bool>,
+) -> S {
+    loop {
+        tokio::select! {
+            biased;
+            _ = leading.wait_for(|l| *l) => return events,
+            next = events.next() => if next.is_none() { return events },
+        }
+    }
+}
+
+/// SIGTERM (Kubernetes stopping the pod) or SIGINT.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
+    info!("shutdown signal: finishing running reconciles");
 }
 
 /// Events each shared watch buffers for the controller before the slowest reader catches up.
@@ -258,7 +381,11 @@ pub async fn reconcile_and_reset<P: ClusterPort, O: OmeroPort>(
     ctx: Arc<Context<P, O>>,
 ) -> Result<Action, Error> {
     let key = ObjectRef::from_obj(&*cluster);
-    let requeue = reconcile(cluster, ctx.clone()).await?;
+    let started = tokio::time::Instant::now();
+    let outcome = reconcile(cluster, ctx.clone()).await;
+    let result = if outcome.is_ok() { ReconcileResult::Success } else { ReconcileResult::Error };
+    ctx.metrics.reconciled(result, started.elapsed());
+    let requeue = outcome?;
     ctx.failures().remove(&key);
     Ok(Action::requeue(requeue))
 }

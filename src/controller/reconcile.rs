@@ -60,6 +60,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         if next != old && ctx.port.write_status(&cluster, &next).await? == StatusWrite::Stale {
             return Ok(STALE_RETRY);
         }
+        ctx.metrics.observe_status(&ns, &name, &old, &next, now);
         publish(&ctx.port, &cluster, &events).await;
         return Ok(RESYNC);
     }
@@ -266,6 +267,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
     };
     events.extend(decisions.iter().flat_map(|d| d.events.iter().map(status::node_event)));
     events.extend(status::transition_events(&old, &next, &request.problems));
+    ctx.metrics.observe_status(&ns, &name, &old, &next, now);
     publish(&ctx.port, &cluster, &events).await;
 
     let requeue = requeue_after(&next.nodes, cluster.spec.ready_timeout(), now);

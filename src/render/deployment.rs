@@ -95,7 +95,11 @@ fn pod_spec(cluster: &OmeroCluster, node: &NodeSpec) -> PodSpec {
         pod_volumes.push(counter::volume(cluster));
     }
     PodSpec {
-        containers: std::iter::once(server).chain(counter).chain(node.sidecars.iter().cloned()).collect(),
+        // Sidecars get the restricted settings they leave unset (validation refused the rest).
+        containers: std::iter::once(server)
+            .chain(counter)
+            .chain(node.sidecars.iter().map(crate::pod_security::restrict))
+            .collect(),
         init_containers: Some(vec![prepare_var(cluster, node)]),
         volumes: Some(pod_volumes),
         image_pull_secrets: non_empty(spec.image_pull_secrets.clone()),
@@ -360,5 +364,28 @@ mod tests {
         let pod = pod_spec(&desired, "rw");
         let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["omero-server", "sessions-exporter"]);
+        let context = pod.containers[1].security_context.clone().expect("restricted settings filled in");
+        assert_eq!(context.allow_privilege_escalation, Some(false));
+        assert_eq!(context.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+    }
+
+    #[test]
+    fn every_container_of_every_pod_passes_the_restricted_standard() {
+        let desired = render(&crate::render::tests::base_with(|c| {
+            c.spec.nodes[0].sidecars = vec![
+                serde_saphyr::from_str("{name: sessions-exporter, image: 'example/exporter:1'}").unwrap(),
+            ];
+        }));
+        for d in &desired.deployments {
+            let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+            let context = pod.security_context.as_ref().unwrap();
+            let non_root = context.run_as_non_root == Some(true) && context.run_as_user != Some(0);
+            let seccomp = context.seccomp_profile.as_ref().is_some_and(|p| p.type_ == "RuntimeDefault");
+            assert!(non_root && seccomp);
+            assert_eq!(pod.host_network.or(pod.host_pid).or(pod.host_ipc), None);
+            for c in pod.containers.iter().chain(pod.init_containers.iter().flatten()) {
+                assert!(crate::pod_security::is_restricted(c, non_root, seccomp), "{}: {c:?}", c.name);
+            }
+        }
     }
 }

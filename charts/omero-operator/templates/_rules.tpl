@@ -1,0 +1,62 @@
+{{- /*
+The operator's permissions: exactly the list in src/rbac.rs (a test renders this chart and
+compares). Adding a permission is one rule there and one here, each with its reason.
+*/ -}}
+
+{{- /* In every watched namespace: a Role there, or a ClusterRole when watching all. */ -}}
+{{- define "omero-operator.watchedRules" -}}
+# The controller's watch of OmeroClusters (a reconcile reads the watch's copy, never a GET).
+- apiGroups: [omero.openmicroscopy.org]
+  resources: [omeroclusters]
+  verbs: [list, watch]
+# Status is replaced with a resourceVersion precondition (a stale reconcile writes nothing).
+- apiGroups: [omero.openmicroscopy.org]
+  resources: [omeroclusters/status]
+  verbs: [update]
+# One per node: watched into a cache, a name looked up before creating (get), server-side
+# apply (patch), deleted once its node left the spec and is drained.
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, patch, delete]
+# One per node and the entry Service: as for deployments.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, patch, delete]
+# The session counter's script, one per cluster that has sessionCounter: as for services.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, watch, patch, delete]
+# The nodes' pods, watched into a cache; the routable label is patched on the pod (drains).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch, patch]
+# The database password named by spec.database, read by GET for the session probe and the
+# grid redirect. Never list or watch: the operator does not cache Secrets.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+# Events on OmeroClusters: kube's Recorder creates one and patches it when it repeats.
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}
+
+{{- /* In the release's own namespace only, whatever is watched. */ -}}
+{{- define "omero-operator.ownRules" -}}
+# Leader election (kube-lease-manager): reads the Lease, creates it once, takes and renews it.
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, patch]
+{{- end -}}
+
+{{- /* Cluster-scoped resources, in both modes; each switched by its value. */ -}}
+{{- define "omero-operator.clusterRules" -}}
+{{- if .Values.crd.apply }}
+# The operator applies its own CRD at start (Helm never upgrades crds/): reads its version,
+# applies it when older. This CRD only.
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  resourceNames: [omeroclusters.omero.openmicroscopy.org]
+  verbs: [get, patch]
+{{- end }}
+{{- end -}}

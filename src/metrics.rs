@@ -1,0 +1,481 @@
+//! The operator's Prometheus metrics (served at `/metrics` by `crate::http`).
+//!
+//! Per-node and rollout figures are derived from the status a reconcile recorded (old -> next),
+//! in one hook after the status write ([`Metrics::observe_status`]): the status is the
+//! operator's single source of truth, so the metrics never say something it does not. Counters
+//! of transitions (drains started and finished, probe failures) count what changed between the
+//! two statuses; gauges are replaced whole for the cluster.
+//!
+//! Every metric and its labels is listed in [`METRICS`]; the README's table repeats that list
+//! and a test checks both against what a reconcile produces.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Mutex, atomic::AtomicI64},
+    time::Duration,
+};
+
+use k8s_openapi::jiff::Timestamp;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::api::{DrainReason, NodePhase, NodeStatus, OmeroClusterStatus};
+
+/// Every metric the operator exports, as it appears in `/metrics` (counters with their
+/// `_total`, histograms by their base name), with its labels. The README lists the same.
+pub const METRICS: &[(&str, &[&str])] = &[
+    ("omero_operator_reconciles_total", &["result"]),
+    ("omero_operator_reconcile_duration_seconds", &[]),
+    ("omero_operator_node_sessions", &["namespace", "cluster", "node"]),
+    ("omero_operator_node_phase", &["namespace", "cluster", "node", "phase"]),
+    ("omero_operator_drains_started_total", &["namespace", "cluster", "reason"]),
+    ("omero_operator_drains_finished_total", &["namespace", "cluster", "reason", "outcome"]),
+    ("omero_operator_drain_duration_seconds", &["reason", "outcome"]),
+    ("omero_operator_rollout_nodes", &["namespace", "cluster"]),
+    ("omero_operator_rollout_up_to_date_nodes", &["namespace", "cluster"]),
+    ("omero_operator_rollout_pending_nodes", &["namespace", "cluster"]),
+    ("omero_operator_session_probe_failures_total", &["namespace", "cluster", "node"]),
+    ("omero_operator_leader", &[]),
+];
+
+/// Every phase a node can be in, for the one-hot `node_phase` gauge.
+const PHASES: [NodePhase; 7] = [
+    NodePhase::Pending,
+    NodePhase::Starting,
+    NodePhase::Serving,
+    NodePhase::Draining,
+    NodePhase::Drained,
+    NodePhase::Restarting,
+    NodePhase::Failed,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct ClusterLabels {
+    namespace: String,
+    cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct NodeLabels {
+    namespace: String,
+    cluster: String,
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct PhaseLabels {
+    namespace: String,
+    cluster: String,
+    node: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DrainLabels {
+    namespace: String,
+    cluster: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DrainEndLabels {
+    namespace: String,
+    cluster: String,
+    reason: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DrainDurationLabels {
+    reason: String,
+    outcome: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn drain_histogram() -> Histogram {
+    // 10 s to about 11 h: drains wait for people to finish their work.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(10.0, 2.0, 13))
+}
+
+/// The registry and the metric families the operator updates.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ResultLabels, Counter>,
+    reconcile_duration: Histogram,
+    node_sessions: Family<NodeLabels, Gauge>,
+    node_phase: Family<PhaseLabels, Gauge>,
+    drains_started: Family<DrainLabels, Counter>,
+    drains_finished: Family<DrainEndLabels, Counter>,
+    drain_duration: HistogramFamily<DrainDurationLabels>,
+    rollout_nodes: Family<ClusterLabels, Gauge>,
+    rollout_up_to_date: Family<ClusterLabels, Gauge>,
+    rollout_pending: Family<ClusterLabels, Gauge>,
+    probe_failures: Family<NodeLabels, Counter>,
+    leader: Gauge<i64, AtomicI64>,
+    /// The nodes each cluster's gauges were last set for, so a node that left is removed.
+    nodes_of: Mutex<BTreeMap<ClusterLabels, BTreeSet<String>>>,
+}
+
+/// A reconcile's outcome, for `reconciles_total{result}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReconcileResult {
+    Success,
+    Error,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("omero_operator");
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciles of an OmeroCluster, by result (success, error)",
+            reconciles.clone(),
+        );
+        let reconcile_duration =
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took, session probes and API writes included",
+            reconcile_duration.clone(),
+        );
+        let node_sessions = Family::<NodeLabels, Gauge>::default();
+        registry.register(
+            "node_sessions",
+            "Open sessions of a node at its last successful session probe",
+            node_sessions.clone(),
+        );
+        let node_phase = Family::<PhaseLabels, Gauge>::default();
+        registry.register(
+            "node_phase",
+            "1 for the node's phase, 0 for every other phase",
+            node_phase.clone(),
+        );
+        let drains_started = Family::<DrainLabels, Counter>::default();
+        registry.register(
+            "drains_started",
+            "Drains started, by why (Requested, Rollout, Removal)",
+            drains_started.clone(),
+        );
+        let drains_finished = Family::<DrainEndLabels, Counter>::default();
+        registry.register(
+            "drains_finished",
+            "Drains that reached Drained, by why and how (sessions_ended, deadline)",
+            drains_finished.clone(),
+        );
+        let drain_duration: HistogramFamily<DrainDurationLabels> =
+            Family::new_with_constructor(drain_histogram);
+        registry.register(
+            "drain_duration_seconds",
+            "Time from a drain's start to the node being Drained",
+            drain_duration.clone(),
+        );
+        let rollout_nodes = Family::<ClusterLabels, Gauge>::default();
+        registry.register("rollout_nodes", "Nodes of the cluster's spec", rollout_nodes.clone());
+        let rollout_up_to_date = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "rollout_up_to_date_nodes",
+            "Nodes whose pod runs the spec's revision",
+            rollout_up_to_date.clone(),
+        );
+        let rollout_pending = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "rollout_pending_nodes",
+            "Nodes the rollout still has to restart",
+            rollout_pending.clone(),
+        );
+        let probe_failures = Family::<NodeLabels, Counter>::default();
+        registry.register("session_probe_failures", "Session probes that failed", probe_failures.clone());
+        let leader = Gauge::<i64, AtomicI64>::default();
+        registry.register("leader", "1 while this replica holds the leader lease and acts", leader.clone());
+        Self {
+            registry,
+            reconciles,
+            reconcile_duration,
+            node_sessions,
+            node_phase,
+            drains_started,
+            drains_finished,
+            drain_duration,
+            rollout_nodes,
+            rollout_up_to_date,
+            rollout_pending,
+            probe_failures,
+            leader,
+            nodes_of: Mutex::default(),
+        }
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+
+    pub fn reconciled(&self, result: ReconcileResult, took: Duration) {
+        let result = match result {
+            ReconcileResult::Success => "success",
+            ReconcileResult::Error => "error",
+        };
+        self.reconciles.get_or_create(&ResultLabels { result: result.into() }).inc();
+        self.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// The hook after a reconcile recorded `next` over `old`: gauges from `next`, counters of
+    /// what changed between them.
+    pub fn observe_status(
+        &self,
+        namespace: &str,
+        cluster: &str,
+        old: &OmeroClusterStatus,
+        next: &OmeroClusterStatus,
+        now: Timestamp,
+    ) {
+        let key = ClusterLabels { namespace: namespace.into(), cluster: cluster.into() };
+        let node_key = |node: &str| NodeLabels {
+            namespace: namespace.into(),
+            cluster: cluster.into(),
+            node: node.into(),
+        };
+        let mut nodes_of = self.nodes_of.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now_present: BTreeSet<String> = next.nodes.iter().map(|n| n.name.clone()).collect();
+        for gone in nodes_of.get(&key).into_iter().flatten().filter(|n| !now_present.contains(*n)) {
+            self.forget_node(&node_key(gone));
+        }
+        for node in &next.nodes {
+            let labels = node_key(&node.name);
+            match node.sessions {
+                Some(sessions) => {
+                    self.node_sessions.get_or_create(&labels).set(sessions);
+                }
+                None => {
+                    self.node_sessions.remove(&labels);
+                }
+            }
+            for phase in PHASES {
+                let value = i64::from(node.phase == phase);
+                self.node_phase.get_or_create(&phase_labels(&labels, phase)).set(value);
+            }
+            self.count_transitions(&key, &labels, old.node(&node.name), node, now);
+        }
+        let rollout = next.rollout.as_ref();
+        let serving_spec = next.nodes.iter().filter(|n| !n.leaving).count();
+        self.rollout_nodes.get_or_create(&key).set(i64::try_from(serving_spec).unwrap_or(i64::MAX));
+        self.rollout_up_to_date.get_or_create(&key).set(rollout.map_or(0, |r| i64::from(r.up_to_date_nodes)));
+        self.rollout_pending
+            .get_or_create(&key)
+            .set(rollout.map_or(0, |r| i64::try_from(r.pending.len()).unwrap_or(i64::MAX)));
+        nodes_of.insert(key, now_present);
+    }
+
+    /// Removes every series of a cluster that no longer exists.
+    pub fn forget_cluster(&self, namespace: &str, cluster: &str) {
+        let key = ClusterLabels { namespace: namespace.into(), cluster: cluster.into() };
+        let mut nodes_of = self.nodes_of.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for node in nodes_of.remove(&key).into_iter().flatten() {
+            self.forget_node(&NodeLabels { namespace: namespace.into(), cluster: cluster.into(), node });
+        }
+        self.rollout_nodes.remove(&key);
+        self.rollout_up_to_date.remove(&key);
+        self.rollout_pending.remove(&key);
+    }
+
+    /// The clusters whose series are held, as (namespace, name).
+    pub fn clusters(&self) -> Vec<(String, String)> {
+        let nodes_of = self.nodes_of.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        nodes_of.keys().map(|k| (k.namespace.clone(), k.cluster.clone())).collect()
+    }
+
+    fn forget_node(&self, labels: &NodeLabels) {
+        self.node_sessions.remove(labels);
+        self.probe_failures.remove(labels);
+        for phase in PHASES {
+            self.node_phase.remove(&phase_labels(labels, phase));
+        }
+    }
+
+    fn count_transitions(
+        &self,
+        cluster: &ClusterLabels,
+        labels: &NodeLabels,
+        old: Option<&NodeStatus>,
+        next: &NodeStatus,
+        now: Timestamp,
+    ) {
+        let reason = next.drain_reason.map_or("Requested", drain_reason);
+        let started = next.drain_started_at.as_ref().map(|t| t.0);
+        if started.is_some() && started != old.and_then(|o| o.drain_started_at.as_ref()).map(|t| t.0) {
+            self.drains_started
+                .get_or_create(&DrainLabels {
+                    namespace: cluster.namespace.clone(),
+                    cluster: cluster.cluster.clone(),
+                    reason: reason.into(),
+                })
+                .inc();
+        }
+        let was_drained = old.is_some_and(|o| o.phase == NodePhase::Drained);
+        if next.phase == NodePhase::Drained && !was_drained {
+            let outcome = if next.deadline_reached { "deadline" } else { "sessions_ended" };
+            self.drains_finished
+                .get_or_create(&DrainEndLabels {
+                    namespace: cluster.namespace.clone(),
+                    cluster: cluster.cluster.clone(),
+                    reason: reason.into(),
+                    outcome: outcome.into(),
+                })
+                .inc();
+            if let Some(started) = started {
+                let took = now.duration_since(started).as_secs_f64().max(0.0);
+                self.drain_duration
+                    .get_or_create(&DrainDurationLabels { reason: reason.into(), outcome: outcome.into() })
+                    .observe(took);
+            }
+        }
+        // Consecutive failures in status: a rise is that many new failures; a fall to a
+        // non-zero count is a reset followed by new ones.
+        let before = old.map_or(0, |o| o.probe_failures);
+        let new_failures = match next.probe_failures {
+            n if n > before => n - before,
+            n if n < before => n,
+            _ => 0,
+        };
+        if new_failures > 0 {
+            self.probe_failures.get_or_create(labels).inc_by(u64::from(new_failures));
+        }
+    }
+}
+
+fn phase_labels(node: &NodeLabels, phase: NodePhase) -> PhaseLabels {
+    PhaseLabels {
+        namespace: node.namespace.clone(),
+        cluster: node.cluster.clone(),
+        node: node.node.clone(),
+        phase: format!("{phase:?}"),
+    }
+}
+
+fn drain_reason(reason: DrainReason) -> &'static str {
+    match reason {
+        DrainReason::Requested => "Requested",
+        DrainReason::Rollout => "Rollout",
+        DrainReason::Removal => "Removal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::api::RolloutStatus;
+
+    fn node(name: &str, phase: NodePhase) -> NodeStatus {
+        NodeStatus { name: name.into(), phase, ..NodeStatus::default() }
+    }
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_drain_is_counted_once_when_it_starts_and_once_when_it_ends() {
+        let metrics = Metrics::new();
+        let serving =
+            OmeroClusterStatus { nodes: vec![node("ro", NodePhase::Serving)], ..Default::default() };
+        let mut draining = serving.clone();
+        draining.nodes[0].phase = NodePhase::Draining;
+        draining.nodes[0].drain_started_at = Some(Time(at("2026-01-01T00:00:00Z")));
+        draining.nodes[0].drain_reason = Some(DrainReason::Rollout);
+        draining.nodes[0].sessions = Some(3);
+        let mut drained = draining.clone();
+        drained.nodes[0].phase = NodePhase::Drained;
+        drained.nodes[0].sessions = Some(0);
+        let now = at("2026-01-01T00:10:00Z");
+        metrics.observe_status("ns", "omero", &serving, &draining, now);
+        metrics.observe_status("ns", "omero", &draining, &draining, now);
+        metrics.observe_status("ns", "omero", &draining, &drained, now);
+        metrics.observe_status("ns", "omero", &drained, &drained, now);
+        let text = metrics.encode();
+        assert!(
+            text.contains("omero_operator_drains_started_total{namespace=\"ns\",cluster=\"omero\",reason=\"Rollout\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "omero_operator_drains_finished_total{namespace=\"ns\",cluster=\"omero\",reason=\"Rollout\",outcome=\"sessions_ended\"} 1\n"
+        ));
+        assert!(text.contains("omero_operator_drain_duration_seconds_sum{reason=\"Rollout\",outcome=\"sessions_ended\"} 600.0\n"), "{text}");
+        assert!(
+            text.contains("omero_operator_node_sessions{namespace=\"ns\",cluster=\"omero\",node=\"ro\"} 0\n")
+        );
+        assert!(text.contains(
+            "omero_operator_node_phase{namespace=\"ns\",cluster=\"omero\",node=\"ro\",phase=\"Drained\"} 1\n"
+        ));
+        assert!(text.contains(
+            "omero_operator_node_phase{namespace=\"ns\",cluster=\"omero\",node=\"ro\",phase=\"Serving\"} 0\n"
+        ));
+    }
+
+    #[test]
+    fn probe_failures_count_each_new_failure() {
+        let metrics = Metrics::new();
+        let mut a = OmeroClusterStatus { nodes: vec![node("rw", NodePhase::Draining)], ..Default::default() };
+        let mut b = a.clone();
+        b.nodes[0].probe_failures = 2;
+        let now = at("2026-01-01T00:00:00Z");
+        metrics.observe_status("ns", "c", &a, &b, now);
+        a = b.clone();
+        b.nodes[0].probe_failures = 1; // reset by a success, then one more failure
+        metrics.observe_status("ns", "c", &a, &b, now);
+        metrics.observe_status("ns", "c", &b, &b, now);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "omero_operator_session_probe_failures_total{namespace=\"ns\",cluster=\"c\",node=\"rw\"} 3\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_node_or_cluster_that_left_leaves_no_series() {
+        let metrics = Metrics::new();
+        let two = OmeroClusterStatus {
+            nodes: vec![node("a", NodePhase::Serving), node("b", NodePhase::Serving)],
+            rollout: Some(RolloutStatus { up_to_date_nodes: 2, ..Default::default() }),
+            ..Default::default()
+        };
+        let mut one = two.clone();
+        one.nodes.pop();
+        let now = at("2026-01-01T00:00:00Z");
+        metrics.observe_status("ns", "c", &OmeroClusterStatus::default(), &two, now);
+        assert!(metrics.encode().contains("node=\"b\""));
+        metrics.observe_status("ns", "c", &two, &one, now);
+        let text = metrics.encode();
+        assert!(!text.contains("node=\"b\""), "{text}");
+        assert!(text.contains("omero_operator_rollout_nodes{namespace=\"ns\",cluster=\"c\"} 1\n"), "{text}");
+        assert_eq!(metrics.clusters(), [("ns".to_string(), "c".to_string())]);
+        metrics.forget_cluster("ns", "c");
+        let text = metrics.encode();
+        assert!(!text.contains("cluster=\"c\""), "{text}");
+    }
+}
