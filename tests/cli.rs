@@ -149,3 +149,35 @@ fn kubectl_omero_parses_its_commands() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: /nonexistent/kubeconfig"));
 }
+
+fn kubectl_omero(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kubectl-omero")).args(args).output().expect("the binary runs")
+}
+
+/// `kubectl omero`'s arguments: what clap refuses (exit 2, before any API call), and a help
+/// with an example for every command.
+#[test]
+fn kubectl_omero_arguments_are_checked_and_every_command_has_an_example() {
+    for (args, says) in [
+        (&["drain", "omero"][..], "required arguments were not provided"),
+        (&["restart", "omero", "ro-1", "--all"], "cannot be used with"),
+        (&["drain", "omero", "ro-1", "--timeout", "5m"], "--wait"),
+        (&["wait", "omero", "--drained"], "<NODES>"),
+        (&["drain", "omero", "ro-1", "--wait", "--timeout", "soon"], "not a duration"),
+        (&["status", "omero", "-o", "table"], "possible values: json, yaml"),
+    ] {
+        let out = kubectl_omero(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+    for command in ["status", "drain", "undrain", "restart", "wait", "pause", "resume"] {
+        let out = kubectl_omero(&[command, "--help"]);
+        assert!(out.status.success(), "{command}");
+        assert!(stdout(&out).contains("Example: kubectl omero"), "{command}: {}", stdout(&out));
+    }
+    let wait = stdout(&kubectl_omero(&["drain", "--help"]));
+    assert!(
+        wait.contains("exit 0 when done, 1 when refused or failed") && wait.contains("--force"),
+        "{wait}"
+    );
+}

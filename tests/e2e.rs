@@ -583,3 +583,73 @@ async fn rolling_restart_and_image_change_on_a_real_cluster() {
     namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
     k8s_nodes.delete(&node_name, &DeleteParams::default()).await.unwrap();
 }
+
+/// `kubectl omero` against a real API server, the suite playing kubelet: `status`, a drain
+/// followed with `--wait` until it ends, and a restart of every node followed to its end.
+#[tokio::test]
+async fn kubectl_omero_on_a_real_cluster() {
+    let Ok(path) = std::env::var(KUBECONFIG) else {
+        eprintln!("skipped: set {KUBECONFIG} to run the end-to-end suite");
+        return;
+    };
+    let client = client(&path).await;
+    let ssa = PatchParams::apply("omero-operator-e2e").force();
+    let (ns, operator) = start(&client, &path, "plugin").await;
+    let node_name = format!("omero-e2e-plugin-{}", std::process::id());
+    let k8s_nodes: Api<Node> = Api::all(client.clone());
+    k8s_nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": node_name}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let kubelet = tokio::spawn(play_kubelet(client.clone(), ns.clone(), node_name.clone()));
+    // No database here: every probe is `none`, so each drain ends at its (short) deadline.
+    let none = json!({"type": "none"});
+    let nodes = json!([
+        {"name": "rw", "sessionProbe": none},
+        {"name": "ro-1", "readOnly": {"db": true, "repo": true}, "sessionProbe": none},
+        {"name": "ro-2", "readOnly": {"db": true, "repo": true}, "sessionProbe": none}
+    ]);
+    let mut manifest = cluster_manifest(&ns, "openmicroscopy/omero-server:5.6", nodes);
+    manifest["spec"]["drain"] = json!({"timeout": "10s"});
+    let clusters: Api<OmeroCluster> = Api::namespaced(client.clone(), &ns);
+    clusters.patch("omero", &ssa, &Patch::Apply(manifest)).await.unwrap();
+    eventually(120, "3 nodes serving", || async {
+        let c = clusters.get("omero").await.ok()?;
+        (c.status?.serving_nodes == 3).then_some(())
+    })
+    .await;
+
+    let plugin = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_kubectl-omero"))
+            .args(["--kubeconfig", &path, "-n", &ns])
+            .args(args)
+            .output()
+            .expect("kubectl-omero runs");
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        println!("$ kubectl omero {}\n{text}", args.join(" "));
+        (text, output.status.code())
+    };
+    let (status, code) = plugin(&["status", "omero"]);
+    assert_eq!(code, Some(0), "{status}");
+    assert!(status.contains("ro-1  read-only"), "{status}");
+    let (drain, code) = plugin(&["drain", "omero", "ro-1", "--wait", "--timeout", "120s"]);
+    assert_eq!(code, Some(0), "{drain}");
+    assert!(drain.contains("acknowledged by the operator") && drain.contains("drained ro-1 in"), "{drain}");
+    let (undrain, code) = plugin(&["undrain", "omero", "ro-1"]);
+    assert_eq!(code, Some(0), "{undrain}");
+    let (restart, code) = plugin(&["restart", "omero", "--all", "--wait", "--timeout", "300s"]);
+    assert_eq!(code, Some(0), "{restart}");
+    assert!(restart.contains("rw, ro-1, ro-2 up to date in"), "{restart}");
+
+    kubelet.abort();
+    assert_no_failed_create(&client, &ns).await;
+    operator.finish();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    clusters.delete("omero", &DeleteParams::default()).await.unwrap();
+    namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
+    k8s_nodes.delete(&node_name, &DeleteParams::default()).await.unwrap();
+}

@@ -314,3 +314,45 @@ async fn no_such_cluster_lists_the_ones_there_and_a_missing_crd_says_so() {
     let error = plugin::get(&api, "omero").await.unwrap_err();
     assert!(error.starts_with("the OmeroCluster resource is not installed on this cluster"), "{error}");
 }
+
+#[test]
+fn a_failed_node_or_an_invalid_spec_ends_a_wait_as_failed_and_the_lines_say_where_each_node_is() {
+    let now = k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap();
+    let mut value = cluster();
+    set_node(
+        &mut value,
+        "ro-1",
+        json!({"phase": "Failed", "upToDate": false, "targetRevision": "r2",
+                                       "message": "not ready with revision r2 within 40m of its restart"}),
+    );
+    set_node(
+        &mut value,
+        "ro-2",
+        json!({"phase": "Draining", "sessions": 1, "drainDeadline": "1970-01-01T00:30:00Z"}),
+    );
+    let failed: OmeroCluster = serde_json::from_value(value.clone()).unwrap();
+    let (nodes, outcome) = plugin::progress(&failed, &Operation::Settle(Vec::new()), now);
+    assert_eq!(
+        outcome,
+        plugin::Outcome::Failed("ro-1: not ready with revision r2 within 40m of its restart".into())
+    );
+    let lines: Vec<&str> = nodes.iter().map(|n| n.line.as_str()).collect();
+    assert_eq!(
+        lines,
+        [
+            "Serving",
+            "Failed, revision r2 to come: not ready with revision r2 within 40m of its restart",
+            "Draining, 1 session (deadline in 13m)",
+        ]
+    );
+
+    value["status"]["conditions"] = json!([{"type": "Degraded", "status": "True", "reason": "InvalidSpec",
+        "message": "invalid spec, nothing changed: spec.nodes[1].name: ...", "lastTransitionTime": "2026-11-30T00:00:00Z"}]);
+    set_node(&mut value, "ro-1", json!({"phase": "Serving", "upToDate": true}));
+    let invalid: OmeroCluster = serde_json::from_value(value).unwrap();
+    let (_, outcome) = plugin::progress(&invalid, &Operation::Drain(names(&["ro-2"])), now);
+    assert_eq!(
+        outcome,
+        plugin::Outcome::Failed("invalid spec, nothing changed: spec.nodes[1].name: ...".into())
+    );
+}

@@ -130,7 +130,7 @@ async fn serve(fake: FakeCluster, request: Request<Incoming>) -> Result<Reply, I
 
 /// Runs `kubectl-omero ARGS` against the server; returns its output as a terminal would show
 /// it (stdout then stderr) and whether it succeeded.
-async fn kubectl_omero(kubeconfig: &std::path::Path, args: &str) -> (String, bool) {
+async fn kubectl_omero(kubeconfig: &std::path::Path, args: &str) -> (String, Option<i32>) {
     let kubeconfig = kubeconfig.to_owned();
     let args: Vec<String> = args.split_whitespace().map(String::from).collect();
     tokio::task::spawn_blocking(move || {
@@ -142,7 +142,7 @@ async fn kubectl_omero(kubeconfig: &std::path::Path, args: &str) -> (String, boo
             .unwrap();
         let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&output.stderr));
-        (text, output.status.success())
+        (text, output.status.code())
     })
     .await
     .unwrap()
@@ -211,35 +211,52 @@ async fn a_drain_and_a_restart_with_the_real_binary_over_http() {
 
     let mut transcript = String::new();
     let mut run = async |args: &str| {
-        let (output, ok) = kubectl_omero(&kubeconfig, args).await;
+        let (output, code) = kubectl_omero(&kubeconfig, args).await;
         transcript.push_str(&format!("$ kubectl omero {args}\n{output}"));
-        (output, ok)
+        (output, code)
     };
-    let (status, ok) = run("status omero").await;
-    assert!(ok, "{status}");
+    let (status, code) = run("status omero").await;
+    assert_eq!(code, Some(0), "{status}");
     assert!(status.contains("rw    read-write  Serving"), "{status}");
 
-    let (drain, ok) = run("drain omero ro-1 --wait").await;
-    assert!(ok, "{drain}");
+    let (drain, code) = run("drain omero ro-1 --wait").await;
+    assert_eq!(code, Some(0), "{drain}");
     assert!(drain.contains("acknowledged by the operator"), "{drain}");
     assert!(drain.contains("ro-1: Draining, 2 sessions"), "{drain}");
     assert!(drain.lines().last().unwrap().starts_with("drained ro-1 in "), "{drain}");
     assert_eq!(fake.node("ro-1").phase, NodePhase::Drained);
 
-    let (undrain, ok) = run("undrain omero ro-1").await;
-    assert!(ok && undrain.contains("acknowledged by the operator"), "{undrain}");
+    let (undrain, code) = run("undrain omero ro-1").await;
+    assert!(code == Some(0) && undrain.contains("acknowledged by the operator"), "{undrain}");
 
-    let (restart, ok) = run("restart omero --all --wait").await;
-    assert!(ok, "{restart}");
+    let (restart, code) = run("restart omero --all --wait").await;
+    assert_eq!(code, Some(0), "{restart}");
     assert!(restart.lines().last().unwrap().starts_with("rw, ro-1, ro-2 up to date in "), "{restart}");
     assert!(sim.world().restarts.values().all(|n| *n == 1), "each node restarted once");
     assert_eq!(sim.world().killed, 0, "no session was killed");
 
-    let (refused, ok) = run("drain omero ro-9").await;
-    assert!(!ok && refused.contains("error: no node named ro-9; the nodes are rw, ro-1, ro-2"), "{refused}");
+    let (refused, code) = run("drain omero ro-9").await;
+    assert_eq!(code, Some(1), "{refused}");
+    assert!(refused.contains("error: no node named ro-9; the nodes are rw, ro-1, ro-2"), "{refused}");
     run("status omero").await;
 
+    // Waiting longer than --timeout: exit 2, the operation goes on, and how to watch again.
+    let (timed_out, code) = run("wait omero ro-1 --drained --timeout 1s").await;
+    assert_eq!(code, Some(2), "{timed_out}");
+    assert!(
+        timed_out.contains("timed out after 1.0s; the operation goes on. Watch again: kubectl omero wait omero ro-1 --drained"),
+        "{timed_out}"
+    );
+
+    // The operator stops: a request is written but never acknowledged, and the user is told.
     operator.abort();
+    let (unacknowledged, code) = run("drain omero ro-2 --ack-timeout 1s").await;
+    assert_eq!(code, Some(1), "{unacknowledged}");
+    assert!(
+        unacknowledged.contains("the operator has not acknowledged the request within 1s"),
+        "{unacknowledged}"
+    );
+
     server.abort();
     println!("{transcript}");
 }

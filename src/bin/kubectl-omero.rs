@@ -27,6 +27,10 @@ struct Cli {
     /// The namespace (default: the context's).
     #[arg(short, long, global = true)]
     namespace: Option<String>,
+    /// How long the operator has to acknowledge a request in status before the command says
+    /// it is not running (exit 1).
+    #[arg(long, global = true, value_parser = parse_duration, default_value = "30s")]
+    ack_timeout: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -119,9 +123,6 @@ fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
     value.parse::<omero_operator::api::Duration>().map(|d| d.std()).map_err(|e| e.to_string())
 }
 
-/// How long the operator has to show it read a request in `status.observedRequests`.
-const ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 #[derive(Clone, Copy, ValueEnum)]
 enum Output {
     Json,
@@ -155,6 +156,7 @@ async fn client(cli: &Cli) -> Result<(Client, String), String> {
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     let (client, namespace) = client(&cli).await?;
+    let ack_timeout = cli.ack_timeout;
     let api: Api<OmeroCluster> = Api::namespaced(client, &namespace);
     let set = |pairs: &[(&str, Option<String>)]| -> plugin::AnnotationChange {
         pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
@@ -182,18 +184,19 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Drain { cluster, nodes, force, wait } => {
             let edit = plugin::edit_annotations(&api, &cluster, |c| plugin::drain(c, &nodes, force)).await?;
             report(&cluster, &edit);
-            follow(&api, &cluster, Some(&edit), Operation::Drain(nodes), wait).await
+            follow(&api, ack_timeout, &cluster, Some(&edit), Operation::Drain(nodes), wait).await
         }
         Command::Undrain { cluster, nodes } => {
             let edit = plugin::edit_annotations(&api, &cluster, |c| plugin::undrain(c, &nodes)).await?;
             report(&cluster, &edit);
-            follow(&api, &cluster, Some(&edit), Operation::Settle(nodes), WaitArgs::default()).await
+            follow(&api, ack_timeout, &cluster, Some(&edit), Operation::Settle(nodes), WaitArgs::default())
+                .await
         }
         Command::Wait { cluster, nodes, drained, timeout } => {
             let found = plugin::get(&api, &cluster).await?;
             plugin::unknown_nodes(&found, &nodes)?;
             let op = if drained { Operation::Drain(nodes) } else { Operation::Settle(nodes) };
-            follow(&api, &cluster, None, op, WaitArgs { wait: true, timeout }).await
+            follow(&api, ack_timeout, &cluster, None, op, WaitArgs { wait: true, timeout }).await
         }
         Command::Restart { cluster, nodes, all: _, allow_downtime, wait } => {
             let token =
@@ -209,7 +212,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             })
             .await?;
             report(&cluster, &edit);
-            follow(&api, &cluster, Some(&edit), Operation::Settle(nodes), wait).await
+            follow(&api, ack_timeout, &cluster, Some(&edit), Operation::Settle(nodes), wait).await
         }
         Command::Pause { cluster } => {
             let edit = plugin::edit_annotations(&api, &cluster, |_| {
@@ -217,13 +220,29 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             })
             .await?;
             report(&cluster, &edit);
-            follow(&api, &cluster, Some(&edit), Operation::Settle(Vec::new()), WaitArgs::default()).await
+            follow(
+                &api,
+                ack_timeout,
+                &cluster,
+                Some(&edit),
+                Operation::Settle(Vec::new()),
+                WaitArgs::default(),
+            )
+            .await
         }
         Command::Resume { cluster } => {
             let edit =
                 plugin::edit_annotations(&api, &cluster, |_| Ok(set(&[(PAUSE_ANNOTATION, None)]))).await?;
             report(&cluster, &edit);
-            follow(&api, &cluster, Some(&edit), Operation::Settle(Vec::new()), WaitArgs::default()).await
+            follow(
+                &api,
+                ack_timeout,
+                &cluster,
+                Some(&edit),
+                Operation::Settle(Vec::new()),
+                WaitArgs::default(),
+            )
+            .await
         }
     }
 }
@@ -231,6 +250,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
 /// Waits for the operator to acknowledge `edit`, then with `--wait` follows `op` until it ends.
 async fn follow(
     api: &Api<OmeroCluster>,
+    ack_timeout: std::time::Duration,
     cluster: &str,
     edit: Option<&plugin::AnnotationChange>,
     op: Operation,
@@ -238,7 +258,7 @@ async fn follow(
 ) -> Result<ExitCode, String> {
     let options = plugin::FollowOptions {
         ack: edit.cloned(),
-        ack_timeout: ACK_TIMEOUT,
+        ack_timeout,
         wait: wait.wait || edit.is_none(),
         timeout: wait.timeout,
         redraw: std::io::stdout().is_terminal().then_some(std::time::Duration::from_secs(1)),
