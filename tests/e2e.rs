@@ -447,6 +447,37 @@ async fn play_kubelet(client: Client, ns: String, node: String) {
     }
 }
 
+/// A Kubernetes Node the suite plays kubelet for, and a 3-node cluster on it whose probes are
+/// all `none` (no database here: each drain ends at its 10 s deadline), applied.
+async fn three_nodes_on_a_played_kubelet(
+    client: &Client,
+    ns: &str,
+    purpose: &str,
+) -> (String, tokio::task::JoinHandle<()>, serde_json::Value) {
+    let node_name = format!("omero-e2e-{purpose}-{}", std::process::id());
+    let k8s_nodes: Api<Node> = Api::all(client.clone());
+    k8s_nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": node_name}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let kubelet = tokio::spawn(play_kubelet(client.clone(), ns.to_string(), node_name.clone()));
+    let none = json!({"type": "none"});
+    let nodes = json!([
+        {"name": "rw", "sessionProbe": none},
+        {"name": "ro-1", "readOnly": {"db": true, "repo": true}, "sessionProbe": none},
+        {"name": "ro-2", "readOnly": {"db": true, "repo": true}, "sessionProbe": none}
+    ]);
+    let mut manifest = cluster_manifest(ns, "openmicroscopy/omero-server:5.6", nodes);
+    manifest["spec"]["drain"] = json!({"timeout": "10s"});
+    let clusters: Api<OmeroCluster> = Api::namespaced(client.clone(), ns);
+    let ssa = PatchParams::apply("omero-operator-e2e").force();
+    clusters.patch("omero", &ssa, &Patch::Apply(manifest.clone())).await.unwrap();
+    (node_name, kubelet, manifest)
+}
+
 /// Whether a rollout is done, from the cluster and its Deployments.
 type RolledOut = dyn Fn(&OmeroCluster, &[Deployment]) -> bool + Send + Sync;
 
@@ -462,27 +493,9 @@ async fn rolling_restart_and_image_change_on_a_real_cluster() {
     let ssa = PatchParams::apply("omero-operator-e2e").force();
     let (ns, operator) = start(&client, &path, "rollout").await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let node_name = format!("omero-e2e-{}", std::process::id());
     let k8s_nodes: Api<Node> = Api::all(client.clone());
-    k8s_nodes
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": node_name}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let kubelet = tokio::spawn(play_kubelet(client.clone(), ns.clone(), node_name.clone()));
+    let (node_name, kubelet, mut manifest) = three_nodes_on_a_played_kubelet(&client, &ns, "rollout").await;
     let clusters: Api<OmeroCluster> = Api::namespaced(client.clone(), &ns);
-    // No database here: every probe is `none`, so each drain ends at its (short) deadline.
-    let none = json!({"type": "none"});
-    let nodes = json!([
-        {"name": "rw", "sessionProbe": none},
-        {"name": "ro-1", "readOnly": {"db": true, "repo": true}, "sessionProbe": none},
-        {"name": "ro-2", "readOnly": {"db": true, "repo": true}, "sessionProbe": none}
-    ]);
-    let mut manifest = cluster_manifest(&ns, "openmicroscopy/omero-server:5.6", nodes);
-    manifest["spec"]["drain"] = json!({"timeout": "10s"});
-    clusters.patch("omero", &ssa, &Patch::Apply(manifest.clone())).await.unwrap();
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let serving_pods = || async {
@@ -593,29 +606,10 @@ async fn kubectl_omero_on_a_real_cluster() {
         return;
     };
     let client = client(&path).await;
-    let ssa = PatchParams::apply("omero-operator-e2e").force();
     let (ns, operator) = start(&client, &path, "plugin").await;
-    let node_name = format!("omero-e2e-plugin-{}", std::process::id());
     let k8s_nodes: Api<Node> = Api::all(client.clone());
-    k8s_nodes
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": node_name}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let kubelet = tokio::spawn(play_kubelet(client.clone(), ns.clone(), node_name.clone()));
-    // No database here: every probe is `none`, so each drain ends at its (short) deadline.
-    let none = json!({"type": "none"});
-    let nodes = json!([
-        {"name": "rw", "sessionProbe": none},
-        {"name": "ro-1", "readOnly": {"db": true, "repo": true}, "sessionProbe": none},
-        {"name": "ro-2", "readOnly": {"db": true, "repo": true}, "sessionProbe": none}
-    ]);
-    let mut manifest = cluster_manifest(&ns, "openmicroscopy/omero-server:5.6", nodes);
-    manifest["spec"]["drain"] = json!({"timeout": "10s"});
+    let (node_name, kubelet, _) = three_nodes_on_a_played_kubelet(&client, &ns, "plugin").await;
     let clusters: Api<OmeroCluster> = Api::namespaced(client.clone(), &ns);
-    clusters.patch("omero", &ssa, &Patch::Apply(manifest)).await.unwrap();
     eventually(120, "3 nodes serving", || async {
         let c = clusters.get("omero").await.ok()?;
         (c.status?.serving_nodes == 3).then_some(())

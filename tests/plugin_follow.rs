@@ -76,6 +76,15 @@ fn names(v: &[&str]) -> Vec<String> {
 }
 
 /// Runs `steps` as the operator once the plugin watches, one status change each.
+/// Plays the operator's answer to each patch: one status write, made once the patch is in.
+fn answer_patches_with(server: &WatchApi, change: fn(&mut Value)) {
+    let answering = server.clone();
+    server.0.lock().unwrap().on_patch = Some(Box::new(move |_| {
+        let server = answering.clone();
+        tokio::spawn(async move { server.publish(change) });
+    }));
+}
+
 /// One status change the operator makes.
 type Step = Box<dyn FnOnce(&mut Value) + Send>;
 
@@ -96,23 +105,15 @@ fn operator_after_watch(server: &WatchApi, steps: Vec<Step>) {
 async fn drain_wait_follows_the_drain_to_its_end_from_the_watch() {
     let server = WatchApi::new(cluster());
     // The operator reads the request and starts the drain in the same status write.
-    server.0.lock().unwrap().on_patch = Some(Box::new({
-        let server = server.clone();
-        move |_| {
-            let server = server.clone();
-            tokio::spawn(async move {
-                server.publish(|c| {
-                    acknowledge(c);
-                    set_node(
-                        c,
-                        "ro-1",
-                        json!({"phase": "Draining", "routable": false, "sessions": 3,
-                                               "message": "draining: 3 open sessions"}),
-                    );
-                });
-            });
-        }
-    }));
+    answer_patches_with(&server, |c| {
+        acknowledge(c);
+        set_node(
+            c,
+            "ro-1",
+            json!({"phase": "Draining", "routable": false, "sessions": 3,
+                                       "message": "draining: 3 open sessions"}),
+        );
+    });
     operator_after_watch(
         &server,
         vec![
@@ -205,21 +206,13 @@ async fn a_refused_drain_ends_the_wait_with_the_reason() {
 #[tokio::test]
 async fn a_restart_waits_for_the_new_revision_and_a_stuck_rollout_ends_the_wait() {
     let server = WatchApi::new(cluster());
-    server.0.lock().unwrap().on_patch = Some(Box::new({
-        let server = server.clone();
-        move |_| {
-            let server = server.clone();
-            tokio::spawn(async move {
-                server.publish(|c| {
-                    acknowledge(c);
-                    for n in ["rw", "ro-1", "ro-2"] {
-                        set_node(c, n, json!({"targetRevision": "r2", "upToDate": false}));
-                    }
-                    set_node(c, "ro-1", json!({"phase": "Draining", "message": "draining: 0 open sessions"}));
-                });
-            });
+    answer_patches_with(&server, |c| {
+        acknowledge(c);
+        for n in ["rw", "ro-1", "ro-2"] {
+            set_node(c, n, json!({"targetRevision": "r2", "upToDate": false}));
         }
-    }));
+        set_node(c, "ro-1", json!({"phase": "Draining", "message": "draining: 0 open sessions"}));
+    });
     operator_after_watch(
         &server,
         vec![

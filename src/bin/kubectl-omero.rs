@@ -214,37 +214,26 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             report(&cluster, &edit);
             follow(&api, ack_timeout, &cluster, Some(&edit), Operation::Settle(nodes), wait).await
         }
-        Command::Pause { cluster } => {
-            let edit = plugin::edit_annotations(&api, &cluster, |_| {
-                Ok(set(&[(PAUSE_ANNOTATION, Some("true".into()))]))
-            })
-            .await?;
-            report(&cluster, &edit);
-            follow(
-                &api,
-                ack_timeout,
-                &cluster,
-                Some(&edit),
-                Operation::Settle(Vec::new()),
-                WaitArgs::default(),
-            )
-            .await
-        }
-        Command::Resume { cluster } => {
-            let edit =
-                plugin::edit_annotations(&api, &cluster, |_| Ok(set(&[(PAUSE_ANNOTATION, None)]))).await?;
-            report(&cluster, &edit);
-            follow(
-                &api,
-                ack_timeout,
-                &cluster,
-                Some(&edit),
-                Operation::Settle(Vec::new()),
-                WaitArgs::default(),
-            )
-            .await
-        }
+        Command::Pause { cluster } => pause(&api, ack_timeout, &cluster, true).await,
+        Command::Resume { cluster } => pause(&api, ack_timeout, &cluster, false).await,
     }
+}
+
+/// Sets (or removes) the pause annotation and waits for the operator to acknowledge it.
+async fn pause(
+    api: &Api<OmeroCluster>,
+    ack_timeout: std::time::Duration,
+    cluster: &str,
+    paused: bool,
+) -> Result<ExitCode, String> {
+    let value = paused.then(|| "true".to_string());
+    let edit = plugin::edit_annotations(api, cluster, |_| {
+        Ok(BTreeMap::from([(PAUSE_ANNOTATION.to_string(), value.clone())]))
+    })
+    .await?;
+    report(cluster, &edit);
+    let op = Operation::Settle(Vec::new());
+    follow(api, ack_timeout, cluster, Some(&edit), op, WaitArgs::default()).await
 }
 
 /// Waits for the operator to acknowledge `edit`, then with `--wait` follows `op` until it ends.
