@@ -8,6 +8,8 @@
 //!
 //!     cargo bench --bench operator_process                    # 300 clusters of 3 nodes
 //!     OMERO_BENCH_CLUSTERS=100 cargo bench --bench operator_process
+//!     OMERO_BENCH_WRAPPER="valgrind --tool=massif" cargo bench --bench operator_process
+//!         # the operator's heap over the first run, then stop (use a dev build for symbols)
 //!
 //! Not a real API server (no etcd, no admission, no real ReplicaSets): the API side's costs
 //! are this program's, so only the operator's side is measured.
@@ -289,8 +291,20 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The operator's process; `OMERO_BENCH_WRAPPER` (e.g. `valgrind --tool=massif`) runs it
+/// under a profiler.
 fn start_operator(kubeconfig: &std::path::Path, http: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_omero-operator"))
+    let wrapper = std::env::var("OMERO_BENCH_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(env!("CARGO_BIN_EXE_omero-operator"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_omero-operator")),
+    };
+    command
         .args(["run", "--log-level", "warn", "--http-address", http, "--lease-namespace", NS])
         .env("KUBECONFIG", kubeconfig)
         .stdout(Stdio::null())
@@ -372,8 +386,12 @@ async fn main() {
     let requests = server.api.lock().unwrap().requests.clone();
     let lists = server.api.lock().unwrap().lists;
     let most = server.most_connections.load(Ordering::SeqCst);
-    operator.kill().unwrap();
+    // SIGTERM, as Kubernetes stops it (a profiler then writes its report).
+    let _ = Command::new("kill").args(["-TERM", &operator.id().to_string()]).status();
     operator.wait().unwrap();
+    if std::env::var_os("OMERO_BENCH_WRAPPER").is_some() {
+        return;
+    }
 
     // Restart facing N reconciled and N new clusters.
     server.add_clusters(n..2 * n);

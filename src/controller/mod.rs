@@ -202,11 +202,15 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
     let ours = watcher::Config::default().labels(&format!("{}={}", keys::MANAGED_BY_LABEL, keys::MANAGER));
     // One watch per kind feeds both a cache (what reconciles read) and the controller's triggers.
     // Every replica runs them, leader or not: a standby is ready and takes over with full caches.
-    let (deployment_cache, deployment_events, deployment_watch) = shared_watch(deployments, ours.clone());
-    let (service_cache, service_events, service_watch) = shared_watch(services, ours.clone());
+    let (deployment_cache, deployment_events, deployment_watch) =
+        shared_watch(deployments, ours.clone(), |d| d.metadata.managed_fields = None);
+    let (service_cache, service_events, service_watch) =
+        shared_watch(services, ours.clone(), |s| s.metadata.managed_fields = None);
     // Only ConfigMaps with the operator's label: the session counter's script, one per cluster.
-    let (config_map_cache, config_map_events, config_map_watch) = shared_watch(config_maps, ours.clone());
-    let (pod_cache, pod_events, pod_watch) = shared_watch(pods, ours);
+    let (config_map_cache, config_map_events, config_map_watch) =
+        shared_watch(config_maps, ours.clone(), |c| c.metadata.managed_fields = None);
+    // Pods keep only what is read of their spec (`observe::slim_pod`).
+    let (pod_cache, pod_events, pod_watch) = shared_watch(pods, ours, observe::slim_pod);
     let watches =
         tokio::spawn(futures::future::join4(deployment_watch, service_watch, config_map_watch, pod_watch));
     let caches = kube_port::Caches {
@@ -346,6 +350,7 @@ const SHARED_BUFFER: usize = 256;
 fn shared_watch<K>(
     api: Api<K>,
     config: watcher::Config,
+    slim: fn(&mut K),
 ) -> (
     kube::runtime::reflector::Store<K>,
     impl futures::Stream<Item = Arc<K>> + Send + 'static,
@@ -363,15 +368,13 @@ where
     use kube::runtime::{WatchStreamExt, reflector};
     let (cache, writer) = reflector::store_shared(SHARED_BUFFER);
     let events = writer.subscribe().expect("a shared store hands out subscribers");
-    let drive = watcher(api, config)
-        .default_backoff()
-        .modify(|object| object.managed_fields_mut().clear())
-        .reflect_shared(writer)
-        .for_each(|event| async move {
+    let drive = watcher(api, config).default_backoff().modify(slim).reflect_shared(writer).for_each(
+        |event| async move {
             if let Err(error) = event {
                 warn!(%error, "watch error; retrying with backoff");
             }
-        });
+        },
+    );
     (cache, events, drive)
 }
 
