@@ -216,6 +216,7 @@ impl Cluster {
                 selected: self.selected.contains(name),
                 leaving: false,
                 force: self.forced.contains(name),
+                maintenance: None,
             })
             .collect();
         let decisions = step(&inputs, &self.policy, self.now);
@@ -1463,6 +1464,7 @@ fn the_same_exporter_sample_is_not_a_newer_serving_count() {
             selected: false,
             leaving: false,
             force: false,
+            maintenance: None,
         };
         let decision = step(std::slice::from_ref(&input), &cluster.policy, cluster.now).swap_remove(0);
         assert_eq!(decision.status.sessions_observed_at, time(observed), "at {t}s, sample {sample}");
@@ -2294,6 +2296,7 @@ fn run_scenario(scenario: &Scenario) -> Result<(), TestCaseError> {
                 selected: false,
                 leaving: false,
                 force: false,
+                maintenance: None,
             })
             .collect();
         let decisions = step(&inputs, &policy, now);
@@ -2665,8 +2668,15 @@ fn check_step(v: &StepView<'_>, decisions: &[Decision], models: &mut [Model]) ->
                 }
                 NodeEvent::Restarting { .. }
                 | NodeEvent::Restarted { .. }
-                | NodeEvent::RestartFailed { .. } => {
-                    prop_assert!(false, "nothing restarts without a rollout: {}", ctx(i));
+                | NodeEvent::RestartFailed { .. }
+                | NodeEvent::MovingOff { .. }
+                | NodeEvent::PodReplaced { .. }
+                | NodeEvent::Moved { .. } => {
+                    prop_assert!(
+                        false,
+                        "nothing restarts or moves without a rollout or maintenance: {}",
+                        ctx(i)
+                    );
                 }
             }
         }
@@ -2841,6 +2851,7 @@ fn run_rollout_scenario(scenario: &RolloutScenario) -> Result<(), TestCaseError>
                 selected: selected[i],
                 leaving: false,
                 force: false,
+                maintenance: None,
             })
             .collect();
         let decisions = step(&inputs, &policy, now);

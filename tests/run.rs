@@ -94,7 +94,13 @@ fn api_server(seen: Arc<Mutex<Seen>>) -> Client {
             let (status, reply) = match (&parts.method, segments.last().copied().unwrap_or_default()) {
                 (
                     &Method::GET,
-                    kind @ ("omeroclusters" | "deployments" | "services" | "configmaps" | "pods"),
+                    kind @ ("omeroclusters"
+                    | "deployments"
+                    | "services"
+                    | "configmaps"
+                    | "pods"
+                    | "poddisruptionbudgets"
+                    | "nodes"),
                 ) => {
                     let items = if kind == "omeroclusters" { vec![cluster()] } else { Vec::new() };
                     (
@@ -162,6 +168,7 @@ async fn a_standby_is_ready_and_writes_nothing_the_leader_reconciles_and_a_lost_
         max_api_requests: 8,
         http_address: format!("127.0.0.1:{port}"),
         apply_crd: false,
+        watch_nodes: true,
     };
     let omero = omero_operator::omero::Client::default();
     let operator = tokio::spawn(run(client, lease, omero, options));
@@ -177,6 +184,13 @@ async fn a_standby_is_ready_and_writes_nothing_the_leader_reconciles_and_a_lost_
         let watching =
             |kind: &str| seen.requests.iter().any(|(_, p, q)| p.ends_with(kind) && q.contains("watch=true"));
         assert!(watching("deployments") && watching("services") && watching("pods"), "{:?}", seen.requests);
+        // The budgets in the watched namespace, and (--watch-nodes) every Node, cluster-scoped.
+        assert!(watching("poddisruptionbudgets"), "{:?}", seen.requests);
+        assert!(
+            seen.requests.iter().any(|(_, p, q)| p == "/api/v1/nodes" && q.contains("watch=true")),
+            "{:?}",
+            seen.requests
+        );
         assert!(!watching("omeroclusters"), "the controller runs on a standby");
     }
     let (_, metrics) = get(port, "/metrics").await.unwrap();
