@@ -57,6 +57,9 @@ pub struct State {
     /// Kubernetes Nodes, as the operator's Node cache holds them; `None`: it does not watch
     /// Nodes (`--watch-nodes` off).
     pub kube_nodes: Option<BTreeMap<String, Node>>,
+    /// The Nodes exist (the simulation schedules on them) but the operator does not watch
+    /// them: `children` reports no Node cache.
+    pub nodes_unwatched: bool,
     pub secrets: BTreeMap<(String, String), String>,
     pub events: Vec<Event>,
     pub writes: Vec<Write>,
@@ -393,7 +396,7 @@ impl ClusterPort for FakeCluster {
                     .collect(),
                 budgets: cache.budgets.iter().filter(|b| labelled_for(&b.metadata, &name)).cloned().collect(),
                 pods: cache.pods.iter().filter(|p| labelled_for(&p.metadata, &name)).cloned().collect(),
-                kube_nodes: cache.kube_nodes.clone(),
+                kube_nodes: if state.nodes_unwatched { None } else { cache.kube_nodes.clone() },
             });
         }
         Ok(Children {
@@ -412,7 +415,11 @@ impl ClusterPort for FakeCluster {
                 .collect(),
             budgets: state.budgets.values().filter(|b| labelled_for(&b.metadata, &name)).cloned().collect(),
             pods: state.pods.values().filter(|p| labelled_for(&p.metadata, &name)).cloned().collect(),
-            kube_nodes: state.kube_nodes.as_ref().map(|nodes| nodes.values().cloned().collect()),
+            kube_nodes: if state.nodes_unwatched {
+                None
+            } else {
+                state.kube_nodes.as_ref().map(|nodes| nodes.values().cloned().collect())
+            },
         })
     }
 
