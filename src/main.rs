@@ -207,6 +207,8 @@ fn render_file(path: &PathBuf, namespace: Option<&str>) -> ExitCode {
             continue;
         }
         let desired = render::render(&cluster);
+        // Each node's PodDisruptionBudget as while it serves (no status offline): no eviction.
+        let budgets = render::budget::budgets(&cluster, &[]);
         // The counter's ConfigMap first, as the operator applies it before the Deployments.
         for yaml in desired
             .config_maps
@@ -214,6 +216,7 @@ fn render_file(path: &PathBuf, namespace: Option<&str>) -> ExitCode {
             .map(serde_saphyr::to_string)
             .chain(desired.deployments.iter().map(serde_saphyr::to_string))
             .chain(desired.services.iter().map(serde_saphyr::to_string))
+            .chain(budgets.iter().map(serde_saphyr::to_string))
         {
             out.push_str("---\n");
             out.push_str(&yaml.expect("Kubernetes objects serialise"));
