@@ -343,3 +343,55 @@ async fn without_the_node_watch_nothing_drains_but_the_budgets_still_hold_evicti
     .await;
     assert_eq!(sim.world().killed, 0);
 }
+
+/// Killed after any port call of the reconcile that records the move (or a stale read): the
+/// restarted operator finds the decision in status and carries it out once. Sessions are never
+/// killed and the pod is replaced exactly once.
+#[tokio::test(start_paused = true)]
+async fn an_operator_killed_at_any_point_of_a_move_moves_the_node_once() {
+    for kill_at in 1..=14 {
+        let (sim, mut ctx) = running(&cluster_yaml(2, ""), &["k1", "k2", "k3"]).await;
+        let host = sim.host_of("ro-1").unwrap();
+        let created_before = sim.world().pods_created;
+        sim.cordon(&host, true);
+        // Up to the reconcile that deletes the pod: the drain runs normally.
+        run(&sim, &ctx, 400, |s| {
+            s.fake.node("ro-1").phase == NodePhase::Drained || {
+                // One reconcile before the drain ends: the next one records and deletes.
+                s.fake.node("ro-1").zero_session_probes == 1
+            }
+        })
+        .await;
+        let calls = sim.fake.state().calls;
+        sim.fake.state().crash_after = Some(calls + kill_at);
+        let mut killed = 0;
+        for _ in 0..600 {
+            sim.kubelet();
+            sim.new_session(sim.session_length);
+            let requeue = match reconcile_once(&sim.fake, &ctx).await {
+                Ok(requeue) => requeue,
+                Err(_) => {
+                    let mut state = sim.fake.state();
+                    assert!(state.crashed);
+                    state.crashed = false;
+                    state.crash_after = None;
+                    drop(state);
+                    killed += 1;
+                    ctx = sim.context();
+                    Duration::ZERO
+                }
+            };
+            let status = sim.fake.node("ro-1");
+            if status.phase == NodePhase::Serving && sim.host_of("ro-1").is_some_and(|h| h != host) {
+                break;
+            }
+            tokio::time::advance(requeue.clamp(Duration::from_millis(250), Duration::from_secs(5))).await;
+        }
+        assert_eq!(killed, 1, "kill_at {kill_at}: the operator was killed once");
+        let status = sim.fake.node("ro-1");
+        assert_eq!(status.phase, NodePhase::Serving, "kill_at {kill_at}: {status:?}");
+        assert_ne!(sim.host_of("ro-1").as_deref(), Some(host.as_str()), "kill_at {kill_at}");
+        assert_eq!(sim.world().pods_created - created_before, 1, "kill_at {kill_at}: one new pod, once");
+        assert_eq!(sim.world().killed, 0, "kill_at {kill_at}");
+    }
+}
