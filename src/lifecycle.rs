@@ -227,7 +227,12 @@ pub fn probe_due(previous: Option<&NodeStatus>, pod: Option<&PodObservation>, no
     let due = s.next_probe_at.as_ref().is_none_or(|t| t.0 <= now);
     match s.phase {
         NodePhase::Draining => due,
-        NodePhase::Restarting => due && pod.is_some_and(|p| p.ready && p.revision == s.deployment_revision),
+        // The new pod: not the one a maintenance move deleted (a lagging cache may still show it).
+        NodePhase::Restarting => {
+            due && pod.is_some_and(|p| {
+                p.ready && p.revision == s.deployment_revision && s.replaced_pod.as_ref() != Some(&p.name)
+            })
+        }
         _ => false,
     }
 }

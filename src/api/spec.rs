@@ -529,8 +529,9 @@ pub struct DrainSpec {
     /// sessions end or the drain is forced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_deadline: Option<OnDeadline>,
-    /// How many nodes may be out of service at once for rollouts and restarts (default 1);
-    /// nodes drained on request, starting or failed count too.
+    /// How many nodes may be out of service at once for rollouts, restarts and moves off
+    /// Kubernetes nodes under maintenance (default 1); nodes drained on request, starting or
+    /// failed count too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_unavailable: Option<u32>,
