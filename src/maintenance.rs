@@ -44,6 +44,16 @@ pub fn under_maintenance(node: &Node, taint_keys: &[String]) -> Option<String> {
         .map(|t| format!("tainted {}:NoSchedule", t.key))
 }
 
+/// The Kubernetes nodes the cluster's pods run on, with why each is under maintenance (`None`:
+/// schedulable). Empty when the operator does not watch Nodes: nothing moves by itself then.
+pub fn hosts(nodes: Option<&[Node]>, taint_keys: &[String]) -> BTreeMap<String, Option<String>> {
+    nodes
+        .into_iter()
+        .flatten()
+        .filter_map(|n| Some((n.metadata.name.clone()?, under_maintenance(n, taint_keys))))
+        .collect()
+}
+
 /// What the planner knows of one OMERO node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placement {
@@ -252,6 +262,30 @@ mod tests {
         drained.view.phase = NodePhase::Drained;
         let p = plan(&[placed("rw", Role::ReadWrite, "k1"), drained], &hosts(&[], &["k1", "k2"]), &LIMITS);
         assert!(p.cancelled.is_empty() && p.moves.contains_key("ro-1"), "{p:?}");
+    }
+
+    #[test]
+    fn a_cordon_or_a_listed_noschedule_taint_is_maintenance_noexecute_and_unlisted_are_not() {
+        let node = |spec: serde_json::Value| -> Node {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "k1"}, "spec": spec})).unwrap()
+        };
+        let keys = ["example.com/maintenance".to_string()];
+        assert_eq!(
+            under_maintenance(&node(serde_json::json!({"unschedulable": true})), &keys).as_deref(),
+            Some("cordoned")
+        );
+        let tainted =
+            |key: &str, effect: &str| node(serde_json::json!({"taints": [{"key": key, "effect": effect}]}));
+        assert_eq!(
+            under_maintenance(&tainted("example.com/maintenance", "NoSchedule"), &keys).as_deref(),
+            Some("tainted example.com/maintenance:NoSchedule")
+        );
+        assert_eq!(under_maintenance(&tainted("example.com/maintenance", "NoExecute"), &keys), None);
+        assert_eq!(under_maintenance(&tainted("example.com/other", "NoSchedule"), &keys), None);
+        assert_eq!(under_maintenance(&node(serde_json::json!({})), &keys), None);
+        let h = super::hosts(Some(&[node(serde_json::json!({"unschedulable": true}))]), &keys);
+        assert_eq!(h, BTreeMap::from([("k1".to_string(), Some("cordoned".to_string()))]));
+        assert!(super::hosts(None, &keys).is_empty(), "no Node watch: nothing is under maintenance");
     }
 
     #[test]

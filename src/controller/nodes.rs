@@ -125,6 +125,16 @@ impl NodeFacts<'_> {
         self.deployment.and_then(|d| render::revision_of(&d.metadata))
     }
 
+    /// What the maintenance planner needs: the rollout's view, where the pod runs, and the
+    /// Kubernetes node a recorded move is vacating.
+    pub fn placement(&self, view: &NodeView) -> crate::maintenance::Placement {
+        crate::maintenance::Placement {
+            view: view.clone(),
+            kube_node: self.pod.and_then(|p| p.kube_node.clone()),
+            moving_off: self.previous.and_then(|s| s.moving_off.clone()),
+        }
+    }
+
     /// What the planner needs, from the last status and this reconcile's pod.
     pub fn view(&self, cluster: &OmeroCluster) -> NodeView {
         let previous = self.previous.cloned().unwrap_or_default();

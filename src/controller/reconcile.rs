@@ -129,16 +129,9 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
     };
     // Maintenance first: a node moving off a cordoned Kubernetes node takes its place in
     // maxUnavailable before the rollout plans with what is left.
-    let hosts = maintenance_hosts(children.kube_nodes.as_deref(), cluster.spec.maintenance_taint_keys());
-    let placements: Vec<maintenance::Placement> = facts
-        .iter()
-        .zip(&views)
-        .map(|(f, view)| maintenance::Placement {
-            view: view.clone(),
-            kube_node: f.pod.and_then(|p| p.kube_node.clone()),
-            moving_off: f.previous.and_then(|s| s.moving_off.clone()),
-        })
-        .collect();
+    let hosts = maintenance::hosts(children.kube_nodes.as_deref(), cluster.spec.maintenance_taint_keys());
+    let placements: Vec<maintenance::Placement> =
+        facts.iter().zip(&views).map(|(f, view)| f.placement(view)).collect();
     let moves = maintenance::plan(&placements, &hosts, &limits);
     let plan = rollout::plan(&maintenance::with_moves(&views, &moves), &limits);
     let mut probes = BTreeMap::new();
@@ -313,19 +306,6 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
     } else {
         requeue
     })
-}
-
-/// The Kubernetes nodes the cluster's pods run on, with why each is under maintenance (`None`:
-/// schedulable). Empty when the operator does not watch Nodes: nothing moves by itself then.
-fn maintenance_hosts(
-    nodes: Option<&[k8s_openapi::api::core::v1::Node]>,
-    taint_keys: &[String],
-) -> BTreeMap<String, Option<String>> {
-    nodes
-        .into_iter()
-        .flatten()
-        .filter_map(|n| Some((n.metadata.name.clone()?, maintenance::under_maintenance(n, taint_keys))))
-        .collect()
 }
 
 /// A digest of every node's target revision, for status.
