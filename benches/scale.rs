@@ -108,6 +108,8 @@ async fn main() {
                 Write::ApplyDeployment(_) => "apply Deployment",
                 Write::ApplyService(_) => "apply Service",
                 Write::ApplyConfigMap(_) => "apply ConfigMap",
+                Write::ApplyBudget(_) => "apply PodDisruptionBudget",
+                Write::DeletePod(_) => "delete pod",
                 Write::Delete(..) => "delete",
                 Write::Label { .. } => "label pod",
                 Write::Status => "status",

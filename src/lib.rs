@@ -1,6 +1,7 @@
 //! omero-operator: runs OMERO.server clusters on Kubernetes.
 //!
-//! `api` is the resource; `render`, `request`, `ownership`, `rollout` and `lifecycle` are pure
+//! `api` is the resource; `render`, `request`, `ownership`, `rollout`, `maintenance` and
+//! `lifecycle` are pure
 //! decisions; `omero` and `controller`
 //! are the adapters to OMERO and to the API server.
 
@@ -9,6 +10,7 @@ pub mod controller;
 mod error;
 pub mod http;
 pub mod lifecycle;
+pub mod maintenance;
 pub mod metrics;
 pub mod omero;
 pub mod ownership;

@@ -54,6 +54,10 @@ pub struct PodObservation {
     /// Phase Running and not terminating.
     pub running: bool,
     pub server: Option<ServerContainer>,
+    /// The pod's uid: a precondition when the operator deletes it to move the node.
+    pub uid: Option<String>,
+    /// The Kubernetes node it is bound to (`spec.nodeName`).
+    pub kube_node: Option<String>,
 }
 
 impl PodObservation {
@@ -138,6 +142,10 @@ pub struct NodeInput<'a> {
     pub leaving: bool,
     /// This node's drain is forced (`drain-force` naming it), as [`Policy::force`] is for all.
     pub force: bool,
+    /// The maintenance planner (`crate::maintenance`) moves this node off this Kubernetes
+    /// node: it leaves service, and once drained its pod is deleted so that a new one is
+    /// scheduled elsewhere.
+    pub maintenance: Option<&'a str>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -153,14 +161,54 @@ pub struct Policy {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeEvent {
-    DrainStarted { node: String, deadline: Timestamp, reason: DrainReason },
-    DrainCompleted { node: String },
-    DeadlineReached { node: String, sessions: Option<u64>, proceeding: bool },
-    DrainRefused { node: String, reason: String },
-    Undrained { node: String },
-    Restarting { node: String, revision: String },
-    Restarted { node: String, revision: String },
-    RestartFailed { node: String, reason: String },
+    DrainStarted {
+        node: String,
+        deadline: Timestamp,
+        reason: DrainReason,
+    },
+    DrainCompleted {
+        node: String,
+    },
+    DeadlineReached {
+        node: String,
+        sessions: Option<u64>,
+        proceeding: bool,
+    },
+    DrainRefused {
+        node: String,
+        reason: String,
+    },
+    Undrained {
+        node: String,
+    },
+    Restarting {
+        node: String,
+        revision: String,
+    },
+    Restarted {
+        node: String,
+        revision: String,
+    },
+    RestartFailed {
+        node: String,
+        reason: String,
+    },
+    /// A maintenance drain began: the node moves off this Kubernetes node once drained.
+    MovingOff {
+        node: String,
+        kube_node: String,
+    },
+    /// Drained for maintenance: its pod is deleted now (a new one is scheduled elsewhere).
+    PodReplaced {
+        node: String,
+        kube_node: String,
+        pod: String,
+    },
+    /// Back in service after a maintenance move, on a new pod.
+    Moved {
+        node: String,
+        kube_node: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -179,7 +227,12 @@ pub fn probe_due(previous: Option<&NodeStatus>, pod: Option<&PodObservation>, no
     let due = s.next_probe_at.as_ref().is_none_or(|t| t.0 <= now);
     match s.phase {
         NodePhase::Draining => due,
-        NodePhase::Restarting => due && pod.is_some_and(|p| p.ready && p.revision == s.deployment_revision),
+        // The new pod: not the one a maintenance move deleted (a lagging cache may still show it).
+        NodePhase::Restarting => {
+            due && pod.is_some_and(|p| {
+                p.ready && p.revision == s.deployment_revision && s.replaced_pod.as_ref() != Some(&p.name)
+            })
+        }
         _ => false,
     }
 }
@@ -246,10 +299,19 @@ fn would_serve(node: &NodeInput<'_>) -> bool {
     let previous = node.previous;
     let phase = previous.map(|s| s.phase).unwrap_or_default();
     let ready = node.pod.is_some_and(|p| p.ready && p.failure.is_none());
+    let reason = previous.and_then(|s| s.drain_reason);
     let withdrawn = phase.is_out_of_service()
-        && previous.and_then(|s| s.drain_reason) == Some(DrainReason::Requested)
+        && reason == Some(DrainReason::Requested)
+        && !node.drain_requested
+        && !node.leaving
+        && node.maintenance.is_none();
+    // A maintenance move cancelled (uncordoned) before its drain ended.
+    let cancelled = phase == NodePhase::Draining
+        && reason == Some(DrainReason::Maintenance)
+        && node.maintenance.is_none()
         && !node.drain_requested
         && !node.leaving;
+    let withdrawn = withdrawn || cancelled;
     ready && (!phase.is_out_of_service() || withdrawn)
 }
 
@@ -306,6 +368,9 @@ fn wanted_out(
     if node.drain_requested {
         return Some(DrainReason::Requested);
     }
+    if node.maintenance.is_some() {
+        return Some(DrainReason::Maintenance);
+    }
     // A node already out of service (its requested drain just withdrawn) goes on as a rollout
     // while it is out: it takes no more of the budget.
     let drained = matches!(previous.phase, NodePhase::Draining | NodePhase::Drained);
@@ -354,9 +419,39 @@ fn step_node(node: &NodeInput<'_>, policy: &Policy, now: Timestamp, serving: usi
             },
         }
     }
+    move_off(node, now, &mut status, &mut events);
     release(node, now, &state, &mut status, &mut events);
     let set_routable = routable_patch(&mut status);
     Decision { status, set_routable, events }
+}
+
+/// A node drained for maintenance moves: its pod (on the cordoned Kubernetes node) is to be
+/// deleted, so the Deployment's new pod is scheduled elsewhere; recorded here (the pod's name)
+/// before the controller deletes it. Then it waits, as a restart does, for the new pod to be
+/// ready and its probe to answer.
+fn move_off(node: &NodeInput<'_>, now: Timestamp, status: &mut NodeStatus, events: &mut Vec<NodeEvent>) {
+    if status.phase != NodePhase::Drained || status.drain_reason != Some(DrainReason::Maintenance) {
+        return;
+    }
+    let kube_node =
+        status.moving_off.clone().or_else(|| node.maintenance.map(str::to_string)).unwrap_or_default();
+    // The pod still on the Kubernetes node being vacated; none: a new one comes anyway.
+    let pod = node.pod.filter(|p| p.kube_node.as_deref() == Some(kube_node.as_str())).map(|p| p.name.clone());
+    status.phase = NodePhase::Restarting;
+    status.moving_off = Some(kube_node.clone());
+    status.replaced_pod.clone_from(&pod);
+    status.restart_started_at = Some(Time(now));
+    status.next_probe_at = None;
+    status.zero_session_probes = 0;
+    status.probe_failures = 0;
+    status.probe_error = None;
+    status.message = Some(format!(
+        "moving off node {kube_node} for maintenance: drained; {}waiting for its new pod elsewhere",
+        pod.as_ref().map_or(String::new(), |p| format!("pod {p} deleted; "))
+    ));
+    if let Some(pod) = pod {
+        events.push(NodeEvent::PodReplaced { node: node.name.into(), kube_node, pod });
+    }
 }
 
 /// Gives the node's Deployment its target revision once the node has nothing to protect:
@@ -402,7 +497,10 @@ fn continue_restart(
     events: &mut Vec<NodeEvent>,
 ) {
     let want = status.deployment_revision.clone().unwrap_or_default();
-    let new_pod = node.pod.filter(|p| p.revision.as_deref() == Some(want.as_str()));
+    // A move waits for a pod other than the one it deleted.
+    let new_pod = node.pod.filter(|p| {
+        p.revision.as_deref() == Some(want.as_str()) && status.replaced_pod.as_ref() != Some(&p.name)
+    });
     if let (Some(pod), Serving::NotServing(why)) = (new_pod, state)
         && pod.failure.is_some()
     {
@@ -416,7 +514,10 @@ fn continue_restart(
     if new_pod.is_some_and(|p| p.ready) {
         match &node.probe {
             Some(ProbeOutcome::Count(_) | ProbeOutcome::NoProbe) => {
-                events.push(NodeEvent::Restarted { node: node.name.into(), revision: want });
+                events.push(match status.moving_off.clone() {
+                    Some(kube_node) => NodeEvent::Moved { node: node.name.into(), kube_node },
+                    None => NodeEvent::Restarted { node: node.name.into(), revision: want },
+                });
                 status.restart_started_at = None;
                 let stay_out = node.drain_requested || node.leaving;
                 clear_drain(status);
@@ -446,6 +547,9 @@ fn continue_restart(
                     Some(format!("restarted with revision {want}: ready; waiting for its session probe"));
             }
         }
+    } else if let Some(kube_node) = &status.moving_off {
+        status.message =
+            Some(format!("moving off node {kube_node} for maintenance: waiting for the new pod to be ready"));
     } else {
         status.message =
             Some(format!("restarting with revision {want}: waiting for the new pod to be ready"));
@@ -522,6 +626,9 @@ fn start_drain(
         status.drain_reason = Some(reason);
         status.drain_started_at = Some(Time(now));
         status.message = Some(format!("drained at once: {why}"));
+        if reason == DrainReason::Maintenance {
+            status.moving_off = node.maintenance.map(str::to_string);
+        }
         events.push(NodeEvent::DrainCompleted { node: node.name.into() });
         return;
     }
@@ -550,6 +657,14 @@ fn start_drain(
     status.next_probe_at = Some(Time(now));
     status.message = Some("draining: no new sessions; waiting for open sessions to end".into());
     events.push(NodeEvent::DrainStarted { node: node.name.into(), deadline, reason });
+    if let (DrainReason::Maintenance, Some(kube_node)) = (reason, node.maintenance) {
+        status.moving_off = Some(kube_node.into());
+        status.message = Some(format!(
+            "moving off node {kube_node} for maintenance: draining, no new sessions; waiting for open \
+             sessions to end"
+        ));
+        events.push(NodeEvent::MovingOff { node: node.name.into(), kube_node: kube_node.into() });
+    }
 }
 
 fn continue_drain(
@@ -709,6 +824,8 @@ fn clear_drain(status: &mut NodeStatus) {
     status.sessions = None;
     status.sessions_observed_at = None;
     status.probe_sample = None;
+    status.moving_off = None;
+    status.replaced_pod = None;
 }
 
 /// Nodes asked to drain that still serve after a step: their drain was refused (the only way

@@ -42,6 +42,11 @@ enum Command {
         /// get and patch on that CRD; refused is logged, not fatal).
         #[arg(long, env = "OMERO_OPERATOR_APPLY_CRD", default_value_t = false)]
         apply_crd: bool,
+        /// Watch Kubernetes Nodes (needs cluster-scoped get/list/watch on nodes) and move OMERO
+        /// nodes off cordoned ones, drained first. Off: PodDisruptionBudgets still make
+        /// `kubectl drain` wait, but nothing drains by itself.
+        #[arg(long, env = "OMERO_OPERATOR_WATCH_NODES", default_value_t = false)]
+        watch_nodes: bool,
         /// Namespace of the leader election Lease (default: the pod's namespace, else the
         /// kubeconfig's).
         #[arg(long, env = "OMERO_OPERATOR_LEASE_NAMESPACE")]
@@ -76,11 +81,13 @@ fn main() -> ExitCode {
             log_format,
             http_address,
             apply_crd,
+            watch_nodes,
             lease_namespace,
             lease_name,
         } => {
             telemetry::init(&log_level, log_format);
-            let options = RunOptions { namespace, concurrency, max_api_requests, http_address, apply_crd };
+            let options =
+                RunOptions { namespace, concurrency, max_api_requests, http_address, apply_crd, watch_nodes };
             run(options, LeaseOptions { namespace: lease_namespace, name: lease_name })
         }
         Command::Crd => {
@@ -200,6 +207,8 @@ fn render_file(path: &PathBuf, namespace: Option<&str>) -> ExitCode {
             continue;
         }
         let desired = render::render(&cluster);
+        // Each node's PodDisruptionBudget as while it serves (no status offline): no eviction.
+        let budgets = render::budget::budgets(&cluster, &[]);
         // The counter's ConfigMap first, as the operator applies it before the Deployments.
         for yaml in desired
             .config_maps
@@ -207,6 +216,7 @@ fn render_file(path: &PathBuf, namespace: Option<&str>) -> ExitCode {
             .map(serde_saphyr::to_string)
             .chain(desired.deployments.iter().map(serde_saphyr::to_string))
             .chain(desired.services.iter().map(serde_saphyr::to_string))
+            .chain(budgets.iter().map(serde_saphyr::to_string))
         {
             out.push_str("---\n");
             out.push_str(&yaml.expect("Kubernetes objects serialise"));

@@ -379,6 +379,7 @@ fn drain_reason(reason: DrainReason) -> &'static str {
         DrainReason::Requested => "Requested",
         DrainReason::Rollout => "Rollout",
         DrainReason::Removal => "Removal",
+        DrainReason::Maintenance => "Maintenance",
     }
 }
 

@@ -15,7 +15,8 @@
 //!   (`KubePort::set_routable`), kube's event Recorder folding repeats into a series.
 //! - `update`: the status subresource, replaced with a `resourceVersion` precondition.
 //! - `create`: kube's event Recorder; kube-lease-manager creating the Lease the first time.
-//! - `delete`: `KubePort::delete_child` (a node removed from the spec, once drained).
+//! - `delete`: `KubePort::delete_child` (a node removed from the spec, once drained),
+//!   `KubePort::delete_pod` (a drained node moving off a cordoned Kubernetes node).
 
 /// Where a rule applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -105,11 +106,21 @@ pub const RULES: &[Rule] = &[
     Rule {
         group: "",
         resource: "pods",
-        verbs: &["list", "watch", "patch"],
+        verbs: &["list", "watch", "patch", "delete"],
         resource_names: &[],
         scope: Scope::Watched,
         when: Always,
-        why: "the nodes' pods, watched into a cache; the routable label is patched on the pod itself (drains)",
+        why: "the nodes' pods, watched into a cache; the routable label is patched on the pod itself (drains); \
+              a drained node's pod is deleted (uid precondition) to move it off a cordoned Kubernetes node",
+    },
+    Rule {
+        group: "policy",
+        resource: "poddisruptionbudgets",
+        verbs: &["get", "list", "watch", "patch", "delete"],
+        resource_names: &[],
+        scope: Scope::Watched,
+        when: Always,
+        why: "one PodDisruptionBudget per node (evictions wait while it serves): as for services",
     },
     Rule {
         group: "",
@@ -150,7 +161,21 @@ pub const RULES: &[Rule] = &[
         why: "the operator applies its own CRD at start (helm never upgrades crds/): reads its version, applies \
               it when older; this CRD only",
     },
+    Rule {
+        group: "",
+        resource: "nodes",
+        verbs: &["get", "list", "watch"],
+        resource_names: &[],
+        scope: Scope::Cluster,
+        when: When::Value(WATCH_NODES),
+        why: "Kubernetes Nodes watched into a cache (--watch-nodes): a cordoned Node moves the OMERO nodes on it; \
+              read only",
+    },
 ];
+
+/// The chart value that switches the Node watch. Its default (null) is resolved by the chart:
+/// on when the operator watches every namespace, off when it watches one.
+pub const WATCH_NODES: &str = "maintenance.watchNodes";
 
 use When::Always;
 

@@ -153,6 +153,11 @@ fn values(option_set: Option<&str>) -> Value {
 /// in `values.yaml` is a mistake in `src/rbac.rs` or the chart.
 fn switch(values: &Value, path: &str) -> bool {
     let value = path.split('.').fold(values, |v, key| &v[key]);
+    // The one value whose default the chart resolves: the Node watch is on by default when the
+    // operator watches every namespace, off when it watches one.
+    if path == rbac::WATCH_NODES && value.is_null() {
+        return values["watchNamespace"].as_str().is_none_or(str::is_empty);
+    }
     value.as_bool().unwrap_or_else(|| {
         panic!("src/rbac.rs switches a rule by chart value {path}, which is not a boolean in values.yaml")
     })
@@ -347,13 +352,41 @@ fn watching_one_namespace_grants_a_role_there_and_nothing_namespaced_cluster_wid
     let container = &one(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
     let env = container["env"].as_array().unwrap();
     assert!(env.iter().any(|e| e["name"] == "OMERO_OPERATOR_NAMESPACE" && e["value"] == "omero"));
+    // Namespaced: no Node watch unless asked for.
+    assert!(env.iter().any(|e| e["name"] == "OMERO_OPERATOR_WATCH_NODES" && e["value"] == "false"));
 }
 
 #[test]
-fn without_crd_apply_the_operator_holds_nothing_cluster_scoped() {
+fn the_node_watch_is_on_cluster_wide_off_namespaced_and_can_be_switched() {
+    let watch_nodes = |docs: &[Value]| {
+        let container = &one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+        let env = container["env"].as_array().unwrap().clone();
+        let value = env.iter().find(|e| e["name"] == "OMERO_OPERATOR_WATCH_NODES").unwrap()["value"].clone();
+        let reads_nodes = docs
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRole")
+            .any(|role| role["rules"].as_array().unwrap().iter().any(|r| r["resources"][0] == "nodes"));
+        (value, reads_nodes)
+    };
+    assert_eq!(watch_nodes(&rendered(None)), (Value::from("true"), true));
+    let namespaced = Some("charts/omero-operator/ci/namespaced-values.yaml");
+    assert_eq!(watch_nodes(&rendered(namespaced)), (Value::from("false"), false));
+    let docs = rendered(Some("charts/omero-operator/ci/namespaced-watch-nodes-values.yaml"));
+    assert_rbac(&docs, Some("charts/omero-operator/ci/namespaced-watch-nodes-values.yaml"));
+    assert_eq!(watch_nodes(&docs), (Value::from("true"), true));
+    let off = template(None, &["maintenance.watchNodes=false"]).unwrap();
+    assert_eq!(watch_nodes(&off), (Value::from("false"), false));
+}
+
+#[test]
+fn without_crd_apply_the_operator_holds_nothing_cluster_scoped_but_reading_nodes() {
     let docs = rendered(Some("charts/omero-operator/ci/no-crd-apply-values.yaml"));
     assert_rbac(&docs, Some("charts/omero-operator/ci/no-crd-apply-values.yaml"));
-    assert!(find(&docs, "ClusterRole", "omero-operator-cluster").is_none());
+    // Cluster-wide, the only cluster-scoped rule left is the Node watch's (on by default there).
+    let cluster = find(&docs, "ClusterRole", "omero-operator-cluster").expect("the Node watch's ClusterRole");
+    let resources: Vec<&Value> =
+        cluster["rules"].as_array().unwrap().iter().map(|r| &r["resources"]).collect();
+    assert_eq!(resources, [&serde_json::json!(["nodes"])]);
     let docs = rendered(Some("charts/omero-operator/ci/namespaced-no-crd-apply-values.yaml"));
     assert_rbac(&docs, Some("charts/omero-operator/ci/namespaced-no-crd-apply-values.yaml"));
     assert!(docs.iter().all(|d| d["kind"] != "ClusterRole" && d["kind"] != "ClusterRoleBinding"));

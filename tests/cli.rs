@@ -42,6 +42,14 @@ fn render_prints_every_object_of_an_example() {
         docs.iter().map(|d| (d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap())).collect();
     assert_eq!(kinds.iter().filter(|(k, _)| *k == "Deployment").count(), 3, "{kinds:?}");
     assert_eq!(kinds.iter().filter(|(k, _)| *k == "Service").count(), 4, "{kinds:?}");
+    let budgets: Vec<&serde_json::Value> =
+        docs.iter().filter(|d| d["kind"] == "PodDisruptionBudget").collect();
+    assert_eq!(budgets.len(), 3, "one per node: {kinds:?}");
+    for budget in budgets {
+        assert_eq!(budget["apiVersion"], "policy/v1");
+        assert_eq!(budget["spec"]["maxUnavailable"], 0, "as while the node serves");
+        assert_eq!(budget["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
+    }
     assert!(!text.contains("ownerReferences"), "offline objects have no owner (no uid to point at)");
 }
 
@@ -58,7 +66,11 @@ fn render_puts_clusters_without_a_namespace_in_the_one_asked_for() {
     let out = run(&["render", "-f", file.to_str().unwrap(), "-n", "imaging"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert_eq!(text.matches("\n  namespace: imaging\n").count(), 3, "Deployment and two Services: {text}");
+    assert_eq!(
+        text.matches("\n  namespace: imaging\n").count(),
+        4,
+        "Deployment, two Services and the PodDisruptionBudget: {text}"
+    );
 }
 
 #[test]

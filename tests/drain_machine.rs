@@ -119,6 +119,8 @@ struct Cluster {
     serving_interval: Option<Duration>,
     /// Nodes whose drain is forced (`drain-force` naming them).
     forced: BTreeSet<String>,
+    /// Nodes the maintenance planner moves, with the Kubernetes node they leave.
+    moving: BTreeMap<String, String>,
     now: Timestamp,
 }
 
@@ -144,6 +146,7 @@ impl Cluster {
             interval: INTERVAL,
             serving_interval: None,
             forced: BTreeSet::new(),
+            moving: BTreeMap::new(),
             now: at(0),
         }
     }
@@ -216,6 +219,7 @@ impl Cluster {
                 selected: self.selected.contains(name),
                 leaving: false,
                 force: self.forced.contains(name),
+                maintenance: self.moving.get(name).map(String::as_str),
             })
             .collect();
         let decisions = step(&inputs, &self.policy, self.now);
@@ -1463,6 +1467,7 @@ fn the_same_exporter_sample_is_not_a_newer_serving_count() {
             selected: false,
             leaving: false,
             force: false,
+            maintenance: None,
         };
         let decision = step(std::slice::from_ref(&input), &cluster.policy, cluster.now).swap_remove(0);
         assert_eq!(decision.status.sessions_observed_at, time(observed), "at {t}s, sample {sample}");
@@ -2294,6 +2299,7 @@ fn run_scenario(scenario: &Scenario) -> Result<(), TestCaseError> {
                 selected: false,
                 leaving: false,
                 force: false,
+                maintenance: None,
             })
             .collect();
         let decisions = step(&inputs, &policy, now);
@@ -2665,8 +2671,15 @@ fn check_step(v: &StepView<'_>, decisions: &[Decision], models: &mut [Model]) ->
                 }
                 NodeEvent::Restarting { .. }
                 | NodeEvent::Restarted { .. }
-                | NodeEvent::RestartFailed { .. } => {
-                    prop_assert!(false, "nothing restarts without a rollout: {}", ctx(i));
+                | NodeEvent::RestartFailed { .. }
+                | NodeEvent::MovingOff { .. }
+                | NodeEvent::PodReplaced { .. }
+                | NodeEvent::Moved { .. } => {
+                    prop_assert!(
+                        false,
+                        "nothing restarts or moves without a rollout or maintenance: {}",
+                        ctx(i)
+                    );
                 }
             }
         }
@@ -2841,6 +2854,7 @@ fn run_rollout_scenario(scenario: &RolloutScenario) -> Result<(), TestCaseError>
                 selected: selected[i],
                 leaving: false,
                 force: false,
+                maintenance: None,
             })
             .collect();
         let decisions = step(&inputs, &policy, now);
@@ -3057,4 +3071,81 @@ fn the_redirect_targets_the_serving_master_else_the_first_serving_node() {
 
     let none_serving = [node_in("w1", NodePhase::Drained), node_in("main", NodePhase::Failed)];
     assert_eq!(redirect_target(&none_serving, "main"), None, "nowhere to steer to");
+}
+
+// --- maintenance moves ----------------------------------------------------------------------
+
+#[test]
+fn a_maintenance_move_drains_then_replaces_the_pod_and_serves_on_the_new_one() {
+    let mut c = Cluster::serving(&["main", "backup"]);
+    c.pod_mut("backup").as_mut().unwrap().kube_node = Some("k1".into());
+    let old_pod = c.pod_mut("backup").clone().unwrap().name;
+    c.moving.insert("backup".into(), "k1".into());
+    let d = c.step(&[]).swap_remove(1);
+    assert_eq!(d.status.phase, NodePhase::Draining);
+    assert_eq!(d.status.drain_reason, Some(DrainReason::Maintenance));
+    assert_eq!(d.status.moving_off.as_deref(), Some("k1"));
+    assert_eq!(d.set_routable, Some(false));
+    assert!(d.status.message.as_deref().unwrap().starts_with("moving off node k1 for maintenance"), "{d:?}");
+    assert!(d.events.contains(&NodeEvent::MovingOff { node: "backup".into(), kube_node: "k1".into() }));
+
+    // Two zero counts: drained, and in the same step the pod it replaces is recorded.
+    c.probe("backup", ProbeOutcome::Count(0));
+    c.advance(30);
+    let d = c.probe("backup", ProbeOutcome::Count(0));
+    assert_eq!(d.status.phase, NodePhase::Restarting);
+    assert_eq!(d.status.replaced_pod.as_deref(), Some(old_pod.as_str()));
+    assert_eq!(d.status.deployment_revision.as_deref(), Some(REVISION), "the same template");
+    assert!(
+        d.events.contains(&NodeEvent::PodReplaced {
+            node: "backup".into(),
+            kube_node: "k1".into(),
+            pod: old_pod.clone()
+        }),
+        "{:?}",
+        d.events
+    );
+
+    // The old pod, still there (a lagging cache), never counts as the new one, ready or not.
+    c.advance(5);
+    let d = c.step(&[]).swap_remove(1);
+    assert_eq!(d.status.phase, NodePhase::Restarting);
+    assert!(!c.due("backup"), "the replaced pod is never probed as the new one");
+    // The new pod, elsewhere: probed once ready, then serving.
+    *c.pod_mut("backup") = Some(new_pod("backup", "n2", REVISION, c.now, false));
+    c.advance(5);
+    let d = c.step(&[]).swap_remove(1);
+    assert!(d.status.message.as_deref().unwrap().contains("moving off node k1"), "{d:?}");
+    *c.pod_mut("backup") = Some(new_pod("backup", "n2", REVISION, c.now, true));
+    let d = c.probe("backup", ProbeOutcome::Count(0));
+    assert_eq!(d.status.phase, NodePhase::Serving);
+    assert_eq!(d.set_routable, Some(true));
+    assert_eq!((d.status.moving_off.clone(), d.status.replaced_pod.clone()), (None, None));
+    assert!(d.events.contains(&NodeEvent::Moved { node: "backup".into(), kube_node: "k1".into() }));
+}
+
+#[test]
+fn an_uncordon_cancels_a_draining_move_but_a_drained_one_moves() {
+    let mut c = Cluster::serving(&["main", "backup"]);
+    c.moving.insert("backup".into(), "k1".into());
+    c.step(&[]);
+    assert_eq!(c.status("backup").phase, NodePhase::Draining);
+    c.moving.clear();
+    let d = c.step(&[]).swap_remove(1);
+    assert_eq!(d.status.phase, NodePhase::Serving);
+    assert_eq!((d.status.drain_reason, d.status.moving_off.clone()), (None, None));
+    assert_eq!(d.set_routable, Some(true));
+    assert!(d.events.contains(&undrained("backup")));
+}
+
+#[test]
+fn a_maintenance_move_of_a_node_that_does_not_serve_is_drained_at_once() {
+    let mut c = Cluster::serving(&["main", "backup"]);
+    c.pod_mut("backup").as_mut().unwrap().running = false;
+    c.pod_mut("backup").as_mut().unwrap().ready = false;
+    c.moving.insert("backup".into(), "k1".into());
+    let d = c.step(&[]).swap_remove(1);
+    assert_eq!(d.status.phase, NodePhase::Restarting, "drained at once, then moved: {d:?}");
+    assert_eq!(d.status.moving_off.as_deref(), Some("k1"));
+    assert_eq!(d.status.replaced_pod, None, "its pod is not on k1 (unknown): nothing to delete");
 }

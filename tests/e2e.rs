@@ -647,3 +647,101 @@ async fn kubectl_omero_on_a_real_cluster() {
     namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
     k8s_nodes.delete(&node_name, &DeleteParams::default()).await.unwrap();
 }
+
+/// The per-node PodDisruptionBudget on a real API server: an eviction (what `kubectl drain`
+/// sends) of a serving node's pod is refused, and allowed once the node is drained. The suite
+/// plays kubelet (bound, Running, Ready): the API server ignores budgets for pods that are not
+/// running, so without that this would prove nothing. The budget's status comes from the
+/// cluster's disruption controller (kube-controller-manager, which the Deployments need too).
+#[tokio::test]
+async fn an_eviction_waits_for_the_drain_on_a_real_cluster() {
+    let Ok(path) = std::env::var(KUBECONFIG) else {
+        eprintln!("skipped: set {KUBECONFIG} to run the end-to-end suite");
+        return;
+    };
+    let client = client(&path).await;
+    let ssa = PatchParams::apply("omero-operator-e2e").force();
+    let (ns, operator) = start(&client, &path, "budget").await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let node_name = format!("omero-e2e-budget-{}", std::process::id());
+    let k8s_nodes: Api<Node> = Api::all(client.clone());
+    k8s_nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": node_name}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let kubelet = tokio::spawn(play_kubelet(client.clone(), ns.clone(), node_name.clone()));
+    let clusters: Api<OmeroCluster> = Api::namespaced(client.clone(), &ns);
+    let none = json!({"type": "none"});
+    let nodes = json!([
+        {"name": "rw", "sessionProbe": none},
+        {"name": "ro-1", "readOnly": {"db": true, "repo": true}, "sessionProbe": none}
+    ]);
+    let mut manifest = cluster_manifest(&ns, "openmicroscopy/omero-server:5.6", nodes);
+    manifest["spec"]["drain"] = json!({"timeout": "10s"});
+    clusters.patch("omero", &ssa, &Patch::Apply(manifest)).await.unwrap();
+
+    let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let serving = |node: &'static str| {
+        let clusters = clusters.clone();
+        async move {
+            let cluster = clusters.get("omero").await.ok()?;
+            let status = cluster.status?;
+            let n = status.node(node)?;
+            (n.phase == NodePhase::Serving && n.ready && n.routable).then(|| n.pod.clone()).flatten()
+        }
+    };
+    let pod = eventually(120, "ro-1 serving", || serving("ro-1")).await;
+    eventually(60, "ro-1's budget allows no disruption (disruption controller)", || async {
+        let budget = budgets.get("omero-ro-1").await.ok()?;
+        let spec = budget.spec?;
+        let status = budget.status?;
+        (spec.max_unavailable == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
+            && spec.unhealthy_pod_eviction_policy.as_deref() == Some("AlwaysAllow")
+            && status.observed_generation == budget.metadata.generation
+            && status.current_healthy == 1
+            && status.disruptions_allowed == 0)
+            .then_some(())
+    })
+    .await;
+    match pods.evict(&pod, &kube::api::EvictParams::default()).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 429, "refused by the budget: {e:?}"),
+        other => panic!("the eviction of a serving node's pod went through: {other:?}"),
+    }
+    assert!(pods.get(&pod).await.unwrap().metadata.deletion_timestamp.is_none(), "still there");
+
+    // Drained (on request; the probe is `none`, so at its 10 s deadline): the budget opens and
+    // the same eviction goes through.
+    clusters
+        .patch(
+            "omero",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {DRAIN_ANNOTATION: "ro-1"}}})),
+        )
+        .await
+        .unwrap();
+    eventually(90, "the eviction allowed once ro-1 is drained", || async {
+        pods.evict(&pod, &kube::api::EvictParams::default()).await.ok().map(drop)
+    })
+    .await;
+    let cluster = clusters.get("omero").await.unwrap();
+    let ro1 = cluster.status.as_ref().and_then(|s| s.node("ro-1")).cloned().unwrap();
+    assert!(matches!(ro1.phase, NodePhase::Drained | NodePhase::Pending | NodePhase::Starting), "{ro1:?}");
+    // The other node's budget stayed closed throughout.
+    let rw = budgets.get("omero-rw").await.unwrap();
+    assert_eq!(
+        rw.spec.unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
+    );
+
+    kubelet.abort();
+    assert_no_failed_create(&client, &ns).await;
+    operator.finish();
+    clusters.delete("omero", &DeleteParams::default()).await.unwrap();
+    namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
+    k8s_nodes.delete(&node_name, &DeleteParams::default()).await.unwrap();
+}

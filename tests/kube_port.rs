@@ -14,6 +14,7 @@ use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Pod, Service},
+    policy::v1::PodDisruptionBudget,
 };
 use kube::{
     Client,
@@ -187,6 +188,7 @@ impl ApiServer {
 struct Watches {
     deployments: Writer<Deployment>,
     services: Writer<Service>,
+    budgets: Writer<PodDisruptionBudget>,
     pods: Writer<Pod>,
 }
 
@@ -215,6 +217,7 @@ impl Watches {
         apply(&mut self.deployments, typed("deployments"));
         apply(&mut self.services, typed("services"));
         apply(&mut self.pods, typed("pods"));
+        apply(&mut self.budgets, typed("poddisruptionbudgets"));
     }
 }
 
@@ -232,8 +235,13 @@ fn setup_with_watches() -> (Shared, KubePort, OmeroCluster, Watches) {
     let (pods, pw) = reflector::store();
     // The ConfigMap cache stays empty here: its writer is dropped, as no test feeds it.
     let (config_maps, _) = reflector::store();
-    let port = KubePort::new(client(server.clone()), Caches { deployments, services, config_maps, pods });
-    (server, port, cluster, Watches { deployments: dw, services: sw, pods: pw })
+    // Nodes are not watched here (`--watch-nodes` off).
+    let (budgets, bw) = reflector::store();
+    let port = KubePort::new(
+        client(server.clone()),
+        Caches { deployments, services, config_maps, budgets, pods, nodes: None },
+    );
+    (server, port, cluster, Watches { deployments: dw, services: sw, budgets: bw, pods: pw })
 }
 
 fn seen(server: &Shared) -> Vec<Seen> {
@@ -441,10 +449,13 @@ async fn an_unchanged_reconcile_sends_no_write_request() {
     watches.sync(&server);
     reconcile(current(&server), ctx.clone()).await.unwrap();
     let first = seen(&server);
-    assert!(first.iter().filter(|r| r.is_write()).count() >= 7, "creates 3 Deployments and 4 Services");
+    assert!(
+        first.iter().filter(|r| r.is_write()).count() >= 10,
+        "creates 3 Deployments, 4 Services and 3 PodDisruptionBudgets"
+    );
     let lookups =
         first.iter().filter(|r| r.method == Method::GET && !r.query.contains("labelSelector")).count();
-    assert_eq!(lookups, 7, "each name is looked up before it is first created");
+    assert_eq!(lookups, 10, "each name is looked up before it is first created");
     // The pods come up, ready; the next reconcile labels them routable.
     for (node, ip) in [("rw", "10.0.0.1"), ("ro-1", "10.0.0.2"), ("ro-2", "10.0.0.3")] {
         let pod = json!({

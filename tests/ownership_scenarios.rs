@@ -355,3 +355,57 @@ async fn the_counters_config_map_goes_only_once_no_deployment_mounts_it() {
     assert!(!mounts(&fake), "the node got its new template");
     assert!(!fake.state().config_maps.contains_key("web-session-counter"), "then the ConfigMap went");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_foreign_budget_with_a_nodes_name_is_left_alone_reported_once_and_replaced_when_gone() {
+    let (fake, ctx) = setup(WEB);
+    let foreign = fake.seed_budget("web-main", &[("app.kubernetes.io/managed-by", "Helm")], None);
+
+    reconcile_once(&fake, &ctx).await.unwrap();
+    let writes = fake.take_writes();
+    assert!(!writes.contains(&Write::ApplyBudget("web-main".into())), "{writes:?}");
+    assert!(!writes.iter().any(|w| matches!(w, Write::Delete(ChildKind::PodDisruptionBudget, _))));
+    assert!(writes.contains(&Write::ApplyBudget("web-ro".into())), "the other node's budget: {writes:?}");
+    assert!(writes.contains(&Write::ApplyDeployment("web-main".into())), "the rest goes on");
+    assert_eq!(json(&fake.state().budgets["web-main"]), json(&foreign), "byte for byte unchanged");
+    let status = fake.status();
+    let problem = &status.object_problems[0];
+    assert_eq!((problem.kind.as_str(), problem.name.as_str()), ("PodDisruptionBudget", "web-main"));
+    assert_eq!(problem.reason, ObjectProblemReason::NotOwned);
+    assert!(
+        problem.message.contains("PodDisruptionBudget web-main already exists and belongs to an object created outside the operator (managed by Helm)"),
+        "{}",
+        problem.message
+    );
+    assert_eq!(fake.event_reasons().iter().filter(|r| *r == "ObjectNotOwned").count(), 1);
+
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert!(!fake.take_writes().contains(&Write::ApplyBudget("web-main".into())));
+    assert_eq!(fake.event_reasons().iter().filter(|r| *r == "ObjectNotOwned").count(), 1, "one Event");
+    assert_eq!(json(&fake.state().budgets["web-main"]), json(&foreign));
+
+    // Gone: the node's own budget is created next time, controlled by the cluster.
+    fake.state().budgets.remove("web-main");
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert!(fake.take_writes().contains(&Write::ApplyBudget("web-main".into())));
+    assert!(fake.status().object_problems.is_empty());
+    let owner = &fake.state().budgets["web-main"].metadata.owner_references.clone().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("OmeroCluster", "web"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_nodes_budget_goes_once_it_is_drained_and_a_foreign_one_never() {
+    let (fake, ctx) = setup(WEB);
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert!(fake.state().budgets.contains_key("web-ro"));
+    let foreign = fake.seed_budget("web-extra", &[(keys::CLUSTER_LABEL, "web")], None);
+    // `ro` leaves the spec; it never served (no pod), so it has nothing to protect.
+    fake.edit(|c| c.spec.nodes.retain(|n| n.name != "ro"));
+    fake.take_writes();
+    reconcile_once(&fake, &ctx).await.unwrap();
+    reconcile_once(&fake, &ctx).await.unwrap();
+    let writes = fake.take_writes();
+    assert!(writes.contains(&Write::Delete(ChildKind::PodDisruptionBudget, "web-ro".into())), "{writes:?}");
+    assert!(!fake.state().budgets.contains_key("web-ro"));
+    assert_eq!(json(&fake.state().budgets["web-extra"]), json(&foreign));
+}

@@ -109,7 +109,9 @@ async fn drive(
                 deployments: state.deployments.values().cloned().collect(),
                 services: state.services.values().cloned().collect(),
                 config_maps: state.config_maps.values().cloned().collect(),
+                budgets: state.budgets.values().cloned().collect(),
                 pods: state.pods.values().cloned().collect(),
+                kube_nodes: state.kube_nodes.as_ref().map(|n| n.values().cloned().collect()),
             };
             let lagging = earlier.replace(now.clone()).unwrap_or(now);
             state.cache = Some(lagging);

@@ -74,6 +74,12 @@ fn cluster() -> Value {
 }
 
 fn api_server(seen: Arc<Mutex<Seen>>) -> Client {
+    api_server_withholding(seen, None)
+}
+
+/// The scripted API server; the first LIST of the `withheld` kind is never answered (its
+/// watch cache never fills).
+fn api_server_withholding(seen: Arc<Mutex<Seen>>, withheld: Option<&'static str>) -> Client {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     tokio::spawn(async move {
         // Watches stay open: their responders are kept and never answered.
@@ -86,7 +92,7 @@ fn api_server(seen: Arc<Mutex<Seen>>) -> Client {
             let path = parts.uri.path().to_string();
             let query = parts.uri.query().unwrap_or_default().to_string();
             seen.lock().unwrap().requests.push((parts.method.clone(), path.clone(), query.clone()));
-            if query.contains("watch=true") {
+            if query.contains("watch=true") || withheld.is_some_and(|kind| path.ends_with(kind)) {
                 open_watches.push(respond);
                 continue;
             }
@@ -94,7 +100,13 @@ fn api_server(seen: Arc<Mutex<Seen>>) -> Client {
             let (status, reply) = match (&parts.method, segments.last().copied().unwrap_or_default()) {
                 (
                     &Method::GET,
-                    kind @ ("omeroclusters" | "deployments" | "services" | "configmaps" | "pods"),
+                    kind @ ("omeroclusters"
+                    | "deployments"
+                    | "services"
+                    | "configmaps"
+                    | "pods"
+                    | "poddisruptionbudgets"
+                    | "nodes"),
                 ) => {
                     let items = if kind == "omeroclusters" { vec![cluster()] } else { Vec::new() };
                     (
@@ -162,6 +174,7 @@ async fn a_standby_is_ready_and_writes_nothing_the_leader_reconciles_and_a_lost_
         max_api_requests: 8,
         http_address: format!("127.0.0.1:{port}"),
         apply_crd: false,
+        watch_nodes: true,
     };
     let omero = omero_operator::omero::Client::default();
     let operator = tokio::spawn(run(client, lease, omero, options));
@@ -177,6 +190,13 @@ async fn a_standby_is_ready_and_writes_nothing_the_leader_reconciles_and_a_lost_
         let watching =
             |kind: &str| seen.requests.iter().any(|(_, p, q)| p.ends_with(kind) && q.contains("watch=true"));
         assert!(watching("deployments") && watching("services") && watching("pods"), "{:?}", seen.requests);
+        // The budgets in the watched namespace, and (--watch-nodes) every Node, cluster-scoped.
+        assert!(watching("poddisruptionbudgets"), "{:?}", seen.requests);
+        assert!(
+            seen.requests.iter().any(|(_, p, q)| p == "/api/v1/nodes" && q.contains("watch=true")),
+            "{:?}",
+            seen.requests
+        );
         assert!(!watching("omeroclusters"), "the controller runs on a standby");
     }
     let (_, metrics) = get(port, "/metrics").await.unwrap();
@@ -207,4 +227,42 @@ async fn a_standby_is_ready_and_writes_nothing_the_leader_reconciles_and_a_lost_
     let count = seen.lock().unwrap().writes().len();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(seen.lock().unwrap().writes().len(), count, "written after the lease was lost");
+}
+
+/// With `--watch-nodes`, `/readyz` waits for the Node cache too: a Node LIST that never
+/// answers keeps the replica unready, though every other cache is filled.
+#[tokio::test]
+async fn with_the_node_watch_readyz_waits_for_the_node_cache() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let client = api_server_withholding(seen.clone(), Some("/api/v1/nodes"));
+    let (_grant, granted) = watch::channel(false);
+    let lease = GrantedLease { granted, reported: Mutex::new(false) };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let options = RunOptions {
+        namespace: Some(NS.into()),
+        concurrency: 2,
+        max_api_requests: 8,
+        http_address: format!("127.0.0.1:{port}"),
+        apply_crd: false,
+        watch_nodes: true,
+    };
+    let operator = tokio::spawn(run(client, lease, omero_operator::omero::Client::default(), options));
+    assert_eq!(eventually("/healthz", async || get(port, "/healthz").await).await.0, 200);
+    // Every namespaced cache has listed; the Nodes have been asked for and never answered.
+    eventually("the other caches listed and the Nodes asked for", async || {
+        let seen = seen.lock().unwrap();
+        let listed = |kind: &str| {
+            seen.requests
+                .iter()
+                .any(|(m, p, q)| m == Method::GET && p.ends_with(kind) && !q.contains("watch=true"))
+        };
+        (["deployments", "services", "configmaps", "pods", "poddisruptionbudgets", "nodes"]
+            .iter()
+            .all(|k| listed(k)))
+        .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(port, "/readyz").await.unwrap().0, 503, "ready without the Node cache");
+    operator.abort();
 }

@@ -862,3 +862,19 @@ fn a_sidecar_that_breaks_the_restricted_pod_security_standard_is_refused_by_fiel
         &["host ports are not allowed"],
     );
 }
+
+#[test]
+fn maintenance_taint_keys_must_be_taint_keys() {
+    assert_valid("spec: {maintenance: {taintKeys: [example.com/maintenance, upgrade]}}");
+    assert_error(
+        "spec: {maintenance: {taintKeys: [example.com/maintenance, 'bad key!']}}",
+        "spec.maintenance.taintKeys[1]",
+        &["'bad key!'", "e.g. example.com/maintenance"],
+    );
+    assert_error(
+        "spec: {maintenance: {taintKeys: ['']}}",
+        "spec.maintenance.taintKeys[0]",
+        &["not a taint key"],
+    );
+    assert_error("spec: {maintenance: {taintKeys: [Example.com/x]}}", "spec.maintenance.taintKeys[0]", &[]);
+}

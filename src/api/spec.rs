@@ -98,6 +98,23 @@ pub struct OmeroClusterSpec {
     /// counter` (or `defaultFor: all`). Not offered in grid topology.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_counter: Option<SessionCounterSpec>,
+    /// Kubernetes node maintenance: which taints, besides a cordon, make the operator move
+    /// OMERO nodes off a Kubernetes node (needs the operator's `--watch-nodes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceSpec>,
+}
+
+/// Kubernetes node maintenance. A cordoned Kubernetes node (`spec.unschedulable`, which
+/// `kubectl drain` sets first) always makes the operator drain the OMERO nodes on it and move
+/// them elsewhere; so does a `NoSchedule` taint whose key is listed here.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceSpec {
+    /// Keys of `NoSchedule` taints that mean "moving off for maintenance", e.g.
+    /// `example.com/maintenance`. `NoExecute` taints are not listed: Kubernetes evicts pods at
+    /// once for those, bypassing PodDisruptionBudgets and the operator's drain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taint_keys: Vec<String>,
 }
 
 /// The built-in session counter (`sessionProbe.type: counter`).
@@ -512,8 +529,9 @@ pub struct DrainSpec {
     /// sessions end or the drain is forced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_deadline: Option<OnDeadline>,
-    /// How many nodes may be out of service at once for rollouts and restarts (default 1);
-    /// nodes drained on request, starting or failed count too.
+    /// How many nodes may be out of service at once for rollouts, restarts and moves off
+    /// Kubernetes nodes under maintenance (default 1); nodes drained on request, starting or
+    /// failed count too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_unavailable: Option<u32>,
@@ -584,6 +602,11 @@ impl OmeroClusterSpec {
 
     pub fn ready_timeout(&self) -> Duration {
         self.drain.as_ref().and_then(|d| d.ready_timeout).unwrap_or(DEFAULT_READY_TIMEOUT)
+    }
+
+    /// The `NoSchedule` taint keys that mean maintenance.
+    pub fn maintenance_taint_keys(&self) -> &[String] {
+        self.maintenance.as_ref().map_or(&[], |m| m.taint_keys.as_slice())
     }
 
     pub fn max_unavailable(&self) -> u32 {

@@ -114,6 +114,9 @@ pub enum DrainReason {
     Rollout,
     /// It left the spec; its objects are deleted once it is drained.
     Removal,
+    /// The Kubernetes node its pod runs on is cordoned (or carries a maintenance taint): once
+    /// drained, its pod is deleted so the Deployment's new pod is scheduled elsewhere.
+    Maintenance,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
@@ -217,6 +220,14 @@ pub struct NodeStatus {
     /// The node left the spec and is drained, then deleted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,
+    /// The Kubernetes node this node is moving off for maintenance (drain reason
+    /// `Maintenance`), recorded when the drain starts and kept until the new pod serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving_off: Option<String>,
+    /// The pod the operator deletes to move the node (recorded before it is deleted), so the
+    /// new pod is told from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_pod: Option<String>,
     /// Human-readable state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

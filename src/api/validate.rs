@@ -98,6 +98,18 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
         check_session_counter(&mut errors, counter, spec);
     }
 
+    for (i, key) in spec.maintenance_taint_keys().iter().enumerate() {
+        if !is_taint_key(key) {
+            errors.push(
+                format!("spec.maintenance.taintKeys[{i}]"),
+                format!(
+                    "'{key}' is not a taint key: use [prefix/]name, the name 1-63 letters, digits, '-', '_' \
+                     or '.', e.g. example.com/maintenance"
+                ),
+            );
+        }
+    }
+
     if let Some(drain) = &spec.drain {
         if drain.timeout.is_some_and(|d| d.is_zero()) {
             errors.push("spec.drain.timeout", "must be a positive duration, e.g. 1h");
@@ -477,4 +489,26 @@ impl Errors {
     fn finish(self) -> Result<(), Vec<ValidationError>> {
         if self.0.is_empty() { Ok(()) } else { Err(self.0) }
     }
+}
+
+/// A Kubernetes taint key: an optional DNS subdomain prefix and `/`, then a name of 1-63
+/// letters, digits, `-`, `_`, `.` that starts and ends with a letter or digit.
+fn is_taint_key(key: &str) -> bool {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let edge_ok = |s: &str| {
+        s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
+    };
+    let name_ok = (1..=63).contains(&name.len())
+        && edge_ok(name)
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let prefix_ok = prefix.is_none_or(|p| {
+        (1..=253).contains(&p.len())
+            && edge_ok(p)
+            && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'))
+    });
+    name_ok && prefix_ok
 }

@@ -8,6 +8,7 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         core::v1::{ConfigMap, Service},
+        policy::v1::PodDisruptionBudget,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -72,6 +73,12 @@ impl Child for ConfigMap {
              and the operator creates it anew"
                 .into()
         })
+    }
+}
+
+impl Child for PodDisruptionBudget {
+    fn immutable_change(_desired: &Self, _existing: &Self) -> Option<String> {
+        None // policy/v1 budgets may change every field the operator sets
     }
 }
 

@@ -4,7 +4,8 @@
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{ConfigMap, ObjectReference, Pod, Secret, Service},
+        core::v1::{ConfigMap, Node, ObjectReference, Pod, Secret, Service},
+        policy::v1::PodDisruptionBudget,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -35,7 +36,10 @@ pub struct Caches {
     pub deployments: Store<Deployment>,
     pub services: Store<Service>,
     pub config_maps: Store<ConfigMap>,
+    pub budgets: Store<PodDisruptionBudget>,
     pub pods: Store<Pod>,
+    /// Kubernetes Nodes (metadata and spec), when the operator watches them (`--watch-nodes`).
+    pub nodes: Option<Store<Node>>,
 }
 
 #[derive(Clone)]
@@ -69,7 +73,11 @@ fn related_reference(cluster: &OmeroCluster, related: &Related) -> ObjectReferen
     let (api_version, kind, name) = match related {
         Related::Node(node) => ("apps/v1", "Deployment", render::node_object_name(&cluster.name_any(), node)),
         Related::Object { kind, name } => {
-            let api_version = if kind == "Deployment" { "apps/v1" } else { "v1" }; // Service, ConfigMap
+            let api_version = match kind.as_str() {
+                "Deployment" => "apps/v1",
+                "PodDisruptionBudget" => "policy/v1",
+                _ => "v1", // Service, ConfigMap
+            };
             (api_version, kind.as_str(), name.clone())
         }
     };
@@ -110,11 +118,24 @@ impl ClusterPort for KubePort {
     async fn children(&self, cluster: &OmeroCluster) -> Result<Children, Error> {
         let ns = namespace(cluster)?;
         let selector = render::cluster_selector(&cluster.name_any());
+        let pods = of_cluster(&self.caches.pods, &ns, &selector);
+        // Only the Nodes the cluster's pods are bound to, by name from the cache.
+        let kube_nodes = self.caches.nodes.as_ref().map(|nodes| {
+            let names: std::collections::BTreeSet<&str> =
+                pods.iter().filter_map(|p| p.spec.as_ref()?.node_name.as_deref()).collect();
+            names
+                .into_iter()
+                .filter_map(|name| nodes.get(&kube::runtime::reflector::ObjectRef::new(name)))
+                .map(|n| (*n).clone())
+                .collect()
+        });
         Ok(Children {
             deployments: of_cluster(&self.caches.deployments, &ns, &selector),
             services: of_cluster(&self.caches.services, &ns, &selector),
             config_maps: of_cluster(&self.caches.config_maps, &ns, &selector),
-            pods: of_cluster(&self.caches.pods, &ns, &selector),
+            budgets: of_cluster(&self.caches.budgets, &ns, &selector),
+            pods,
+            kube_nodes,
         })
     }
 
@@ -127,6 +148,9 @@ impl ClusterPort for KubePort {
             ChildKind::Service => self.api::<Service>(ns).get_metadata_opt(name).await?.map(|p| p.metadata),
             ChildKind::ConfigMap => {
                 self.api::<ConfigMap>(ns).get_metadata_opt(name).await?.map(|p| p.metadata)
+            }
+            ChildKind::PodDisruptionBudget => {
+                self.api::<PodDisruptionBudget>(ns).get_metadata_opt(name).await?.map(|p| p.metadata)
             }
         })
     }
@@ -149,6 +173,12 @@ impl ClusterPort for KubePort {
                 let body = ConfigMap { metadata: with_uid(&c.metadata), ..c.clone() };
                 self.api::<ConfigMap>(ns).patch(&name, &Self::apply_params(), &Patch::Apply(body)).await?;
             }
+            Child::PodDisruptionBudget(b) => {
+                let body = PodDisruptionBudget { metadata: with_uid(&b.metadata), ..b.clone() };
+                self.api::<PodDisruptionBudget>(ns)
+                    .patch(&name, &Self::apply_params(), &Patch::Apply(body))
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -162,10 +192,27 @@ impl ClusterPort for KubePort {
             ChildKind::Deployment => self.api::<Deployment>(ns).delete(name, &params).await.map(drop),
             ChildKind::Service => self.api::<Service>(ns).delete(name, &params).await.map(drop),
             ChildKind::ConfigMap => self.api::<ConfigMap>(ns).delete(name, &params).await.map(drop),
+            ChildKind::PodDisruptionBudget => {
+                self.api::<PodDisruptionBudget>(ns).delete(name, &params).await.map(drop)
+            }
         };
         match result {
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             other => Ok(other?),
+        }
+    }
+
+    async fn delete_pod(&self, ns: &str, pod: &str, uid: &str) -> Result<(), Error> {
+        // A delete, not an eviction: the node is drained, and its own budget is what keeps
+        // `kubectl drain` waiting until then. The uid precondition spares a pod of the same
+        // name created meanwhile.
+        let params = DeleteParams {
+            preconditions: Some(Preconditions { uid: Some(uid.into()), resource_version: None }),
+            ..DeleteParams::default()
+        };
+        match self.api::<Pod>(ns).delete(pod, &params).await {
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+            other => other.map(drop).map_err(Into::into),
         }
     }
 

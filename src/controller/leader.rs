@@ -209,6 +209,11 @@ impl<P: ClusterPort> ClusterPort for LeaderOnly<P> {
         self.inner.delete_child(ns, kind, name, uid).await
     }
 
+    async fn delete_pod(&self, ns: &str, pod: &str, uid: &str) -> Result<(), Error> {
+        self.check()?;
+        self.inner.delete_pod(ns, pod, uid).await
+    }
+
     async fn set_routable(&self, ns: &str, pod: &str, routable: bool) -> Result<(), Error> {
         self.check()?;
         self.inner.set_routable(ns, pod, routable).await

@@ -27,7 +27,8 @@ use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{ConfigMap, Pod, Service},
+        core::v1::{ConfigMap, Node, Pod, Service},
+        policy::v1::PodDisruptionBudget,
     },
     jiff::Timestamp,
 };
@@ -153,6 +154,9 @@ pub struct RunOptions {
     pub http_address: String,
     /// Apply the operator's own CRD at start (see `crd`).
     pub apply_crd: bool,
+    /// Watch Kubernetes Nodes (cluster-scoped read access) to move OMERO nodes off cordoned
+    /// ones. Without it the budgets still block evictions, but nothing drains by itself.
+    pub watch_nodes: bool,
 }
 
 /// Runs the operator until SIGTERM or SIGINT: the HTTP endpoints at once, then the watches
@@ -185,14 +189,16 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
     };
     let clusters = api(&client);
     clusters.list(&ListParams::default().limit(1)).await.map_err(Error::CrdMissing)?;
-    let (deployments, services, config_maps, pods) = match &options.namespace {
+    let (deployments, services, config_maps, pods, budgets) = match &options.namespace {
         Some(ns) => (
             Api::<Deployment>::namespaced(client.clone(), ns),
             Api::<Service>::namespaced(client.clone(), ns),
             Api::<ConfigMap>::namespaced(client.clone(), ns),
             Api::<Pod>::namespaced(client.clone(), ns),
+            Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
         ),
         None => (
+            Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client.clone()),
@@ -209,15 +215,31 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
     // Only ConfigMaps with the operator's label: the session counter's script, one per cluster.
     let (config_map_cache, config_map_events, config_map_watch) =
         shared_watch(config_maps, ours.clone(), |c| c.metadata.managed_fields = None);
+    let (budget_cache, budget_events, budget_watch) =
+        shared_watch(budgets, ours.clone(), |b| b.metadata.managed_fields = None);
     // Pods keep only what is read of their spec (`observe::slim_pod`).
     let (pod_cache, pod_events, pod_watch) = shared_watch(pods, ours, observe::slim_pod);
-    let watches =
-        tokio::spawn(futures::future::join4(deployment_watch, service_watch, config_map_watch, pod_watch));
+    let mut watches = vec![
+        tokio::spawn(async move {
+            futures::future::join4(deployment_watch, service_watch, config_map_watch, pod_watch).await;
+        }),
+        tokio::spawn(budget_watch),
+    ];
+    // Nodes: cluster-scoped, all of them (a pod may land on any), metadata and spec only.
+    let (node_cache, node_events) = if options.watch_nodes {
+        let (cache, events, watch) = node_watch(Api::<Node>::all(client.clone()));
+        watches.push(tokio::spawn(watch));
+        (Some(cache), Some(events))
+    } else {
+        (None, None)
+    };
     let caches = kube_port::Caches {
         deployments: deployment_cache,
         services: service_cache,
         config_maps: config_map_cache,
+        budgets: budget_cache,
         pods: pod_cache,
+        nodes: node_cache,
     };
     let leadership = Leadership::start(lease);
     let leading = leadership.watch();
@@ -227,6 +249,8 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
     let service_events = tokio::spawn(read_until_leading(service_events, leading.clone()));
     let config_map_events = tokio::spawn(read_until_leading(config_map_events, leading.clone()));
     let pod_events = tokio::spawn(read_until_leading(pod_events, leading.clone()));
+    let budget_events = tokio::spawn(read_until_leading(budget_events, leading.clone()));
+    let node_events = node_events.map(|events| tokio::spawn(read_until_leading(events, leading.clone())));
 
     info!("waiting for the watch caches to fill");
     for ready in [
@@ -234,8 +258,12 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
         caches.services.wait_until_ready().await,
         caches.config_maps.wait_until_ready().await,
         caches.pods.wait_until_ready().await,
+        caches.budgets.wait_until_ready().await,
     ] {
         ready.map_err(|e| Error::CacheClosed(e.to_string()))?;
+    }
+    if let Some(nodes) = &caches.nodes {
+        nodes.wait_until_ready().await.map_err(|e| Error::CacheClosed(e.to_string()))?;
     }
     endpoints.set_ready();
     info!("watch caches filled: ready; waiting for the leader lease");
@@ -243,12 +271,34 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
     let work_metrics = metrics.clone();
     let work = |shutdown: futures::future::Shared<_>| async move {
         let metrics = work_metrics;
-        let (Ok(deployment_events), Ok(service_events), Ok(config_map_events), Ok(pod_events)) =
-            (deployment_events.await, service_events.await, config_map_events.await, pod_events.await)
+        let (
+            Ok(deployment_events),
+            Ok(service_events),
+            Ok(config_map_events),
+            Ok(pod_events),
+            Ok(budget_events),
+        ) = (
+            deployment_events.await,
+            service_events.await,
+            config_map_events.await,
+            pod_events.await,
+            budget_events.await,
+        )
         else {
             warn!("a watch stream ended before the controller started");
             return;
         };
+        let node_events = match node_events {
+            Some(events) => match events.await {
+                Ok(events) => Some(events),
+                Err(_) => {
+                    warn!("the Node watch stream ended before the controller started");
+                    return;
+                }
+            },
+            None => None,
+        };
+        let pods_by_host = caches.pods.clone();
         let port = LeaderOnly::new(kube_port::KubePort::new(client.clone(), caches), leading.clone());
         let ctx = Arc::new(
             Context::new(port, LeaderOnly::new(omero, leading.clone()), Clock::system())
@@ -259,6 +309,7 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
             .owns_shared_stream(deployment_events)
             .owns_shared_stream(service_events)
             .owns_shared_stream(config_map_events)
+            .owns_shared_stream(budget_events)
             // Pods are owned by ReplicaSets, so map them to their cluster by label.
             .watches_shared_stream(pod_events, |pod| {
                 let cluster = pod.labels().get(keys::CLUSTER_LABEL).cloned();
@@ -267,6 +318,13 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
             })
             .with_config(controller::Config::default().concurrency(options.concurrency))
             .graceful_shutdown_on(shutdown);
+        // A Node whose cordon or taints changed: every cluster with a pod on it looks again.
+        let controller = match node_events {
+            Some(events) => controller.watches_shared_stream(maintenance_changes(events), move |node| {
+                clusters_on(&pods_by_host, &node.name_any())
+            }),
+            None => controller,
+        };
         let store = controller.store();
         controller
             .run(reconcile_and_reset::<LeaderOnly<kube_port::KubePort>, LeaderOnly<O>>, error_policy, ctx)
@@ -286,7 +344,9 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
             .await;
     };
     let term = lead(leadership.watch(), shutdown.clone(), work, &metrics).await;
-    watches.abort();
+    for watch in &watches {
+        watch.abort();
+    }
     leadership.resign().await;
     server.abort();
     info!(?term, "controller stopped");
@@ -376,6 +436,64 @@ where
         },
     );
     (cache, events, drive)
+}
+
+/// A watch of every Kubernetes Node, kept without status and managed fields (heartbeats and
+/// images are most of a Node and never read): its cache, its changes, and its driver.
+fn node_watch(
+    api: Api<Node>,
+) -> (
+    kube::runtime::reflector::Store<Node>,
+    impl futures::Stream<Item = Arc<Node>> + Send + 'static,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    use kube::runtime::{WatchStreamExt, reflector};
+    let (cache, writer) = reflector::store_shared(SHARED_BUFFER);
+    let events = writer.subscribe().expect("a shared store hands out subscribers");
+    let drive = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|node| {
+            node.managed_fields_mut().clear();
+            node.status = None;
+        })
+        .reflect_shared(writer)
+        .for_each(|event| async move {
+            if let Err(error) = event {
+                warn!(%error, "Node watch error; retrying with backoff");
+            }
+        });
+    (cache, events, drive)
+}
+
+/// Only the Node changes maintenance decides from (cordon, taints): a Node's other updates
+/// would reconcile every cluster on it for nothing.
+fn maintenance_changes(
+    events: impl futures::Stream<Item = Arc<Node>> + Send + 'static,
+) -> impl futures::Stream<Item = Arc<Node>> + Send + 'static {
+    let mut seen: HashMap<String, String> = HashMap::new();
+    events.filter(move |node| {
+        let spec = node.spec.as_ref();
+        let key =
+            serde_json::json!([spec.and_then(|s| s.unschedulable), spec.and_then(|s| s.taints.clone()),])
+                .to_string();
+        futures::future::ready(seen.insert(node.name_any(), key.clone()).as_ref() != Some(&key))
+    })
+}
+
+/// The clusters with a pod bound to the Kubernetes node `host`, from the pod cache.
+fn clusters_on(pods: &kube::runtime::reflector::Store<Pod>, host: &str) -> Vec<ObjectRef<OmeroCluster>> {
+    let mut clusters: Vec<ObjectRef<OmeroCluster>> = pods
+        .state()
+        .iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(host))
+        .filter_map(|p| {
+            let cluster = p.labels().get(keys::CLUSTER_LABEL)?;
+            Some(ObjectRef::new(cluster).within(p.namespace().as_deref().unwrap_or_default()))
+        })
+        .collect();
+    clusters.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    clusters.dedup();
+    clusters
 }
 
 /// `reconcile`, and on success forget the cluster's failure count.

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::{
+    core::v1::{ConfigMap, Pod, Service},
+    policy::v1::PodDisruptionBudget,
+};
 use kube::Resource;
 
 use super::{
@@ -122,6 +125,16 @@ impl NodeFacts<'_> {
         self.deployment.and_then(|d| render::revision_of(&d.metadata))
     }
 
+    /// What the maintenance planner needs: the rollout's view, where the pod runs, and the
+    /// Kubernetes node a recorded move is vacating.
+    pub fn placement(&self, view: &NodeView) -> crate::maintenance::Placement {
+        crate::maintenance::Placement {
+            view: view.clone(),
+            kube_node: self.pod.and_then(|p| p.kube_node.clone()),
+            moving_off: self.previous.and_then(|s| s.moving_off.clone()),
+        }
+    }
+
     /// What the planner needs, from the last status and this reconcile's pod.
     pub fn view(&self, cluster: &OmeroCluster) -> NodeView {
         let previous = self.previous.cloned().unwrap_or_default();
@@ -144,6 +157,11 @@ pub struct Writes<'a> {
     pub services: Vec<Write<'a, Service>>,
     /// The session counter's script: applied before the Deployments that mount it.
     pub config_maps: Vec<Write<'a, ConfigMap>>,
+    /// One PodDisruptionBudget per node, following its phase.
+    pub budgets: Vec<Write<'a, PodDisruptionBudget>>,
+    /// Pods to delete (name and uid, a precondition): drained nodes moving off a Kubernetes
+    /// node for maintenance.
+    pub pod_deletes: Vec<(String, String)>,
     /// Kind, name and uid (a precondition) of objects to delete.
     pub deletes: Vec<(ChildKind, String, String)>,
     /// Pod name and the routable label it gets.
@@ -155,6 +173,8 @@ impl Writes<'_> {
         self.deployments.is_empty()
             && self.services.is_empty()
             && self.config_maps.is_empty()
+            && self.budgets.is_empty()
+            && self.pod_deletes.is_empty()
             && self.deletes.is_empty()
             && self.labels.is_empty()
     }
@@ -176,6 +196,11 @@ impl Writes<'_> {
                     .iter()
                     .map(|w| ("ConfigMap", w.object.metadata.name.as_deref().unwrap_or_default())),
             )
+            .chain(
+                self.budgets
+                    .iter()
+                    .map(|w| ("PodDisruptionBudget", w.object.metadata.name.as_deref().unwrap_or_default())),
+            )
             .collect();
         old.iter().filter(move |p| {
             p.reason == ObjectProblemReason::Refused && tried.contains(&(p.kind.as_str(), p.name.as_str()))
@@ -187,10 +212,17 @@ impl Writes<'_> {
 /// nothing while paused; a node's Deployment only once its status released the revision; the
 /// objects of a node that left the spec only once it is drained; the label patches the
 /// lifecycle asked for; the session counter's ConfigMap once no Deployment mounts it.
+#[allow(clippy::too_many_arguments)]
 pub fn writes<'a>(
     (deployments, services, config_maps): (Plan<'a, Deployment>, Plan<'a, Service>, Plan<'a, ConfigMap>),
     existing: (&[Deployment], &[Service], &[ConfigMap]),
     desired: (&[Deployment], &[Service], &[ConfigMap]),
+    (budgets, existing_budgets, desired_budgets): (
+        Plan<'a, PodDisruptionBudget>,
+        &[PodDisruptionBudget],
+        &[PodDisruptionBudget],
+    ),
+    pods: &[Pod],
     owner_uid: Option<&str>,
     statuses: &[NodeStatus],
     labels: Vec<(String, bool)>,
@@ -201,15 +233,41 @@ pub fn writes<'a>(
     }
     let deletes = removable_orphans(existing.0, desired.0, ChildKind::Deployment, owner_uid, statuses)
         .chain(removable_orphans(existing.1, desired.1, ChildKind::Service, owner_uid, statuses))
+        .chain(removable_orphans(
+            existing_budgets,
+            desired_budgets,
+            ChildKind::PodDisruptionBudget,
+            owner_uid,
+            statuses,
+        ))
         .chain(unmounted_config_maps(existing.2, desired.2, existing.0, owner_uid))
         .collect();
     Writes {
         deployments: releasable(deployments.writes, statuses),
         services: services.writes,
         config_maps: config_maps.writes,
+        budgets: budgets.writes,
+        pod_deletes: replaced_pods(statuses, pods),
         deletes,
         labels,
     }
+}
+
+/// The pods that moving nodes recorded as replaced and that still exist, not yet terminating:
+/// deleted (again, idempotently) until they are gone.
+pub fn replaced_pods(statuses: &[NodeStatus], pods: &[Pod]) -> Vec<(String, String)> {
+    statuses
+        .iter()
+        .filter(|s| s.phase == NodePhase::Restarting)
+        .filter_map(|s| {
+            let name = s.replaced_pod.as_ref()?;
+            let pod = pods.iter().find(|p| p.metadata.name.as_ref() == Some(name))?;
+            if pod.metadata.deletion_timestamp.is_some() {
+                return None;
+            }
+            Some((name.clone(), pod.metadata.uid.clone()?))
+        })
+        .collect()
 }
 
 /// The cluster's own ConfigMaps no longer desired (no node runs the session counter) that no
@@ -335,6 +393,8 @@ mod tests {
                 plans(),
                 existing,
                 (&desired.deployments, &desired.services, &desired.config_maps),
+                (diff::plan(&[], &[], &BTreeMap::new(), uid.as_deref()).unwrap(), &[], &[]),
+                &[],
                 uid.as_deref(),
                 statuses,
                 vec![("omc-rw-pod".into(), true)],

@@ -160,6 +160,8 @@ pub fn observe_pod(pod: &Pod) -> PodObservation {
             restarts: c.restart_count,
             started: c.started == Some(true),
         }),
+        uid: pod.metadata.uid.clone(),
+        kube_node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
     }
 }
 

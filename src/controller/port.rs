@@ -7,7 +7,8 @@ use std::future::Future;
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{ConfigMap, Pod, Service},
+        core::v1::{ConfigMap, Node, Pod, Service},
+        policy::v1::PodDisruptionBudget,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -23,7 +24,11 @@ pub struct Children {
     pub deployments: Vec<Deployment>,
     pub services: Vec<Service>,
     pub config_maps: Vec<ConfigMap>,
+    pub budgets: Vec<PodDisruptionBudget>,
     pub pods: Vec<Pod>,
+    /// The Kubernetes Nodes the cluster's pods run on (metadata and spec), from the Node
+    /// cache; `None` when the operator does not watch Nodes (`--watch-nodes` off).
+    pub kube_nodes: Option<Vec<Node>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -31,6 +36,7 @@ pub enum ChildKind {
     Deployment,
     Service,
     ConfigMap,
+    PodDisruptionBudget,
 }
 
 impl ChildKind {
@@ -39,6 +45,7 @@ impl ChildKind {
             Self::Deployment => "Deployment",
             Self::Service => "Service",
             Self::ConfigMap => "ConfigMap",
+            Self::PodDisruptionBudget => "PodDisruptionBudget",
         }
     }
 }
@@ -49,6 +56,7 @@ pub enum Child<'a> {
     Deployment(&'a Deployment),
     Service(&'a Service),
     ConfigMap(&'a ConfigMap),
+    PodDisruptionBudget(&'a PodDisruptionBudget),
 }
 
 impl Child<'_> {
@@ -57,6 +65,7 @@ impl Child<'_> {
             Self::Deployment(_) => ChildKind::Deployment,
             Self::Service(_) => ChildKind::Service,
             Self::ConfigMap(_) => ChildKind::ConfigMap,
+            Self::PodDisruptionBudget(_) => ChildKind::PodDisruptionBudget,
         }
     }
 
@@ -65,6 +74,7 @@ impl Child<'_> {
             Self::Deployment(d) => &d.metadata,
             Self::Service(s) => &s.metadata,
             Self::ConfigMap(c) => &c.metadata,
+            Self::PodDisruptionBudget(b) => &b.metadata,
         };
         meta.name.as_deref().unwrap_or_default()
     }
@@ -137,6 +147,10 @@ pub trait ClusterPort: Send + Sync + 'static {
         name: &str,
         uid: &str,
     ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Deletes a node's pod only if it is still the one with `uid` (a precondition), so that
+    /// its Deployment's new pod is scheduled elsewhere (a maintenance move). A pod already
+    /// gone is no error.
+    fn delete_pod(&self, ns: &str, pod: &str, uid: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// Adds or removes `omero.openmicroscopy.org/routable=true` on the pod itself.
     fn set_routable(
         &self,

@@ -24,7 +24,7 @@ use crate::{
     Error,
     api::{self, OmeroCluster, RolloutStatus, SessionProbeKind},
     lifecycle::{self, NodeInput, PodObservation, Policy, ProbeOutcome},
-    ownership, render, request, rollout,
+    maintenance, ownership, render, request, rollout,
 };
 
 /// Reconcile at least this often, so drift is corrected even without watch events.
@@ -127,7 +127,13 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         allow_downtime: request.allow_downtime,
         paused: request.paused,
     };
-    let plan = rollout::plan(&views, &limits);
+    // Maintenance first: a node moving off a cordoned Kubernetes node takes its place in
+    // maxUnavailable before the rollout plans with what is left.
+    let hosts = maintenance::hosts(children.kube_nodes.as_deref(), cluster.spec.maintenance_taint_keys());
+    let placements: Vec<maintenance::Placement> =
+        facts.iter().zip(&views).map(|(f, view)| f.placement(view)).collect();
+    let moves = maintenance::plan(&placements, &hosts, &limits);
+    let plan = rollout::plan(&maintenance::with_moves(&views, &moves), &limits);
     let mut probes = BTreeMap::new();
     for fact in nodes::probes_due(&cluster, &facts, now) {
         let outcome = probe(&ctx, &cluster, &ns, fact.spec, fact.pod).await;
@@ -153,6 +159,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
             selected: plan.selected.contains(&f.name),
             leaving: f.spec.is_none(),
             force: request.force_nodes.contains(&f.name),
+            maintenance: moves.moves.get(&f.name).map(String::as_str),
         })
         .collect();
     let policy = Policy {
@@ -163,7 +170,21 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         paused: request.paused,
     };
     let decisions = lifecycle::step(&inputs, &policy, now);
-    let statuses: Vec<api::NodeStatus> = decisions.iter().map(|d| d.status.clone()).collect();
+    let mut statuses: Vec<api::NodeStatus> = decisions.iter().map(|d| d.status.clone()).collect();
+    let maintenance_events = status::maintenance_waits(&old, &mut statuses, &moves.waiting);
+    // Each node's budget follows the phase just decided: open once drained or not serving.
+    let desired_budgets = render::budget::budgets(&cluster, &statuses);
+    let found = find(
+        &ctx.port,
+        &ns,
+        ChildKind::PodDisruptionBudget,
+        diff::unseen(&desired_budgets, &children.budgets),
+    )
+    .await?;
+    let budgets =
+        diff::plan(&desired_budgets, &children.budgets, &found, uid.as_deref()).map_err(serialize)?;
+    let plan_problems: Vec<api::ObjectProblem> =
+        plan_problems.into_iter().chain(budgets.problems.iter().cloned()).collect();
 
     // The grid redirect keeps OMERO itself working, so it runs even while paused. It is
     // idempotent and re-asserted, so a stale read at worst re-asserts an older target once.
@@ -203,6 +224,8 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         (deployments, services, config_maps),
         (&children.deployments, &children.services, &children.config_maps),
         (&desired.deployments, &desired.services, &desired.config_maps),
+        (budgets, &children.budgets, &desired_budgets),
+        &children.pods,
         uid.as_deref(),
         &assessment.nodes,
         labels,
@@ -230,7 +253,8 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         .iter()
         .map(|w| (Child::ConfigMap(w.object), w.uid.as_deref()))
         .chain(writes.deployments.iter().map(|w| (Child::Deployment(w.object), w.uid.as_deref())))
-        .chain(writes.services.iter().map(|w| (Child::Service(w.object), w.uid.as_deref())));
+        .chain(writes.services.iter().map(|w| (Child::Service(w.object), w.uid.as_deref())))
+        .chain(writes.budgets.iter().map(|w| (Child::PodDisruptionBudget(w.object), w.uid.as_deref())));
     let mut refusals = Vec::new();
     for (child, child_uid) in children_written {
         info!(cluster = %name, kind = child.kind().as_str(), child = child.name(), "applying");
@@ -245,6 +269,10 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
     for (kind, child, child_uid) in &writes.deletes {
         info!(cluster = %name, ?kind, child, "deleting: its node left the spec and is drained");
         ctx.port.delete_child(&ns, *kind, child, child_uid).await?;
+    }
+    for (pod, pod_uid) in &writes.pod_deletes {
+        info!(cluster = %name, pod, "deleting the pod of a drained node: it moves off its Kubernetes node");
+        ctx.port.delete_pod(&ns, pod, pod_uid).await?;
     }
     for (pod, routable) in &writes.labels {
         info!(cluster = %name, pod, routable, "labelling pod");
@@ -266,6 +294,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         after
     };
     events.extend(decisions.iter().flat_map(|d| d.events.iter().map(status::node_event)));
+    events.extend(maintenance_events);
     events.extend(status::transition_events(&old, &next, &request.problems));
     ctx.metrics.observe_status(&ns, &name, &old, &next, now);
     publish(&ctx.port, &cluster, &events).await;

@@ -160,12 +160,20 @@ fn progress(nodes: &[NodeStatus], rollout: Option<&RolloutStatus>) -> Option<(&'
                     let why = match reason {
                         Some(DrainReason::Rollout) => "to restart it",
                         Some(DrainReason::Removal) => "to remove it",
+                        Some(DrainReason::Maintenance) => "to move it off its Kubernetes node",
                         _ => "as requested",
                     };
                     let sessions = n.sessions.map_or("count unknown".to_string(), |s| format!("{s} left"));
                     let deadline =
                         n.drain_deadline.as_ref().map_or(String::new(), |d| format!(", deadline {}", d.0));
                     format!("draining {} {why}: waiting for sessions: {sessions}{deadline}", n.name)
+                }
+                (NodePhase::Restarting, _) if n.moving_off.is_some() => {
+                    format!(
+                        "moving {}: {}",
+                        n.name,
+                        n.message.as_deref().unwrap_or("waiting for the new pod")
+                    )
                 }
                 (NodePhase::Restarting, _) => format!(
                     "restarting {}: {}",
@@ -348,7 +356,10 @@ pub fn node_event(e: &NodeEvent) -> Event {
         | NodeEvent::Undrained { node }
         | NodeEvent::Restarting { node, .. }
         | NodeEvent::Restarted { node, .. }
-        | NodeEvent::RestartFailed { node, .. } => node,
+        | NodeEvent::RestartFailed { node, .. }
+        | NodeEvent::MovingOff { node, .. }
+        | NodeEvent::PodReplaced { node, .. }
+        | NodeEvent::Moved { node, .. } => node,
     };
     node_event_text(e).about_node(node)
 }
@@ -360,6 +371,7 @@ fn node_event_text(e: &NodeEvent) -> Event {
                 DrainReason::Requested => "as requested",
                 DrainReason::Rollout => "to restart it with a new revision",
                 DrainReason::Removal => "before removing it (it left the spec)",
+                DrainReason::Maintenance => "to move it off its Kubernetes node for maintenance",
             };
             event(
                 EventType::Normal,
@@ -417,6 +429,30 @@ fn node_event_text(e: &NodeEvent) -> Event {
             "Restart",
             format!("node {node}: {reason}; the rollout stops until it is ready or the spec changes"),
         ),
+        NodeEvent::MovingOff { node, kube_node } => event(
+            EventType::Normal,
+            "MovingOffNode",
+            "Drain",
+            format!(
+                "node {node} is moving off node {kube_node} for maintenance: drained first, then its pod is \
+                 deleted and scheduled elsewhere"
+            ),
+        ),
+        NodeEvent::PodReplaced { node, kube_node, pod } => event(
+            EventType::Normal,
+            "PodReplaced",
+            "Move",
+            format!("node {node} is drained: deleting its pod {pod} on node {kube_node} (maintenance)"),
+        ),
+        NodeEvent::Moved { node, kube_node } => event(
+            EventType::Normal,
+            "NodeMoved",
+            "Move",
+            format!(
+                "node {node} moved off node {kube_node}: its new pod is ready, answers its session probe and \
+                 serves"
+            ),
+        ),
     }
 }
 
@@ -429,4 +465,30 @@ impl Event {
     fn about_node(self, node: &str) -> Self {
         Self { related: Some(Related::Node(node.into())), ..self }
     }
+}
+
+/// Shows each maintenance wait on the node's status (a serving node has no message of its own)
+/// and returns a Warning Event for each wait not shown already: which Kubernetes node waits on
+/// which OMERO node, and how to allow it.
+pub fn maintenance_waits(
+    old: &OmeroClusterStatus,
+    statuses: &mut [NodeStatus],
+    waits: &[crate::maintenance::Wait],
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    for wait in waits {
+        let Some(status) = statuses.iter_mut().find(|s| s.name == wait.node) else { continue };
+        if status.phase != NodePhase::Serving {
+            continue;
+        }
+        let message = wait.message();
+        if old.node(&wait.node).and_then(|s| s.message.as_deref()) != Some(message.as_str()) {
+            events.push(
+                event(EventType::Warning, "MaintenanceWaiting", "Drain", message.clone())
+                    .about_node(&wait.node),
+            );
+        }
+        status.message = Some(message);
+    }
+    events
 }

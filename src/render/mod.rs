@@ -4,6 +4,7 @@
 //! the entry Service. Every map is a `BTreeMap` and every list is built in a fixed order, so the
 //! same spec always renders byte-identical objects (server-side apply then has nothing to do).
 
+pub mod budget;
 mod config;
 pub mod counter;
 mod deployment;

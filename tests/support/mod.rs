@@ -13,7 +13,8 @@ use std::{
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{ConfigMap, Pod, Service},
+        core::v1::{ConfigMap, Node, Pod, Service},
+        policy::v1::PodDisruptionBudget,
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
     jiff::Timestamp,
@@ -37,7 +38,9 @@ pub enum Write {
     ApplyDeployment(String),
     ApplyService(String),
     ApplyConfigMap(String),
+    ApplyBudget(String),
     Delete(ChildKind, String),
+    DeletePod(String),
     Label { pod: String, routable: bool },
     Status,
     Event(String),
@@ -49,7 +52,14 @@ pub struct State {
     pub deployments: BTreeMap<String, Deployment>,
     pub services: BTreeMap<String, Service>,
     pub config_maps: BTreeMap<String, ConfigMap>,
+    pub budgets: BTreeMap<String, PodDisruptionBudget>,
     pub pods: BTreeMap<String, Pod>,
+    /// Kubernetes Nodes, as the operator's Node cache holds them; `None`: it does not watch
+    /// Nodes (`--watch-nodes` off).
+    pub kube_nodes: Option<BTreeMap<String, Node>>,
+    /// The Nodes exist (the simulation schedules on them) but the operator does not watch
+    /// them: `children` reports no Node cache.
+    pub nodes_unwatched: bool,
     pub secrets: BTreeMap<(String, String), String>,
     pub events: Vec<Event>,
     pub writes: Vec<Write>,
@@ -87,6 +97,7 @@ impl State {
             ChildKind::Deployment => self.deployments.get(name).map(|d| d.metadata.clone()),
             ChildKind::Service => self.services.get(name).map(|s| s.metadata.clone()),
             ChildKind::ConfigMap => self.config_maps.get(name).map(|c| c.metadata.clone()),
+            ChildKind::PodDisruptionBudget => self.budgets.get(name).map(|b| b.metadata.clone()),
         }
     }
 
@@ -293,6 +304,28 @@ impl FakeCluster {
         state.deployments.retain(|_, d| !owned(&d.metadata));
         state.services.retain(|_, s| !owned(&s.metadata));
         state.config_maps.retain(|_, c| !owned(&c.metadata));
+        state.budgets.retain(|_, b| !owned(&b.metadata));
+    }
+
+    /// Like [`seed_service`], a PodDisruptionBudget.
+    pub fn seed_budget(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        owner: Option<(&str, &str, &str)>,
+    ) -> PodDisruptionBudget {
+        let mut state = self.state();
+        let uid = state.new_uid();
+        let budget: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "omero", "uid": uid, "resourceVersion": "20",
+                         "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+                         "ownerReferences": owner.map(|(kind, n, u)| vec![serde_json::json!({
+                             "apiVersion": "apps/v1", "kind": kind, "name": n, "uid": u, "controller": true})])},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}
+        }))
+        .unwrap();
+        state.budgets.insert(name.into(), budget.clone());
+        budget
     }
 
     pub fn remove_pod(&self, node: &str) {
@@ -361,7 +394,9 @@ impl ClusterPort for FakeCluster {
                     .filter(|c| labelled_for(&c.metadata, &name))
                     .cloned()
                     .collect(),
+                budgets: cache.budgets.iter().filter(|b| labelled_for(&b.metadata, &name)).cloned().collect(),
                 pods: cache.pods.iter().filter(|p| labelled_for(&p.metadata, &name)).cloned().collect(),
+                kube_nodes: if state.nodes_unwatched { None } else { cache.kube_nodes.clone() },
             });
         }
         Ok(Children {
@@ -378,7 +413,13 @@ impl ClusterPort for FakeCluster {
                 .filter(|c| labelled_for(&c.metadata, &name))
                 .cloned()
                 .collect(),
+            budgets: state.budgets.values().filter(|b| labelled_for(&b.metadata, &name)).cloned().collect(),
             pods: state.pods.values().filter(|p| labelled_for(&p.metadata, &name)).cloned().collect(),
+            kube_nodes: if state.nodes_unwatched {
+                None
+            } else {
+                state.kube_nodes.as_ref().map(|nodes| nodes.values().cloned().collect())
+            },
         })
     }
 
@@ -393,6 +434,7 @@ impl ClusterPort for FakeCluster {
             ChildKind::Deployment => Write::ApplyDeployment(name.clone()),
             ChildKind::Service => Write::ApplyService(name.clone()),
             ChildKind::ConfigMap => Write::ApplyConfigMap(name.clone()),
+            ChildKind::PodDisruptionBudget => Write::ApplyBudget(name.clone()),
         };
         self.write(write)?;
         let mut state = self.state();
@@ -422,6 +464,11 @@ impl ClusterPort for FakeCluster {
                 c.metadata.uid = Some(uid);
                 state.config_maps.insert(name, c);
             }
+            Child::PodDisruptionBudget(b) => {
+                let mut b = b.clone();
+                b.metadata.uid = Some(uid);
+                state.budgets.insert(name, b);
+            }
         }
         Ok(())
     }
@@ -438,7 +485,18 @@ impl ClusterPort for FakeCluster {
             ChildKind::Deployment => state.deployments.remove(name).map(drop),
             ChildKind::Service => state.services.remove(name).map(drop),
             ChildKind::ConfigMap => state.config_maps.remove(name).map(drop),
+            ChildKind::PodDisruptionBudget => state.budgets.remove(name).map(drop),
         };
+        Ok(())
+    }
+
+    async fn delete_pod(&self, _ns: &str, pod: &str, uid: &str) -> Result<(), Error> {
+        self.write(Write::DeletePod(pod.into()))?;
+        let mut state = self.state();
+        // Gone, or another pod of that name now: the real adapter takes 404/409 as done.
+        if state.pods.get(pod).is_some_and(|p| p.metadata.uid.as_deref() == Some(uid)) {
+            state.pods.remove(pod);
+        }
         Ok(())
     }
 

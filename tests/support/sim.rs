@@ -1,7 +1,10 @@
 //! A cluster that runs, on top of the port double: the Deployment controller and the kubelet
 //! (a Deployment whose pod template changed gets its pod replaced, Recreate-style, by one with
 //! a new name and a new IP that is ready after a delay) and OMERO's sessions per pod (a pod
-//! deleted with sessions still open kills them, and they are counted).
+//! deleted with sessions still open kills them, and they are counted). With Kubernetes Nodes
+//! (`with_kube_nodes`), the scheduler too: a new pod is bound to the schedulable Node with the
+//! fewest pods (pending while there is none), and `kubectl drain` (cordon, then evictions
+//! that respect the PodDisruptionBudgets as the API server does).
 
 use std::{
     collections::BTreeMap,
@@ -9,7 +12,11 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use k8s_openapi::{
+    api::core::v1::{Node, Pod},
+    apimachinery::pkg::util::intstr::IntOrString,
+    jiff::Timestamp,
+};
 use omero_operator::{
     api::keys,
     controller::{
@@ -35,6 +42,9 @@ pub struct World {
     pub pods_created: u32,
     /// Round-robin position of new sessions over routable pods.
     pub next_arrival: usize,
+    /// Evictions the API server refused (a budget allowed no disruption).
+    pub evictions_refused: u32,
+    pub evictions: u32,
 }
 
 #[derive(Clone)]
@@ -77,6 +87,13 @@ impl Sim {
         let now = self.now();
         let mut state = self.fake.state();
         let mut world = self.world();
+        // Pods deleted since (by the operator, an eviction): their open sessions died.
+        let deleted: Vec<String> =
+            world.sessions.keys().filter(|p| !state.pods.contains_key(*p)).cloned().collect();
+        for pod in deleted {
+            world.killed +=
+                world.sessions.remove(&pod).map_or(0, |s| s.iter().filter(|end| **end > now).count() as u64);
+        }
         let deployments: Vec<_> = state.deployments.values().cloned().collect();
         // Pods whose Deployment is gone (garbage collection).
         let orphaned: Vec<String> = state
@@ -141,8 +158,31 @@ impl Sim {
                                                   "ready": false, "started": false}]}
             }))
             .unwrap();
-            world.ready_at.insert(name.clone(), now + self.ready_after);
+            if state.kube_nodes.is_none() {
+                world.ready_at.insert(name.clone(), now + self.ready_after);
+            }
             state.pods.insert(name, pod);
+        }
+        // The scheduler: pods not bound yet go to the schedulable Node with the fewest pods,
+        // then start (the kubelet).
+        if state.kube_nodes.is_some() {
+            let unbound: Vec<String> = state
+                .pods
+                .iter()
+                .filter(|(_, p)| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none())
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in unbound {
+                let Some(host) = schedulable_host(&state) else {
+                    state.pods.get_mut(&name).unwrap().status.as_mut().unwrap().phase =
+                        Some("Pending".into());
+                    continue;
+                };
+                let pod = state.pods.get_mut(&name).unwrap();
+                pod.spec.as_mut().unwrap().node_name = Some(host);
+                pod.status.as_mut().unwrap().phase = Some("Running".into());
+                world.ready_at.insert(name, now + self.ready_after);
+            }
         }
         // Pods whose start-up is done become ready.
         let due: Vec<String> =
@@ -200,10 +240,137 @@ impl Sim {
             .map(|(n, _)| n.clone())
     }
 
+    /// Kubernetes Nodes, all schedulable; pods are scheduled on them from now on.
+    pub fn with_kube_nodes(self, names: &[&str]) -> Self {
+        let nodes = names
+            .iter()
+            .map(|name| {
+                let node: Node = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": name, "uid": format!("node-uid-{name}")},
+                    "spec": {}
+                }))
+                .unwrap();
+                (name.to_string(), node)
+            })
+            .collect();
+        self.fake.state().kube_nodes = Some(nodes);
+        self
+    }
+
+    /// `kubectl cordon` (`true`) or `kubectl uncordon` (`false`).
+    pub fn cordon(&self, kube_node: &str, cordoned: bool) {
+        let mut state = self.fake.state();
+        let node = state.kube_nodes.as_mut().unwrap().get_mut(kube_node).expect("a Kubernetes node");
+        node.spec.get_or_insert_default().unschedulable = cordoned.then_some(true);
+    }
+
+    /// Adds a taint to a Kubernetes node.
+    pub fn taint(&self, kube_node: &str, key: &str, effect: &str) {
+        let mut state = self.fake.state();
+        let node = state.kube_nodes.as_mut().unwrap().get_mut(kube_node).expect("a Kubernetes node");
+        node.spec
+            .get_or_insert_default()
+            .taints
+            .get_or_insert_default()
+            .push(serde_json::from_value(serde_json::json!({"key": key, "effect": effect})).unwrap());
+    }
+
+    /// The Kubernetes node a node's pod is bound to.
+    pub fn host_of(&self, node: &str) -> Option<String> {
+        let pod = self.pod_of(node)?;
+        self.fake.state().pods.get(&pod)?.spec.as_ref()?.node_name.clone()
+    }
+
+    /// The pods bound to a Kubernetes node.
+    pub fn pods_on(&self, kube_node: &str) -> Vec<String> {
+        let state = self.fake.state();
+        state
+            .pods
+            .iter()
+            .filter(|(_, p)| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(kube_node))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// An eviction (`POST pods/<pod>/eviction`) as the API server decides it: refused (429)
+    /// while a PodDisruptionBudget selecting the pod allows no disruption, unless the pod is not
+    /// running (budgets are ignored for those) or not ready under `AlwaysAllow`.
+    pub fn evict(&self, pod: &str) -> Result<(), String> {
+        let mut state = self.fake.state();
+        let Some(found) = state.pods.get(pod) else { return Ok(()) };
+        let labels = found.metadata.labels.clone().unwrap_or_default();
+        let running = found.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        let ready = found
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let blocking = state.budgets.values().find(|b| {
+            let spec = b.spec.as_ref().unwrap();
+            let selects = spec
+                .selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+                .is_some_and(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
+            let unhealthy_allowed =
+                spec.unhealthy_pod_eviction_policy.as_deref() == Some("AlwaysAllow") && !ready;
+            // One pod per budget: maxUnavailable 0 allows no disruption of a healthy pod.
+            selects && spec.max_unavailable == Some(IntOrString::Int(0)) && !unhealthy_allowed
+        });
+        if running && let Some(budget) = blocking {
+            let message = format!(
+                "Cannot evict pod as it would violate the pod's disruption budget {}",
+                budget.metadata.name.as_deref().unwrap_or_default()
+            );
+            drop(state);
+            self.world().evictions_refused += 1;
+            return Err(message);
+        }
+        state.pods.remove(pod);
+        drop(state);
+        self.world().evictions += 1;
+        Ok(())
+    }
+
+    /// One pass of `kubectl drain`: cordon, then try to evict every pod on the node (it retries
+    /// the refused ones every 5 s until they go). Returns the pods still there.
+    pub fn kubectl_drain(&self, kube_node: &str) -> Vec<String> {
+        self.cordon(kube_node, true);
+        for pod in self.pods_on(kube_node) {
+            let _ = self.evict(&pod);
+        }
+        self.pods_on(kube_node)
+    }
+
     /// A fresh operator context on this simulation's clock (the operator restarts).
     pub fn context(&self) -> Arc<Context<FakeCluster, Sim>> {
         Arc::new(Context::new(self.fake.clone(), self.clone(), Clock::starting_at(self.now())))
     }
+}
+
+/// The schedulable Node with the fewest pods (by name on a tie): not cordoned, no `NoSchedule`
+/// or `NoExecute` taint (the simulated pods tolerate none).
+fn schedulable_host(state: &super::State) -> Option<String> {
+    let nodes = state.kube_nodes.as_ref()?;
+    nodes
+        .iter()
+        .filter(|(_, n)| {
+            let spec = n.spec.as_ref();
+            spec.and_then(|s| s.unschedulable) != Some(true)
+                && !spec
+                    .and_then(|s| s.taints.as_ref())
+                    .is_some_and(|t| t.iter().any(|t| t.effect != "PreferNoSchedule"))
+        })
+        .map(|(name, _)| {
+            let pods = state
+                .pods
+                .values()
+                .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()))
+                .count();
+            (pods, name.clone())
+        })
+        .min()
+        .map(|(_, name)| name)
 }
 
 fn routable_and_ready(pod: &Pod) -> bool {

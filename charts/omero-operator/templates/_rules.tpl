@@ -26,10 +26,15 @@ compares). Adding a permission is one rule there and one here, each with its rea
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch, patch, delete]
-# The nodes' pods, watched into a cache; the routable label is patched on the pod (drains).
+# The nodes' pods, watched into a cache; the routable label is patched on the pod (drains);
+# a drained node's pod is deleted to move it off a cordoned Kubernetes node.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, watch, patch]
+  verbs: [list, watch, patch, delete]
+# One PodDisruptionBudget per node: as for services.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, patch, delete]
 # The database password named by spec.database, read by GET for the session probe and the
 # grid redirect. Never list or watch: the operator does not cache Secrets.
 - apiGroups: [""]
@@ -59,4 +64,22 @@ compares). Adding a permission is one rule there and one here, each with its rea
   resourceNames: [omeroclusters.omero.openmicroscopy.org]
   verbs: [get, patch]
 {{- end }}
+{{- if eq (include "omero-operator.watchNodes" .) "true" }}
+# Kubernetes Nodes, watched into a cache (maintenance.watchNodes): a cordon moves the OMERO
+# nodes on it. Read only.
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [get, list, watch]
+{{- end }}
+{{- end -}}
+
+
+{{- /* maintenance.watchNodes, its default resolved: on when watching every namespace. */ -}}
+{{- define "omero-operator.watchNodes" -}}
+{{- $watch := .Values.maintenance.watchNodes -}}
+{{- if kindIs "invalid" $watch -}}
+{{- not .Values.watchNamespace -}}
+{{- else -}}
+{{- $watch -}}
+{{- end -}}
 {{- end -}}
