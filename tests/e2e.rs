@@ -660,28 +660,11 @@ async fn an_eviction_waits_for_the_drain_on_a_real_cluster() {
         return;
     };
     let client = client(&path).await;
-    let ssa = PatchParams::apply("omero-operator-e2e").force();
     let (ns, operator) = start(&client, &path, "budget").await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let node_name = format!("omero-e2e-budget-{}", std::process::id());
     let k8s_nodes: Api<Node> = Api::all(client.clone());
-    k8s_nodes
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": node_name}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let kubelet = tokio::spawn(play_kubelet(client.clone(), ns.clone(), node_name.clone()));
+    let (node_name, kubelet, _) = three_nodes_on_a_played_kubelet(&client, &ns, "budget").await;
     let clusters: Api<OmeroCluster> = Api::namespaced(client.clone(), &ns);
-    let none = json!({"type": "none"});
-    let nodes = json!([
-        {"name": "rw", "sessionProbe": none},
-        {"name": "ro-1", "readOnly": {"db": true, "repo": true}, "sessionProbe": none}
-    ]);
-    let mut manifest = cluster_manifest(&ns, "openmicroscopy/omero-server:5.6", nodes);
-    manifest["spec"]["drain"] = json!({"timeout": "10s"});
-    clusters.patch("omero", &ssa, &Patch::Apply(manifest)).await.unwrap();
 
     let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
         Api::namespaced(client.clone(), &ns);
