@@ -478,6 +478,24 @@ async fn three_nodes_on_a_played_kubelet(
     (node_name, kubelet, manifest)
 }
 
+/// Stops playing kubelet, checks no pod was refused, stops the operator, and deletes the
+/// cluster, its namespace and the played Node.
+async fn tear_down(
+    client: &Client,
+    ns: &str,
+    operator: Operator,
+    kubelet: tokio::task::JoinHandle<()>,
+    node_name: &str,
+) {
+    kubelet.abort();
+    assert_no_failed_create(client, ns).await;
+    operator.finish();
+    let clusters: Api<OmeroCluster> = Api::namespaced(client.clone(), ns);
+    clusters.delete("omero", &DeleteParams::default()).await.unwrap();
+    Api::<Namespace>::all(client.clone()).delete(ns, &DeleteParams::default()).await.unwrap();
+    Api::<Node>::all(client.clone()).delete(node_name, &DeleteParams::default()).await.unwrap();
+}
+
 /// Whether a rollout is done, from the cluster and its Deployments.
 type RolledOut = dyn Fn(&OmeroCluster, &[Deployment]) -> bool + Send + Sync;
 
@@ -492,8 +510,6 @@ async fn rolling_restart_and_image_change_on_a_real_cluster() {
     let client = client(&path).await;
     let ssa = PatchParams::apply("omero-operator-e2e").force();
     let (ns, operator) = start(&client, &path, "rollout").await;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let k8s_nodes: Api<Node> = Api::all(client.clone());
     let (node_name, kubelet, mut manifest) = three_nodes_on_a_played_kubelet(&client, &ns, "rollout").await;
     let clusters: Api<OmeroCluster> = Api::namespaced(client.clone(), &ns);
 
@@ -589,12 +605,7 @@ async fn rolling_restart_and_image_change_on_a_real_cluster() {
     assert!(fewest >= 2, "never fewer than 2 of 3 serving: {fewest}");
     assert!(replaced.values().all(|uids| uids.len() == 2), "{replaced:?}");
 
-    kubelet.abort();
-    assert_no_failed_create(&client, &ns).await;
-    operator.finish();
-    clusters.delete("omero", &DeleteParams::default()).await.unwrap();
-    namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
-    k8s_nodes.delete(&node_name, &DeleteParams::default()).await.unwrap();
+    tear_down(&client, &ns, operator, kubelet, &node_name).await;
 }
 
 /// `kubectl omero` against a real API server, the suite playing kubelet: `status`, a drain
@@ -607,7 +618,6 @@ async fn kubectl_omero_on_a_real_cluster() {
     };
     let client = client(&path).await;
     let (ns, operator) = start(&client, &path, "plugin").await;
-    let k8s_nodes: Api<Node> = Api::all(client.clone());
     let (node_name, kubelet, _) = three_nodes_on_a_played_kubelet(&client, &ns, "plugin").await;
     let clusters: Api<OmeroCluster> = Api::namespaced(client.clone(), &ns);
     eventually(120, "3 nodes serving", || async {
@@ -639,13 +649,7 @@ async fn kubectl_omero_on_a_real_cluster() {
     assert_eq!(code, Some(0), "{restart}");
     assert!(restart.contains("rw, ro-1, ro-2 up to date in"), "{restart}");
 
-    kubelet.abort();
-    assert_no_failed_create(&client, &ns).await;
-    operator.finish();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    clusters.delete("omero", &DeleteParams::default()).await.unwrap();
-    namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
-    k8s_nodes.delete(&node_name, &DeleteParams::default()).await.unwrap();
+    tear_down(&client, &ns, operator, kubelet, &node_name).await;
 }
 
 /// The per-node PodDisruptionBudget on a real API server: an eviction (what `kubectl drain`
@@ -661,8 +665,6 @@ async fn an_eviction_waits_for_the_drain_on_a_real_cluster() {
     };
     let client = client(&path).await;
     let (ns, operator) = start(&client, &path, "budget").await;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let k8s_nodes: Api<Node> = Api::all(client.clone());
     let (node_name, kubelet, _) = three_nodes_on_a_played_kubelet(&client, &ns, "budget").await;
     let clusters: Api<OmeroCluster> = Api::namespaced(client.clone(), &ns);
 
@@ -721,10 +723,5 @@ async fn an_eviction_waits_for_the_drain_on_a_real_cluster() {
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
     );
 
-    kubelet.abort();
-    assert_no_failed_create(&client, &ns).await;
-    operator.finish();
-    clusters.delete("omero", &DeleteParams::default()).await.unwrap();
-    namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
-    k8s_nodes.delete(&node_name, &DeleteParams::default()).await.unwrap();
+    tear_down(&client, &ns, operator, kubelet, &node_name).await;
 }
