@@ -356,11 +356,13 @@ pub fn progress(cluster: &OmeroCluster, op: &Operation, now: Timestamp) -> (Vec<
             Operation::Drain(_) => format!("drained {}", list.join(", ")),
             Operation::Settle(_) => format!("{} up to date", list.join(", ")),
         })
-    } else if let Some(waiting) = status.rollout.as_ref().and_then(|r| r.waiting.clone())
+    } else if let Some(rollout) = status.rollout.as_ref().filter(|r| r.paused || r.waiting_for_consent)
         && matches!(op, Operation::Settle(_))
     {
-        // The planner moves nothing and says why: only someone acting ends this wait.
-        Outcome::Failed(format!("the rollout waits: {waiting}"))
+        // Only a person ends these waits (resume, or consent to downtime); other waits (the
+        // `maxUnavailable` budget taken, a node not ready yet) free themselves, and `--timeout`
+        // bounds them.
+        Outcome::Failed(format!("the rollout waits: {}", rollout.waiting.as_deref().unwrap_or("paused")))
     } else {
         Outcome::Running
     };
@@ -373,15 +375,13 @@ pub fn progress(cluster: &OmeroCluster, op: &Operation, now: Timestamp) -> (Vec<
 pub struct Follower {
     op: Operation,
     last: BTreeMap<String, String>,
+    /// The rollout's last `waiting` shown.
+    waiting: Option<String>,
 }
 
 impl Follower {
     pub fn new(op: Operation) -> Self {
-        Self { op, last: BTreeMap::new() }
-    }
-
-    pub fn operation(&self) -> &Operation {
-        &self.op
+        Self { op, last: BTreeMap::new(), waiting: None }
     }
 
     /// The nodes as they stand, the lines that changed (`node: state`), and the outcome.
@@ -396,6 +396,18 @@ impl Follower {
             if self.last.get(&node.name) != Some(&node.state) {
                 self.last.insert(node.name.clone(), node.state.clone());
                 changed.push(format!("{}: {}", node.name, node.line));
+            }
+        }
+        // Why the rollout does not move, when that changes: a wait that frees itself (the
+        // budget taken, a node not ready) goes on, but the reader sees what it waits for.
+        if matches!(self.op, Operation::Settle(_)) {
+            let waiting =
+                cluster.status.as_ref().and_then(|s| s.rollout.as_ref()).and_then(|r| r.waiting.clone());
+            if waiting != self.waiting {
+                if let Some(why) = &waiting {
+                    changed.push(format!("rollout waits: {why}"));
+                }
+                self.waiting = waiting;
             }
         }
         (nodes, changed, outcome)

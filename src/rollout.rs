@@ -96,6 +96,8 @@ pub struct Plan {
     pub pending: Vec<String>,
     /// Why nothing moves although nodes wait, when that is so.
     pub waiting: Option<String>,
+    /// What it waits for is consent (`allow-downtime`): nothing but a person ends that wait.
+    pub needs_consent: bool,
 }
 
 pub fn plan(nodes: &[NodeView], limits: &Limits) -> Plan {
@@ -123,6 +125,7 @@ pub fn plan(nodes: &[NodeView], limits: &Limits) -> Plan {
     let first_rank = order.iter().map(|n| n.role).min();
     let moving = nodes.iter().any(NodeView::moving);
     let mut blocked = None;
+    let mut needs_consent = false;
     for node in candidates {
         if Some(node.role) != first_rank {
             let earlier: Vec<&str> =
@@ -131,6 +134,7 @@ pub fn plan(nodes: &[NodeView], limits: &Limits) -> Plan {
             break;
         }
         if node.role == Role::GridMaster && !limits.allow_downtime {
+            needs_consent = true;
             blocked = Some(format!(
                 "node {} is the grid master: restarting it drops every client connection (Glacier2 and the \
                  registry run there); annotate {ALLOW_DOWNTIME_ANNOTATION}=\"true\" to allow it",
@@ -149,6 +153,7 @@ pub fn plan(nodes: &[NodeView], limits: &Limits) -> Plan {
         }
         let serving_after = serving - usize::from(node.serving());
         if serving_after == 0 && !limits.allow_downtime {
+            needs_consent = true;
             blocked = Some(format!(
                 "node {} is the last serving node: restarting it interrupts service; annotate \
                  {ALLOW_DOWNTIME_ANNOTATION}=\"true\" to allow that",
@@ -160,6 +165,7 @@ pub fn plan(nodes: &[NodeView], limits: &Limits) -> Plan {
         serving = serving_after;
     }
     if plan.selected.is_empty() && !moving {
+        plan.needs_consent = needs_consent && blocked.is_some();
         plan.waiting = blocked;
     }
     plan
@@ -208,6 +214,7 @@ mod tests {
         let p = plan(&nodes, &LIMITS);
         assert!(p.selected.is_empty());
         assert!(p.waiting.as_deref().unwrap().contains("last serving node"), "{p:?}");
+        assert!(p.needs_consent, "only consent ends this wait");
         let p = plan(&nodes, &Limits { allow_downtime: true, ..LIMITS });
         assert_eq!(p.selected.len(), 1);
     }
@@ -217,6 +224,7 @@ mod tests {
         let nodes = [view("master", Role::GridMaster, true), view("w1", Role::Replica, false)];
         let p = plan(&nodes, &LIMITS);
         assert!(p.waiting.as_deref().unwrap().contains("grid master"), "{p:?}");
+        assert!(p.needs_consent);
         assert!(plan(&nodes, &Limits { allow_downtime: true, ..LIMITS }).selected.contains("master"));
     }
 
@@ -229,6 +237,7 @@ mod tests {
         let p = plan(&nodes, &LIMITS);
         assert!(p.selected.is_empty());
         assert!(p.waiting.as_deref().unwrap().contains("out now: ro-1"), "{p:?}");
+        assert!(!p.needs_consent, "the budget frees itself");
         let mut failed = drained;
         failed.phase = NodePhase::Failed;
         let p = plan(

@@ -204,7 +204,7 @@ async fn a_refused_drain_ends_the_wait_with_the_reason() {
 }
 
 #[tokio::test]
-async fn a_restart_waits_for_the_new_revision_and_a_stuck_rollout_ends_the_wait() {
+async fn a_restart_waits_for_the_new_revision_and_only_a_wait_for_consent_ends_it() {
     let server = WatchApi::new(cluster());
     answer_patches_with(&server, |c| {
         acknowledge(c);
@@ -226,10 +226,16 @@ async fn a_restart_waits_for_the_new_revision_and_a_stuck_rollout_ends_the_wait(
                     json!({"phase": "Serving", "revision": "r2", "upToDate": true, "message": null}),
                 )
             }),
-            // ro-2 would be next, but someone drained rw meanwhile: nothing can move.
+            // ro-2 would be next, but a node is out: a wait that frees itself goes on...
             Box::new(|c| {
                 c["status"]["rollout"] = json!({"targetRevision": "r2", "upToDateNodes": 1, "pending": ["ro-2", "rw"],
                     "waiting": "at most 1 node(s) may be out of service at once (drain.maxUnavailable); out now: rw"});
+            }),
+            // ...one that only consent ends does not.
+            Box::new(|c| {
+                c["status"]["rollout"] = json!({"targetRevision": "r2", "upToDateNodes": 1, "pending": ["ro-2", "rw"],
+                    "waiting": "node ro-2 is the last serving node: restarting it interrupts service; annotate allow-downtime",
+                    "waitingForConsent": true});
             }),
         ],
     );
@@ -254,9 +260,17 @@ async fn a_restart_waits_for_the_new_revision_and_a_stuck_rollout_ends_the_wait(
     assert_eq!(
         ending,
         Ending::Failed(
-            "the rollout waits: at most 1 node(s) may be out of service at once (drain.maxUnavailable); out now: rw"
+            "the rollout waits: node ro-2 is the last serving node: restarting it interrupts service; annotate allow-downtime"
                 .into()
         )
+    );
+    assert!(
+        shown.changed.contains(
+            &"rollout waits: at most 1 node(s) may be out of service at once (drain.maxUnavailable); out now: rw"
+                .to_string()
+        ),
+        "the wait that frees itself is shown, and the wait goes on: {:?}",
+        shown.changed
     );
     assert!(shown.changed.contains(&"ro-1: Serving".to_string()), "{:?}", shown.changed);
     assert!(shown.changed.contains(&"ro-2: Serving, revision r2 to come".to_string()), "{:?}", shown.changed);

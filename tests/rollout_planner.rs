@@ -117,5 +117,11 @@ proptest! {
         if !p.selected.is_empty() {
             prop_assert!(p.waiting.is_none());
         }
+        // A wait for consent is one only consent can end: with it, the same cluster moves.
+        if p.needs_consent {
+            prop_assert!(p.waiting.is_some() && !limits.allow_downtime, "{:?}", p);
+            let consented = plan(&nodes, &Limits { allow_downtime: true, ..limits });
+            prop_assert!(!consented.selected.is_empty() || !consented.needs_consent, "{:?}", consented);
+        }
     }
 }

@@ -100,6 +100,10 @@ pub struct RolloutStatus {
     /// Why the rollout does not move although nodes are out of date.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// What it waits for is consent (`omero.openmicroscopy.org/allow-downtime`): it does not
+    /// end by itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiting_for_consent: bool,
     /// Changes to running objects are paused (`omero.openmicroscopy.org/paused`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,

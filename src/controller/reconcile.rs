@@ -204,6 +204,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         up_to_date_nodes: statuses.iter().filter(|s| !s.leaving && s.up_to_date).count() as i32,
         pending: plan.pending.clone(),
         waiting: plan.waiting.clone(),
+        waiting_for_consent: plan.needs_consent,
         paused: request.paused,
     };
     let mut assessment = Assessment {
