@@ -1,7 +1,10 @@
-//! `kubectl omero`: what the plugin shows and the annotation edits it makes. The views are
-//! pure (status in, text out); `edit_annotations` is the one read-modify-write, with a
-//! `resourceVersion` precondition, retried on conflict, so it never drops what someone else
-//! put in an annotation meanwhile.
+//! `kubectl omero`: what the plugin shows and the annotation edits it makes. The views and
+//! decisions are pure (status in, text or an outcome out: `node_table`, `progress`, `Follower`,
+//! `acknowledged`, the drain-list edits). The I/O is three functions: `get` (a read that lists
+//! the clusters there are when the name is wrong), `edit_annotations` (the one
+//! read-modify-write, with a `resourceVersion` precondition, retried on conflict, so it never
+//! drops what someone else put in an annotation meanwhile) and `follow` (a watch of the
+//! cluster, shown through a `Display`).
 
 use std::{collections::BTreeMap, io::Write};
 
