@@ -97,6 +97,7 @@ impl Api {
     /// Stores `object` and tells the watches of `resource`.
     fn store(&mut self, resource: &str, key: String, mut object: Value, added: bool) -> Value {
         object["metadata"]["resourceVersion"] = json!(self.bump());
+        object["metadata"]["managedFields"] = managed_fields(resource, &object);
         self.objects.entry(resource.into()).or_default().insert(key, object.clone());
         let event = json!({"type": if added { "ADDED" } else { "MODIFIED" }, "object": object});
         let mut line = serde_json::to_vec(&event).unwrap();
@@ -233,18 +234,68 @@ async fn serve(server: Server, request: Request<Incoming>) -> Result<Reply, Infa
     })
 }
 
+/// What a real API server records of who set which field (`metadata.managedFields`), as it
+/// returns with every object: the writer's fields, and the status writer's. The operator
+/// drops them from its caches, but decodes them with every object and watch event.
+fn managed_fields(resource: &str, object: &Value) -> Value {
+    /// A fieldsV1 set: every key of an object as `f:key`; lists as a whole.
+    fn fields(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut set: serde_json::Map<String, Value> =
+                    map.iter().map(|(k, v)| (format!("f:{k}"), fields(v))).collect();
+                set.insert(".".into(), json!({}));
+                Value::Object(set)
+            }
+            _ => json!({}),
+        }
+    }
+    let manager = if resource == "omeroclusters" { "kubectl-client-side-apply" } else { "omero-operator" };
+    let mut spec = object.clone();
+    if let Some(o) = spec.as_object_mut() {
+        o.remove("status");
+        o.remove("apiVersion");
+        o.remove("kind");
+    }
+    if let Some(m) = spec["metadata"].as_object_mut() {
+        for generated in ["managedFields", "resourceVersion", "uid", "generation", "creationTimestamp"] {
+            m.remove(generated);
+        }
+    }
+    let entry = |manager: &str, operation: &str, subresource: Option<&str>, set: Value| {
+        let mut e = json!({"manager": manager, "operation": operation, "apiVersion": object["apiVersion"],
+                           "time": "2026-11-30T00:00:00Z", "fieldsType": "FieldsV1", "fieldsV1": set});
+        if let Some(s) = subresource {
+            e["subresource"] = json!(s);
+        }
+        e
+    };
+    let mut entries = vec![entry(manager, "Apply", None, fields(&spec))];
+    if let Some(status) = object.get("status").filter(|s| !s.is_null()) {
+        entries.push(entry("omero-operator", "Update", Some("status"), json!({"f:status": fields(status)})));
+    }
+    Value::Array(entries)
+}
+
+/// An OmeroCluster as `kubectl apply` leaves it: with the applied spec kept again in the
+/// last-applied annotation.
 fn cluster(i: usize) -> Value {
     let name = format!("omero-{i:04}");
-    json!({
+    let mut cluster = json!({
         "apiVersion": "omero.openmicroscopy.org/v1alpha1", "kind": "OmeroCluster",
-        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"), "generation": 1},
+        "metadata": {"name": name, "namespace": NS},
         "spec": {"image": "openmicroscopy/omero-server:5.6",
                  "database": {"host": "db", "passwordSecret": {"name": "omero-db", "key": "password"}},
                  "repository": {"claimName": "omero-data"},
                  "nodes": [{"name": "rw", "sessionProbe": {"type": "none"}},
                            {"name": "ro-1", "readOnly": {"db": true, "repo": true}},
                            {"name": "ro-2", "readOnly": {"db": true, "repo": true}}]}
-    })
+    });
+    let applied = cluster.to_string();
+    cluster["metadata"]["annotations"] = json!({"kubectl.kubernetes.io/last-applied-configuration": applied});
+    cluster["metadata"]["uid"] = json!(format!("uid-{name}"));
+    cluster["metadata"]["generation"] = json!(1);
+    cluster
 }
 
 impl Server {

@@ -28,6 +28,7 @@ use omero_operator::{
     api::{OmeroCluster, OmeroClusterStatus, SecretKeyRef},
     controller::{
         Clock, Context,
+        cache::Cached,
         kube_port::{Caches, KubePort},
         port::{Child, ChildKind, ClusterPort, Event, EventType, Related, StatusWrite},
         reconcile,
@@ -186,10 +187,10 @@ impl ApiServer {
 
 /// The writing ends of the watch caches: tests play the watches.
 struct Watches {
-    deployments: Writer<Deployment>,
-    services: Writer<Service>,
-    budgets: Writer<PodDisruptionBudget>,
-    pods: Writer<Pod>,
+    deployments: Writer<Cached<Deployment>>,
+    services: Writer<Cached<Service>>,
+    budgets: Writer<Cached<PodDisruptionBudget>>,
+    pods: Writer<Cached<Pod>>,
 }
 
 impl Watches {

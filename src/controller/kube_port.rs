@@ -19,7 +19,10 @@ use kube::{
 };
 use serde_json::json;
 
-use super::port::{Child, ChildKind, Children, ClusterPort, Event, EventType, Related, StatusWrite};
+use super::{
+    cache::{Cacheable, Cached},
+    port::{Child, ChildKind, Children, ClusterPort, Event, EventType, Related, StatusWrite},
+};
 use crate::{
     Error,
     api::{OmeroCluster, OmeroClusterStatus, SecretKeyRef, keys},
@@ -30,14 +33,15 @@ use crate::{
 pub const FIELD_MANAGER: &str = keys::MANAGER;
 
 /// The watch caches a reconcile reads children from: reflector stores of the objects that
-/// carry the operator's label (managed fields stripped), kept by the controller's own watches.
+/// carry the operator's label, kept by the controller's own watches in their cached form
+/// (`cache`: metadata, and the rest as text).
 #[derive(Clone)]
 pub struct Caches {
-    pub deployments: Store<Deployment>,
-    pub services: Store<Service>,
-    pub config_maps: Store<ConfigMap>,
-    pub budgets: Store<PodDisruptionBudget>,
-    pub pods: Store<Pod>,
+    pub deployments: Store<Cached<Deployment>>,
+    pub services: Store<Cached<Service>>,
+    pub config_maps: Store<Cached<ConfigMap>>,
+    pub budgets: Store<Cached<PodDisruptionBudget>>,
+    pub pods: Store<Cached<Pod>>,
     /// Kubernetes Nodes (metadata and spec), when the operator watches them (`--watch-nodes`).
     pub nodes: Option<Store<Node>>,
 }
@@ -90,21 +94,29 @@ fn related_reference(cluster: &OmeroCluster, related: &Related) -> ObjectReferen
     }
 }
 
-/// The cached objects of one namespace that carry every label of `selector`.
-fn of_cluster<K: Resource + Clone>(
-    store: &Store<K>,
+/// The cached objects of one namespace that carry every label of `selector`, decoded.
+fn of_cluster<K: Cacheable>(
+    store: &Store<Cached<K>>,
     ns: &str,
     selector: &std::collections::BTreeMap<String, String>,
-) -> Vec<K>
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
+) -> Result<Vec<K>, Error> {
     store
         .state()
         .into_iter()
-        .filter(|o| o.meta().namespace.as_deref() == Some(ns))
-        .filter(|o| selector.iter().all(|(k, v)| o.meta().labels.as_ref().and_then(|l| l.get(k)) == Some(v)))
-        .map(|o| (*o).clone())
+        .filter(|o| o.metadata.namespace.as_deref() == Some(ns))
+        .filter(|o| {
+            selector.iter().all(|(k, v)| o.metadata.labels.as_ref().and_then(|l| l.get(k)) == Some(v))
+        })
+        .map(|o| {
+            o.object().map_err(|source| Error::Serialize {
+                what: format!(
+                    "the cached {} {}",
+                    K::kind(&()),
+                    o.metadata.name.as_deref().unwrap_or_default()
+                ),
+                source,
+            })
+        })
         .collect()
 }
 
@@ -118,7 +130,7 @@ impl ClusterPort for KubePort {
     async fn children(&self, cluster: &OmeroCluster) -> Result<Children, Error> {
         let ns = namespace(cluster)?;
         let selector = render::cluster_selector(&cluster.name_any());
-        let pods = of_cluster(&self.caches.pods, &ns, &selector);
+        let pods = of_cluster(&self.caches.pods, &ns, &selector)?;
         // Only the Nodes the cluster's pods are bound to, by name from the cache.
         let kube_nodes = self.caches.nodes.as_ref().map(|nodes| {
             let names: std::collections::BTreeSet<&str> =
@@ -130,10 +142,10 @@ impl ClusterPort for KubePort {
                 .collect()
         });
         Ok(Children {
-            deployments: of_cluster(&self.caches.deployments, &ns, &selector),
-            services: of_cluster(&self.caches.services, &ns, &selector),
-            config_maps: of_cluster(&self.caches.config_maps, &ns, &selector),
-            budgets: of_cluster(&self.caches.budgets, &ns, &selector),
+            deployments: of_cluster(&self.caches.deployments, &ns, &selector)?,
+            services: of_cluster(&self.caches.services, &ns, &selector)?,
+            config_maps: of_cluster(&self.caches.config_maps, &ns, &selector)?,
+            budgets: of_cluster(&self.caches.budgets, &ns, &selector)?,
             pods,
             kube_nodes,
         })

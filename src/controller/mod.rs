@@ -6,6 +6,7 @@
 //! (on every replica), and the controller only while this replica holds the leader Lease
 //! (`leader`); `crd` applies the operator's own CRD at start.
 
+pub mod cache;
 pub mod crd;
 mod diff;
 pub mod kube_port;
@@ -51,6 +52,7 @@ use crate::{
     api::{OmeroCluster, keys},
     metrics::{Metrics, ReconcileResult},
 };
+use cache::Cached;
 use leader::{LeaderLease, LeaderOnly, Leadership, Term};
 use port::{ClusterPort, OmeroPort};
 
@@ -191,11 +193,11 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
     clusters.list(&ListParams::default().limit(1)).await.map_err(Error::CrdMissing)?;
     let (deployments, services, config_maps, pods, budgets) = match &options.namespace {
         Some(ns) => (
-            Api::<Deployment>::namespaced(client.clone(), ns),
-            Api::<Service>::namespaced(client.clone(), ns),
-            Api::<ConfigMap>::namespaced(client.clone(), ns),
-            Api::<Pod>::namespaced(client.clone(), ns),
-            Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
+            Api::<Cached<Deployment>>::namespaced(client.clone(), ns),
+            Api::<Cached<Service>>::namespaced(client.clone(), ns),
+            Api::<Cached<ConfigMap>>::namespaced(client.clone(), ns),
+            Api::<Cached<Pod>>::namespaced(client.clone(), ns),
+            Api::<Cached<PodDisruptionBudget>>::namespaced(client.clone(), ns),
         ),
         None => (
             Api::all(client.clone()),
@@ -208,17 +210,13 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
     let ours = watcher::Config::default().labels(&format!("{}={}", keys::MANAGED_BY_LABEL, keys::MANAGER));
     // One watch per kind feeds both a cache (what reconciles read) and the controller's triggers.
     // Every replica runs them, leader or not: a standby is ready and takes over with full caches.
-    let (deployment_cache, deployment_events, deployment_watch) =
-        shared_watch(deployments, ours.clone(), |d| d.metadata.managed_fields = None);
-    let (service_cache, service_events, service_watch) =
-        shared_watch(services, ours.clone(), |s| s.metadata.managed_fields = None);
+    // What is kept of each object is its `Cached` form (pods: only what is read of their spec).
+    let (deployment_cache, deployment_events, deployment_watch) = shared_watch(deployments, ours.clone());
+    let (service_cache, service_events, service_watch) = shared_watch(services, ours.clone());
     // Only ConfigMaps with the operator's label: the session counter's script, one per cluster.
-    let (config_map_cache, config_map_events, config_map_watch) =
-        shared_watch(config_maps, ours.clone(), |c| c.metadata.managed_fields = None);
-    let (budget_cache, budget_events, budget_watch) =
-        shared_watch(budgets, ours.clone(), |b| b.metadata.managed_fields = None);
-    // Pods keep only what is read of their spec (`observe::slim_pod`).
-    let (pod_cache, pod_events, pod_watch) = shared_watch(pods, ours, observe::slim_pod);
+    let (config_map_cache, config_map_events, config_map_watch) = shared_watch(config_maps, ours.clone());
+    let (budget_cache, budget_events, budget_watch) = shared_watch(budgets, ours.clone());
+    let (pod_cache, pod_events, pod_watch) = shared_watch(pods, ours);
     let mut watches = vec![
         tokio::spawn(async move {
             futures::future::join4(deployment_watch, service_watch, config_map_watch, pod_watch).await;
@@ -305,7 +303,20 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
                 .with_metrics(metrics.clone()),
         );
         info!(namespace = ?options.namespace, concurrency = options.concurrency, "starting controller");
-        let controller = Controller::new(clusters, watcher::Config::default().any_semantic())
+        // The clusters' own cache, without what is never read: managed fields, and the copy
+        // of the spec `kubectl apply` keeps in an annotation.
+        let (cluster_cache, cluster_writer) = kube::runtime::reflector::store();
+        use kube::runtime::WatchStreamExt;
+        let cluster_changes = kube::runtime::reflector(
+            cluster_writer,
+            watcher(clusters, watcher::Config::default().any_semantic()).modify(|cluster| {
+                cluster.metadata.managed_fields = None;
+                if let Some(annotations) = cluster.metadata.annotations.as_mut() {
+                    annotations.remove(LAST_APPLIED);
+                }
+            }),
+        );
+        let controller = Controller::for_stream(cluster_changes.applied_objects(), cluster_cache)
             .owns_shared_stream(deployment_events)
             .owns_shared_stream(service_events)
             .owns_shared_stream(config_map_events)
@@ -401,40 +412,32 @@ async fn shutdown_signal() {
     info!("shutdown signal: finishing running reconciles");
 }
 
+/// Where `kubectl apply` keeps the last spec it applied (client-side apply): a second copy of
+/// the spec, never read by the operator.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Events each shared watch buffers for the controller before the slowest reader catches up.
 const SHARED_BUFFER: usize = 256;
 
-/// A watch of the operator's own objects of one kind, managed fields stripped (they are most
-/// of an object's size and never read): its cache, its stream of changes for the controller,
-/// and the future that drives it (restarting with backoff on errors).
-fn shared_watch<K>(
-    api: Api<K>,
+/// A watch of the operator's own objects of one kind, in their cached form: its cache, its
+/// stream of changes for the controller, and the future that drives it (restarting with
+/// backoff on errors).
+fn shared_watch<K: cache::Cacheable + Send + Sync + 'static>(
+    api: Api<Cached<K>>,
     config: watcher::Config,
-    slim: fn(&mut K),
 ) -> (
-    kube::runtime::reflector::Store<K>,
-    impl futures::Stream<Item = Arc<K>> + Send + 'static,
+    kube::runtime::reflector::Store<Cached<K>>,
+    impl futures::Stream<Item = Arc<Cached<K>>> + Send + 'static,
     impl std::future::Future<Output = ()> + Send + 'static,
-)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
+) {
     use kube::runtime::{WatchStreamExt, reflector};
     let (cache, writer) = reflector::store_shared(SHARED_BUFFER);
     let events = writer.subscribe().expect("a shared store hands out subscribers");
-    let drive = watcher(api, config).default_backoff().modify(slim).reflect_shared(writer).for_each(
-        |event| async move {
-            if let Err(error) = event {
-                warn!(%error, "watch error; retrying with backoff");
-            }
-        },
-    );
+    let drive = watcher(api, config).default_backoff().reflect_shared(writer).for_each(|event| async move {
+        if let Err(error) = event {
+            warn!(%error, "watch error; retrying with backoff");
+        }
+    });
     (cache, events, drive)
 }
 
@@ -481,11 +484,17 @@ fn maintenance_changes(
 }
 
 /// The clusters with a pod bound to the Kubernetes node `host`, from the pod cache.
-fn clusters_on(pods: &kube::runtime::reflector::Store<Pod>, host: &str) -> Vec<ObjectRef<OmeroCluster>> {
+fn clusters_on(
+    pods: &kube::runtime::reflector::Store<Cached<Pod>>,
+    host: &str,
+) -> Vec<ObjectRef<OmeroCluster>> {
     let mut clusters: Vec<ObjectRef<OmeroCluster>> = pods
         .state()
         .iter()
-        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(host))
+        .filter(|p| {
+            let pod = p.object().ok();
+            pod.and_then(|p| p.spec?.node_name).as_deref() == Some(host)
+        })
         .filter_map(|p| {
             let cluster = p.labels().get(keys::CLUSTER_LABEL)?;
             Some(ObjectRef::new(cluster).within(p.namespace().as_deref().unwrap_or_default()))

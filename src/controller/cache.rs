@@ -1,0 +1,182 @@
+//! What the watch caches keep of each object: its metadata as it is (the stores filter on
+//! labels and the controller maps owner references on every change), and the rest (spec,
+//! status, data) as compact JSON text, decoded again only when a reconcile reads the object.
+//!
+//! Why text: k8s-openapi's structs hold every optional field inline, set or not. A `Volume` is
+//! 3.2 KiB and a `Container` 2.1 KiB whatever they say, so one cached OMERO Deployment (a 4 to 6
+//! KiB JSON object) took about 25 KiB, and 300 clusters of 3 nodes kept about 25 MB of mostly
+//! empty fields. As text the same Deployment is its JSON length. Decoding costs a few
+//! microseconds per object, paid for the dozen objects of the one cluster a reconcile reads.
+
+use std::{borrow::Cow, fmt, marker::PhantomData};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, Pod, Service},
+        policy::v1::PodDisruptionBudget,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::Resource;
+use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
+
+/// The kinds the operator caches, with what of them is never read and so never kept.
+pub trait Cacheable: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone {
+    /// Drops what no reconcile reads, before the object is kept.
+    fn slim(&mut self) {}
+}
+
+impl Cacheable for Deployment {}
+impl Cacheable for Service {}
+impl Cacheable for ConfigMap {}
+impl Cacheable for PodDisruptionBudget {}
+impl Cacheable for Pod {
+    fn slim(&mut self) {
+        super::observe::slim_pod(self);
+    }
+}
+
+/// One cached object of kind `K`: its metadata (managed fields stripped: they are most of an
+/// object's size and never read) and the rest of it as compact JSON. It deserializes from `K`'s
+/// own JSON, so a watch of `Cached<K>` reads the same API as a watch of `K`.
+pub struct Cached<K> {
+    pub metadata: ObjectMeta,
+    /// `K` without its metadata, as JSON.
+    rest: Box<str>,
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K: Cacheable> Cached<K> {
+    pub fn new(mut object: K) -> Self {
+        object.slim();
+        let mut metadata = std::mem::take(object.meta_mut());
+        metadata.managed_fields = None;
+        // Serializing a k8s-openapi object to a string cannot fail (string keys, no maps with
+        // other keys); were it to, an empty text makes `object` report it at the read.
+        let rest = serde_json::to_string(&object).unwrap_or_default().into_boxed_str();
+        Self { metadata, rest, kind: PhantomData }
+    }
+
+    /// The whole object again (slimmed: see [`Cacheable::slim`]).
+    pub fn object(&self) -> Result<K, serde_json::Error> {
+        let mut object: K = serde_json::from_str(&self.rest)?;
+        *object.meta_mut() = self.metadata.clone();
+        Ok(object)
+    }
+}
+
+impl<'de, K: Cacheable> Deserialize<'de> for Cached<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        K::deserialize(deserializer).map(Self::new)
+    }
+}
+
+impl<K> Clone for Cached<K> {
+    fn clone(&self) -> Self {
+        Self { metadata: self.metadata.clone(), rest: self.rest.clone(), kind: PhantomData }
+    }
+}
+
+impl<K> fmt::Debug for Cached<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cached").field("metadata", &self.metadata).field("rest", &self.rest).finish()
+    }
+}
+
+/// The API of `K` itself: a watch of `Cached<K>` lists and watches `K`'s resource.
+impl<K: Resource<DynamicType = ()>> Resource for Cached<K> {
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        K::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        K::version(dt)
+    }
+
+    fn api_version(dt: &()) -> Cow<'_, str> {
+        K::api_version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn deployment() -> serde_json::Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "omero-rw", "namespace": "omero", "labels": {"a": "b"},
+                         "managedFields": [{"manager": "omero-operator", "operation": "Apply"}]},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"a": "b"}},
+                     "template": {"metadata": {"labels": {"a": "b"}},
+                                  "spec": {"containers": [{"name": "omero", "image": "i", "env": [{"name": "X", "value": "1"}]}],
+                                           "volumes": [{"name": "v", "configMap": {"name": "c"}}]}}},
+            "status": {"readyReplicas": 1, "conditions": [{"type": "Available", "status": "True"}]}
+        })
+    }
+
+    #[test]
+    fn a_cached_object_reads_back_as_it_was_without_managed_fields() {
+        let cached: Cached<Deployment> = serde_json::from_value(deployment()).unwrap();
+        assert_eq!(cached.metadata.name.as_deref(), Some("omero-rw"));
+        assert!(cached.metadata.managed_fields.is_none());
+        let mut expected: Deployment = serde_json::from_value(deployment()).unwrap();
+        expected.metadata.managed_fields = None;
+        assert_eq!(cached.object().unwrap(), expected);
+    }
+
+    /// A watch event's object may arrive before its type (serde then buffers it): the same.
+    #[test]
+    fn a_watch_event_decodes_whatever_the_order_of_its_fields() {
+        let text = format!(r#"{{"object": {}, "type": "ADDED"}}"#, deployment());
+        let event: kube::core::WatchEvent<Cached<Deployment>> = serde_json::from_str(&text).unwrap();
+        let kube::core::WatchEvent::Added(cached) = event else { panic!("{event:?}") };
+        assert_eq!(cached.object().unwrap().spec.unwrap().replicas, Some(1));
+    }
+
+    #[test]
+    fn a_cached_pod_keeps_what_is_read() {
+        let pod = json!({
+            "metadata": {"name": "p"},
+            "spec": {"nodeName": "k1", "containers": [{"name": "omero", "image": "i", "args": ["long"]}]},
+            "status": {"podIP": "127.0.0.1"}
+        });
+        let cached: Cached<Pod> = serde_json::from_value(pod).unwrap();
+        let pod = cached.object().unwrap();
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("k1"));
+        assert_eq!(spec.containers[0].image.as_deref(), Some("i"));
+        assert_eq!(spec.containers[0].args, None, "what is never read is not kept");
+        assert_eq!(pod.status.unwrap().pod_ip.as_deref(), Some("127.0.0.1"));
+    }
+
+    #[test]
+    fn the_api_is_the_kinds_own() {
+        assert_eq!(Cached::<Deployment>::plural(&()), "deployments");
+        assert_eq!(Cached::<Deployment>::api_version(&()), "apps/v1");
+        assert_eq!(Cached::<Pod>::api_version(&()), "v1");
+        assert_eq!(Cached::<PodDisruptionBudget>::group(&()), "policy");
+    }
+}
