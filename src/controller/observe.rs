@@ -49,14 +49,10 @@ pub fn pod_refusals<'a>(deployments: impl IntoIterator<Item = &'a Deployment>) -
         .collect()
 }
 
-/// Each node's current pod, by node name. When a node has several (the old one still
-/// terminating), the live one wins, then the newest. Only pods of the Deployments named in
-/// `ours` (those the cluster controls) count: a pod that merely carries the cluster's labels is
-/// never labelled, probed or drained.
-/// What the watch cache keeps of a pod: its metadata and status, and of its spec only what
-/// is read (the node it runs on, each container's name and image). A pod's full spec (env,
-/// probes, volumes, scripts) is most of its size, and the cache holds every pod of every
-/// cluster: with 300 clusters of 3 nodes this halves the cache.
+/// What the watch cache keeps of a pod (see `cache`): its metadata and status, and of its spec
+/// only what is read (the node it runs on, each container's name and image). A pod's full spec
+/// (env, probes, volumes, scripts) is most of its size, and the cache holds every pod of every
+/// cluster.
 pub fn slim_pod(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
     if let Some(spec) = pod.spec.take() {
@@ -77,6 +73,10 @@ pub fn slim_pod(pod: &mut Pod) {
     }
 }
 
+/// Each node's current pod, by node name. When a node has several (the old one still
+/// terminating), the live one wins, then the newest. Only pods of the Deployments named in
+/// `ours` (those the cluster controls) count: a pod that merely carries the cluster's labels is
+/// never labelled, probed or drained.
 pub fn pods_by_node(pods: &[Pod], ours: &[&str]) -> BTreeMap<String, PodObservation> {
     let mut chosen: BTreeMap<String, &Pod> = BTreeMap::new();
     for pod in pods.iter().filter(|p| of_deployment(p, ours)) {
