@@ -1,21 +1,35 @@
-//! The real `omero-operator` binary as its own process, against an API server played over
-//! real HTTP by this benchmark: N OmeroClusters of 3 nodes, the operator creating their
-//! Deployments and Services by server-side apply, a pod per Deployment appearing ready (as the
-//! ReplicaSet controller and kubelet would), watch events for every change. Prints the
+//! The real `omero-operator` binary as its own process, N OmeroClusters of 3 nodes, and the
+//! operator's every API request passing through this benchmark, which counts them by verb and
+//! resource, counts its LISTs and its concurrent connections, and reads its memory. Prints the
 //! operator process's own memory (idle, and with every cluster cached), the time until all are
 //! reconciled, after a restart facing N reconciled and N new clusters, its requests per
 //! cluster by verb, its LIST requests, and its most concurrent connections.
 //!
-//!     cargo bench --bench operator_process                    # 300 clusters of 3 nodes
+//! The API the operator talks to is either played here over real HTTP (the default: the
+//! operator creates Deployments and Services by server-side apply, a pod per Deployment
+//! appears ready as the ReplicaSet controller and kubelet would make it, watch events for
+//! every change), or a real API server given by a kubeconfig, to which each request is
+//! forwarded:
+//!
+//!     cargo bench --bench operator_process                    # 300 clusters of 3 nodes, played API
 //!     OMERO_BENCH_CLUSTERS=100 cargo bench --bench operator_process
+//!     OMERO_BENCH_KUBECONFIG=~/.kube/config cargo bench --bench operator_process
+//!         # a real API server: a namespace omero-bench-<time> with the CRD, a Secret and the
+//!         # clusters, deleted at the end; the kubeconfig's user needs the operator's rights
+//!         # and to create namespaces and the CRD
+//!     OMERO_BENCH_KUBECONFIG=played cargo bench --bench operator_process
+//!         # the real-server path against the played API on a port of its own (checks the
+//!         # forwarding and setup of this benchmark, not an API server)
 //!     OMERO_BENCH_WRAPPER="valgrind --tool=massif" cargo bench --bench operator_process
 //!         # the operator's heap over the first run, then stop (use a dev build for symbols)
+//!     OMERO_BENCH_OPERATOR_LOG=1 ...                          # the operator's warnings on stderr
 //!
-//! Not a real API server (no etcd, no admission, no real ReplicaSets): the API side's costs
-//! are this program's, so only the operator's side is measured.
+//! The played API is not a real API server (no etcd, no admission, no real ReplicaSets): its
+//! costs are this program's, so only the operator's side is measured. Against a real API
+//! server no pod runs unless its cluster has kubelets, and "reconciled" needs none.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     convert::Infallible,
     process::{Child, Command, Stdio},
     sync::{
@@ -28,12 +42,18 @@ use std::{
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
-use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
+use http_body_util::{
+    BodyExt, StreamBody,
+    combinators::{BoxBody, UnsyncBoxBody},
+};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 type Reply = Response<BoxBody<Bytes, Infallible>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// What the operator gets back: a played reply, or a real API server's response.
+type Forwarded = Response<UnsyncBoxBody<Bytes, BoxError>>;
 type Watcher = futures::channel::mpsc::UnboundedSender<Result<Frame<Bytes>, Infallible>>;
 
 const NS: &str = "bench";
@@ -44,16 +64,12 @@ struct Api {
     objects: BTreeMap<String, BTreeMap<String, Value>>,
     watchers: Vec<(String, Watcher)>,
     resource_version: u64,
-    /// Requests by "VERB resource".
-    requests: BTreeMap<String, usize>,
-    lists: usize,
 }
 
+/// The API played here.
 #[derive(Clone, Default)]
 struct Server {
     api: Arc<Mutex<Api>>,
-    connections: Arc<AtomicUsize>,
-    most_connections: Arc<AtomicUsize>,
 }
 
 fn reply(code: StatusCode, value: &Value) -> Reply {
@@ -109,9 +125,8 @@ impl Api {
     }
 
     /// The ReplicaSet controller and the kubelet, at once: a Deployment's pod, running and ready.
-    fn pod_for(&mut self, deployment: &Value) {
+    fn pod_for(&mut self, deployment: &Value, ns: &str) {
         let name = deployment["metadata"]["name"].as_str().unwrap().to_string();
-        let ns = deployment["metadata"]["namespace"].as_str().unwrap_or(NS).to_string();
         let mut labels = deployment["spec"]["template"]["metadata"]["labels"].clone();
         labels["pod-template-hash"] = json!("h");
         let pod = json!({
@@ -149,13 +164,6 @@ async fn serve(server: Server, request: Request<Incoming>) -> Result<Reply, Infa
     let query = parts.uri.query().unwrap_or_default();
     let (resource, ns, name, sub) = route(parts.uri.path());
     let mut api = server.api.lock().unwrap();
-    *api.requests
-        .entry(format!(
-            "{} {resource}{}",
-            parts.method,
-            sub.as_deref().map(|s| format!("/{s}")).unwrap_or_default()
-        ))
-        .or_default() += 1;
     let key = |ns: &Option<String>, name: &str| format!("{}/{name}", ns.as_deref().unwrap_or(""));
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     Ok(match (parts.method, name) {
@@ -165,7 +173,6 @@ async fn serve(server: Server, request: Request<Incoming>) -> Result<Reply, Infa
             Response::builder().status(200).body(StreamBody::new(rx).boxed()).unwrap()
         }
         (Method::GET, None) => {
-            api.lists += 1;
             let items: Vec<Value> = api
                 .objects
                 .get(&resource)
@@ -190,6 +197,10 @@ async fn serve(server: Server, request: Request<Incoming>) -> Result<Reply, Infa
             let name = body["metadata"]["name"].as_str().unwrap_or("event").to_string();
             let mut object = body.clone();
             object["metadata"]["uid"] = json!(format!("{resource}-{name}"));
+            object["metadata"]["generation"] = json!(1);
+            if let Some(ns) = &ns {
+                object["metadata"]["namespace"] = json!(ns);
+            }
             let stored = api.store(&resource, key(&ns, &name), object, true);
             reply(StatusCode::CREATED, &stored)
         }
@@ -207,7 +218,7 @@ async fn serve(server: Server, request: Request<Incoming>) -> Result<Reply, Infa
             merge(&mut object, &patch);
             let stored = api.store(&resource, key(&ns, &name), object, added);
             if resource == "deployments" && added {
-                api.pod_for(&stored);
+                api.pod_for(&stored, ns.as_deref().unwrap_or(NS));
             }
             reply(StatusCode::OK, &stored)
         }
@@ -311,25 +322,364 @@ impl Server {
     /// Clusters whose status is of their generation and whose 3 Deployments and 4 Services exist.
     fn reconciled(&self) -> usize {
         let api = self.api.lock().unwrap();
-        let count = |r: &str| api.objects.get(r).map_or(0, |m| m.len());
-        let Some(clusters) = api.objects.get("omeroclusters") else { return 0 };
-        let deployments = api.objects.get("deployments");
-        let services = api.objects.get("services");
-        let _ = count;
-        clusters
-            .values()
-            .filter(|c| c["status"]["observedGeneration"] == c["metadata"]["generation"])
-            .filter(|c| {
-                let name = c["metadata"]["name"].as_str().unwrap();
-                let has = |m: Option<&BTreeMap<String, Value>>, n: &str| {
-                    m.is_some_and(|m| m.contains_key(&format!("{NS}/{n}")))
-                };
-                ["rw", "ro-1", "ro-2"].iter().all(|n| {
-                    has(deployments, &format!("{name}-{n}")) && has(services, &format!("{name}-{n}"))
-                }) && has(services, name)
-            })
-            .count()
+        let names = |resource: &str| -> BTreeSet<String> {
+            api.objects.get(resource).into_iter().flatten().map(|(key, _)| key.clone()).collect()
+        };
+        let clusters: Vec<&Value> =
+            api.objects.get("omeroclusters").into_iter().flatten().map(|(_, c)| c).collect();
+        count_reconciled(clusters, &names("deployments"), &names("services"), NS)
     }
+
+    /// Serves this API on `listener` (each connection on its own task).
+    fn serve_on(self, listener: tokio::net::TcpListener) {
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let server = self.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| serve(server.clone(), request));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    }
+}
+
+/// Of `clusters`, those whose status is of their generation and whose Deployment and Service
+/// per node and entry Service exist (`deployments` and `services` as "namespace/name").
+fn count_reconciled<'a>(
+    clusters: impl IntoIterator<Item = &'a Value>,
+    deployments: &BTreeSet<String>,
+    services: &BTreeSet<String>,
+    ns: &str,
+) -> usize {
+    clusters
+        .into_iter()
+        .filter(|c| c["status"]["observedGeneration"] == c["metadata"]["generation"])
+        .filter(|c| {
+            let name = c["metadata"]["name"].as_str().unwrap_or_default();
+            let has = |set: &BTreeSet<String>, n: String| set.contains(&format!("{ns}/{n}"));
+            NODES
+                .iter()
+                .all(|n| has(deployments, format!("{name}-{n}")) && has(services, format!("{name}-{n}")))
+                && has(services, name.to_string())
+        })
+        .count()
+}
+
+/// The node names of every benchmark cluster.
+const NODES: [&str; 3] = ["rw", "ro-1", "ro-2"];
+
+/// A real API server, reached with the kubeconfig's credentials, and the namespace the
+/// benchmark made there.
+#[derive(Clone)]
+struct RealApi {
+    client: kube::Client,
+    ns: String,
+}
+
+impl RealApi {
+    async fn connect(kubeconfig: &std::path::Path) -> Self {
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(kubeconfig).expect("a readable kubeconfig"),
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .expect("a usable kubeconfig");
+        let client = kube::Client::try_from(config).expect("a client");
+        let seconds = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        Self { client, ns: format!("omero-bench-{seconds}") }
+    }
+
+    fn api<K>(&self) -> kube::Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        kube::Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// The namespace, the CRD (this build's), and the database Secret the clusters name.
+    async fn set_up(&self) {
+        use k8s_openapi::{
+            api::core::v1::{Namespace, Secret},
+            apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        };
+        use kube::{
+            Api, CustomResourceExt,
+            api::{Patch, PatchParams, PostParams},
+        };
+        let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": self.ns}})).unwrap();
+        Api::<Namespace>::all(self.client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("namespace");
+        let crd = omero_operator::api::OmeroCluster::crd();
+        Api::<CustomResourceDefinition>::all(self.client.clone())
+            .patch(
+                &crd.metadata.name.clone().unwrap(),
+                &PatchParams::apply(BENCH_MANAGER).force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .expect("the CRD");
+        let secret: Secret = serde_json::from_value(
+            json!({"metadata": {"name": "omero-db"}, "stringData": {"password": "bench"}}),
+        )
+        .unwrap();
+        self.api::<Secret>().create(&PostParams::default(), &secret).await.expect("the Secret");
+        let clusters = self.api::<omero_operator::api::OmeroCluster>();
+        wait_for("the CRD to be served", Duration::from_secs(60), Duration::from_millis(500), || {
+            let clusters = clusters.clone();
+            async move { clusters.list(&kube::api::ListParams::default().limit(1)).await.is_ok() }
+        })
+        .await;
+    }
+
+    /// Creates the clusters as `kubectl apply` would (with its last-applied copy).
+    async fn add_clusters(&self, range: std::ops::Range<usize>) {
+        let api = self.api::<omero_operator::api::OmeroCluster>();
+        for i in range {
+            let mut c = cluster(i);
+            if let Some(m) = c["metadata"].as_object_mut() {
+                for generated in ["uid", "generation", "namespace"] {
+                    m.remove(generated);
+                }
+            }
+            let cluster = serde_json::from_value(c).expect("a benchmark cluster");
+            api.create(&kube::api::PostParams::default(), &cluster).await.expect("a cluster");
+        }
+    }
+
+    async fn reconciled(&self) -> usize {
+        use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
+        let all = kube::api::ListParams::default();
+        let ours = kube::api::ListParams::default().labels("app.kubernetes.io/managed-by=omero-operator");
+        fn names<K: Clone>(
+            list: kube::core::ObjectList<kube::core::PartialObjectMeta<K>>,
+            ns: &str,
+        ) -> BTreeSet<String> {
+            list.items.into_iter().filter_map(|o| o.metadata.name).map(|n| format!("{ns}/{n}")).collect()
+        }
+        let lists = (
+            self.api::<omero_operator::api::OmeroCluster>().list(&all).await,
+            self.api::<Deployment>().list_metadata(&ours).await,
+            self.api::<Service>().list_metadata(&ours).await,
+        );
+        let (clusters, deployments, services) = match lists {
+            (Ok(c), Ok(d), Ok(s)) => (c, d, s),
+            (c, d, s) => {
+                let errors = [c.err(), d.err(), s.err()];
+                eprintln!("looking at the clusters failed (tried again): {errors:?}");
+                return 0;
+            }
+        };
+        let clusters: Vec<Value> = clusters.items.iter().map(|c| serde_json::to_value(c).unwrap()).collect();
+        count_reconciled(&clusters, &names(deployments, &self.ns), &names(services, &self.ns), &self.ns)
+    }
+
+    async fn leading(&self) -> bool {
+        let lease = self.api::<k8s_openapi::api::coordination::v1::Lease>().get_opt(LEASE).await;
+        lease.ok().flatten().and_then(|l| l.spec?.holder_identity).is_some()
+    }
+
+    /// A killed operator's Lease goes, so the next one leads at once, not at its expiry.
+    async fn forget_lease(&self) {
+        let leases = self.api::<k8s_openapi::api::coordination::v1::Lease>();
+        let _ = leases.delete(LEASE, &kube::api::DeleteParams::default()).await;
+    }
+
+    async fn tear_down(&self) {
+        use k8s_openapi::api::core::v1::Namespace;
+        let namespaces = kube::Api::<Namespace>::all(self.client.clone());
+        let _ = namespaces.delete(&self.ns, &kube::api::DeleteParams::default()).await;
+    }
+}
+
+/// The Lease the operator leads by (its default name).
+const LEASE: &str = "omero-operator";
+/// The field manager of what the benchmark itself applies.
+const BENCH_MANAGER: &str = "omero-operator-bench";
+
+/// The API server the operator's requests are handed to.
+#[derive(Clone)]
+enum Upstream {
+    Played(Server),
+    Real(RealApi),
+}
+
+impl Upstream {
+    fn ns(&self) -> String {
+        match self {
+            Upstream::Played(_) => NS.into(),
+            Upstream::Real(real) => real.ns.clone(),
+        }
+    }
+
+    async fn add_clusters(&self, range: std::ops::Range<usize>) {
+        match self {
+            Upstream::Played(server) => server.add_clusters(range),
+            Upstream::Real(real) => real.add_clusters(range).await,
+        }
+    }
+
+    async fn reconciled(&self) -> usize {
+        match self {
+            Upstream::Played(server) => server.reconciled(),
+            Upstream::Real(real) => real.reconciled().await,
+        }
+    }
+
+    async fn leading(&self) -> bool {
+        match self {
+            Upstream::Played(server) => {
+                server.api.lock().unwrap().objects.get("leases").is_some_and(|m| !m.is_empty())
+            }
+            Upstream::Real(real) => real.leading().await,
+        }
+    }
+
+    async fn forget_lease(&self) {
+        match self {
+            Upstream::Played(server) => drop(server.api.lock().unwrap().objects.remove("leases")),
+            Upstream::Real(real) => real.forget_lease().await,
+        }
+    }
+
+    /// How often to look whether all are reconciled: a look at a real API server lists every
+    /// cluster, Deployment and Service of the namespace, which loads it.
+    fn poll(&self) -> Duration {
+        match self {
+            Upstream::Played(_) => Duration::from_millis(20),
+            Upstream::Real(_) => Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the operator asked for, counted on the way through.
+#[derive(Default)]
+struct Counts {
+    /// Requests by "VERB resource[/subresource]".
+    requests: BTreeMap<String, usize>,
+    /// Collection GETs that are not watches.
+    lists: usize,
+}
+
+/// Between the operator and its API: counts each request and connection, then hands the
+/// request on.
+#[derive(Clone)]
+struct Proxy {
+    upstream: Upstream,
+    counts: Arc<Mutex<Counts>>,
+    connections: Arc<AtomicUsize>,
+    most_connections: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    fn new(upstream: Upstream) -> Self {
+        Self {
+            upstream,
+            counts: Arc::default(),
+            connections: Arc::default(),
+            most_connections: Arc::default(),
+        }
+    }
+
+    fn count(&self, request: &Request<Incoming>) {
+        let (resource, _, name, sub) = route(request.uri().path());
+        let watch =
+            request.uri().query().unwrap_or_default().split('&').any(|q| q == "watch=true" || q == "watch=1");
+        let mut counts = self.counts.lock().unwrap();
+        let sub = sub.map(|s| format!("/{s}")).unwrap_or_default();
+        *counts.requests.entry(format!("{} {resource}{sub}", request.method())).or_default() += 1;
+        if request.method() == Method::GET && name.is_none() && !watch {
+            counts.lists += 1;
+        }
+    }
+
+    /// Starts counting again, from the connections open now.
+    fn reset(&self) {
+        *self.counts.lock().unwrap() = Counts::default();
+        self.most_connections.store(self.connections.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    async fn handle(self, request: Request<Incoming>) -> Result<Forwarded, Infallible> {
+        self.count(&request);
+        match &self.upstream {
+            Upstream::Played(server) => {
+                let reply = serve(server.clone(), request).await?;
+                Ok(reply.map(|body| body.map_err(|never| match never {}).boxed_unsync()))
+            }
+            Upstream::Real(real) => Ok(forward(&real.client, request).await),
+        }
+    }
+
+    fn serve_on(self, listener: tokio::net::TcpListener) {
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let proxy = self.clone();
+                let open = proxy.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                proxy.most_connections.fetch_max(open, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = service_fn({
+                        let proxy = proxy.clone();
+                        move |request| proxy.clone().handle(request)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                    proxy.connections.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+    }
+}
+
+/// Hands a request to a real API server with the kubeconfig's credentials (the client adds
+/// its address, TLS and authentication), and streams the answer back: watches included.
+async fn forward(client: &kube::Client, request: Request<Incoming>) -> Forwarded {
+    let (parts, body) = request.into_parts();
+    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut builder = Request::builder().method(parts.method.clone()).uri(path);
+    for header in [http::header::CONTENT_TYPE, http::header::ACCEPT] {
+        if let Some(value) = parts.headers.get(&header) {
+            builder = builder.header(header, value);
+        }
+    }
+    let request = builder.body(kube::client::Body::from(bytes.to_vec())).expect("a request");
+    match client.send(request).await {
+        Ok(response) => response.map(|body| body.map_err(BoxError::from).boxed_unsync()),
+        Err(error) => Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .body(
+                http_body_util::Full::new(Bytes::from(error.to_string()))
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .unwrap(),
+    }
+}
+
+/// A kubeconfig for the operator: plain HTTP to `address`, default namespace `ns`.
+fn kubeconfig_for(
+    dir: &std::path::Path,
+    name: &str,
+    address: std::net::SocketAddr,
+    ns: &str,
+) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster: {{server: \"http://{address}\"}}\nusers:\n- name: b\n  user: {{}}\n\
+             contexts:\n- name: b\n  context: {{cluster: b, user: b, namespace: {ns}}}\ncurrent-context: b\n"
+        ),
+    )
+    .unwrap();
+    path
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
@@ -344,7 +694,7 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 
 /// The operator's process; `OMERO_BENCH_WRAPPER` (e.g. `valgrind --tool=massif`) runs it
 /// under a profiler.
-fn start_operator(kubeconfig: &std::path::Path, http: &str) -> Child {
+fn start_operator(kubeconfig: &std::path::Path, http: &str, ns: &str) -> Child {
     let wrapper = std::env::var("OMERO_BENCH_WRAPPER").unwrap_or_default();
     let mut words = wrapper.split_whitespace();
     let mut command = match words.next() {
@@ -356,19 +706,38 @@ fn start_operator(kubeconfig: &std::path::Path, http: &str) -> Child {
         None => Command::new(env!("CARGO_BIN_EXE_omero-operator")),
     };
     command
-        .args(["run", "--log-level", "warn", "--http-address", http, "--lease-namespace", NS])
+        .args([
+            "run",
+            "--log-level",
+            "warn",
+            "--http-address",
+            http,
+            "--namespace",
+            ns,
+            "--lease-namespace",
+            ns,
+        ])
         .env("KUBECONFIG", kubeconfig)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(if std::env::var_os("OMERO_BENCH_OPERATOR_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .expect("the operator starts")
 }
 
-async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+async fn wait_for<F: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut done: impl FnMut() -> F,
+) -> Duration {
     let start = Instant::now();
-    while !done() {
+    while !done().await {
         assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(every).await;
     }
     start.elapsed()
 }
@@ -376,97 +745,108 @@ async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n: usize = std::env::var("OMERO_BENCH_CLUSTERS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
-    let server = Server::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn({
-        let server = server.clone();
-        async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let server = server.clone();
-                let open = server.connections.fetch_add(1, Ordering::SeqCst) + 1;
-                server.most_connections.fetch_max(open, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let service = service_fn({
-                        let server = server.clone();
-                        move |request| serve(server.clone(), request)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                    server.connections.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        }
-    });
     let dir = std::env::temp_dir().join(format!("omero-operator-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster: {{server: \"http://{address}\"}}\nusers:\n- name: b\n  user: {{}}\n\
-             contexts:\n- name: b\n  context: {{cluster: b, user: b, namespace: {NS}}}\ncurrent-context: b\n"
-        ),
-    )
-    .unwrap();
+    let upstream = match std::env::var("OMERO_BENCH_KUBECONFIG") {
+        Err(_) => Upstream::Played(Server::default()),
+        Ok(kubeconfig) => {
+            let kubeconfig = if kubeconfig == "played" {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let address = listener.local_addr().unwrap();
+                Server::default().serve_on(listener);
+                kubeconfig_for(&dir, "played-kubeconfig", address, "default")
+            } else {
+                std::path::PathBuf::from(kubeconfig)
+            };
+            let real = RealApi::connect(&kubeconfig).await;
+            eprintln!("setting up namespace {} (CRD, Secret)", real.ns);
+            real.set_up().await;
+            Upstream::Real(real)
+        }
+    };
+    let ns = upstream.ns();
+    let proxy = Proxy::new(upstream.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let kubeconfig = kubeconfig_for(&dir, "kubeconfig", listener.local_addr().unwrap(), &ns);
+    proxy.clone().serve_on(listener);
     let http_port = |p: u16| format!("127.0.0.1:{p}");
-    let leading =
-        |server: &Server| server.api.lock().unwrap().objects.get("leases").is_some_and(|m| !m.is_empty());
+    let every = upstream.poll();
 
     // Idle: no cluster at all, leading, caches filled.
-    let mut operator = start_operator(&kubeconfig, &http_port(18431));
-    wait_for("the lease", Duration::from_secs(60), || leading(&server)).await;
+    eprintln!("idle operator");
+    let mut operator = start_operator(&kubeconfig, &http_port(18431), &ns);
+    wait_for("the lease", Duration::from_secs(60), every, || upstream.leading()).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle = rss_kib(operator.id(), "VmRSS:");
     operator.kill().unwrap();
     operator.wait().unwrap();
 
     // N clusters, all new: time until every one is reconciled, then memory with all cached.
-    server.add_clusters(0..n);
-    server.api.lock().unwrap().requests.clear();
-    server.api.lock().unwrap().lists = 0;
-    server.api.lock().unwrap().objects.remove("leases");
-    server.most_connections.store(server.connections.load(Ordering::SeqCst), Ordering::SeqCst);
-    let mut operator = start_operator(&kubeconfig, &http_port(18432));
-    let took = wait_for("all reconciled", Duration::from_secs(600), || server.reconciled() == n).await;
+    eprintln!("creating {n} clusters, then starting the operator");
+    let created = Instant::now();
+    upstream.add_clusters(0..n).await;
+    let created = created.elapsed();
+    upstream.forget_lease().await;
+    proxy.reset();
+    let mut operator = start_operator(&kubeconfig, &http_port(18432), &ns);
+    let took = wait_for("all reconciled", Duration::from_secs(600), every, || async {
+        upstream.reconciled().await == n
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let cached = rss_kib(operator.id(), "VmRSS:");
     let peak = rss_kib(operator.id(), "VmHWM:");
-    let requests = server.api.lock().unwrap().requests.clone();
-    let lists = server.api.lock().unwrap().lists;
-    let most = server.most_connections.load(Ordering::SeqCst);
+    let (requests, lists) = {
+        let counts = proxy.counts.lock().unwrap();
+        (counts.requests.clone(), counts.lists)
+    };
+    let most = proxy.most_connections.load(Ordering::SeqCst);
     // SIGTERM, as Kubernetes stops it (a profiler then writes its report).
     let _ = Command::new("kill").args(["-TERM", &operator.id().to_string()]).status();
     operator.wait().unwrap();
     if std::env::var_os("OMERO_BENCH_WRAPPER").is_some() {
+        if let Upstream::Real(real) = &upstream {
+            real.tear_down().await;
+        }
         return;
     }
 
     // Restart facing N reconciled and N new clusters.
-    server.add_clusters(n..2 * n);
-    server.api.lock().unwrap().objects.remove("leases");
-    let mut operator = start_operator(&kubeconfig, &http_port(18433));
-    let caught_up = wait_for("caught up", Duration::from_secs(600), || server.reconciled() == 2 * n).await;
+    eprintln!("creating {n} more clusters, then restarting the operator");
+    upstream.add_clusters(n..2 * n).await;
+    upstream.forget_lease().await;
+    proxy.reset();
+    let mut operator = start_operator(&kubeconfig, &http_port(18433), &ns);
+    let caught_up = wait_for("caught up", Duration::from_secs(600), every, || async {
+        upstream.reconciled().await == 2 * n
+    })
+    .await;
     let restart_peak = rss_kib(operator.id(), "VmHWM:");
+    let restart_most = proxy.most_connections.load(Ordering::SeqCst);
     operator.kill().unwrap();
     operator.wait().unwrap();
+    if let Upstream::Real(real) = &upstream {
+        real.tear_down().await;
+    }
 
-    println!("omero-operator process against an HTTP API played by this benchmark, {n} clusters x 3 nodes:");
+    let against = match &upstream {
+        Upstream::Played(_) => "an HTTP API played by this benchmark".to_string(),
+        Upstream::Real(real) => format!("the API server of OMERO_BENCH_KUBECONFIG (namespace {})", real.ns),
+    };
+    println!("omero-operator process against {against}, {n} clusters x 3 nodes:");
     println!("  RSS idle (leading, no cluster): {:.1} MiB", idle as f64 / 1024.0);
-    println!("  all {n} reconciled after start: {took:.2?}");
+    println!("  {n} clusters created in {created:.2?}; all reconciled {took:.2?} after the operator started");
     println!(
         "  RSS with {n} clusters cached: {:.1} MiB (peak {:.1} MiB)",
         cached as f64 / 1024.0,
         peak as f64 / 1024.0
     );
     println!(
-        "  restart facing {n} reconciled + {n} new: caught up in {caught_up:.2?} (peak RSS {:.1} MiB)",
+        "  restart facing {n} reconciled + {n} new: caught up in {caught_up:.2?} (peak RSS {:.1} MiB, at most {restart_most} connections)",
         restart_peak as f64 / 1024.0
     );
     println!("  LIST requests over the first run: {lists} (the watches' own starts)");
-    println!("  most concurrent connections: {most}");
+    println!("  most concurrent connections over the first run: {most}");
     let per: HashMap<&str, f64> = requests.iter().map(|(k, v)| (k.as_str(), *v as f64 / n as f64)).collect();
     let mut per: Vec<_> = per.into_iter().collect();
     per.sort_by(|a, b| a.0.cmp(b.0));
