@@ -6,8 +6,8 @@
 //!     cargo bench --bench scale                       # 300 clusters of 3 nodes
 //!     OMERO_BENCH_CLUSTERS=100 OMERO_BENCH_NODES=5 cargo bench --bench scale
 //!
-//! Only the port double is measured here: the real API server's side (LIST and watch costs,
-//! connections) needs a cluster and is not built into this benchmark.
+//! Only the port double is measured here. The operator's process against an API server (its
+//! requests by verb, LISTs, connections, memory), played or real, is `operator_process`.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
