@@ -124,16 +124,42 @@ mod tests {
 
     use super::*;
 
+    /// A Deployment as an API server returns it: defaults filled in, quantities, int-or-string
+    /// ports and percentages, timestamps, managed fields.
     fn deployment() -> serde_json::Value {
         json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "omero-rw", "namespace": "omero", "labels": {"a": "b"},
-                         "managedFields": [{"manager": "omero-operator", "operation": "Apply"}]},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"a": "b"}},
-                     "template": {"metadata": {"labels": {"a": "b"}},
-                                  "spec": {"containers": [{"name": "omero", "image": "i", "env": [{"name": "X", "value": "1"}]}],
-                                           "volumes": [{"name": "v", "configMap": {"name": "c"}}]}}},
-            "status": {"readyReplicas": 1, "conditions": [{"type": "Available", "status": "True"}]}
+                         "uid": "6f1c", "resourceVersion": "812", "generation": 2,
+                         "creationTimestamp": "2026-11-30T06:00:00Z",
+                         "annotations": {"omero.openmicroscopy.org/revision": "r1"},
+                         "ownerReferences": [{"apiVersion": "omero.openmicroscopy.org/v1alpha1", "kind": "OmeroCluster",
+                                              "name": "omero", "uid": "u", "controller": true, "blockOwnerDeletion": true}],
+                         "managedFields": [{"manager": "omero-operator", "operation": "Apply", "apiVersion": "apps/v1",
+                                            "time": "2026-11-30T06:00:00Z", "fieldsType": "FieldsV1",
+                                            "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
+            "spec": {"replicas": 1, "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600,
+                     "selector": {"matchLabels": {"a": "b"}},
+                     "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
+                     "template": {"metadata": {"labels": {"a": "b"}, "creationTimestamp": null},
+                                  "spec": {"containers": [{"name": "omero", "image": "i", "imagePullPolicy": "IfNotPresent",
+                                                           "env": [{"name": "X", "value": "1"},
+                                                                   {"name": "P", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}],
+                                                           "ports": [{"name": "omero", "containerPort": 4064, "protocol": "TCP"}],
+                                                           "resources": {"limits": {"cpu": "2", "memory": "4Gi"}, "requests": {"cpu": "500m"}},
+                                                           "readinessProbe": {"tcpSocket": {"port": "omero"}, "periodSeconds": 10,
+                                                                              "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 3},
+                                                           "startupProbe": {"tcpSocket": {"port": 4064}},
+                                                           "terminationMessagePath": "/dev/termination-log",
+                                                           "terminationMessagePolicy": "File"}],
+                                           "volumes": [{"name": "v", "configMap": {"name": "c", "defaultMode": 420}},
+                                                       {"name": "data", "persistentVolumeClaim": {"claimName": "omero-data"}}],
+                                           "restartPolicy": "Always", "dnsPolicy": "ClusterFirst",
+                                           "terminationGracePeriodSeconds": 30, "schedulerName": "default-scheduler",
+                                           "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}}}}},
+            "status": {"observedGeneration": 2, "replicas": 1, "readyReplicas": 1, "availableReplicas": 1,
+                       "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+                                       "lastUpdateTime": "2026-11-30T06:00:05Z", "lastTransitionTime": "2026-11-30T06:00:05Z"}]}
         })
     }
 
@@ -144,7 +170,13 @@ mod tests {
         assert!(cached.metadata.managed_fields.is_none());
         let mut expected: Deployment = serde_json::from_value(deployment()).unwrap();
         expected.metadata.managed_fields = None;
-        assert_eq!(cached.object().unwrap(), expected);
+        let read = cached.object().unwrap();
+        assert_eq!(read, expected);
+        // The same JSON again, so the comparison before an apply sees what the server holds.
+        let mut json = deployment();
+        json["metadata"].as_object_mut().unwrap().remove("managedFields");
+        json["spec"]["template"]["metadata"].as_object_mut().unwrap().remove("creationTimestamp");
+        assert_eq!(serde_json::to_value(&read).unwrap(), json);
     }
 
     /// A watch event's object may arrive before its type (serde then buffers it): the same.
