@@ -305,8 +305,8 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
         info!(namespace = ?options.namespace, concurrency = options.concurrency, "starting controller");
         // The clusters' own cache, without what is never read: managed fields, and the copy
         // of the spec `kubectl apply` keeps in an annotation.
-        let (cluster_cache, cluster_writer) = kube::runtime::reflector::store();
         use kube::runtime::WatchStreamExt;
+        let (cluster_cache, cluster_writer) = kube::runtime::reflector::store();
         let cluster_changes = kube::runtime::reflector(
             cluster_writer,
             watcher(clusters, watcher::Config::default().any_semantic()).modify(|cluster| {
