@@ -216,6 +216,7 @@ async fn serve(server: Server, request: Request<Incoming>) -> Result<Reply, Infa
                 m.remove("resourceVersion");
             }
             merge(&mut object, &patch);
+            defaults(&resource, &mut object);
             let stored = api.store(&resource, key(&ns, &name), object, added);
             if resource == "deployments" && added {
                 api.pod_for(&stored, ns.as_deref().unwrap_or(NS));
@@ -243,6 +244,93 @@ async fn serve(server: Server, request: Request<Incoming>) -> Result<Reply, Infa
         }
         _ => not_found(),
     })
+}
+
+/// Sets `value` at `key` of `object` unless it is there (an API server's defaulting).
+fn default(object: &mut Value, key: &str, value: Value) {
+    if let Some(map) = object.as_object_mut() {
+        map.entry(key.to_string()).or_insert(value);
+    }
+}
+
+/// The defaults a Kubernetes 1.28 API server fills into what the operator applies, so the
+/// objects the operator caches and compares are as long as real ones, and a comparison that
+/// took a default for a change would show as applies here.
+fn defaults(resource: &str, object: &mut Value) {
+    let probe = |probe: &mut Value| {
+        for (k, v) in
+            [("timeoutSeconds", 1), ("periodSeconds", 10), ("successThreshold", 1), ("failureThreshold", 3)]
+        {
+            default(probe, k, json!(v));
+        }
+    };
+    let pod_spec = |spec: &mut Value| {
+        for (k, v) in [
+            ("restartPolicy", json!("Always")),
+            ("terminationGracePeriodSeconds", json!(30)),
+            ("dnsPolicy", json!("ClusterFirst")),
+            ("schedulerName", json!("default-scheduler")),
+            ("securityContext", json!({})),
+        ] {
+            default(spec, k, v);
+        }
+        for list in ["initContainers", "containers"] {
+            for c in spec[list].as_array_mut().into_iter().flatten() {
+                default(c, "terminationMessagePath", json!("/dev/termination-log"));
+                default(c, "terminationMessagePolicy", json!("File"));
+                default(c, "imagePullPolicy", json!("IfNotPresent"));
+                for port in c["ports"].as_array_mut().into_iter().flatten() {
+                    default(port, "protocol", json!("TCP"));
+                }
+                for p in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                    if c[p].is_object() {
+                        probe(&mut c[p]);
+                    }
+                }
+            }
+        }
+        for volume in spec["volumes"].as_array_mut().into_iter().flatten() {
+            for source in ["configMap", "secret"] {
+                if volume[source].is_object() {
+                    default(&mut volume[source], "defaultMode", json!(420));
+                }
+            }
+        }
+    };
+    match resource {
+        "deployments" => {
+            let spec = &mut object["spec"];
+            default(spec, "revisionHistoryLimit", json!(10));
+            default(spec, "progressDeadlineSeconds", json!(600));
+            default(
+                spec,
+                "strategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+            );
+            pod_spec(&mut spec["template"]["spec"]);
+        }
+        "services" => {
+            let spec = &mut object["spec"];
+            let headless = spec["clusterIP"] == "None";
+            for (k, v) in [
+                ("type", json!("ClusterIP")),
+                ("sessionAffinity", json!("None")),
+                ("ipFamilies", json!(["IPv4"])),
+                ("ipFamilyPolicy", json!("SingleStack")),
+                ("internalTrafficPolicy", json!("Cluster")),
+                ("clusterIP", json!("10.96.0.10")),
+                ("clusterIPs", json!([if headless { "None" } else { "10.96.0.10" }])),
+            ] {
+                default(spec, k, v);
+            }
+            for port in spec["ports"].as_array_mut().into_iter().flatten() {
+                default(port, "protocol", json!("TCP"));
+                let number = port["port"].clone();
+                default(port, "targetPort", number);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// What a real API server records of who set which field (`metadata.managedFields`), as it
