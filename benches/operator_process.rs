@@ -6,10 +6,10 @@
 //! cluster by verb, its LIST requests, and its most concurrent connections.
 //!
 //! The API the operator talks to is either played here over real HTTP (the default: the
-//! operator creates Deployments and Services by server-side apply, a pod per Deployment
-//! appears ready as the ReplicaSet controller and kubelet would make it, watch events for
-//! every change), or a real API server given by a kubeconfig, to which each request is
-//! forwarded:
+//! operator creates Deployments and Services by server-side apply, and gets them back with
+//! an API server's defaults and managed fields; a pod per Deployment appears ready as the
+//! ReplicaSet controller and kubelet would make it; watch events for every change), or a real
+//! API server given by a kubeconfig, to which each request is forwarded:
 //!
 //!     cargo bench --bench operator_process                    # 300 clusters of 3 nodes, played API
 //!     OMERO_BENCH_CLUSTERS=100 cargo bench --bench operator_process
