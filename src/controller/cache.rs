@@ -14,13 +14,15 @@ use std::{borrow::Cow, fmt, marker::PhantomData};
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{ConfigMap, Pod, Service},
+        core::v1::{ConfigMap, Container, Pod, PodSpec, Service},
         policy::v1::PodDisruptionBudget,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::Resource;
 use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
+
+use crate::api::OmeroCluster;
 
 /// The kinds the operator caches, with what of them is never read and so never kept.
 pub trait Cacheable: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone {
@@ -32,9 +34,36 @@ impl Cacheable for Deployment {}
 impl Cacheable for Service {}
 impl Cacheable for ConfigMap {}
 impl Cacheable for PodDisruptionBudget {}
+/// Of a pod's spec, only what is read: the node it runs on and each container's name and image
+/// (`observe`). A pod's full spec (env, probes, volumes, scripts) is most of its size, and the
+/// cache holds every pod of every cluster.
 impl Cacheable for Pod {
     fn slim(&mut self) {
-        super::observe::slim_pod(self);
+        if let Some(spec) = self.spec.take() {
+            let containers = spec
+                .containers
+                .into_iter()
+                .map(|c| Container { name: c.name, image: c.image, ..Default::default() })
+                .collect();
+            self.spec = Some(PodSpec { containers, node_name: spec.node_name, ..Default::default() });
+        }
+    }
+}
+
+/// Where `kubectl apply` keeps the last spec it applied (client-side apply): a second copy of
+/// the spec, never read by the operator.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What the clusters' own cache keeps: the cluster without its managed fields and without
+/// kubectl's copy of its spec. Status is written back from this copy by a PUT of the status
+/// subresource, which takes only `status` from the body: the API server copies the stored
+/// object and sets the new status on it (apiextensions-apiserver's `statusStrategy.
+/// PrepareForUpdate`; read in its source, not observed here). Were that wrong, the stored
+/// cluster would lose kubectl's annotation, not its spec or the operator's requests.
+pub fn slim_cluster(cluster: &mut OmeroCluster) {
+    cluster.metadata.managed_fields = None;
+    if let Some(annotations) = cluster.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
     }
 }
 
@@ -203,6 +232,25 @@ mod tests {
         assert_eq!(spec.containers[0].image.as_deref(), Some("i"));
         assert_eq!(spec.containers[0].args, None, "what is never read is not kept");
         assert_eq!(pod.status.unwrap().pod_ip.as_deref(), Some("127.0.0.1"));
+    }
+
+    #[test]
+    fn a_cached_cluster_keeps_its_requests_but_not_kubectls_copy() {
+        let mut cluster: OmeroCluster = serde_json::from_value(json!({
+            "apiVersion": "omero.openmicroscopy.org/v1alpha1", "kind": "OmeroCluster",
+            "metadata": {"name": "omero", "annotations": {
+                LAST_APPLIED: "{\"spec\": {}}", "omero.openmicroscopy.org/drain": "ro-1"},
+                "managedFields": [{"manager": "kubectl-client-side-apply", "operation": "Update"}]},
+            "spec": {"image": "i", "database": {"host": "db", "passwordSecret": {"name": "s", "key": "k"}},
+                     "repository": {"claimName": "c"}, "nodes": [{"name": "rw"}]}
+        }))
+        .unwrap();
+        let spec = serde_json::to_value(&cluster.spec).unwrap();
+        slim_cluster(&mut cluster);
+        assert!(cluster.metadata.managed_fields.is_none());
+        let annotations = cluster.metadata.annotations.clone().unwrap();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["omero.openmicroscopy.org/drain"]);
+        assert_eq!(serde_json::to_value(&cluster.spec).unwrap(), spec);
     }
 
     #[test]

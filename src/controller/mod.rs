@@ -303,18 +303,12 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
                 .with_metrics(metrics.clone()),
         );
         info!(namespace = ?options.namespace, concurrency = options.concurrency, "starting controller");
-        // The clusters' own cache, without what is never read: managed fields, and the copy
-        // of the spec `kubectl apply` keeps in an annotation.
+        // The clusters' own cache, without what is never read (`cache::slim_cluster`).
         use kube::runtime::WatchStreamExt;
         let (cluster_cache, cluster_writer) = kube::runtime::reflector::store();
         let cluster_changes = kube::runtime::reflector(
             cluster_writer,
-            watcher(clusters, watcher::Config::default().any_semantic()).modify(|cluster| {
-                cluster.metadata.managed_fields = None;
-                if let Some(annotations) = cluster.metadata.annotations.as_mut() {
-                    annotations.remove(LAST_APPLIED);
-                }
-            }),
+            watcher(clusters, watcher::Config::default().any_semantic()).modify(cache::slim_cluster),
         );
         let controller = Controller::for_stream(cluster_changes.applied_objects(), cluster_cache)
             .owns_shared_stream(deployment_events)
@@ -411,10 +405,6 @@ async fn shutdown_signal() {
     }
     info!("shutdown signal: finishing running reconciles");
 }
-
-/// Where `kubectl apply` keeps the last spec it applied (client-side apply): a second copy of
-/// the spec, never read by the operator.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Events each shared watch buffers for the controller before the slowest reader catches up.
 const SHARED_BUFFER: usize = 256;

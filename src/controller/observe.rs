@@ -49,30 +49,6 @@ pub fn pod_refusals<'a>(deployments: impl IntoIterator<Item = &'a Deployment>) -
         .collect()
 }
 
-/// What the watch cache keeps of a pod (see `cache`): its metadata and status, and of its spec
-/// only what is read (the node it runs on, each container's name and image). A pod's full spec
-/// (env, probes, volumes, scripts) is most of its size, and the cache holds every pod of every
-/// cluster.
-pub fn slim_pod(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    if let Some(spec) = pod.spec.take() {
-        let containers = spec
-            .containers
-            .into_iter()
-            .map(|c| k8s_openapi::api::core::v1::Container {
-                name: c.name,
-                image: c.image,
-                ..Default::default()
-            })
-            .collect();
-        pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
-            containers,
-            node_name: spec.node_name,
-            ..Default::default()
-        });
-    }
-}
-
 /// Each node's current pod, by node name. When a node has several (the old one still
 /// terminating), the live one wins, then the newest. Only pods of the Deployments named in
 /// `ours` (those the cluster controls) count: a pod that merely carries the cluster's labels is
@@ -195,8 +171,8 @@ status:
 "#,
         )
         .unwrap();
-        let mut slim = full.clone();
-        slim_pod(&mut slim);
+        // What the pod cache gives a reconcile.
+        let slim = crate::controller::cache::Cached::new(full.clone()).object().unwrap();
         let spec = slim.spec.as_ref().unwrap();
         assert_eq!(spec.node_name.as_deref(), Some("k8s-1"));
         assert_eq!(spec.containers.len(), 2);
