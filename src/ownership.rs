@@ -6,7 +6,10 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-use crate::api::{ObjectProblem, ObjectProblemReason, keys};
+use crate::{
+    api::{ObjectProblem, ObjectProblemReason, keys},
+    error::Refusal,
+};
 
 /// True when the object's controller is the OmeroCluster with `uid`. Nothing is ours without
 /// a uid (offline `render`).
@@ -62,16 +65,42 @@ pub fn immutable(kind: &str, name: &str, what: String) -> ObjectProblem {
     }
 }
 
-/// The report of an object the API server refused to apply.
-pub fn refused(kind: &str, name: &str, why: &str) -> ObjectProblem {
-    ObjectProblem {
-        kind: kind.into(),
-        name: name.into(),
-        reason: ObjectProblemReason::Refused,
-        message: format!(
-            "the API server refused {kind} {name}: {why}; correct the spec field it names (the rest of \
-             the cluster goes on, and this is tried again when the spec changes)"
-        ),
+/// The report of a write of `kind` `name` the API server refused. `verb` is what the write was
+/// authorized as (`create` for an apply of an object that does not exist yet, else `patch`,
+/// `delete`), `resource` the kind's API group and resource as RBAC names them.
+pub fn refused(
+    kind: &str,
+    name: &str,
+    namespace: &str,
+    verb: &str,
+    (group, resource): (&str, &str),
+    refusal: &Refusal,
+) -> ObjectProblem {
+    match refusal {
+        Refusal::Invalid(why) => ObjectProblem {
+            kind: kind.into(),
+            name: name.into(),
+            reason: ObjectProblemReason::Refused,
+            message: format!(
+                "the API server refused {kind} {name}: {why}; correct the spec field it names (the rest of \
+                 the cluster goes on, and this is tried again when the spec changes)"
+            ),
+        },
+        Refusal::Forbidden(said) => {
+            let resource =
+                if group.is_empty() { resource.to_string() } else { format!("{resource}.{group}") };
+            ObjectProblem {
+                kind: kind.into(),
+                name: name.into(),
+                reason: ObjectProblemReason::Forbidden,
+                message: format!(
+                    "the operator's account may not {verb} {resource} in namespace {namespace} ({kind} {name}): \
+                     give it the chart's RBAC (helm upgrade the omero-operator chart, or grant the rules in the \
+                     README's RBAC table; a server-side apply that creates needs create as well as patch). \
+                     The API server said: {said}"
+                ),
+            }
+        }
     }
 }
 

@@ -13,8 +13,12 @@
 //!   kube-lease-manager reading the Lease, `crd::apply_own` reading the CRD's version.
 //! - `patch`: server-side apply (`KubePort::apply`, the CRD, the Lease), the routable label
 //!   (`KubePort::set_routable`), kube's event Recorder folding repeats into a series.
+//! - `create` with `patch`: a server-side apply of an object that does not exist yet is
+//!   authorized as `create` as well as `patch` (the API server answers a bare "forbidden"
+//!   without it), so every kind the operator applies needs both.
 //! - `update`: the status subresource, replaced with a `resourceVersion` precondition.
-//! - `create`: kube's event Recorder; kube-lease-manager creating the Lease the first time.
+//! - `create`: the applies above that create; kube's event Recorder; kube-lease-manager
+//!   creating the Lease the first time.
 //! - `delete`: `KubePort::delete_child` (a node removed from the spec, once drained),
 //!   `KubePort::delete_pod` (a drained node moving off a cordoned Kubernetes node).
 
@@ -77,17 +81,18 @@ pub const RULES: &[Rule] = &[
     Rule {
         group: "apps",
         resource: "deployments",
-        verbs: &["get", "list", "watch", "patch", "delete"],
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
         resource_names: &[],
         scope: Scope::Watched,
         when: Always,
         why: "one per node: watched into a cache (list, watch), a name looked up before creating (get), \
-              server-side apply (patch), deleted when its node leaves the spec, drained (delete)",
+              server-side apply (patch, and create when the apply creates), deleted when its node leaves the \
+              spec, drained (delete)",
     },
     Rule {
         group: "",
         resource: "services",
-        verbs: &["get", "list", "watch", "patch", "delete"],
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
         resource_names: &[],
         scope: Scope::Watched,
         when: Always,
@@ -96,7 +101,7 @@ pub const RULES: &[Rule] = &[
     Rule {
         group: "",
         resource: "configmaps",
-        verbs: &["get", "list", "watch", "patch", "delete"],
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
         resource_names: &[],
         scope: Scope::Watched,
         when: Always,
@@ -116,7 +121,7 @@ pub const RULES: &[Rule] = &[
     Rule {
         group: "policy",
         resource: "poddisruptionbudgets",
-        verbs: &["get", "list", "watch", "patch", "delete"],
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
         resource_names: &[],
         scope: Scope::Watched,
         when: Always,
@@ -154,12 +159,12 @@ pub const RULES: &[Rule] = &[
     Rule {
         group: "apiextensions.k8s.io",
         resource: "customresourcedefinitions",
-        verbs: &["get", "patch"],
+        verbs: &["get", "create", "patch"],
         resource_names: &[CRD_NAME],
         scope: Scope::Cluster,
         when: When::Value("crd.apply"),
         why: "the operator applies its own CRD at start (helm never upgrades crds/): reads its version, applies \
-              it when older; this CRD only",
+              it when older or absent (create); this CRD only",
     },
     Rule {
         group: "",
@@ -200,6 +205,24 @@ mod tests {
         let secrets: Vec<_> = RULES.iter().filter(|r| r.resource == "secrets").collect();
         assert_eq!(secrets.len(), 1);
         assert_eq!(secrets[0].verbs, ["get"], "the operator must not list, watch or cache Secrets");
+    }
+
+    /// Every kind the operator applies, taken from the kinds it writes (`ChildKind::ALL`, named
+    /// by their API group and resource), can be created by apply, patched, looked up and cached.
+    #[test]
+    fn every_applied_kind_can_be_created_patched_read_and_cached() {
+        use crate::controller::port::ChildKind;
+        for kind in ChildKind::ALL {
+            let (group, resource) = kind.api_resource();
+            let rule = RULES
+                .iter()
+                .find(|r| r.group == group && r.resource == resource && r.scope == Scope::Watched)
+                .unwrap_or_else(|| panic!("no rule for {group}/{resource}, which the operator applies"));
+            for verb in ["create", "patch", "get", "list", "watch"] {
+                assert!(rule.verbs.contains(&verb), "{group}/{resource} lacks {verb}: {rule:?}");
+            }
+            assert!(rule.resource_names.is_empty() && rule.when == Always, "{rule:?}");
+        }
     }
 
     #[test]

@@ -1,28 +1,40 @@
-//! End to end on a real cluster: runs the built `omero-operator` against the API server of
-//! `OMERO_OPERATOR_E2E_KUBECONFIG` in a fresh namespace, and checks what it creates, how it
-//! reports, what the API server refuses (CEL), node removal, drains and garbage collection.
-//! Skipped, with a message, when the variable is unset (as in CI, which has no cluster).
+//! End to end on a real API server: runs the built `omero-operator` against the API server of
+//! `OMERO_OPERATOR_E2E_KUBECONFIG` (a cluster admin's) in a fresh namespace, and checks what it
+//! creates, how it reports, what the API server refuses (CEL), drains, rollouts, removals,
+//! maintenance moves, garbage collection, and what the chart lets users do.
+//! Skipped, with a message, when the variable is unset (as in CI, which has no API server).
+//! `scripts/e2e.sh KUBECONFIG` runs every test one after another with its time, then checks
+//! that nothing was left behind.
 //!
 //! Each test's namespace enforces the `restricted` Pod Security Standard (no `FailedCreate`
-//! Event may follow), and the operator runs as the chart's ServiceAccount with the chart's
-//! RBAC for that namespace (rendered by `bin/helm`), with no `forbidden` answer in its log.
+//! Event may follow), and the operator runs as the chart's ServiceAccount with exactly the
+//! chart's RBAC (rendered by `bin/helm`) for a one-namespace or a cluster-wide install, with no
+//! `forbidden` answer in its whole log.
 //!
-//! OMERO itself needs a database to become ready; these checks hold whether or not the pods
-//! become ready (`OMERO_OPERATOR_E2E_IMAGE` picks the image, default the official one).
+//! There may be no kubelet or scheduler (`shared/k8s-rig` has none): the suite plays both on
+//! Nodes it creates. It binds each pod to an uncordoned one, marks it Running and Ready with
+//! a loopback IP (the operator connects to pod IPs: never a private-range address), serves
+//! the session counter's answer on that IP with the count the test sets, and finishes the
+//! deletion of terminating pods. OMERO itself never runs (`OMERO_OPERATOR_E2E_IMAGE` picks the
+//! image written into the pods, default the official one).
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    time::Duration,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
 };
-
-use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         authentication::v1::TokenRequest,
         core::v1::{Namespace, Node, Pod, Secret, Service, ServiceAccount},
+        policy::v1::PodDisruptionBudget,
         rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
@@ -37,36 +49,314 @@ use omero_operator::{
     request::{DRAIN_ANNOTATION, RESTART_ANNOTATION},
 };
 use serde_json::json;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    task::JoinHandle,
+};
 
 const KUBECONFIG: &str = "OMERO_OPERATOR_E2E_KUBECONFIG";
+/// Every name the suite gives a namespace, a played Node or a user starts with this.
+const PREFIX: &str = "omero-e2e-";
+const CLUSTER_LABEL: &str = "omero.openmicroscopy.org/cluster";
+const NODE_LABEL: &str = "omero.openmicroscopy.org/node";
+const ROUTABLE_LABEL: &str = "omero.openmicroscopy.org/routable";
 
-/// The operator process, its log, and what it ran as.
+/// A cluster-wide operator reconciles every namespace's clusters, so a test that runs one
+/// holds this exclusively; the others share it.
+static WHOLE_CLUSTER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// The kubeconfig of the suite's API server, or None (skipped) with a message.
+fn kubeconfig() -> Option<String> {
+    let path = std::env::var(KUBECONFIG).ok();
+    if path.is_none() {
+        eprintln!(
+            "skipped: set {KUBECONFIG} to a kubeconfig of a disposable API server to run the e2e suite"
+        );
+    }
+    path
+}
+
+async fn client(path: &str) -> Client {
+    let kubeconfig = Kubeconfig::read_from(path).expect("the e2e kubeconfig reads");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// Polls `check` every half second until it returns Some, or fails after `secs`.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+/// How the chart installs the operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Install {
+    /// `watchNamespace` set to the test's namespace: a Role there.
+    OneNamespace,
+    /// Every namespace: a ClusterRole, and the Node watch (`maintenance.watchNodes` defaults on).
+    ClusterWide,
+}
+
+/// The operator process and its log.
 struct Operator {
     child: Child,
     log: PathBuf,
 }
 
-impl Drop for Operator {
-    fn drop(&mut self) {
+impl Operator {
+    /// Stops the operator and returns its log.
+    fn stop(&mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- operator log ({}) ---\n{}",
-                self.log.display(),
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
-impl Operator {
-    /// Stops the operator and checks that the API server refused it nothing: the chart's RBAC
-    /// is all it needs (no `forbidden`, no 403, in its whole log).
-    fn finish(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+/// Cluster-scoped objects a test made, deleted when it ends, whatever the outcome.
+#[derive(Clone, Debug, Default)]
+struct ClusterScoped {
+    cluster_roles: Vec<String>,
+    cluster_role_bindings: Vec<String>,
+    nodes: Vec<String>,
+}
+
+/// One test's world: its namespace, the chart's operator running in it, the kubelet the suite
+/// plays, and what it made outside the namespace. Dropped without [`Suite::finish`] (a failed
+/// test), it prints the operator's log and still deletes everything it made.
+struct Suite {
+    client: Client,
+    path: String,
+    ns: String,
+    install: Install,
+    operator: Option<Operator>,
+    kubelet: Option<Kubelet>,
+    made: Arc<Mutex<ClusterScoped>>,
+    finished: bool,
+    _lock: Box<dyn Send + Sync>,
+}
+
+impl Drop for Suite {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        if let Some(mut operator) = self.operator.take() {
+            let log = operator.stop();
+            eprintln!("--- operator log ({}) ---\n{log}", operator.log.display());
+        }
+        if let Some(kubelet) = self.kubelet.take() {
+            kubelet.task.abort();
+        }
+        // A panicking test's runtime cannot be awaited on here: clean up from another thread.
+        let (path, ns, made) = (self.path.clone(), self.ns.clone(), self.made.lock().unwrap().clone());
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move { clean_up(&client(&path).await, &ns, &made).await });
+        })
+        .join();
+    }
+}
+
+impl Suite {
+    /// The CRD applied (as `helm install` does from `crds/`), a fresh namespace named after
+    /// `purpose` (Pod Security `restricted` enforced), the chart's ServiceAccount and RBAC for
+    /// `install`, and the built operator running as that ServiceAccount (a token in a
+    /// kubeconfig of its own).
+    async fn start(purpose: &str, install: Install) -> Option<Suite> {
+        let path = kubeconfig()?;
+        let lock: Box<dyn Send + Sync> = match install {
+            Install::OneNamespace => Box::new(WHOLE_CLUSTER.read().await),
+            Install::ClusterWide => Box::new(WHOLE_CLUSTER.write().await),
+        };
+        let client = client(&path).await;
+        let ssa = PatchParams::apply("omero-operator-e2e").force();
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        crds.patch(omero_operator::rbac::CRD_NAME, &ssa, &Patch::Apply(omero_operator::api::crd()))
+            .await
+            .unwrap();
+        eventually(30, "the CRD established", || async {
+            let crd = crds.get(omero_operator::rbac::CRD_NAME).await.ok()?;
+            let conditions = crd.status?.conditions?;
+            conditions.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+        })
+        .await;
+        let ns = format!("{PREFIX}{purpose}-{}", std::process::id());
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let labels = json!({"pod-security.kubernetes.io/enforce": "restricted",
+                            "pod-security.kubernetes.io/enforce-version": "latest"});
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns, "labels": labels}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        let mut suite = Suite {
+            client: client.clone(),
+            path: path.clone(),
+            ns: ns.clone(),
+            install,
+            operator: None,
+            kubelet: None,
+            made: Arc::default(),
+            finished: false,
+            _lock: lock,
+        };
+        let account = suite.install_chart_rbac().await;
+        let kubeconfig = kubeconfig_of(&client, &path, &ns, &account).await;
+        let log = std::env::temp_dir().join(format!("{ns}.log"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_omero-operator"));
+        command.args(["run", "--lease-namespace", &ns, "--apply-crd"]);
+        match install {
+            Install::OneNamespace => command.args(["--namespace", &ns]),
+            Install::ClusterWide => command.arg("--watch-nodes"),
+        };
+        command
+            .args(["--http-address", "127.0.0.1:0", "--log-level", "omero_operator=debug,kube=info"])
+            .env("KUBECONFIG", &kubeconfig)
+            .stdout(Stdio::inherit())
+            .stderr(std::fs::File::create(&log).unwrap());
+        suite.operator = Some(Operator { child: command.spawn().expect("the operator starts"), log });
+        Some(suite)
+    }
+
+    fn clusters(&self) -> Api<OmeroCluster> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Renders the chart for this install with the repository's helm (release named after the
+    /// namespace, installed in it) and applies what `show` names of it (as a cluster admin);
+    /// remembers every cluster-scoped object for the end. Returns the rendered documents.
+    async fn apply_chart(&self, set: &[String], show: &[&str]) -> Vec<serde_json::Value> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let helm = std::env::var_os("HELM").map_or_else(|| root.join("bin/helm"), PathBuf::from);
+        assert!(helm.is_file(), "no helm at {}: run scripts/test.sh (it installs bin/helm)", helm.display());
+        let mut command = Command::new(helm);
+        command
+            .current_dir(root)
+            .args(["template", &self.ns, "charts/omero-operator", "--namespace", &self.ns])
+            .args(["--kube-version", "1.28.0"]);
+        let watch = match self.install {
+            Install::OneNamespace => self.ns.as_str(),
+            Install::ClusterWide => "",
+        };
+        command.args(["--set", &format!("watchNamespace={watch}")]);
+        for value in set {
+            command.args(["--set", value]);
+        }
+        for template in show {
+            command.args(["--show-only", &format!("templates/{template}")]);
+        }
+        let out = command.output().expect("helm runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let docs: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        let docs: Vec<serde_json::Value> = docs.into_iter().filter(|d| !d.is_null()).collect();
+        let ssa = PatchParams::apply("omero-operator-e2e").force();
+        let client = self.client.clone();
+        for doc in &docs {
+            let name = doc["metadata"]["name"].as_str().unwrap().to_string();
+            let namespace = doc["metadata"]["namespace"].as_str().unwrap_or(&self.ns).to_string();
+            let apply = Patch::Apply(doc.clone());
+            match doc["kind"].as_str().unwrap() {
+                "ServiceAccount" => {
+                    Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
+                        .patch(&name, &ssa, &apply)
+                        .await
+                }
+                .map(drop),
+                "Role" => Api::<Role>::namespaced(client.clone(), &namespace)
+                    .patch(&name, &ssa, &apply)
+                    .await
+                    .map(drop),
+                "RoleBinding" => {
+                    Api::<RoleBinding>::namespaced(client.clone(), &namespace)
+                        .patch(&name, &ssa, &apply)
+                        .await
+                }
+                .map(drop),
+                "ClusterRole" => {
+                    self.made.lock().unwrap().cluster_roles.push(name.clone());
+                    Api::<ClusterRole>::all(client.clone()).patch(&name, &ssa, &apply).await.map(drop)
+                }
+                "ClusterRoleBinding" => {
+                    self.made.lock().unwrap().cluster_role_bindings.push(name.clone());
+                    Api::<ClusterRoleBinding>::all(client.clone()).patch(&name, &ssa, &apply).await.map(drop)
+                }
+                other => panic!("the chart rendered a {other} here"),
+            }
+            .unwrap_or_else(|e| panic!("applying {} {name}: {e}", doc["kind"]));
+        }
+        docs
+    }
+
+    /// The chart's ServiceAccount and operator RBAC; returns the ServiceAccount's name.
+    async fn install_chart_rbac(&self) -> String {
+        let docs = self.apply_chart(&[], &["serviceaccount.yaml", "rbac.yaml"]).await;
+        let account =
+            docs.iter().find(|d| d["kind"] == "ServiceAccount").expect("the chart renders a ServiceAccount");
+        account["metadata"]["name"].as_str().unwrap().to_string()
+    }
+
+    /// Starts playing kubelet and scheduler on `nodes` new Kubernetes Nodes (named
+    /// `<namespace>-<i>`); returns their names.
+    async fn play_kubelet(&mut self, nodes: usize) -> Vec<String> {
+        let k8s_nodes: Api<Node> = Api::all(self.client.clone());
+        let mut names = Vec::new();
+        for i in 0..nodes {
+            let name = format!("{}-{i}", self.ns);
+            self.made.lock().unwrap().nodes.push(name.clone());
+            k8s_nodes
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+                )
+                .await
+                .unwrap();
+            names.push(name);
+        }
+        let sessions = Sessions::default();
+        let task =
+            tokio::spawn(play_kubelet(self.client.clone(), self.ns.clone(), names.clone(), sessions.clone()));
+        self.kubelet = Some(Kubelet { task, sessions });
+        names
+    }
+
+    /// The session count the played counter answers for `node` (0 until set).
+    fn set_sessions(&self, node: &str, count: u64) {
+        self.kubelet.as_ref().expect("a played kubelet").sessions.lock().unwrap().insert(node.into(), count);
+    }
+
+    /// Ends the test: stops the kubelet and the operator, asserts that no pod was refused by
+    /// admission and that the operator was refused nothing under the chart's RBAC (no
+    /// `forbidden`, no 403 in its whole log), and deletes everything the test made.
+    async fn finish(mut self) {
+        assert_no_failed_create(&self.client, &self.ns).await;
+        let log = self.operator.take().map(|mut o| o.stop()).unwrap_or_default();
+        if let Some(kubelet) = self.kubelet.take() {
+            kubelet.task.abort();
+        }
+        self.finished = true;
+        let made = self.made.lock().unwrap().clone();
+        clean_up(&self.client, &self.ns, &made).await;
         let refused: Vec<&str> =
             log.lines().filter(|l| l.to_lowercase().contains("forbidden") || l.contains(" 403")).collect();
         assert!(
@@ -74,6 +364,34 @@ impl Operator {
             "the operator was refused under the chart's RBAC:\n{}",
             refused.join("\n")
         );
+    }
+}
+
+/// Deletes the namespace (finishing its pods' deletion, as a kubelet would) and every
+/// cluster-scoped object the test made, and waits until the namespace is gone.
+async fn clean_up(client: &Client, ns: &str, made: &ClusterScoped) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(ns, &DeleteParams::default()).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let now = DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(120) {
+        if namespaces.get_opt(ns).await.ok().flatten().is_none() {
+            break;
+        }
+        for pod in pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+            let _ = pods.delete(&pod.name_any(), &now).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for name in &made.cluster_role_bindings {
+        let _ = Api::<ClusterRoleBinding>::all(client.clone()).delete(name, &DeleteParams::default()).await;
+    }
+    for name in &made.cluster_roles {
+        let _ = Api::<ClusterRole>::all(client.clone()).delete(name, &DeleteParams::default()).await;
+    }
+    for name in &made.nodes {
+        let _ = Api::<Node>::all(client.clone()).delete(name, &DeleteParams::default()).await;
     }
 }
 
@@ -93,142 +411,51 @@ async fn assert_no_failed_create(client: &Client, ns: &str) {
     assert!(failed.is_empty(), "pods refused in a restricted namespace: {failed:?}");
 }
 
-async fn client(path: &str) -> Client {
-    let kubeconfig = Kubeconfig::read_from(path).expect("the e2e kubeconfig reads");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
-    Client::try_from(config).unwrap()
+/// A kubeconfig for the suite's API server: the admin's cluster entry, authenticating as
+/// `user`.
+fn kubeconfig_as(path: &str, ns: &str, file: &str, user: serde_json::Value) -> PathBuf {
+    let admin: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let context = admin["current-context"].as_str().expect("the e2e kubeconfig has a current context");
+    let context =
+        admin["contexts"].as_array().unwrap().iter().find(|c| c["name"] == context).unwrap()["context"]
+            .clone();
+    let cluster_name = context["cluster"].clone();
+    let cluster =
+        admin["clusters"].as_array().unwrap().iter().find(|c| c["name"] == cluster_name).unwrap().clone();
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "e2e",
+        "clusters": [cluster],
+        "users": [{"name": "e2e", "user": user}],
+        "contexts": [{"name": "e2e", "context": {"cluster": cluster_name, "user": "e2e", "namespace": ns}}],
+    });
+    let file = std::env::temp_dir().join(format!("{ns}-{file}.kubeconfig"));
+    std::fs::write(&file, serde_saphyr::to_string(&config).unwrap()).unwrap();
+    file
 }
 
-/// Polls `check` every second until it returns Some, or fails after `secs`.
-async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    for _ in 0..secs {
-        if let Some(v) = check().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
-
-/// The CRD applied, a fresh namespace named after `purpose` (Pod Security `restricted`
-/// enforced), the chart's ServiceAccount and RBAC for watching that namespace, and the built
-/// operator running as that ServiceAccount (a token in a kubeconfig of its own).
-async fn start(client: &Client, path: &str, purpose: &str) -> (String, Operator) {
-    let ssa = PatchParams::apply("omero-operator-e2e").force();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch("omeroclusters.omero.openmicroscopy.org", &ssa, &Patch::Apply(omero_operator::api::crd()))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let ns = format!("omero-e2e-{purpose}-{}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let labels = json!({"pod-security.kubernetes.io/enforce": "restricted",
-                        "pod-security.kubernetes.io/enforce-version": "latest"});
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns, "labels": labels}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let account = install_chart_rbac(client, &ns).await;
-    let kubeconfig = kubeconfig_of(client, path, &ns, &account).await;
-    let log = std::env::temp_dir().join(format!("{ns}.log"));
-    let operator = Operator {
-        child: Command::new(env!("CARGO_BIN_EXE_omero-operator"))
-            .args(["run", "--namespace", &ns, "--lease-namespace", &ns, "--apply-crd"])
-            .args(["--http-address", "127.0.0.1:0", "--log-level", "omero_operator=debug,kube=info"])
-            .env("KUBECONFIG", &kubeconfig)
-            .stdout(Stdio::inherit())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("the operator starts"),
-        log,
-    };
-    (ns, operator)
-}
-
-/// Renders the chart's ServiceAccount and RBAC for watching `ns` (installed in `ns`) with the
-/// repository's helm, applies them, and returns the ServiceAccount's name.
-async fn install_chart_rbac(client: &Client, ns: &str) -> String {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let helm = std::env::var_os("HELM").map_or_else(|| root.join("bin/helm"), PathBuf::from);
-    assert!(helm.is_file(), "no helm at {}: run scripts/test.sh (it installs bin/helm)", helm.display());
-    let out = Command::new(helm)
-        .current_dir(root)
-        .args(["template", ns, "charts/omero-operator", "--namespace", ns, "--kube-version", "1.28.0"])
-        .args(["--set", &format!("watchNamespace={ns}")])
-        .args(["--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"])
-        .output()
-        .expect("helm runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let docs: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).unwrap();
-    let ssa = PatchParams::apply("omero-operator-e2e").force();
-    let mut account = None;
-    for doc in docs.into_iter().filter(|d| !d.is_null()) {
-        let name = doc["metadata"]["name"].as_str().unwrap().to_string();
-        let namespace = doc["metadata"]["namespace"].as_str().map(String::from);
-        match doc["kind"].as_str().unwrap() {
-            "ServiceAccount" => {
-                let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-                api.patch(&name, &ssa, &Patch::Apply(doc)).await.unwrap();
-                account = Some(name);
-            }
-            "Role" => {
-                let api: Api<Role> = Api::namespaced(client.clone(), &namespace.unwrap());
-                api.patch(&name, &ssa, &Patch::Apply(doc)).await.unwrap();
-            }
-            "RoleBinding" => {
-                let api: Api<RoleBinding> = Api::namespaced(client.clone(), &namespace.unwrap());
-                api.patch(&name, &ssa, &Patch::Apply(doc)).await.unwrap();
-            }
-            "ClusterRole" => {
-                Api::<ClusterRole>::all(client.clone()).patch(&name, &ssa, &Patch::Apply(doc)).await.unwrap();
-            }
-            "ClusterRoleBinding" => {
-                Api::<ClusterRoleBinding>::all(client.clone())
-                    .patch(&name, &ssa, &Patch::Apply(doc))
-                    .await
-                    .unwrap();
-            }
-            other => panic!("the chart's RBAC rendered a {other}"),
-        }
-    }
-    account.expect("the chart renders a ServiceAccount")
-}
-
-/// A kubeconfig for the suite's cluster that authenticates as `account` (a one-hour token).
+/// A kubeconfig that authenticates as the ServiceAccount `account` (a one-hour token).
 async fn kubeconfig_of(client: &Client, path: &str, ns: &str, account: &str) -> PathBuf {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let request: TokenRequest =
         serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
     let token = accounts.create_token_request(account, &PostParams::default(), &request).await.unwrap();
     let token = token.status.expect("a token").token;
+    kubeconfig_as(path, ns, "operator", json!({"token": token}))
+}
+
+/// A kubeconfig with the admin's credentials that acts as the user `user` (impersonation:
+/// the API server authorizes each request as that user alone).
+fn kubeconfig_impersonating(path: &str, ns: &str, user: &str) -> PathBuf {
     let admin: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let context = admin["current-context"].as_str().expect("the e2e kubeconfig has a current context");
-    let cluster_name = admin["contexts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == context)
-        .map(|c| c["context"]["cluster"].clone())
-        .unwrap();
-    let cluster =
-        admin["clusters"].as_array().unwrap().iter().find(|c| c["name"] == cluster_name).unwrap().clone();
-    let config = json!({
-        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
-        "clusters": [cluster],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": cluster_name, "user": "operator", "namespace": ns}}],
-    });
-    let file = std::env::temp_dir().join(format!("{ns}.kubeconfig"));
-    std::fs::write(&file, serde_saphyr::to_string(&config).unwrap()).unwrap();
-    file
+    let context = admin["current-context"].as_str().unwrap();
+    let context =
+        admin["contexts"].as_array().unwrap().iter().find(|c| c["name"] == context).unwrap()["context"]
+            .clone();
+    let mut credentials =
+        admin["users"].as_array().unwrap().iter().find(|u| u["name"] == context["user"]).unwrap()["user"]
+            .clone();
+    credentials["as"] = json!(user);
+    kubeconfig_as(path, ns, user, credentials)
 }
 
 fn cluster_manifest(ns: &str, image: &str, nodes: serde_json::Value) -> serde_json::Value {
@@ -246,19 +473,153 @@ fn cluster_manifest(ns: &str, image: &str, nodes: serde_json::Value) -> serde_js
     })
 }
 
+/// The session counts the played counters answer, by OMERO node name.
+type Sessions = Arc<Mutex<BTreeMap<String, u64>>>;
+
+struct Kubelet {
+    task: JoinHandle<()>,
+    sessions: Sessions,
+}
+
+/// Pod IPs handed out in this process: 127.42.x.y, never twice.
+static NEXT_IP: AtomicU32 = AtomicU32::new(0);
+
+/// The kubelet and scheduler a bare API server lacks: binds every pod of `ns` to the first of
+/// `nodes` that is not cordoned, marks it Running and Ready with a loopback IP, serves the
+/// session counter's answer there (the count from `sessions` for the pod's OMERO node, a new
+/// sample at every request), and finishes the deletion of terminating pods. Runs until
+/// aborted; its counters stop with it.
+async fn play_kubelet(client: Client, ns: String, nodes: Vec<String>, sessions: Sessions) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let k8s_nodes: Api<Node> = Api::all(client);
+    let mut counters = tokio::task::JoinSet::new();
+    loop {
+        let mut schedulable = Vec::new();
+        for name in &nodes {
+            if let Ok(node) = k8s_nodes.get(name).await
+                && !node.spec.and_then(|s| s.unschedulable).unwrap_or(false)
+            {
+                schedulable.push(name.clone());
+            }
+        }
+        for pod in pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+            let name = pod.name_any();
+            if pod.metadata.deletion_timestamp.is_some() {
+                let _ = pods
+                    .delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() })
+                    .await;
+                continue;
+            }
+            if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none() {
+                let Some(node) = schedulable.first() else { continue };
+                let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+                                     "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+                let _: Result<serde_json::Value, _> =
+                    pods.create_subresource("binding", &name, &PostParams::default(), &binding).await;
+                continue;
+            }
+            let ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready {
+                continue;
+            }
+            let n = NEXT_IP.fetch_add(1, Ordering::Relaxed);
+            let ip = format!("127.42.{}.{}", n / 250, n % 250 + 1);
+            if let Some(node) = pod.labels().get(NODE_LABEL) {
+                let listener =
+                    tokio::net::TcpListener::bind((ip.as_str(), omero_operator::omero::COUNTER_PORT))
+                        .await
+                        .unwrap_or_else(|e| panic!("the played counter binds {ip}: {e}"));
+                counters.spawn(serve_counter(listener, node.clone(), sessions.clone()));
+            }
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            let status = json!({"status": {
+                "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "127.0.0.1", "startTime": now,
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now},
+                               {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+                               {"type": "PodScheduled", "status": "True", "lastTransitionTime": now}],
+                "containerStatuses": [{"name": "omero-server", "image": "x", "imageID": "x", "ready": true,
+                                       "started": true, "restartCount": 0, "containerID": format!("containerd://{name}"),
+                                       "state": {"running": {"startedAt": now}}}]}});
+            let _ = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The session counter's HTTP answer (`counter/omero_session_counter.py`'s format) for `node`.
+async fn serve_counter(listener: tokio::net::TcpListener, node: String, sessions: Sessions) {
+    let mut sample = 0u64;
+    while let Ok((mut stream, _)) = listener.accept().await {
+        let mut request = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => request.extend_from_slice(&buffer[..n]),
+            }
+        }
+        sample += 1;
+        let count = sessions.lock().unwrap().get(&node).copied().unwrap_or(0);
+        let body = json!({"format": omero_operator::omero::COUNTER_FORMAT, "ok": true, "sessions": count,
+                          "sample": format!("{node}-{sample}"), "ageSeconds": 0.5,
+                          "takenAt": k8s_openapi::jiff::Timestamp::now().to_string()})
+        .to_string();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    }
+}
+
+/// The pods of `ns` that are routable and Ready and not terminating.
+async fn serving_pods(pods: &Api<Pod>) -> Vec<Pod> {
+    pods.list(&ListParams::default().labels(&format!("{ROUTABLE_LABEL}=true")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .collect()
+}
+
+/// The reasons of the Events about the cluster `name` in `ns` (events.k8s.io, as the operator
+/// publishes them), with their notes.
+async fn cluster_events(client: &Client, ns: &str, name: &str) -> Vec<(String, String)> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    events
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.kind.as_deref() == Some("OmeroCluster") && r.name.as_deref() == Some(name))
+        })
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
 /// An object another application owns under a node's name survives the OmeroCluster's creation
 /// and deletion unchanged, and the cluster says who holds it.
 #[tokio::test]
 async fn a_foreign_service_survives_the_cluster() {
-    let Ok(path) = std::env::var(KUBECONFIG) else {
-        eprintln!("skipped: set {KUBECONFIG} to run the end-to-end suite");
-        return;
-    };
-    let client = client(&path).await;
+    let Some(suite) = Suite::start("foreign", Install::OneNamespace).await else { return };
     let ssa = PatchParams::apply("omero-operator-e2e").force();
-    let (ns, operator) = start(&client, &path, "foreign").await;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let services: Api<Service> = suite.api();
     let foreign = services
         .create(
             &PostParams::default(),
@@ -270,8 +631,9 @@ async fn a_foreign_service_survives_the_cluster() {
         )
         .await
         .unwrap();
-    let clusters: Api<OmeroCluster> = Api::namespaced(client.clone(), &ns);
-    let mut manifest = cluster_manifest(&ns, "openmicroscopy/omero-server:5.6", json!([{"name": "main"}]));
+    let clusters = suite.clusters();
+    let mut manifest =
+        cluster_manifest(&suite.ns, "openmicroscopy/omero-server:5.6", json!([{"name": "main"}]));
     manifest["metadata"]["name"] = json!("web");
     clusters.patch("web", &ssa, &Patch::Apply(manifest)).await.unwrap();
     let problem = eventually(60, "the foreign Service reported", || async {
@@ -280,8 +642,8 @@ async fn a_foreign_service_survives_the_cluster() {
     })
     .await;
     assert!(problem.message.contains("created outside the operator"), "{}", problem.message);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    assert!(deployments.get_opt("web-main").await.unwrap().is_some(), "the free name is used");
+    let deployments: Api<Deployment> = suite.api();
+    eventually(30, "the free name used", || async { deployments.get_opt("web-main").await.ok()? }).await;
     let unchanged = |s: &Service| {
         assert_eq!(s.resource_version(), foreign.resource_version(), "never written");
         assert!(s.owner_references().is_empty(), "never adopted");
@@ -294,29 +656,19 @@ async fn a_foreign_service_survives_the_cluster() {
     })
     .await;
     unchanged(&services.get("web-main").await.unwrap());
-    assert_no_failed_create(&client, &ns).await;
-    operator.finish();
-    namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
+    suite.finish().await;
 }
 
+/// The objects of a 2-node cluster, labelled and owned, its status, a CEL refusal by the API
+/// server, a drain of a node whose pod never runs, a removal, and garbage collection.
 #[tokio::test]
 async fn operator_on_a_real_cluster() {
-    let Ok(path) = std::env::var(KUBECONFIG) else {
-        eprintln!(
-            "skipped: set {KUBECONFIG} to a kubeconfig of a disposable cluster to run the end-to-end suite"
-        );
-        return;
-    };
+    let Some(suite) = Suite::start("core", Install::OneNamespace).await else { return };
     let image = std::env::var("OMERO_OPERATOR_E2E_IMAGE")
         .unwrap_or_else(|_| "openmicroscopy/omero-server:5.6".into());
-    let client = client(&path).await;
     let ssa = PatchParams::apply("omero-operator-e2e").force();
-
-    // The CRD, as `omero-operator crd` prints it, and the operator.
-    let (ns, operator) = start(&client, &path, "core").await;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let ns = suite.ns.clone();
+    let secrets: Api<Secret> = suite.api();
     secrets
         .create(
             &PostParams::default(),
@@ -327,7 +679,7 @@ async fn operator_on_a_real_cluster() {
         )
         .await
         .unwrap();
-    let clusters: Api<OmeroCluster> = Api::namespaced(client.clone(), &ns);
+    let clusters = suite.clusters();
     let nodes = json!([
         {"name": "rw"},
         {"name": "ro-1", "readOnly": {"db": true, "repo": true}, "sessionProbe": {"type": "none"}}
@@ -335,13 +687,15 @@ async fn operator_on_a_real_cluster() {
     clusters.patch("omero", &ssa, &Patch::Apply(cluster_manifest(&ns, &image, nodes.clone()))).await.unwrap();
 
     // Objects, labelled and owned.
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let owned = ListParams::default().labels("omero.openmicroscopy.org/cluster=omero");
-    eventually(60, "2 Deployments and 3 Services", || async {
+    let deployments: Api<Deployment> = suite.api();
+    let services: Api<Service> = suite.api();
+    let budgets: Api<PodDisruptionBudget> = suite.api();
+    let owned = ListParams::default().labels(&format!("{CLUSTER_LABEL}=omero"));
+    eventually(60, "2 Deployments, 3 Services, 2 budgets", || async {
         let d = deployments.list(&owned).await.ok()?.items.len();
         let s = services.list(&owned).await.ok()?.items.len();
-        (d == 2 && s == 3).then_some(())
+        let b = budgets.list(&owned).await.ok()?.items.len();
+        (d == 2 && s == 3 && b == 2).then_some(())
     })
     .await;
     let rw = deployments.get("omero-rw").await.unwrap();
@@ -349,7 +703,7 @@ async fn operator_on_a_real_cluster() {
     assert_eq!(rw.spec.as_ref().unwrap().replicas, Some(1));
     assert!(rw.managed_fields().iter().any(|m| m.manager.as_deref() == Some("omero-operator")));
     let entry = services.get("omero").await.unwrap();
-    assert_eq!(entry.spec.unwrap().selector.unwrap()["omero.openmicroscopy.org/routable"], "true");
+    assert_eq!(entry.spec.unwrap().selector.unwrap()[ROUTABLE_LABEL], "true");
 
     // Status.
     let status = eventually(60, "status with 2 nodes", || async {
@@ -364,8 +718,7 @@ async fn operator_on_a_real_cluster() {
     let message = refused.expect_err("two read-write nodes are refused").to_string();
     assert!(message.contains("at most one read-write node"), "{message}");
 
-    // A drain of a node whose pod is not ready (no database here) completes at once; a ready
-    // one is drained by sessions (type none: at the 2m deadline).
+    // A drain of a node whose pod never runs (no kubelet here) has nothing to wait for.
     clusters
         .patch(
             "omero",
@@ -374,9 +727,9 @@ async fn operator_on_a_real_cluster() {
         )
         .await
         .unwrap();
-    eventually(200, "ro-1 Drained or Draining", || async {
+    eventually(60, "ro-1 Drained", || async {
         let s = clusters.get("omero").await.ok()?.status?;
-        s.node("ro-1").filter(|n| matches!(n.phase, NodePhase::Drained | NodePhase::Draining)).map(drop)
+        s.node("ro-1").filter(|n| n.phase == NodePhase::Drained).map(drop)
     })
     .await;
 
@@ -385,7 +738,8 @@ async fn operator_on_a_real_cluster() {
     clusters.patch("omero", &ssa, &Patch::Apply(cluster_manifest(&ns, &image, only_rw))).await.unwrap();
     eventually(60, "omero-ro-1 gone", || async {
         let gone = deployments.get_opt("omero-ro-1").await.ok()?.is_none()
-            && services.get_opt("omero-ro-1").await.ok()?.is_none();
+            && services.get_opt("omero-ro-1").await.ok()?.is_none()
+            && budgets.get_opt("omero-ro-1").await.ok()?.is_none();
         gone.then_some(())
     })
     .await;
@@ -396,176 +750,84 @@ async fn operator_on_a_real_cluster() {
         deployments.list(&owned).await.ok()?.items.is_empty().then_some(())
     })
     .await;
-    assert_no_failed_create(&client, &ns).await;
-    operator.finish();
-    namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
+    suite.finish().await;
 }
 
-/// The kubelet and scheduler a bare API server lacks: binds every pod of `ns` to `node`, marks
-/// it Running and Ready with a loopback IP (the operator may connect to a pod IP: never a
-/// private-range one), and finishes the deletion of terminating pods. Runs until aborted.
-async fn play_kubelet(client: Client, ns: String, node: String) {
-    let pods: Api<Pod> = Api::namespaced(client, &ns);
-    let mut next_ip = 1u32;
-    loop {
-        for pod in pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
-            let name = pod.name_any();
-            if pod.metadata.deletion_timestamp.is_some() {
-                let _ = pods
-                    .delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() })
-                    .await;
-                continue;
-            }
-            if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none() {
-                let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
-                                     "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-                let _: Result<serde_json::Value, _> =
-                    pods.create_subresource("binding", &name, &PostParams::default(), &binding).await;
-                continue;
-            }
-            let ready = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            if !ready {
-                next_ip += 1;
-                let ip = format!("127.0.{}.{}", next_ip / 250, next_ip % 250 + 1);
-                let now = k8s_openapi::jiff::Timestamp::now().to_string();
-                let status = json!({"status": {
-                    "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "127.0.0.1", "startTime": now,
-                    "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now},
-                                   {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
-                                   {"type": "PodScheduled", "status": "True", "lastTransitionTime": now}],
-                    "containerStatuses": [{"name": "omero-server", "image": "x", "imageID": "x", "ready": true,
-                                           "started": true, "restartCount": 0, "containerID": format!("containerd://{name}"),
-                                           "state": {"running": {"startedAt": now}}}]}});
-                let _ = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// A Kubernetes Node the suite plays kubelet for, and a 3-node cluster on it whose probes are
-/// all `none` (no database here: each drain ends at its 10 s deadline), applied.
-async fn three_nodes_on_a_played_kubelet(
-    client: &Client,
-    ns: &str,
-    purpose: &str,
-) -> (String, tokio::task::JoinHandle<()>, serde_json::Value) {
-    let node_name = format!("omero-e2e-{purpose}-{}", std::process::id());
-    let k8s_nodes: Api<Node> = Api::all(client.clone());
-    k8s_nodes
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": node_name}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let kubelet = tokio::spawn(play_kubelet(client.clone(), ns.to_string(), node_name.clone()));
+/// A 3-node cluster whose probes are all `none` (each drain ends at its 10 s deadline),
+/// applied; returns the manifest.
+async fn three_nodes(suite: &Suite) -> serde_json::Value {
     let none = json!({"type": "none"});
     let nodes = json!([
         {"name": "rw", "sessionProbe": none},
         {"name": "ro-1", "readOnly": {"db": true, "repo": true}, "sessionProbe": none},
         {"name": "ro-2", "readOnly": {"db": true, "repo": true}, "sessionProbe": none}
     ]);
-    let mut manifest = cluster_manifest(ns, "openmicroscopy/omero-server:5.6", nodes);
+    let mut manifest = cluster_manifest(&suite.ns, "openmicroscopy/omero-server:5.6", nodes);
     manifest["spec"]["drain"] = json!({"timeout": "10s"});
-    let clusters: Api<OmeroCluster> = Api::namespaced(client.clone(), ns);
     let ssa = PatchParams::apply("omero-operator-e2e").force();
-    clusters.patch("omero", &ssa, &Patch::Apply(manifest.clone())).await.unwrap();
-    (node_name, kubelet, manifest)
-}
-
-/// Stops playing kubelet, checks no pod was refused, stops the operator, and deletes the
-/// cluster, its namespace and the played Node.
-async fn tear_down(
-    client: &Client,
-    ns: &str,
-    operator: Operator,
-    kubelet: tokio::task::JoinHandle<()>,
-    node_name: &str,
-) {
-    kubelet.abort();
-    assert_no_failed_create(client, ns).await;
-    operator.finish();
-    let clusters: Api<OmeroCluster> = Api::namespaced(client.clone(), ns);
-    clusters.delete("omero", &DeleteParams::default()).await.unwrap();
-    Api::<Namespace>::all(client.clone()).delete(ns, &DeleteParams::default()).await.unwrap();
-    Api::<Node>::all(client.clone()).delete(node_name, &DeleteParams::default()).await.unwrap();
+    suite.clusters().patch("omero", &ssa, &Patch::Apply(manifest.clone())).await.unwrap();
+    manifest
 }
 
 /// Whether a rollout is done, from the cluster and its Deployments.
 type RolledOut = dyn Fn(&OmeroCluster, &[Deployment]) -> bool + Send + Sync;
 
+/// Follows the cluster every half second until `done` and every node serves; returns the pod
+/// uids each node had, and the fewest routable Ready pods seen.
+async fn follow_rollout(
+    suite: &Suite,
+    nodes: usize,
+    what: &str,
+    done: Box<RolledOut>,
+) -> (BTreeMap<String, BTreeSet<String>>, usize) {
+    let (clusters, pods, deployments) = (suite.clusters(), suite.api::<Pod>(), suite.api::<Deployment>());
+    let mut pods_per_node: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut fewest = usize::MAX;
+    for _ in 0..600 {
+        for pod in pods.list(&ListParams::default()).await.unwrap().items {
+            if let Some(node) = pod.labels().get(NODE_LABEL) {
+                pods_per_node.entry(node.clone()).or_default().insert(pod.uid().unwrap_or_default());
+            }
+        }
+        let serving = serving_pods(&pods).await.len();
+        fewest = fewest.min(serving);
+        let cluster = clusters.get("omero").await.unwrap();
+        let ds = deployments.list(&ListParams::default()).await.unwrap().items;
+        if done(&cluster, &ds) && serving == nodes {
+            return (pods_per_node, fewest);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("{what}: not done in 300 s; status: {:#?}", clusters.get("omero").await.unwrap().status);
+}
+
+/// Every one of `nodes` nodes serves the revision the spec asks for, nothing pending.
+fn up_to_date(c: &OmeroCluster, nodes: usize) -> bool {
+    c.status.as_ref().is_some_and(|s| {
+        s.observed_generation == c.metadata.generation
+            && s.nodes.len() == nodes
+            && s.nodes.iter().all(|n| n.phase == NodePhase::Serving && n.up_to_date)
+            && s.rollout.as_ref().is_some_and(|r| r.pending.is_empty())
+    })
+}
+
+fn images_are(ds: &[Deployment], image: &str) -> bool {
+    ds.iter().all(|d| {
+        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].image.as_deref() == Some(image)
+    })
+}
+
 /// A rolling restart and an image change on a real API server: node by node, read-only first,
 /// each node's pod replaced exactly once, never fewer than N-1 routable and ready pods.
 #[tokio::test]
 async fn rolling_restart_and_image_change_on_a_real_cluster() {
-    let Ok(path) = std::env::var(KUBECONFIG) else {
-        eprintln!("skipped: set {KUBECONFIG} to run the end-to-end suite");
-        return;
-    };
-    let client = client(&path).await;
-    let ssa = PatchParams::apply("omero-operator-e2e").force();
-    let (ns, operator) = start(&client, &path, "rollout").await;
-    let (node_name, kubelet, mut manifest) = three_nodes_on_a_played_kubelet(&client, &ns, "rollout").await;
-    let clusters: Api<OmeroCluster> = Api::namespaced(client.clone(), &ns);
-
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let serving_pods = || async {
-        pods.list(&ListParams::default().labels("omero.openmicroscopy.org/routable=true"))
-            .await
-            .map(|l| {
-                l.items
-                    .into_iter()
-                    .filter(|p| {
-                        p.metadata.deletion_timestamp.is_none()
-                            && p.status
-                                .as_ref()
-                                .and_then(|s| s.conditions.as_ref())
-                                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    eventually(120, "3 nodes serving", || async { (serving_pods().await == 3).then_some(()) }).await;
-
-    // Rolls the cluster towards what `done` says, watching it every half second.
-    let roll = |what: &'static str, done: Box<RolledOut>| {
-        let (clusters, pods, deployments) =
-            (clusters.clone(), pods.clone(), Api::<Deployment>::namespaced(client.clone(), &ns));
-        async move {
-            let mut pods_per_node: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-            let mut fewest = usize::MAX;
-            for _ in 0..600 {
-                for pod in pods.list(&ListParams::default()).await.unwrap().items {
-                    if let Some(node) = pod.labels().get("omero.openmicroscopy.org/node") {
-                        pods_per_node.entry(node.clone()).or_default().insert(pod.uid().unwrap_or_default());
-                    }
-                }
-                let serving = serving_pods().await;
-                fewest = fewest.min(serving);
-                let cluster = clusters.get("omero").await.unwrap();
-                let ds = deployments.list(&ListParams::default()).await.unwrap().items;
-                if done(&cluster, &ds) && serving == 3 {
-                    return (pods_per_node, fewest);
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            panic!("{what}: not done in 300 s; status: {:#?}", clusters.get("omero").await.unwrap().status);
-        }
-    };
-    let up_to_date = |c: &OmeroCluster| {
-        c.status.as_ref().is_some_and(|s| {
-            s.observed_generation == c.metadata.generation
-                && s.nodes.len() == 3
-                && s.nodes.iter().all(|n| n.phase == NodePhase::Serving && n.up_to_date)
-                && s.rollout.as_ref().is_some_and(|r| r.pending.is_empty())
-        })
-    };
+    let Some(mut suite) = Suite::start("rollout", Install::OneNamespace).await else { return };
+    suite.play_kubelet(1).await;
+    let mut manifest = three_nodes(&suite).await;
+    let clusters = suite.clusters();
+    let pods: Api<Pod> = suite.api();
+    eventually(120, "3 nodes serving", || async { (serving_pods(&pods).await.len() == 3).then_some(()) })
+        .await;
 
     clusters
         .patch(
@@ -575,10 +837,12 @@ async fn rolling_restart_and_image_change_on_a_real_cluster() {
         )
         .await
         .unwrap();
-    let (replaced, fewest) = roll(
+    let (replaced, fewest) = follow_rollout(
+        &suite,
+        3,
         "rolling restart",
         Box::new(move |c, ds| {
-            up_to_date(c)
+            up_to_date(c, 3)
                 && ds.len() == 3
                 && ds.iter().all(|d| omero_operator::render::restart_token_of(d) == Some("e2e-1"))
         }),
@@ -590,66 +854,62 @@ async fn rolling_restart_and_image_change_on_a_real_cluster() {
     }
 
     manifest["spec"]["image"] = json!("openmicroscopy/omero-server:5.6.17");
+    let ssa = PatchParams::apply("omero-operator-e2e").force();
     clusters.patch("omero", &ssa, &Patch::Apply(manifest)).await.unwrap();
-    let (replaced, fewest) = roll(
+    let (replaced, fewest) = follow_rollout(
+        &suite,
+        3,
         "image change",
-        Box::new(move |c, ds| {
-            up_to_date(c)
-                && ds.iter().all(|d| {
-                    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].image.as_deref()
-                        == Some("openmicroscopy/omero-server:5.6.17")
-                })
-        }),
+        Box::new(move |c, ds| up_to_date(c, 3) && images_are(ds, "openmicroscopy/omero-server:5.6.17")),
     )
     .await;
     assert!(fewest >= 2, "never fewer than 2 of 3 serving: {fewest}");
     assert!(replaced.values().all(|uids| uids.len() == 2), "{replaced:?}");
+    suite.finish().await;
+}
 
-    tear_down(&client, &ns, operator, kubelet, &node_name).await;
+/// Runs `kubectl-omero` with `kubeconfig` in the suite's namespace; its output and exit code.
+fn plugin(kubeconfig: &std::path::Path, ns: &str, args: &[&str]) -> (String, Option<i32>) {
+    let output = Command::new(env!("CARGO_BIN_EXE_kubectl-omero"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["-n", ns])
+        .args(args)
+        .output()
+        .expect("kubectl-omero runs");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    println!("$ kubectl omero {}\n{text}", args.join(" "));
+    (text, output.status.code())
 }
 
 /// `kubectl omero` against a real API server, the suite playing kubelet: `status`, a drain
 /// followed with `--wait` until it ends, and a restart of every node followed to its end.
 #[tokio::test]
 async fn kubectl_omero_on_a_real_cluster() {
-    let Ok(path) = std::env::var(KUBECONFIG) else {
-        eprintln!("skipped: set {KUBECONFIG} to run the end-to-end suite");
-        return;
-    };
-    let client = client(&path).await;
-    let (ns, operator) = start(&client, &path, "plugin").await;
-    let (node_name, kubelet, _) = three_nodes_on_a_played_kubelet(&client, &ns, "plugin").await;
-    let clusters: Api<OmeroCluster> = Api::namespaced(client.clone(), &ns);
+    let Some(mut suite) = Suite::start("plugin", Install::OneNamespace).await else { return };
+    suite.play_kubelet(1).await;
+    three_nodes(&suite).await;
+    let clusters = suite.clusters();
     eventually(120, "3 nodes serving", || async {
         let c = clusters.get("omero").await.ok()?;
         (c.status?.serving_nodes == 3).then_some(())
     })
     .await;
-
-    let plugin = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_kubectl-omero"))
-            .args(["--kubeconfig", &path, "-n", &ns])
-            .args(args)
-            .output()
-            .expect("kubectl-omero runs");
-        let text =
-            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        println!("$ kubectl omero {}\n{text}", args.join(" "));
-        (text, output.status.code())
-    };
-    let (status, code) = plugin(&["status", "omero"]);
+    let admin = PathBuf::from(&suite.path);
+    let (status, code) = plugin(&admin, &suite.ns, &["status", "omero"]);
     assert_eq!(code, Some(0), "{status}");
     assert!(status.contains("ro-1  read-only"), "{status}");
-    let (drain, code) = plugin(&["drain", "omero", "ro-1", "--wait", "--timeout", "120s"]);
+    let (drain, code) = plugin(&admin, &suite.ns, &["drain", "omero", "ro-1", "--wait", "--timeout", "120s"]);
     assert_eq!(code, Some(0), "{drain}");
     assert!(drain.contains("acknowledged by the operator") && drain.contains("drained ro-1 in"), "{drain}");
-    let (undrain, code) = plugin(&["undrain", "omero", "ro-1"]);
+    let (undrain, code) = plugin(&admin, &suite.ns, &["undrain", "omero", "ro-1"]);
     assert_eq!(code, Some(0), "{undrain}");
-    let (restart, code) = plugin(&["restart", "omero", "--all", "--wait", "--timeout", "300s"]);
+    let (restart, code) =
+        plugin(&admin, &suite.ns, &["restart", "omero", "--all", "--wait", "--timeout", "300s"]);
     assert_eq!(code, Some(0), "{restart}");
     assert!(restart.contains("rw, ro-1, ro-2 up to date in"), "{restart}");
-
-    tear_down(&client, &ns, operator, kubelet, &node_name).await;
+    suite.finish().await;
 }
 
 /// The per-node PodDisruptionBudget on a real API server: an eviction (what `kubectl drain`
@@ -659,18 +919,12 @@ async fn kubectl_omero_on_a_real_cluster() {
 /// cluster's disruption controller (kube-controller-manager, which the Deployments need too).
 #[tokio::test]
 async fn an_eviction_waits_for_the_drain_on_a_real_cluster() {
-    let Ok(path) = std::env::var(KUBECONFIG) else {
-        eprintln!("skipped: set {KUBECONFIG} to run the end-to-end suite");
-        return;
-    };
-    let client = client(&path).await;
-    let (ns, operator) = start(&client, &path, "budget").await;
-    let (node_name, kubelet, _) = three_nodes_on_a_played_kubelet(&client, &ns, "budget").await;
-    let clusters: Api<OmeroCluster> = Api::namespaced(client.clone(), &ns);
-
-    let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
-        Api::namespaced(client.clone(), &ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let Some(mut suite) = Suite::start("budget", Install::OneNamespace).await else { return };
+    suite.play_kubelet(1).await;
+    three_nodes(&suite).await;
+    let clusters = suite.clusters();
+    let budgets: Api<PodDisruptionBudget> = suite.api();
+    let pods: Api<Pod> = suite.api();
     let serving = |node: &'static str| {
         let clusters = clusters.clone();
         async move {
@@ -722,6 +976,352 @@ async fn an_eviction_waits_for_the_drain_on_a_real_cluster() {
         rw.spec.unwrap().max_unavailable,
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
     );
+    suite.finish().await;
+}
 
-    tear_down(&client, &ns, operator, kubelet, &node_name).await;
+/// `examples/read-only-replicas.yaml` as a new user applies it, with what a test needs: drains
+/// of 10 minutes (a drain that ends sooner ended on its count) and the session counter on
+/// every node (there is no database here for the read-write node's default probe).
+fn read_only_replicas_example(ns: &str) -> Vec<serde_json::Value> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("examples/read-only-replicas.yaml")).unwrap();
+    let mut docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    docs.retain(|d| !d.is_null());
+    for doc in &mut docs {
+        doc["metadata"]["namespace"] = json!(ns);
+        if doc["kind"] == "OmeroCluster" {
+            doc["spec"]["drain"]["timeout"] = json!("10m");
+            doc["spec"]["sessionCounter"]["defaultFor"] = json!("all");
+            // No load balancer here: a LoadBalancer Service would wait for one for ever.
+            doc["spec"]["service"]["type"] = json!("ClusterIP");
+        }
+    }
+    docs
+}
+
+/// The chart's operator, as a new user installs it, runs a cluster from nothing: creates every
+/// object, drains a node on request until its sessions end, rolls an image node by node,
+/// removes a node once its count is zero (long before its deadline), and with
+/// `cluster_wide`, moves every node off a cordoned Kubernetes node. Not one refusal.
+async fn chart_operator_runs_a_cluster(install: Install) {
+    let purpose = match install {
+        Install::OneNamespace => "chart-ns",
+        Install::ClusterWide => "chart-all",
+    };
+    let Some(mut suite) = Suite::start(purpose, install).await else { return };
+    let kube_nodes = suite.play_kubelet(2).await;
+    let ssa = PatchParams::apply("omero-operator-e2e").force();
+    let mut cluster = serde_json::Value::Null;
+    for doc in read_only_replicas_example(&suite.ns) {
+        let name = doc["metadata"]["name"].as_str().unwrap().to_string();
+        match doc["kind"].as_str().unwrap() {
+            "Secret" => {
+                suite.api::<Secret>().patch(&name, &ssa, &Patch::Apply(doc)).await.unwrap();
+            }
+            "OmeroCluster" => cluster = doc,
+            other => panic!("the example has a {other}"),
+        }
+    }
+    let clusters = suite.clusters();
+    clusters.patch("omero", &ssa, &Patch::Apply(cluster.clone())).await.unwrap();
+
+    // Every object, from nothing.
+    let (deployments, services, budgets, pods) = (
+        suite.api::<Deployment>(),
+        suite.api::<Service>(),
+        suite.api::<PodDisruptionBudget>(),
+        suite.api::<Pod>(),
+    );
+    let config_maps = suite.api::<k8s_openapi::api::core::v1::ConfigMap>();
+    let owned = ListParams::default().labels(&format!("{CLUSTER_LABEL}=omero"));
+    eventually(120, "3 nodes serving", || async { (serving_pods(&pods).await.len() == 3).then_some(()) })
+        .await;
+    assert_eq!(deployments.list(&owned).await.unwrap().items.len(), 3);
+    assert_eq!(
+        services.list(&owned).await.unwrap().items.len(),
+        4,
+        "a Service per node and the entry Service"
+    );
+    assert_eq!(budgets.list(&owned).await.unwrap().items.len(), 3);
+    assert_eq!(config_maps.list(&owned).await.unwrap().items.len(), 1, "the session counter's script");
+    let status = eventually(60, "status: 3 serving, each counted", || async {
+        let s = clusters.get("omero").await.ok()?.status?;
+        (s.serving_nodes == 3 && s.nodes.iter().all(|n| n.sessions == Some(0))).then_some(s)
+    })
+    .await;
+    assert!(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"), "{status:#?}");
+
+    // A drain on request waits for the sessions the counter reports, and ends at zero.
+    suite.set_sessions("ro-1", 2);
+    clusters
+        .patch(
+            "omero",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {DRAIN_ANNOTATION: "ro-1"}}})),
+        )
+        .await
+        .unwrap();
+    eventually(60, "ro-1 draining with its 2 sessions counted", || async {
+        let s = clusters.get("omero").await.ok()?.status?;
+        let n = s.node("ro-1")?;
+        (n.phase == NodePhase::Draining && !n.routable && n.sessions == Some(2)).then_some(())
+    })
+    .await;
+    let ro1_pod =
+        pods.list(&ListParams::default().labels(&format!("{NODE_LABEL}=ro-1"))).await.unwrap().items;
+    assert!(
+        ro1_pod.iter().all(|p| p.labels().get(ROUTABLE_LABEL).map(String::as_str) != Some("true")),
+        "ro-1 no longer routable"
+    );
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let n = clusters.get("omero").await.unwrap().status.unwrap().node("ro-1").cloned().unwrap();
+    assert_eq!(n.phase, NodePhase::Draining, "still draining while 2 sessions are open: {n:?}");
+    let budget = budgets.get("omero-ro-1").await.unwrap();
+    assert_eq!(
+        budget.spec.unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0)),
+        "an eviction still waits while sessions are open"
+    );
+    suite.set_sessions("ro-1", 0);
+    let drained = Instant::now();
+    eventually(90, "ro-1 drained at zero", || async {
+        let s = clusters.get("omero").await.ok()?.status?;
+        (s.node("ro-1")?.phase == NodePhase::Drained).then_some(())
+    })
+    .await;
+    println!("ro-1 drained {:?} after its count reached zero", drained.elapsed());
+    let n = clusters.get("omero").await.unwrap().status.unwrap().node("ro-1").cloned().unwrap();
+    assert!(!n.deadline_reached, "ended on its count, not its deadline: {n:?}");
+    clusters
+        .patch(
+            "omero",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {DRAIN_ANNOTATION: null}}})),
+        )
+        .await
+        .unwrap();
+    eventually(60, "ro-1 serving again", || async { (serving_pods(&pods).await.len() == 3).then_some(()) })
+        .await;
+    let events = cluster_events(&suite.client, &suite.ns, "omero").await;
+    for reason in ["DrainStarted", "DrainCompleted"] {
+        assert!(
+            events.iter().any(|(r, note)| r == reason && note.contains("ro-1")),
+            "no {reason} Event for ro-1: {events:?}"
+        );
+    }
+
+    // An image rolls node by node, each drained (at zero) first.
+    cluster["spec"]["image"] = json!("openmicroscopy/omero-server:5.6.17");
+    clusters.patch("omero", &ssa, &Patch::Apply(cluster.clone())).await.unwrap();
+    let (replaced, fewest) = follow_rollout(
+        &suite,
+        3,
+        "image change",
+        Box::new(|c, ds| up_to_date(c, 3) && images_are(ds, "openmicroscopy/omero-server:5.6.17")),
+    )
+    .await;
+    assert!(fewest >= 2, "never fewer than 2 of 3 serving: {fewest}");
+    assert!(replaced.values().all(|uids| uids.len() == 2), "each pod replaced once: {replaced:?}");
+
+    // A removed node is counted with the probe it had: gone once its count is zero, not
+    // after its 10-minute deadline.
+    let removed = Instant::now();
+    cluster["spec"]["nodes"].as_array_mut().unwrap().retain(|n| n["name"] != "ro-2");
+    clusters.patch("omero", &ssa, &Patch::Apply(cluster.clone())).await.unwrap();
+    eventually(120, "ro-2's objects gone", || async {
+        let gone = deployments.get_opt("omero-ro-2").await.ok()?.is_none()
+            && services.get_opt("omero-ro-2").await.ok()?.is_none()
+            && budgets.get_opt("omero-ro-2").await.ok()?.is_none();
+        gone.then_some(())
+    })
+    .await;
+    println!("ro-2 removed in {:?} (deadline 10m)", removed.elapsed());
+    let status = eventually(30, "ro-2 out of status", || async {
+        let s = clusters.get("omero").await.ok()?.status?;
+        s.node("ro-2").is_none().then_some(s)
+    })
+    .await;
+    assert_eq!(status.node_count, 2);
+
+    if install == Install::ClusterWide {
+        // A cordoned Kubernetes node: its OMERO nodes drain one at a time and move.
+        let on = |pod: &Pod| pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let first = serving_pods(&pods).await.iter().filter_map(on).next().unwrap();
+        assert!(kube_nodes.contains(&first));
+        Api::<Node>::all(suite.client.clone())
+            .patch(&first, &PatchParams::default(), &Patch::Merge(json!({"spec": {"unschedulable": true}})))
+            .await
+            .unwrap();
+        let (mut fewest, start) = (usize::MAX, Instant::now());
+        loop {
+            let serving = serving_pods(&pods).await;
+            fewest = fewest.min(serving.len());
+            if serving.len() == 2 && serving.iter().all(|p| on(p).as_deref() != Some(first.as_str())) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(240), "not every node moved off {first} in 240 s");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(fewest >= 1, "never no node serving during the move");
+        let events = cluster_events(&suite.client, &suite.ns, "omero").await;
+        assert!(
+            events.iter().any(|(_, note)| note.contains(&first)),
+            "an Event names the cordoned node: {events:?}"
+        );
+    }
+    suite.finish().await;
+}
+
+#[tokio::test]
+async fn the_chart_operator_runs_a_cluster_in_one_namespace() {
+    chart_operator_runs_a_cluster(Install::OneNamespace).await;
+}
+
+#[tokio::test]
+async fn the_chart_operator_runs_a_cluster_cluster_wide() {
+    chart_operator_runs_a_cluster(Install::ClusterWide).await;
+}
+
+/// The chart's aggregated roles: a user bound only to the namespace's built-in `edit` role
+/// runs every `kubectl omero` command; one bound to `view` sees status and is refused the
+/// rest, with a message that says so.
+#[tokio::test]
+async fn namespace_users_drive_clusters_through_the_built_in_roles() {
+    let Some(mut suite) = Suite::start("users", Install::OneNamespace).await else { return };
+    suite.apply_chart(&[], &["user-roles.yaml"]).await;
+    suite.play_kubelet(1).await;
+    three_nodes(&suite).await;
+    let (editor, viewer) = (format!("{}-editor", suite.ns), format!("{}-viewer", suite.ns));
+    let bindings: Api<RoleBinding> = suite.api();
+    for (user, role) in [(&editor, "edit"), (&viewer, "view")] {
+        let binding = json!({"metadata": {"name": user},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]});
+        bindings.create(&PostParams::default(), &serde_json::from_value(binding).unwrap()).await.unwrap();
+    }
+    // The clusterrole-aggregation controller folds the chart's roles into edit and view.
+    let roles: Api<ClusterRole> = Api::all(suite.client.clone());
+    for role in ["edit", "view"] {
+        eventually(60, &format!("{role} aggregates omeroclusters"), || async {
+            let rules = roles.get(role).await.ok()?.rules?;
+            rules.iter().any(|r| r.resources.iter().flatten().any(|x| x == "omeroclusters")).then_some(())
+        })
+        .await;
+    }
+    let clusters = suite.clusters();
+    eventually(120, "3 nodes serving", || async {
+        (clusters.get("omero").await.ok()?.status?.serving_nodes == 3).then_some(())
+    })
+    .await;
+    let ns = suite.ns.clone();
+    let as_editor = kubeconfig_impersonating(&suite.path, &ns, &editor);
+    let as_viewer = kubeconfig_impersonating(&suite.path, &ns, &viewer);
+
+    let (out, code) = plugin(&as_editor, &ns, &["status", "omero"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (out, code) = plugin(&as_editor, &ns, &["drain", "omero", "ro-1", "--wait", "--timeout", "120s"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("drained ro-1 in"), "{out}");
+    let (out, code) = plugin(&as_editor, &ns, &["undrain", "omero", "ro-1"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (out, code) = plugin(&as_editor, &ns, &["restart", "omero", "ro-2", "--wait", "--timeout", "180s"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (out, code) = plugin(&as_editor, &ns, &["pause", "omero"]);
+    assert_eq!(code, Some(0), "{out}");
+    let paused = clusters.get("omero").await.unwrap();
+    assert!(
+        paused.annotations().contains_key(omero_operator::request::PAUSE_ANNOTATION),
+        "{:?}",
+        paused.annotations()
+    );
+    let (out, code) = plugin(&as_editor, &ns, &["resume", "omero"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        !clusters
+            .get("omero")
+            .await
+            .unwrap()
+            .annotations()
+            .contains_key(omero_operator::request::PAUSE_ANNOTATION)
+    );
+
+    let (out, code) = plugin(&as_viewer, &ns, &["status", "omero"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ro-1"), "{out}");
+    let before = clusters.get("omero").await.unwrap().annotations().clone();
+    for args in [&["drain", "omero", "ro-1"][..], &["restart", "omero", "--all"], &["pause", "omero"]] {
+        let (out, code) = plugin(&as_viewer, &ns, args);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("may not") || out.contains("forbidden"), "a clear refusal: {out}");
+    }
+    assert_eq!(clusters.get("omero").await.unwrap().annotations(), &before, "the viewer changed nothing");
+    suite.finish().await;
+}
+
+/// Run last, alone (`scripts/e2e.sh` does): no namespace, played Node, ClusterRole or binding
+/// of the suite is left on the API server. Skipped unless `OMERO_OPERATOR_E2E_LEFTOVERS=1`,
+/// since tests running beside it would make it fail.
+#[tokio::test]
+async fn nothing_is_left_behind() {
+    let Some(path) = kubeconfig() else { return };
+    if std::env::var("OMERO_OPERATOR_E2E_LEFTOVERS").as_deref() != Ok("1") {
+        eprintln!(
+            "skipped: set OMERO_OPERATOR_E2E_LEFTOVERS=1 to check for leftovers once every other test ended"
+        );
+        return;
+    }
+    let client = client(&path).await;
+    let left = || async {
+        let names =
+            |items: Vec<String>| items.into_iter().filter(|n| n.starts_with(PREFIX)).collect::<Vec<_>>();
+        let lp = ListParams::default();
+        let mut left = names(
+            Api::<Namespace>::all(client.clone())
+                .list(&lp)
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|n| n.name_any())
+                .collect(),
+        );
+        left.extend(names(
+            Api::<Node>::all(client.clone())
+                .list(&lp)
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|n| n.name_any())
+                .collect(),
+        ));
+        left.extend(names(
+            Api::<ClusterRole>::all(client.clone())
+                .list(&lp)
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|n| n.name_any())
+                .collect(),
+        ));
+        left.extend(names(
+            Api::<ClusterRoleBinding>::all(client.clone())
+                .list(&lp)
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|n| n.name_any())
+                .collect(),
+        ));
+        left
+    };
+    let start = Instant::now();
+    let mut remaining = left().await;
+    while !remaining.is_empty() && start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        remaining = left().await;
+    }
+    assert!(remaining.is_empty(), "left behind: {remaining:?}");
 }

@@ -573,15 +573,26 @@ async fn api_refusals_go_into_status_and_one_event_each() {
         status.object_problems.iter().map(|p| (p.kind.as_str(), p.name.as_str())).collect();
     assert_eq!(refused, [("Deployment", "omero-ro-2"), ("Service", "omero")]);
     assert!(status.object_problems[0].message.contains("\"lots\""), "{:?}", status.object_problems);
+    // The 403 names the verb (an apply of an object not yet seen may create), the resource,
+    // the namespace and what to grant, and keeps the API server's own words.
+    let forbidden_problem = &status.object_problems[1];
+    assert_eq!(forbidden_problem.reason, omero_operator::api::ObjectProblemReason::Forbidden);
     assert!(
-        status.object_problems[1].message.contains("cannot patch resource"),
-        "{:?}",
-        status.object_problems
+        forbidden_problem.message.starts_with("the operator's account may not create services in namespace ")
+            && forbidden_problem.message.contains("give it the chart's RBAC")
+            && forbidden_problem.message.contains("cannot patch resource"),
+        "{forbidden_problem:?}"
     );
     let degraded = status.condition("Degraded").unwrap();
     assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "ApplyRefused"));
     let refusal_events = |requests: &[Seen]| {
-        requests.iter().filter(|r| r.path.ends_with("/events") && r.body["reason"] == "ApplyRefused").count()
+        requests
+            .iter()
+            .filter(|r| {
+                r.path.ends_with("/events")
+                    && (r.body["reason"] == "ApplyRefused" || r.body["reason"] == "WriteForbidden")
+            })
+            .count()
     };
     assert_eq!(refusal_events(&requests), 2, "one Event per refusal");
 

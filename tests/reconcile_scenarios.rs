@@ -178,9 +178,17 @@ async fn a_node_removed_from_the_spec_is_drained_then_loses_its_objects_and_only
     assert!(leaving.leaving);
     assert_eq!(leaving.phase, NodePhase::Draining);
     assert_eq!(fake.status().node_count, 2, "counts the nodes of the spec");
+    assert_eq!(
+        leaving.session_probe.as_ref().map(|p| p.kind),
+        Some(SessionProbeKind::Metrics),
+        "counted with the probe it had in the spec"
+    );
 
+    // Its drain ends on its count, long before its 30-minute deadline.
+    run_until(&fake, &ctx, 5, |f| f.node("ro-2").sessions == Some(1)).await;
     sessions.set("10.0.0.3", Ok(0));
-    run_until(&fake, &ctx, 60, |f| f.status().node("ro-2").is_none()).await;
+    let took = run_until(&fake, &ctx, 60, |f| f.status().node("ro-2").is_none()).await;
+    assert!(took < Duration::from_secs(120), "ended {took:?} after its count reached zero");
     let writes = fake.take_writes();
     assert!(writes.contains(&Write::Delete(ChildKind::Deployment, "omero-ro-2".into())), "{writes:?}");
     assert!(writes.contains(&Write::Delete(ChildKind::Service, "omero-ro-2".into())), "{writes:?}");

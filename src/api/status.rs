@@ -71,8 +71,11 @@ pub enum ObjectProblemReason {
     /// The cluster's own object would need a field changed that the API server does not allow
     /// to change.
     ImmutableField,
-    /// The API server refused to apply the object (an invalid field, missing permission).
+    /// The API server refused to apply the object (an invalid field).
     Refused,
+    /// The operator's account may not write the object (RBAC): its message names the verb and
+    /// what to grant.
+    Forbidden,
 }
 
 impl ObjectProblemReason {
@@ -81,6 +84,7 @@ impl ObjectProblemReason {
             Self::NotOwned => "ObjectNotOwned",
             Self::ImmutableField => "ImmutableField",
             Self::Refused => "ApplyRefused",
+            Self::Forbidden => "WriteForbidden",
         }
     }
 }
@@ -224,6 +228,12 @@ pub struct NodeStatus {
     /// The node left the spec and is drained, then deleted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,
+    /// The session probe the node is counted with, recorded from the spec at every reconcile
+    /// and kept once the node leaves the spec: a removed node is drained like any other, and
+    /// its drain ends when this probe counts zero, not only at its deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "recorded_probe_schema")]
+    pub session_probe: Option<crate::api::SessionProbe>,
     /// The Kubernetes node this node is moving off for maintenance (drain reason
     /// `Maintenance`), recorded when the drain starts and kept until the new pod serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -235,6 +245,28 @@ pub struct NodeStatus {
     /// Human-readable state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// The spec's session probe schema without its validation rules: status records a probe the
+/// spec already validated, and rules on status would only cost the API server CEL time.
+fn recorded_probe_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove("x-kubernetes-validations");
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut schema = generator.subschema_for::<Option<crate::api::SessionProbe>>();
+    let mut value = schema.as_value().clone();
+    strip(&mut value);
+    if let Ok(stripped) = schemars::Schema::try_from(value) {
+        schema = stripped;
+    }
+    schema
 }
 
 fn is_zero(n: &u32) -> bool {

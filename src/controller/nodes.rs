@@ -20,7 +20,7 @@ use super::{
 use crate::{
     api::{
         NodePhase, NodeSpec, NodeStatus, ObjectProblem, ObjectProblemReason, OmeroCluster,
-        OmeroClusterStatus, keys,
+        OmeroClusterStatus, SessionProbe, keys,
     },
     lifecycle::{self, PodObservation},
     render,
@@ -39,6 +39,14 @@ pub struct NodeFacts<'a> {
     pub deployment: Option<&'a Deployment>,
     /// The revision the spec asks for (none for a leaving node).
     pub target_revision: Option<&'a str>,
+}
+
+/// Records in each node's status the probe it is counted with (see [`NodeFacts::session_probe`]),
+/// so that a node leaving the spec keeps it. `statuses` are in `facts` order.
+pub fn record_session_probes(cluster: &OmeroCluster, facts: &[NodeFacts<'_>], statuses: &mut [NodeStatus]) {
+    for (fact, status) in facts.iter().zip(statuses) {
+        status.session_probe = fact.session_probe(cluster);
+    }
 }
 
 /// Every node of the spec, in spec order, then every node that left the spec and still has a
@@ -105,10 +113,24 @@ pub fn facts<'a>(
 }
 
 impl NodeFacts<'_> {
-    /// How often to count the node's sessions while it serves; a node that left the spec has
-    /// no probe settings left.
+    /// The probe that counts the node's sessions: the spec's, or for a node that left the spec
+    /// the one recorded in status while it was there. `None` only for a node that left the
+    /// spec before the operator recorded probes (its deadline ends its drain).
+    pub fn session_probe(&self, cluster: &OmeroCluster) -> Option<SessionProbe> {
+        match self.spec {
+            Some(spec) => Some(cluster.spec.session_probe_of(spec)),
+            None => self.previous.and_then(|s| s.session_probe.clone()),
+        }
+    }
+
+    /// How often to count the node's sessions while it serves.
     pub fn serving_probe_interval(&self, cluster: &OmeroCluster) -> Option<crate::api::Duration> {
-        self.spec.and_then(|s| cluster.spec.session_probe_of(s).serving_interval())
+        self.session_probe(cluster).and_then(|p| p.serving_interval())
+    }
+
+    /// How often to count the node's sessions while it drains.
+    pub fn probe_interval(&self, cluster: &OmeroCluster) -> crate::api::Duration {
+        self.session_probe(cluster).map_or(crate::api::DEFAULT_PROBE_INTERVAL, |p| p.interval())
     }
 
     pub fn role(&self, cluster: &OmeroCluster) -> Role {
@@ -201,9 +223,13 @@ impl Writes<'_> {
                     .iter()
                     .map(|w| ("PodDisruptionBudget", w.object.metadata.name.as_deref().unwrap_or_default())),
             )
+            .chain(self.deletes.iter().map(|(kind, name, _)| (kind.as_str(), name.as_str())))
+            .chain(self.pod_deletes.iter().map(|(pod, _)| ("Pod", pod.as_str())))
+            .chain(self.labels.iter().map(|(pod, _)| ("Pod", pod.as_str())))
             .collect();
         old.iter().filter(move |p| {
-            p.reason == ObjectProblemReason::Refused && tried.contains(&(p.kind.as_str(), p.name.as_str()))
+            matches!(p.reason, ObjectProblemReason::Refused | ObjectProblemReason::Forbidden)
+                && tried.contains(&(p.kind.as_str(), p.name.as_str()))
         })
     }
 }

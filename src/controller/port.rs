@@ -40,6 +40,23 @@ pub enum ChildKind {
 }
 
 impl ChildKind {
+    /// Every kind the operator writes by server-side apply.
+    pub const ALL: [ChildKind; 4] =
+        [Self::Deployment, Self::Service, Self::ConfigMap, Self::PodDisruptionBudget];
+
+    /// The kind's API group ("" for the core group) and resource, as RBAC names them.
+    pub fn api_resource(self) -> (&'static str, &'static str) {
+        fn of<K: k8s_openapi::Resource>() -> (&'static str, &'static str) {
+            (K::GROUP, K::URL_PATH_SEGMENT)
+        }
+        match self {
+            Self::Deployment => of::<Deployment>(),
+            Self::Service => of::<Service>(),
+            Self::ConfigMap => of::<ConfigMap>(),
+            Self::PodDisruptionBudget => of::<PodDisruptionBudget>(),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Deployment => "Deployment",

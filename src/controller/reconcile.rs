@@ -136,7 +136,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
     let plan = rollout::plan(&maintenance::with_moves(&views, &moves), &limits);
     let mut probes = BTreeMap::new();
     for fact in nodes::probes_due(&cluster, &facts, now) {
-        let outcome = probe(&ctx, &cluster, &ns, fact.spec, fact.pod).await;
+        let outcome = probe(&ctx, &cluster, &ns, fact.session_probe(&cluster), fact.pod).await;
         debug!(cluster = %name, node = %fact.name, ?outcome, "session probe");
         probes.insert(fact.name.as_str(), outcome);
     }
@@ -149,9 +149,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
             drain_requested: request.drain.contains(&f.name),
             probe_sample: probes.get(f.name.as_str()).and_then(|(_, sample)| sample.clone()),
             probe: probes.remove(f.name.as_str()).map(|(outcome, _)| outcome),
-            probe_interval: f
-                .spec
-                .map_or(api::DEFAULT_PROBE_INTERVAL, |s| cluster.spec.session_probe_of(s).interval()),
+            probe_interval: f.probe_interval(&cluster),
             serving_probe_interval: f.serving_probe_interval(&cluster),
             target_revision: f.target_revision,
             deployment_exists: f.deployment.is_some(),
@@ -171,6 +169,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
     };
     let decisions = lifecycle::step(&inputs, &policy, now);
     let mut statuses: Vec<api::NodeStatus> = decisions.iter().map(|d| d.status.clone()).collect();
+    nodes::record_session_probes(&cluster, &facts, &mut statuses);
     let maintenance_events = status::maintenance_waits(&old, &mut statuses, &moves.waiting);
     // Each node's budget follows the phase just decided: open once drained or not serving.
     let desired_budgets = render::budget::budgets(&cluster, &statuses);
@@ -260,24 +259,41 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
     for (child, child_uid) in children_written {
         info!(cluster = %name, kind = child.kind().as_str(), child = child.name(), "applying");
         if let Err(error) = ctx.port.apply(&ns, child, child_uid).await {
-            // A refusal is reported in status and an Event; retrying would not cure it.
-            let Some(why) = error.refusal() else { return Err(error) };
-            warn!(cluster = %name, kind = child.kind().as_str(), child = child.name(), %why, "refused");
-            refusals.push(ownership::refused(child.kind().as_str(), child.name(), &why));
+            // A refusal is reported in status and an Event; retrying would not cure it. An
+            // apply without a uid precondition may create, and is authorized as create.
+            let Some(refusal) = error.refusal() else { return Err(error) };
+            let verb = if child_uid.is_none() { "create" } else { "patch" };
+            let kind = child.kind();
+            let problem =
+                ownership::refused(kind.as_str(), child.name(), &ns, verb, kind.api_resource(), &refusal);
+            warn!(cluster = %name, kind = kind.as_str(), child = child.name(), why = %problem.message, "refused");
+            refusals.push(problem);
         }
     }
     let mut events: Vec<Event> = Vec::new();
+    // A refused delete or label patch is reported like a refused apply, not retried blindly.
+    let mut refused = |kind: &str, object: &str, verb: &str, resource, result: Result<(), Error>| {
+        let Err(error) = result else { return Ok(()) };
+        let Some(refusal) = error.refusal() else { return Err(error) };
+        let problem = ownership::refused(kind, object, &ns, verb, resource, &refusal);
+        warn!(cluster = %name, kind, child = object, why = %problem.message, "refused");
+        refusals.push(problem);
+        Ok(())
+    };
     for (kind, child, child_uid) in &writes.deletes {
         info!(cluster = %name, ?kind, child, "deleting: its node left the spec and is drained");
-        ctx.port.delete_child(&ns, *kind, child, child_uid).await?;
+        let result = ctx.port.delete_child(&ns, *kind, child, child_uid).await;
+        refused(kind.as_str(), child, "delete", kind.api_resource(), result)?;
     }
     for (pod, pod_uid) in &writes.pod_deletes {
         info!(cluster = %name, pod, "deleting the pod of a drained node: it moves off its Kubernetes node");
-        ctx.port.delete_pod(&ns, pod, pod_uid).await?;
+        let result = ctx.port.delete_pod(&ns, pod, pod_uid).await;
+        refused("Pod", pod, "delete", ("", "pods"), result)?;
     }
     for (pod, routable) in &writes.labels {
         info!(cluster = %name, pod, routable, "labelling pod");
-        ctx.port.set_routable(&ns, pod, *routable).await?;
+        let result = ctx.port.set_routable(&ns, pod, *routable).await;
+        refused("Pod", pod, "patch", ("", "pods"), result)?;
     }
     // What the API server refused changes the record: written once more, on the new version.
     let mut problems: Vec<api::ObjectProblem> = plan_problems.into_iter().chain(refusals).collect();
@@ -358,12 +374,10 @@ async fn probe<P: ClusterPort, O: OmeroPort>(
     ctx: &Context<P, O>,
     cluster: &OmeroCluster,
     ns: &str,
-    node: Option<&api::NodeSpec>,
+    probe: Option<api::SessionProbe>,
     pod: Option<&PodObservation>,
 ) -> (ProbeOutcome, Option<String>) {
-    // A node that left the spec has no probe settings left: only its deadline ends its drain.
-    let Some(node) = node else { return (ProbeOutcome::NoProbe, None) };
-    let probe = cluster.spec.session_probe_of(node);
+    let Some(probe) = probe else { return (ProbeOutcome::NoProbe, None) };
     if probe.kind == SessionProbeKind::None {
         return (ProbeOutcome::NoProbe, None);
     }
