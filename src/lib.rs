@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod departures;
 mod error;
 pub mod http;
 pub mod lifecycle;

@@ -279,13 +279,17 @@ pub fn step(nodes: &[NodeInput<'_>], policy: &Policy, now: Timestamp) -> Vec<Dec
     if policy.paused {
         return nodes.iter().map(|node| observe_only(node, policy, now)).collect();
     }
-    // Nodes that will serve new sessions unless this step takes them out.
-    let mut serving = nodes.iter().filter(|n| would_serve(n)).count();
+    // Nodes that will serve new sessions unless this step takes them out. The planners'
+    // picks (rollout, maintenance) leave first, whatever their place in the list: a requested
+    // drain is checked against the world they leave (`crate::departures` decided the picks
+    // with the requested drains already out, so this only refuses what would empty the cluster).
+    let planned = |n: &NodeInput<'_>| would_serve(n) && (n.selected || n.maintenance.is_some());
+    let mut serving = nodes.iter().filter(|n| would_serve(n) && !planned(n)).count();
     nodes
         .iter()
         .map(|node| {
             let decision = step_node(node, policy, now, serving);
-            if would_serve(node) && decision.status.phase != NodePhase::Serving {
+            if would_serve(node) && !planned(node) && decision.status.phase != NodePhase::Serving {
                 serving -= 1;
             }
             decision

@@ -21,6 +21,11 @@
 //!   creating the Lease the first time.
 //! - `delete`: `KubePort::delete_child` (a node removed from the spec, once drained),
 //!   `KubePort::delete_pod` (a drained node moving off a cordoned Kubernetes node).
+//!
+//! The people who use OmeroClusters get theirs from Kubernetes' built-in `view`, `edit` and
+//! `admin` roles: [`USER_RULES`] are two ClusterRoles the chart aggregates into them
+//! (`charts/omero-operator/templates/user-roles.yaml`, same test), and [`PLUGIN_COMMANDS`]
+//! says what each `kubectl omero` command calls and which of them grants it.
 
 /// Where a rule applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -192,6 +197,179 @@ pub fn rules_for(value: impl Fn(&str) -> bool) -> impl Iterator<Item = &'static 
     })
 }
 
+/// The chart value that switches the aggregated user roles ([`USER_RULES`]), with
+/// `rbac.create`.
+pub const AGGREGATE_TO_DEFAULT_ROLES: &str = "rbac.aggregateToDefaultRoles";
+
+/// The two ClusterRoles the chart adds for the people who use OmeroClusters, named
+/// `<fullname>-view` and `<fullname>-edit`. Neither is bound to anyone: each carries
+/// `rbac.authorization.k8s.io/aggregate-to-*` labels, so Kubernetes copies its rules into the
+/// built-in roles named by [`UserRole::aggregated_into`], wherever those are bound (a
+/// RoleBinding to `edit` in a namespace then grants them there). Aggregation is cluster-wide:
+/// the roles are rendered whether the operator watches one namespace or all. Either can also be
+/// bound directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UserRole {
+    /// Reading OmeroClusters: `kubectl get omc`, `kubectl omero status` and `wait`.
+    View,
+    /// Everything on OmeroClusters but their status: applying and deleting them, and every
+    /// `kubectl omero` command (the request annotations are patched on the cluster).
+    Edit,
+}
+
+impl UserRole {
+    pub const ALL: [UserRole; 2] = [UserRole::View, UserRole::Edit];
+
+    /// The ClusterRole's name after the release's full name: `<fullname>-view`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            UserRole::View => "view",
+            UserRole::Edit => "edit",
+        }
+    }
+
+    /// The built-in roles it is aggregated into, one `aggregate-to-<role>: "true"` label each.
+    /// View is labelled for all three, as the Elastic operator's chart does, rather than
+    /// relying on `view` itself being aggregated into `edit` and `edit` into `admin`.
+    pub fn aggregated_into(self) -> &'static [&'static str] {
+        match self {
+            UserRole::View => &["view", "edit", "admin"],
+            UserRole::Edit => &["edit", "admin"],
+        }
+    }
+}
+
+/// One rule of a [`UserRole`]. No resource names, no wildcards: one group and resource each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UserRule {
+    pub role: UserRole,
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub verbs: &'static [&'static str],
+    pub why: &'static str,
+}
+
+/// What `<fullname>-view` and `<fullname>-edit` grant. Never a write of `omeroclusters/status`:
+/// the status is the operator's record, and `kubectl omero` trusts its
+/// `status.observedRequests` as the operator's acknowledgement.
+pub const USER_RULES: &[UserRule] = &[
+    UserRule {
+        role: UserRole::View,
+        group: "omero.openmicroscopy.org",
+        resource: "omeroclusters",
+        verbs: &["get", "list", "watch"],
+        why: "`kubectl get omc` (and `-w`); `kubectl omero status` and `wait` read the cluster (get), name the \
+              clusters there are when the name is wrong (list), and `wait` follows it by a watch (list, watch)",
+    },
+    UserRule {
+        role: UserRole::View,
+        group: "omero.openmicroscopy.org",
+        resource: "omeroclusters/status",
+        verbs: &["get"],
+        why: "reading the status subresource alone (`kubectl get omc NAME --subresource=status`); read only",
+    },
+    UserRule {
+        role: UserRole::Edit,
+        group: "omero.openmicroscopy.org",
+        resource: "omeroclusters",
+        verbs: &["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"],
+        why: "applying, editing and deleting clusters (`kubectl apply`, `edit`, `replace`, `delete`), and every \
+              `kubectl omero` command: each patches the request annotations after reading the cluster, then \
+              follows it by a watch. The read verbs too, so the role also works bound on its own",
+    },
+];
+
+/// The verbs that only read.
+pub const READ_VERBS: &[&str] = &["get", "list", "watch"];
+
+/// One API call a `kubectl omero` command makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Need {
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub verb: &'static str,
+    pub why: &'static str,
+}
+
+/// A `kubectl omero` command (`src/bin/kubectl-omero.rs`), every call it makes, and the least
+/// [`UserRole`] that grants them all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PluginCommand {
+    pub name: &'static str,
+    pub needs: &'static [Need],
+    pub role: UserRole,
+}
+
+const CLUSTERS: &str = "omeroclusters";
+const GROUP: &str = "omero.openmicroscopy.org";
+
+/// `plugin::get`: the cluster by name.
+const GET: Need = Need {
+    group: GROUP,
+    resource: CLUSTERS,
+    verb: "get",
+    why: "reads the cluster by name (`plugin::get`; `edit_annotations` reads it before each patch)",
+};
+/// `plugin::get` when the name is wrong, and the start of `plugin::follow`'s watch.
+const LIST: Need = Need {
+    group: GROUP,
+    resource: CLUSTERS,
+    verb: "list",
+    why: "names the clusters there are when there is none by that name (`plugin::get`, metadata only); a \
+          watch starts by listing the one cluster (`plugin::follow`, kube's `watch_object`)",
+};
+/// `plugin::follow`.
+const WATCH: Need = Need {
+    group: GROUP,
+    resource: CLUSTERS,
+    verb: "watch",
+    why: "follows the cluster (`plugin::follow`): until the operator acknowledges the request in \
+          `status.observedRequests`, and with `--wait` until the operation ends; never polls",
+};
+/// `plugin::edit_annotations`.
+const PATCH: Need = Need {
+    group: GROUP,
+    resource: CLUSTERS,
+    verb: "patch",
+    why: "a merge patch of `metadata.annotations` carrying the `resourceVersion` read \
+          (`plugin::edit_annotations`): only the request annotations the command owns, retried on conflict",
+};
+
+/// Every `kubectl omero` subcommand: the same calls for every write command (read, patch the
+/// annotations, follow by a watch), and none that reads pods, events or Secrets: the plugin
+/// sees everything through the cluster's status.
+pub const PLUGIN_COMMANDS: &[PluginCommand] = &[
+    PluginCommand { name: "status", needs: &[GET, LIST], role: UserRole::View },
+    PluginCommand { name: "wait", needs: &[GET, LIST, WATCH], role: UserRole::View },
+    PluginCommand { name: "drain", needs: &[GET, LIST, PATCH, WATCH], role: UserRole::Edit },
+    PluginCommand { name: "undrain", needs: &[GET, LIST, PATCH, WATCH], role: UserRole::Edit },
+    PluginCommand { name: "restart", needs: &[GET, LIST, PATCH, WATCH], role: UserRole::Edit },
+    PluginCommand { name: "pause", needs: &[GET, LIST, PATCH, WATCH], role: UserRole::Edit },
+    PluginCommand { name: "resume", needs: &[GET, LIST, PATCH, WATCH], role: UserRole::Edit },
+];
+
+impl PluginCommand {
+    /// Whether the command writes (any verb beyond get, list and watch).
+    pub fn writes(&self) -> bool {
+        self.needs.iter().any(|n| !READ_VERBS.contains(&n.verb))
+    }
+}
+
+/// Whether `role`'s own rules allow `verb` on `group`/`resource`.
+pub fn user_role_grants(role: UserRole, group: &str, resource: &str, verb: &str) -> bool {
+    USER_RULES
+        .iter()
+        .any(|r| r.role == role && r.group == group && r.resource == resource && r.verbs.contains(&verb))
+}
+
+/// Whether the built-in role `builtin` (`view`, `edit`, `admin`) allows `verb` on
+/// `group`/`resource` through the aggregated roles (what it has of its own aside).
+pub fn builtin_role_grants(builtin: &str, group: &str, resource: &str, verb: &str) -> bool {
+    UserRole::ALL.iter().any(|&role| {
+        role.aggregated_into().contains(&builtin) && user_role_grants(role, group, resource, verb)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +417,121 @@ mod tests {
         };
         assert!(crd(true));
         assert!(!crd(false));
+    }
+
+    #[test]
+    fn user_rules_have_no_wildcards_and_never_write_status() {
+        for rule in USER_RULES {
+            assert!(
+                !rule.verbs.contains(&"*") && !rule.resource.contains('*') && rule.group != "*",
+                "{rule:?}"
+            );
+            assert!(!rule.why.is_empty());
+            if rule.resource.ends_with("/status") {
+                assert!(
+                    rule.verbs.iter().all(|v| READ_VERBS.contains(v)),
+                    "users never write status: {rule:?}"
+                );
+            }
+            // Only OmeroClusters: the objects the operator makes are the built-in roles' own business.
+            assert_eq!(rule.group, GROUP, "{rule:?}");
+        }
+    }
+
+    #[test]
+    fn the_view_role_only_reads() {
+        for rule in USER_RULES.iter().filter(|r| r.role == UserRole::View) {
+            assert!(rule.verbs.iter().all(|v| READ_VERBS.contains(v)), "{rule:?}");
+        }
+    }
+
+    #[test]
+    fn the_edit_role_is_ecks_full_set_on_omeroclusters() {
+        let edit: Vec<_> = USER_RULES.iter().filter(|r| r.role == UserRole::Edit).collect();
+        assert_eq!(edit.len(), 1);
+        let mut verbs = edit[0].verbs.to_vec();
+        verbs.sort();
+        assert_eq!(
+            verbs,
+            ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+            "get, list, watch to read; create, update, patch, delete, deletecollection to apply and remove"
+        );
+        assert_eq!(edit[0].resource, CLUSTERS);
+    }
+
+    #[test]
+    fn every_command_is_granted_by_the_edit_role_and_by_the_role_it_names() {
+        for command in PLUGIN_COMMANDS {
+            assert!(!command.needs.is_empty(), "{}", command.name);
+            for need in command.needs {
+                assert!(!need.why.is_empty());
+                assert!(
+                    user_role_grants(UserRole::Edit, need.group, need.resource, need.verb),
+                    "the edit role lacks {} on {} for `kubectl omero {}`",
+                    need.verb,
+                    need.resource,
+                    command.name
+                );
+                assert!(
+                    user_role_grants(command.role, need.group, need.resource, need.verb),
+                    "`kubectl omero {}` names {:?}, which lacks {} on {}",
+                    command.name,
+                    command.role,
+                    need.verb,
+                    need.resource
+                );
+                for builtin in ["edit", "admin"] {
+                    assert!(builtin_role_grants(builtin, need.group, need.resource, need.verb), "{builtin}");
+                }
+            }
+        }
+    }
+
+    /// View grants every need of the read-only commands and no write verb of the others; the
+    /// role each command names is the least that serves it.
+    #[test]
+    fn the_view_role_serves_exactly_the_read_only_commands() {
+        let read_only: Vec<&str> = PLUGIN_COMMANDS.iter().filter(|c| !c.writes()).map(|c| c.name).collect();
+        assert_eq!(read_only, ["status", "wait"]);
+        for command in PLUGIN_COMMANDS {
+            let view_serves =
+                command.needs.iter().all(|n| user_role_grants(UserRole::View, n.group, n.resource, n.verb));
+            assert_eq!(view_serves, !command.writes(), "{}", command.name);
+            assert_eq!(
+                command.role == UserRole::View,
+                view_serves,
+                "{} names {:?}",
+                command.name,
+                command.role
+            );
+            assert_eq!(
+                command.needs.iter().all(|n| builtin_role_grants("view", n.group, n.resource, n.verb)),
+                view_serves,
+                "{}",
+                command.name
+            );
+            for need in command.needs.iter().filter(|n| !READ_VERBS.contains(&n.verb)) {
+                assert!(!user_role_grants(UserRole::View, need.group, need.resource, need.verb), "{need:?}");
+                assert!(!builtin_role_grants("view", need.group, need.resource, need.verb), "{need:?}");
+            }
+        }
+        // And the verbs view lacks are exactly the write verbs.
+        for verb in ["create", "update", "patch", "delete", "deletecollection"] {
+            assert!(!builtin_role_grants("view", GROUP, CLUSTERS, verb), "{verb}");
+            assert!(builtin_role_grants("edit", GROUP, CLUSTERS, verb), "{verb}");
+        }
+    }
+
+    #[test]
+    fn every_write_command_reads_patches_and_follows() {
+        for command in PLUGIN_COMMANDS.iter().filter(|c| c.writes()) {
+            let mut verbs: Vec<&str> = command.needs.iter().map(|n| n.verb).collect();
+            verbs.sort();
+            assert_eq!(verbs, ["get", "list", "patch", "watch"], "{}", command.name);
+        }
+        let mut names: Vec<&str> = PLUGIN_COMMANDS.iter().map(|c| c.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), PLUGIN_COMMANDS.len(), "each command once");
     }
 }

