@@ -78,7 +78,10 @@ fn kubeconfig() -> Option<String> {
 
 async fn client(path: &str) -> Client {
     let kubeconfig = Kubeconfig::read_from(path).expect("the e2e kubeconfig reads");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
+    // The suite checks the API server's own answers: a 429 (an eviction a budget refuses) is
+    // one, not a reason to retry for minutes.
+    config.default_retry = false;
     Client::try_from(config).unwrap()
 }
 
@@ -615,7 +618,7 @@ async fn cluster_events(client: &Client, ns: &str, name: &str) -> Vec<(String, S
 
 /// An object another application owns under a node's name survives the OmeroCluster's creation
 /// and deletion unchanged, and the cluster says who holds it.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_service_survives_the_cluster() {
     let Some(suite) = Suite::start("foreign", Install::OneNamespace).await else { return };
     let ssa = PatchParams::apply("omero-operator-e2e").force();
@@ -661,7 +664,7 @@ async fn a_foreign_service_survives_the_cluster() {
 
 /// The objects of a 2-node cluster, labelled and owned, its status, a CEL refusal by the API
 /// server, a drain of a node whose pod never runs, a removal, and garbage collection.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_on_a_real_cluster() {
     let Some(suite) = Suite::start("core", Install::OneNamespace).await else { return };
     let image = std::env::var("OMERO_OPERATOR_E2E_IMAGE")
@@ -819,7 +822,7 @@ fn images_are(ds: &[Deployment], image: &str) -> bool {
 
 /// A rolling restart and an image change on a real API server: node by node, read-only first,
 /// each node's pod replaced exactly once, never fewer than N-1 routable and ready pods.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_and_image_change_on_a_real_cluster() {
     let Some(mut suite) = Suite::start("rollout", Install::OneNamespace).await else { return };
     suite.play_kubelet(1).await;
@@ -869,13 +872,15 @@ async fn rolling_restart_and_image_change_on_a_real_cluster() {
 }
 
 /// Runs `kubectl-omero` with `kubeconfig` in the suite's namespace; its output and exit code.
-fn plugin(kubeconfig: &std::path::Path, ns: &str, args: &[&str]) -> (String, Option<i32>) {
-    let output = Command::new(env!("CARGO_BIN_EXE_kubectl-omero"))
+/// Awaited, not blocking: the played kubelet must go on while the plugin waits.
+async fn plugin(kubeconfig: &std::path::Path, ns: &str, args: &[&str]) -> (String, Option<i32>) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-omero"))
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .args(["-n", ns])
         .args(args)
         .output()
+        .await
         .expect("kubectl-omero runs");
     let text =
         format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
@@ -885,7 +890,7 @@ fn plugin(kubeconfig: &std::path::Path, ns: &str, args: &[&str]) -> (String, Opt
 
 /// `kubectl omero` against a real API server, the suite playing kubelet: `status`, a drain
 /// followed with `--wait` until it ends, and a restart of every node followed to its end.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_omero_on_a_real_cluster() {
     let Some(mut suite) = Suite::start("plugin", Install::OneNamespace).await else { return };
     suite.play_kubelet(1).await;
@@ -897,16 +902,17 @@ async fn kubectl_omero_on_a_real_cluster() {
     })
     .await;
     let admin = PathBuf::from(&suite.path);
-    let (status, code) = plugin(&admin, &suite.ns, &["status", "omero"]);
+    let (status, code) = plugin(&admin, &suite.ns, &["status", "omero"]).await;
     assert_eq!(code, Some(0), "{status}");
     assert!(status.contains("ro-1  read-only"), "{status}");
-    let (drain, code) = plugin(&admin, &suite.ns, &["drain", "omero", "ro-1", "--wait", "--timeout", "120s"]);
+    let (drain, code) =
+        plugin(&admin, &suite.ns, &["drain", "omero", "ro-1", "--wait", "--timeout", "120s"]).await;
     assert_eq!(code, Some(0), "{drain}");
     assert!(drain.contains("acknowledged by the operator") && drain.contains("drained ro-1 in"), "{drain}");
-    let (undrain, code) = plugin(&admin, &suite.ns, &["undrain", "omero", "ro-1"]);
+    let (undrain, code) = plugin(&admin, &suite.ns, &["undrain", "omero", "ro-1"]).await;
     assert_eq!(code, Some(0), "{undrain}");
     let (restart, code) =
-        plugin(&admin, &suite.ns, &["restart", "omero", "--all", "--wait", "--timeout", "300s"]);
+        plugin(&admin, &suite.ns, &["restart", "omero", "--all", "--wait", "--timeout", "300s"]).await;
     assert_eq!(code, Some(0), "{restart}");
     assert!(restart.contains("rw, ro-1, ro-2 up to date in"), "{restart}");
     suite.finish().await;
@@ -917,7 +923,7 @@ async fn kubectl_omero_on_a_real_cluster() {
 /// plays kubelet (bound, Running, Ready): the API server ignores budgets for pods that are not
 /// running, so without that this would prove nothing. The budget's status comes from the
 /// cluster's disruption controller (kube-controller-manager, which the Deployments need too).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eviction_waits_for_the_drain_on_a_real_cluster() {
     let Some(mut suite) = Suite::start("budget", Install::OneNamespace).await else { return };
     suite.play_kubelet(1).await;
@@ -1172,12 +1178,12 @@ async fn chart_operator_runs_a_cluster(install: Install) {
     suite.finish().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_operator_runs_a_cluster_in_one_namespace() {
     chart_operator_runs_a_cluster(Install::OneNamespace).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_operator_runs_a_cluster_cluster_wide() {
     chart_operator_runs_a_cluster(Install::ClusterWide).await;
 }
@@ -1185,7 +1191,7 @@ async fn the_chart_operator_runs_a_cluster_cluster_wide() {
 /// The chart's aggregated roles: a user bound only to the namespace's built-in `edit` role
 /// runs every `kubectl omero` command; one bound to `view` sees status and is refused the
 /// rest, with a message that says so.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_users_drive_clusters_through_the_built_in_roles() {
     let Some(mut suite) = Suite::start("users", Install::OneNamespace).await else { return };
     suite.apply_chart(&[], &["user-roles.yaml"]).await;
@@ -1217,16 +1223,18 @@ async fn namespace_users_drive_clusters_through_the_built_in_roles() {
     let as_editor = kubeconfig_impersonating(&suite.path, &ns, &editor);
     let as_viewer = kubeconfig_impersonating(&suite.path, &ns, &viewer);
 
-    let (out, code) = plugin(&as_editor, &ns, &["status", "omero"]);
+    let (out, code) = plugin(&as_editor, &ns, &["status", "omero"]).await;
     assert_eq!(code, Some(0), "{out}");
-    let (out, code) = plugin(&as_editor, &ns, &["drain", "omero", "ro-1", "--wait", "--timeout", "120s"]);
+    let (out, code) =
+        plugin(&as_editor, &ns, &["drain", "omero", "ro-1", "--wait", "--timeout", "120s"]).await;
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("drained ro-1 in"), "{out}");
-    let (out, code) = plugin(&as_editor, &ns, &["undrain", "omero", "ro-1"]);
+    let (out, code) = plugin(&as_editor, &ns, &["undrain", "omero", "ro-1"]).await;
     assert_eq!(code, Some(0), "{out}");
-    let (out, code) = plugin(&as_editor, &ns, &["restart", "omero", "ro-2", "--wait", "--timeout", "180s"]);
+    let (out, code) =
+        plugin(&as_editor, &ns, &["restart", "omero", "ro-2", "--wait", "--timeout", "180s"]).await;
     assert_eq!(code, Some(0), "{out}");
-    let (out, code) = plugin(&as_editor, &ns, &["pause", "omero"]);
+    let (out, code) = plugin(&as_editor, &ns, &["pause", "omero"]).await;
     assert_eq!(code, Some(0), "{out}");
     let paused = clusters.get("omero").await.unwrap();
     assert!(
@@ -1234,7 +1242,7 @@ async fn namespace_users_drive_clusters_through_the_built_in_roles() {
         "{:?}",
         paused.annotations()
     );
-    let (out, code) = plugin(&as_editor, &ns, &["resume", "omero"]);
+    let (out, code) = plugin(&as_editor, &ns, &["resume", "omero"]).await;
     assert_eq!(code, Some(0), "{out}");
     assert!(
         !clusters
@@ -1245,12 +1253,12 @@ async fn namespace_users_drive_clusters_through_the_built_in_roles() {
             .contains_key(omero_operator::request::PAUSE_ANNOTATION)
     );
 
-    let (out, code) = plugin(&as_viewer, &ns, &["status", "omero"]);
+    let (out, code) = plugin(&as_viewer, &ns, &["status", "omero"]).await;
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("ro-1"), "{out}");
     let before = clusters.get("omero").await.unwrap().annotations().clone();
     for args in [&["drain", "omero", "ro-1"][..], &["restart", "omero", "--all"], &["pause", "omero"]] {
-        let (out, code) = plugin(&as_viewer, &ns, args);
+        let (out, code) = plugin(&as_viewer, &ns, args).await;
         assert_eq!(code, Some(1), "{out}");
         assert!(out.contains("may not") || out.contains("forbidden"), "a clear refusal: {out}");
     }
@@ -1261,7 +1269,7 @@ async fn namespace_users_drive_clusters_through_the_built_in_roles() {
 /// Run last, alone (`scripts/e2e.sh` does): no namespace, played Node, ClusterRole or binding
 /// of the suite is left on the API server. Skipped unless `OMERO_OPERATOR_E2E_LEFTOVERS=1`,
 /// since tests running beside it would make it fail.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_left_behind() {
     let Some(path) = kubeconfig() else { return };
     if std::env::var("OMERO_OPERATOR_E2E_LEFTOVERS").as_deref() != Ok("1") {

@@ -754,6 +754,36 @@ async fn a_stale_copy_acts_on_nothing_and_requeues_at_once() {
     assert!(!fake.pod_routable("ro-1"));
 }
 
+/// The status write that records a drain's start succeeds, the refusal it then records finds
+/// the cluster changed (someone else wrote it): the Events of the recorded transition are
+/// published all the same, once, and the refusal is recorded by the next reconcile.
+#[tokio::test(start_paused = true)]
+async fn events_of_a_recorded_transition_survive_a_stale_second_write() {
+    let (fake, _, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    fake.state().events.clear();
+    fake.state().refuse.insert("Service/omero-ro-2".into(), "Service \"omero-ro-2\" is invalid: x".into());
+    fake.state().services.remove("omero-ro-2");
+    fake.state().changed_after_status_write = true;
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
+    let requeue = reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(requeue, omero_operator::controller::STALE_RETRY);
+    assert_eq!(fake.node("ro-1").phase, NodePhase::Draining, "recorded by the first write");
+    assert_eq!(
+        fake.event_reasons().iter().filter(|r| *r == "DrainStarted").count(),
+        1,
+        "{:?}",
+        fake.event_reasons()
+    );
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert!(fake.status().object_problems.iter().any(|p| p.name == "omero-ro-2"), "recorded next time");
+    assert_eq!(
+        fake.event_reasons().iter().filter(|r| *r == "DrainStarted").count(),
+        1,
+        "not announced twice"
+    );
+}
+
 /// A crash-looping session counter beside a serving node's server: the kubelet reports the
 /// counter container waiting in CrashLoopBackOff, and the pod not Ready (Kubernetes 1.28 counts
 /// every container). The node's phase never changes for it, its Deployment is never rewritten

@@ -303,6 +303,8 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
     // What the API server refused changes the record: written once more, on the new version.
     let mut problems: Vec<api::ObjectProblem> = plan_problems.into_iter().chain(refusals).collect();
     problems.sort();
+    events.extend(decisions.iter().flat_map(|d| d.events.iter().map(status::node_event)));
+    events.extend(maintenance_events);
     let next = if problems == next.object_problems {
         next
     } else {
@@ -311,12 +313,14 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
         let mut current = (*cluster).clone();
         current.metadata.resource_version = recorded;
         if ctx.port.write_status(&current, &after).await? == StatusWrite::Stale {
+            // The first write recorded these transitions: their Events go out all the same;
+            // the refusals are recorded (and announced) by the next reconcile.
+            events.extend(status::transition_events(&old, &next, &request.problems));
+            publish(&ctx.port, &cluster, &events).await;
             return Ok(STALE_RETRY);
         }
         after
     };
-    events.extend(decisions.iter().flat_map(|d| d.events.iter().map(status::node_event)));
-    events.extend(maintenance_events);
     events.extend(status::transition_events(&old, &next, &request.problems));
     ctx.metrics.observe_status(&ns, &name, &old, &next, now);
     publish(&ctx.port, &cluster, &events).await;

@@ -82,6 +82,9 @@ pub struct State {
     pub cache: Option<Children>,
     /// Objects (by `Kind/name`) whose apply the API server refuses, with its message.
     pub refuse: BTreeMap<String, String>,
+    /// Someone else writes the cluster right after the operator's next successful status
+    /// write, so the operator's following write of the same reconcile finds it changed.
+    pub changed_after_status_write: bool,
 }
 
 /// A new resourceVersion, as the API server gives on every write.
@@ -542,7 +545,11 @@ impl ClusterPort for FakeCluster {
         let cluster = state.cluster.as_mut().unwrap();
         cluster.status = Some(stored);
         bump(cluster);
-        Ok(StatusWrite::Written(cluster.metadata.resource_version.clone()))
+        let written = cluster.metadata.resource_version.clone();
+        if std::mem::take(&mut state.changed_after_status_write) {
+            bump(state.cluster.as_mut().unwrap());
+        }
+        Ok(StatusWrite::Written(written))
     }
 
     async fn publish(&self, _cluster: &OmeroCluster, event: &Event) -> Result<(), Error> {
