@@ -645,10 +645,12 @@ fn start_drain(
             node.name
         );
         status.phase = NodePhase::Serving;
-        if status.message.as_deref() != Some(&format!("drain refused: {why}")) {
-            events.push(NodeEvent::DrainRefused { node: node.name.into(), reason: why.clone() });
+        let refused = format!("drain refused: {why}");
+        // Announced once: the message stays while the request does (other notes may follow it).
+        if !status.message.as_deref().is_some_and(|m| m.starts_with(&refused)) {
+            events.push(NodeEvent::DrainRefused { node: node.name.into(), reason: why });
         }
-        status.message = Some(format!("drain refused: {why}"));
+        status.message = Some(refused);
         return;
     }
     let deadline = later(now, policy.timeout);

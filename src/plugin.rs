@@ -135,12 +135,11 @@ fn names(list: Option<&str>) -> Vec<String> {
 
 /// Nodes of `names` that the cluster does not have, with the names it has, for the error.
 pub fn unknown_nodes(cluster: &OmeroCluster, names: &[String]) -> Result<(), String> {
-    let unknown: Vec<&str> =
-        names.iter().filter(|n| cluster.spec.node(n).is_none()).map(String::as_str).collect();
+    let known = crate::request::nameable_nodes(cluster);
+    let unknown: Vec<&str> = names.iter().map(String::as_str).filter(|n| !known.contains(n)).collect();
     if unknown.is_empty() {
         return Ok(());
     }
-    let known: Vec<&str> = cluster.spec.nodes.iter().map(|n| n.name.as_str()).collect();
     Err(format!("no node named {}; the nodes are {}", unknown.join(", "), known.join(", ")))
 }
 
@@ -291,11 +290,8 @@ pub fn progress(cluster: &OmeroCluster, op: &Operation, now: Timestamp) -> (Vec<
         }
         Operation::Settle(nodes) => nodes.clone(),
     };
-    let asked_to_drain = crate::request::parse(
-        cluster.annotations(),
-        &cluster.spec.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
-    )
-    .drain;
+    let asked_to_drain =
+        crate::request::parse(cluster.annotations(), &crate::request::nameable_nodes(cluster)).drain;
     let mut nodes = Vec::new();
     let mut failures = Vec::new();
     for name in &names {

@@ -179,6 +179,20 @@ fn node_list(key: &str, value: &str, node_names: &[&str], problems: &mut Vec<Str
     nodes
 }
 
+/// The names a request may name: the spec's nodes, then the nodes that left it and are still
+/// being drained (status `leaving`), so a removal held under `drain.onDeadline: Hold` can be
+/// forced by name (`kubectl omero drain --force NODE`).
+pub fn nameable_nodes(cluster: &crate::api::OmeroCluster) -> Vec<&str> {
+    let leaving = cluster.status.iter().flat_map(|s| &s.nodes).filter(|n| n.leaving).map(|n| n.name.as_str());
+    let mut names: Vec<&str> = cluster.spec.nodes.iter().map(|n| n.name.as_str()).collect();
+    for name in leaving {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
 /// Grid topology: the master runs the registry and Glacier2, the grid's only way in, so it
 /// is never drained on request. A request to drain it is dropped and reported; restarting it
 /// goes through a rollout, with consent.

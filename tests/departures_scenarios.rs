@@ -150,3 +150,33 @@ async fn a_cordon_and_a_drain_of_the_other_node_keep_a_node_serving() {
     );
     assert_eq!(sim.host_of("ro-1").as_deref(), Some(host.as_str()), "not moved: it is the last serving node");
 }
+
+/// The only node, on a cordoned Kubernetes node, asked to drain without force: refused once
+/// (one `DrainRefused` over 20 reconciles), the refusal first in its status message (what
+/// `kubectl omero drain --wait` reads to exit 1), the maintenance wait after it (one Event).
+#[tokio::test(start_paused = true)]
+async fn a_refused_drain_of_the_last_node_on_a_cordoned_host_is_said_once_and_stays_in_status() {
+    let one_node = TWO_NODES.split("  - name: ro-1").next().unwrap();
+    let fake = FakeCluster::new(cluster_from_yaml(one_node));
+    fake.state().secrets.insert(("omero-db".into(), "password".into()), "s3cret".into());
+    let sim = Sim::new(&fake, Duration::from_secs(90)).with_kube_nodes(&["k1", "k2"]);
+    let ctx = sim.context();
+    watch(&sim, &ctx, 200, |s| s.serving() == 1).await;
+    sim.fake.state().events.clear();
+    sim.cordon(&sim.host_of("rw").unwrap(), true);
+    sim.fake.set_annotation(DRAIN_ANNOTATION, Some("rw"));
+    let count = std::cell::Cell::new(0);
+    let seen = watch(&sim, &ctx, 20, |_| {
+        count.set(count.get() + 1);
+        false
+    })
+    .await;
+    assert_eq!(count.get(), 20);
+    assert_eq!(seen.fewest_serving, 1);
+    let reasons = sim.fake.event_reasons();
+    assert_eq!(reasons.iter().filter(|r| *r == "DrainRefused").count(), 1, "{reasons:?}");
+    assert_eq!(reasons.iter().filter(|r| *r == "MaintenanceWaiting").count(), 1, "{reasons:?}");
+    let message = sim.fake.status().node("rw").unwrap().message.clone().unwrap();
+    assert!(message.starts_with("drain refused: it is the last serving node"), "{message}");
+    assert!(message.contains("waits on OMERO node rw"), "{message}");
+}

@@ -196,6 +196,36 @@ async fn a_node_removed_from_the_spec_is_drained_then_loses_its_objects_and_only
     assert!(fake.event_reasons().contains(&"NodeRemoved".to_string()), "{:?}", fake.event_reasons());
 }
 
+/// A node removed under `drain.onDeadline: Hold` whose sessions never end holds past its
+/// deadline (and its place in `maxUnavailable`) until forced by name, as a spec node can be:
+/// `drain` and `drain-force` naming it are accepted, and it goes.
+#[tokio::test(start_paused = true)]
+async fn a_removal_held_under_hold_can_be_forced_by_name() {
+    let yaml = CLUSTER.replace("drain: {timeout: 30m}", "drain: {timeout: 5m, onDeadline: Hold}");
+    let (fake, sessions, ctx) = setup(&yaml);
+    bring_up(&fake, &ctx).await;
+    sessions.set("10.0.0.3", Ok(4));
+    fake.edit(|c| c.spec.nodes.retain(|n| n.name != "ro-2"));
+    for _ in 0..60 {
+        let requeue = reconcile_once(&fake, &ctx).await.unwrap();
+        tokio::time::advance(requeue).await;
+    }
+    let held = fake.node("ro-2");
+    assert!(held.deadline_reached && held.phase == NodePhase::Draining, "held past its deadline: {held:?}");
+    assert_eq!(held.sessions, Some(4), "still counted");
+
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-2"));
+    fake.set_annotation(FORCE_ANNOTATION, Some("ro-2"));
+    run_until(&fake, &ctx, 20, |f| f.status().node("ro-2").is_none()).await;
+    let status = fake.status();
+    assert!(
+        !status.conditions.iter().any(|c| c.message.contains("no node named")),
+        "the leaving node's name is accepted: {:#?}",
+        status.conditions
+    );
+    assert!(fake.event_reasons().contains(&"NodeRemoved".to_string()));
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_invalid_spec_changes_nothing_and_says_why_once() {
     let (fake, _, ctx) = setup(CLUSTER);

@@ -68,7 +68,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
 
     // What is asked for, and what it renders to.
     let node_names: Vec<&str> = cluster.spec.nodes.iter().map(|n| n.name.as_str()).collect();
-    let mut request = request::parse(cluster.annotations(), &node_names);
+    let mut request = request::parse(cluster.annotations(), &request::nameable_nodes(&cluster));
     let master = cluster.spec.grid_master().map(|n| n.name.as_str());
     if let Some(master) = master {
         request::keep_grid_master(&mut request, master);

@@ -482,13 +482,20 @@ pub fn maintenance_waits(
             continue;
         }
         let message = wait.message();
-        if old.node(&wait.node).and_then(|s| s.message.as_deref()) != Some(message.as_str()) {
+        let announced =
+            old.node(&wait.node).and_then(|s| s.message.as_deref()).is_some_and(|m| m.contains(&message));
+        if !announced {
             events.push(
                 event(EventType::Warning, "MaintenanceWaiting", "Drain", message.clone())
                     .about_node(&wait.node),
             );
         }
-        status.message = Some(message);
+        // A refused drain's message stays first, so whoever asked (`kubectl omero drain --wait`)
+        // reads the refusal; the wait follows it.
+        status.message = Some(match status.message.take() {
+            Some(refused) if refused.starts_with("drain refused") => format!("{refused}; {message}"),
+            _ => message,
+        });
     }
     events
 }
