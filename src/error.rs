@@ -40,6 +40,15 @@ pub enum Refusal {
     Forbidden(String),
 }
 
+impl Refusal {
+    /// An apply that carried the uid of the object it last saw, refused because another object
+    /// holds the name now (the API server answers 422 "metadata.uid: field is immutable"): not
+    /// a spec problem but an object replaced behind the operator's back.
+    pub fn replaced_object(&self) -> bool {
+        matches!(self, Self::Invalid(message) if message.contains("metadata.uid"))
+    }
+}
+
 impl Error {
     /// The API server's refusal of a request as such (invalid, bad request, forbidden).
     pub fn refusal(&self) -> Option<Refusal> {

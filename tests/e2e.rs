@@ -1266,6 +1266,102 @@ async fn namespace_users_drive_clusters_through_the_built_in_roles() {
     suite.finish().await;
 }
 
+/// `rw` and `ro-1`, probes `none` (each drain ends at its 10 s deadline), applied; returns the
+/// manifest once both serve.
+async fn two_nodes_serving(suite: &Suite) -> serde_json::Value {
+    let none = json!({"type": "none"});
+    let nodes = json!([
+        {"name": "rw", "sessionProbe": none},
+        {"name": "ro-1", "readOnly": {"db": true, "repo": true}, "sessionProbe": none}
+    ]);
+    let mut manifest = cluster_manifest(&suite.ns, "openmicroscopy/omero-server:5.6", nodes);
+    manifest["spec"]["drain"] = json!({"timeout": "10s", "maxUnavailable": 1});
+    let ssa = PatchParams::apply("omero-operator-e2e").force();
+    suite.clusters().patch("omero", &ssa, &Patch::Apply(manifest.clone())).await.unwrap();
+    let pods: Api<Pod> = suite.api();
+    eventually(120, "2 nodes serving", || async { (serving_pods(&pods).await.len() == 2).then_some(()) })
+        .await;
+    manifest
+}
+
+/// Watches the routable Ready pods for `secs`; the fewest seen.
+async fn fewest_serving_for(pods: &Api<Pod>, secs: u64) -> usize {
+    let (mut fewest, start) = (usize::MAX, Instant::now());
+    while start.elapsed() < Duration::from_secs(secs) {
+        fewest = fewest.min(serving_pods(pods).await.len());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    fewest
+}
+
+/// Where the one edit leaves a 2-node cluster: `rw` drained as asked (restarted to the new
+/// image while out), `ro-1` serving, its rollout waiting rather than take the last node.
+async fn assert_rw_drained_and_ro1_serving(suite: &Suite) {
+    let clusters = suite.clusters();
+    let status = eventually(90, "rw drained, ro-1 serving", || async {
+        let s = clusters.get("omero").await.ok()?.status?;
+        (s.node("rw")?.phase == NodePhase::Drained && s.node("ro-1")?.phase == NodePhase::Serving)
+            .then_some(s)
+    })
+    .await;
+    let rollout = status.rollout.unwrap();
+    assert_eq!(rollout.pending, ["ro-1"], "{rollout:?}");
+    assert!(rollout.waiting.is_some(), "says why ro-1 waits: {rollout:?}");
+    let pods: Api<Pod> = suite.api();
+    let serving: Vec<String> =
+        serving_pods(&pods).await.iter().filter_map(|p| p.labels().get(NODE_LABEL).cloned()).collect();
+    assert_eq!(serving, ["ro-1"]);
+}
+
+/// One `kubectl apply` that changes the image and adds `drain: rw` on a 2-node cluster: at
+/// least one node serves throughout (it used to drain both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_edit_with_a_new_image_and_a_drain_keeps_a_node_serving() {
+    let Some(mut suite) = Suite::start("one-edit", Install::OneNamespace).await else { return };
+    suite.play_kubelet(1).await;
+    let mut manifest = two_nodes_serving(&suite).await;
+    manifest["spec"]["image"] = json!("openmicroscopy/omero-server:5.6.17");
+    manifest["metadata"]["annotations"] = json!({DRAIN_ANNOTATION: "rw"});
+    let ssa = PatchParams::apply("omero-operator-e2e").force();
+    suite.clusters().patch("omero", &ssa, &Patch::Apply(manifest)).await.unwrap();
+    let fewest = fewest_serving_for(&suite.api(), 45).await;
+    assert!(fewest >= 1, "no node served for a while: {fewest}");
+    assert_rw_drained_and_ro1_serving(&suite).await;
+    suite.finish().await;
+}
+
+/// A pause that ends with a drain request and a new image queued: nothing moves while paused,
+/// and at least one node serves once it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_ending_with_a_drain_and_a_new_image_queued_keeps_a_node_serving() {
+    let Some(mut suite) = Suite::start("unpause", Install::OneNamespace).await else { return };
+    suite.play_kubelet(1).await;
+    let mut manifest = two_nodes_serving(&suite).await;
+    let clusters = suite.clusters();
+    let annotate = |value: serde_json::Value| {
+        let clusters = clusters.clone();
+        async move {
+            let patch = Patch::Merge(json!({"metadata": {"annotations": value}}));
+            clusters.patch("omero", &PatchParams::default(), &patch).await.unwrap();
+        }
+    };
+    annotate(json!({omero_operator::request::PAUSE_ANNOTATION: "true"})).await;
+    eventually(30, "paused in status", || async {
+        clusters.get("omero").await.ok()?.status?.rollout?.paused.then_some(())
+    })
+    .await;
+    manifest["spec"]["image"] = json!("openmicroscopy/omero-server:5.6.17");
+    let ssa = PatchParams::apply("omero-operator-e2e").force();
+    clusters.patch("omero", &ssa, &Patch::Apply(manifest)).await.unwrap();
+    annotate(json!({DRAIN_ANNOTATION: "rw"})).await;
+    assert_eq!(fewest_serving_for(&suite.api(), 10).await, 2, "nothing moves while paused");
+    annotate(json!({omero_operator::request::PAUSE_ANNOTATION: null})).await;
+    let fewest = fewest_serving_for(&suite.api(), 45).await;
+    assert!(fewest >= 1, "no node served for a while: {fewest}");
+    assert_rw_drained_and_ro1_serving(&suite).await;
+    suite.finish().await;
+}
+
 /// Run last, alone (`scripts/e2e.sh` does): no namespace, played Node, ClusterRole or binding
 /// of the suite is left on the API server. Skipped unless `OMERO_OPERATOR_E2E_LEFTOVERS=1`,
 /// since tests running beside it would make it fail.

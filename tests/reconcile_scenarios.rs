@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use omero_operator::{
     api::{NodePhase, SessionProbeKind, conditions},
-    controller::{RESYNC, port::ChildKind},
+    controller::{
+        RESYNC,
+        port::{ChildKind, Children},
+    },
     request::{DRAIN_ANNOTATION, FORCE_ANNOTATION},
 };
 use support::*;
@@ -194,6 +197,43 @@ async fn a_node_removed_from_the_spec_is_drained_then_loses_its_objects_and_only
     assert!(writes.contains(&Write::Delete(ChildKind::Service, "omero-ro-2".into())), "{writes:?}");
     assert!(!writes.iter().any(|w| matches!(w, Write::Delete(_, n) if n == "omero-handmade")));
     assert!(fake.event_reasons().contains(&"NodeRemoved".to_string()), "{:?}", fake.event_reasons());
+}
+
+/// An object of the cluster's deleted and created again by someone else while the watch cache
+/// still shows the old one: the apply (with the uid it last saw) is refused as the API server
+/// does (422, uid immutable), and the operator reports the new holder after a fresh read, as
+/// not its own, never as a spec field to correct; nothing is written over it.
+#[tokio::test(start_paused = true)]
+async fn an_object_replaced_behind_the_cache_is_reported_as_not_owned() {
+    let (fake, _, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    {
+        let mut state = fake.state();
+        let mut cache = Children {
+            deployments: state.deployments.values().cloned().collect(),
+            services: state.services.values().cloned().collect(),
+            config_maps: state.config_maps.values().cloned().collect(),
+            budgets: state.budgets.values().cloned().collect(),
+            pods: state.pods.values().cloned().collect(),
+            kube_nodes: None,
+        };
+        // The cache's copy drifted (a hand edit the operator sets back)...
+        let drifted =
+            cache.services.iter_mut().find(|s| s.metadata.name.as_deref() == Some("omero-ro-1")).unwrap();
+        drifted.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 1;
+        state.cache = Some(cache);
+        // ...and the API server now holds another object of that name, not the cluster's.
+        let replacement = state.services.get_mut("omero-ro-1").unwrap();
+        replacement.metadata.uid = Some("someone-elses".into());
+        replacement.metadata.owner_references = None;
+    }
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert!(fake.writes().contains(&Write::ApplyService("omero-ro-1".into())), "tried: {:?}", fake.writes());
+    let status = fake.status();
+    let problem = status.object_problems.iter().find(|p| p.name == "omero-ro-1").expect("reported");
+    assert_eq!(problem.reason, omero_operator::api::ObjectProblemReason::NotOwned, "{problem:?}");
+    assert!(!problem.message.contains("correct the spec"), "{problem:?}");
+    assert_eq!(fake.state().services["omero-ro-1"].metadata.uid.as_deref(), Some("someone-elses"));
 }
 
 /// A node removed under `drain.onDeadline: Hold` whose sessions never end holds past its

@@ -267,8 +267,18 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
             // A refusal is reported in status and an Event; retrying would not cure it. An
             // apply without a uid precondition may create, and is authorized as create.
             let Some(refusal) = error.refusal() else { return Err(error) };
-            let verb = if child_uid.is_none() { "create" } else { "patch" };
             let kind = child.kind();
+            if child_uid.is_some() && refusal.replaced_object() {
+                // Replaced since the cache saw it: whose it is now decides the report. Ours
+                // again (or gone) needs none: the next reconcile applies it from a fresh cache.
+                let current = ctx.port.find(&ns, kind, child.name()).await?;
+                if let Some(meta) = current.filter(|m| !ownership::is_controlled_by(m, uid.as_deref())) {
+                    warn!(cluster = %name, kind = kind.as_str(), child = child.name(), "replaced by an object not ours");
+                    refusals.push(ownership::not_owned(kind.as_str(), child.name(), &meta));
+                }
+                continue;
+            }
+            let verb = if child_uid.is_none() { "create" } else { "patch" };
             let problem =
                 ownership::refused(kind.as_str(), child.name(), &ns, verb, kind.api_resource(), &refusal);
             warn!(cluster = %name, kind = kind.as_str(), child = child.name(), why = %problem.message, "refused");

@@ -119,12 +119,42 @@ fn labelled_for(meta: &ObjectMeta, cluster: &str) -> bool {
 }
 
 /// The API server's check of a uid precondition.
+/// The API server's answer to a request with a uid precondition, as a kube error.
+fn api_error(code: u16, reason: &str, message: String) -> Error {
+    Error::Kube(kube::Error::Api(kube::core::Status::failure(&message, reason).with_code(code).boxed()))
+}
+
+/// A delete with a uid precondition, as the API server answers it: 404 when the object is
+/// gone, 409 when another object holds the name now.
 fn check_uid(meta: Option<&ObjectMeta>, uid: Option<&str>, what: &str) -> Result<(), Error> {
     match (meta.and_then(|m| m.uid.as_deref()), uid) {
-        (Some(have), Some(want)) if have != want => {
-            Err(Error::MissingNamespace(format!("409 Conflict: {what}: uid precondition {want} != {have}")))
-        }
-        (None, Some(want)) => Err(Error::MissingNamespace(format!("404: {what} with uid {want} is gone"))),
+        (Some(have), Some(want)) if have != want => Err(api_error(
+            409,
+            "Conflict",
+            format!("Precondition failed: UID in precondition: {want}, UID in object meta: {have} ({what})"),
+        )),
+        (None, Some(_)) => Err(api_error(404, "NotFound", format!("{what} not found"))),
+        _ => Ok(()),
+    }
+}
+
+/// A server-side apply that carries the uid it last saw, as the API server answers it: 409
+/// when the object is gone (the apply would create it), 422 when another object holds the
+/// name now (uid is immutable).
+fn check_apply_uid(meta: Option<&ObjectMeta>, uid: Option<&str>, what: &str) -> Result<(), Error> {
+    match (meta.and_then(|m| m.uid.as_deref()), uid) {
+        (Some(have), Some(want)) if have != want => Err(api_error(
+            422,
+            "Invalid",
+            format!("{what} is invalid: metadata.uid: Invalid value: \"{want}\": field is immutable"),
+        )),
+        (None, Some(want)) => Err(api_error(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {what}: uid precondition {want} and the object is gone"
+            ),
+        )),
         _ => Ok(()),
     }
 }
@@ -446,7 +476,7 @@ impl ClusterPort for FakeCluster {
             return Err(Error::Kube(kube::Error::Api(status.boxed())));
         }
         let existing = state.meta_of(child.kind(), &name);
-        check_uid(existing.as_ref(), uid, &name)?;
+        check_apply_uid(existing.as_ref(), uid, &name)?;
         let uid = match existing.and_then(|m| m.uid) {
             Some(uid) => uid,
             None => state.new_uid(),
