@@ -315,7 +315,12 @@ fn would_serve(node: &NodeInput<'_>) -> bool {
         && node.maintenance.is_none()
         && !node.drain_requested
         && !node.leaving;
-    let withdrawn = withdrawn || cancelled;
+    // Out of date and out already, it goes on as a rollout instead (see `wanted_out`).
+    let released = previous.and_then(|s| s.deployment_revision.as_deref()).or(node.deployment_revision);
+    let stays_out = node.target_revision.is_some()
+        && released != node.target_revision
+        && matches!(phase, NodePhase::Draining | NodePhase::Drained);
+    let withdrawn = (withdrawn || cancelled) && !stays_out;
     ready && (!phase.is_out_of_service() || withdrawn)
 }
 
