@@ -507,7 +507,13 @@ pub async fn follow(
     use futures::StreamExt;
     use tokio::time::{Instant, sleep_until};
 
-    let mut stream = std::pin::pin!(kube::runtime::watcher::watch_object(api, name));
+    // A watch that fails, closes or expires (410) is started again, with the watcher's backoff,
+    // so a long drain outlives a passing fault; only many failures in a row end the command.
+    let mut stream = std::pin::pin!(kube::runtime::WatchStreamExt::backoff(
+        kube::runtime::watcher::watch_object(api, name),
+        kube::runtime::watcher::DefaultBackoff::default(),
+    ));
+    let mut failures = 0u32;
     let mut interrupt = std::pin::pin!(interrupt);
     let started = Instant::now();
     let ack_deadline = started + options.ack_timeout;
@@ -535,9 +541,23 @@ pub async fn follow(
             event = stream.next() => {
                 let cluster = match event {
                     None => return Err(format!("the watch of OmeroCluster {name} ended")),
-                    Some(Err(e)) => return Err(watch_error(name, &e)),
+                    Some(Err(e)) => {
+                        failures += 1;
+                        let why = watch_error(name, &e);
+                        if failures >= MAX_WATCH_FAILURES {
+                            return Err(format!(
+                                "{why}; gave up following after {failures} failed watches in a row (the \
+                                 operation goes on: follow it again with `kubectl omero wait`)"
+                            ));
+                        }
+                        display.say(&format!("the watch failed ({why}); watching again"));
+                        continue;
+                    }
                     Some(Ok(None)) => return Err(format!("OmeroCluster {name} was deleted")),
-                    Some(Ok(Some(cluster))) => cluster,
+                    Some(Ok(Some(cluster))) => {
+                        failures = 0;
+                        cluster
+                    }
                 };
                 if !acknowledged_yet {
                     if !options.ack.as_ref().is_some_and(|edit| acknowledged(&cluster, edit)) {
@@ -560,6 +580,10 @@ pub async fn follow(
         }
     }
 }
+
+/// Failed watches in a row after which `--wait` gives up (about 3 minutes of the watcher's
+/// backoff: 0.8 s doubling to 30 s).
+pub const MAX_WATCH_FAILURES: u32 = 10;
 
 fn watch_error(name: &str, error: &kube::runtime::watcher::Error) -> String {
     use kube::runtime::watcher::Error as W;

@@ -363,3 +363,80 @@ fn a_failed_node_or_an_invalid_spec_ends_a_wait_as_failed_and_the_lines_say_wher
         plugin::Outcome::Failed("invalid spec, nothing changed: spec.nodes[1].name: ...".into())
     );
 }
+
+/// Waits until the plugin has a watch open.
+async fn watched(server: &WatchApi) {
+    while server.watching() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A long drain under `--wait` outlives its watch closing, expiring (410) and failing (500s):
+/// each time the plugin says so, watches again, and follows the drain to its end.
+#[tokio::test]
+async fn drain_wait_survives_a_closed_an_expired_and_a_failing_watch() {
+    let mut start = cluster();
+    start["metadata"]["annotations"] = json!({DRAIN_ANNOTATION: "ro-1"});
+    acknowledge(&mut start);
+    set_node(&mut start, "ro-1", json!({"phase": "Draining", "routable": false, "sessions": 2}));
+    let server = WatchApi::new(start);
+    let api: Api<OmeroCluster> = Api::namespaced(server.client(), "omero");
+    let operator = server.clone();
+    tokio::spawn(async move {
+        watched(&operator).await;
+        operator.close_watches();
+        watched(&operator).await;
+        operator.publish(|c| set_node(c, "ro-1", json!({"sessions": 1})));
+        operator.expire_watches();
+        watched(&operator).await;
+        operator.0.lock().unwrap().failing_watches = 2;
+        operator.close_watches();
+        watched(&operator).await;
+        operator.publish(|c| set_node(c, "ro-1", json!({"phase": "Drained", "sessions": 0})));
+    });
+    let mut shown = Recorded::default();
+    let ending = tokio::time::timeout(
+        Duration::from_secs(60),
+        plugin::follow(
+            api,
+            "omero",
+            Operation::Drain(names(&["ro-1"])),
+            &options(None, true),
+            &mut shown,
+            std::future::pending(),
+        ),
+    )
+    .await
+    .expect("followed to its end, not stuck")
+    .expect("not ended by a watch error");
+    assert_eq!(ending, Ending::Done("drained ro-1".into()));
+    let retried = shown.said.iter().filter(|s| s.starts_with("the watch failed")).count();
+    assert!(retried >= 2, "said each failure: {:?}", shown.said);
+}
+
+/// A watch that keeps failing ends `--wait` with the reason and what to do, not silently.
+#[tokio::test(start_paused = true)]
+async fn drain_wait_gives_up_on_a_watch_that_keeps_failing_and_says_so() {
+    let mut start = cluster();
+    start["metadata"]["annotations"] = json!({DRAIN_ANNOTATION: "ro-1"});
+    acknowledge(&mut start);
+    set_node(&mut start, "ro-1", json!({"phase": "Draining", "routable": false, "sessions": 2}));
+    let server = WatchApi::new(start);
+    server.0.lock().unwrap().failing_watches = usize::MAX;
+    let api: Api<OmeroCluster> = Api::namespaced(server.client(), "omero");
+    let mut shown = Recorded::default();
+    let error = plugin::follow(
+        api,
+        "omero",
+        Operation::Drain(names(&["ro-1"])),
+        &options(None, true),
+        &mut shown,
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error.contains("gave up following after 10 failed watches") && error.contains("kubectl omero wait"),
+        "{error}"
+    );
+}

@@ -29,6 +29,8 @@ pub struct State {
     pub on_patch: Option<Box<dyn FnMut(&Value) + Send>>,
     /// Answer 404 "could not find the requested resource" to everything: no CRD.
     pub no_crd: bool,
+    /// Answer this many of the next watch requests with a 500.
+    pub failing_watches: usize,
 }
 
 #[derive(Clone, Default)]
@@ -66,6 +68,22 @@ impl WatchApi {
         state.watches.retain(|w| w.unbounded_send(Ok(Frame::data(Bytes::from(line.clone())))).is_ok());
     }
 
+    /// Ends every open watch, as an API server does at its timeout or on restart.
+    pub fn close_watches(&self) {
+        self.0.lock().unwrap().watches.clear();
+    }
+
+    /// Tells every open watch that its resourceVersion is too old (410 Gone), then ends it.
+    pub fn expire_watches(&self) {
+        let mut state = self.0.lock().unwrap();
+        let event = json!({"type": "ERROR", "object": status(410, "Expired", "too old resource version")});
+        let mut line = serde_json::to_vec(&event).unwrap();
+        line.push(b'\n');
+        for watch in state.watches.drain(..) {
+            let _ = watch.unbounded_send(Ok(Frame::data(Bytes::from(line.clone()))));
+        }
+    }
+
     pub fn watching(&self) -> usize {
         self.0.lock().unwrap().watches.len()
     }
@@ -89,6 +107,13 @@ impl WatchApi {
                 let cluster =
                     state.cluster.clone().filter(|c| !named || c["metadata"]["name"] == last.as_str());
                 let (code, reply) = match (parts.method, named, cluster) {
+                    (Method::GET, false, _) if query.contains("watch=true") && state.failing_watches > 0 => {
+                        state.failing_watches -= 1;
+                        (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            status(500, "InternalError", "etcdserver: request timed out"),
+                        )
+                    }
                     (Method::GET, false, _) if query.contains("watch=true") => {
                         let (tx, rx) = mpsc::unbounded();
                         state.watches.push(tx);
