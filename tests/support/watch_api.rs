@@ -69,11 +69,13 @@ impl WatchApi {
     }
 
     /// Ends every open watch, as an API server does at its timeout or on restart.
+    #[allow(dead_code)] // not every test binary that includes this file breaks watches
     pub fn close_watches(&self) {
         self.0.lock().unwrap().watches.clear();
     }
 
     /// Tells every open watch that its resourceVersion is too old (410 Gone), then ends it.
+    #[allow(dead_code)] // not every test binary that includes this file breaks watches
     pub fn expire_watches(&self) {
         let mut state = self.0.lock().unwrap();
         let event = json!({"type": "ERROR", "object": status(410, "Expired", "too old resource version")});
