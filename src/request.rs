@@ -14,7 +14,9 @@ pub const DRAIN_ANNOTATION: &str = "omero.openmicroscopy.org/drain";
 pub const FORCE_ANNOTATION: &str = "omero.openmicroscopy.org/drain-force";
 /// `omero.openmicroscopy.org/restart: "<token>"` restarts every node, one at a time, each
 /// drained first; `"<node>,<node>@<token>"` restarts those nodes. A token (e.g. the time of
-/// the request) is carried out once per node; a new token asks again.
+/// the request) is carried out once per node; a new token asks again. Requests separated by
+/// `;` stand together, a later one winning for the nodes it names (`"<token>;ro-2@<token2>"`:
+/// `kubectl omero restart ro-2` during a restart of every node keeps the nodes still to do).
 pub const RESTART_ANNOTATION: &str = "omero.openmicroscopy.org/restart";
 /// `omero.openmicroscopy.org/paused: "true"` stops every change to running objects.
 pub const PAUSE_ANNOTATION: &str = "omero.openmicroscopy.org/paused";
@@ -39,7 +41,8 @@ pub struct Request {
     pub force: bool,
     /// Force for these nodes' requested drains only.
     pub force_nodes: BTreeSet<String>,
-    pub restart: Option<RestartRequest>,
+    /// The restart requests, in the order written: a later one wins for the nodes it names.
+    pub restart: Vec<RestartRequest>,
     pub paused: bool,
     pub allow_downtime: bool,
     /// Entries that were ignored, each with why.
@@ -55,8 +58,9 @@ impl Request {
 
     /// The restart token `node` is asked to run with, if the restart request covers it.
     pub fn restart_token(&self, node: &str) -> Option<&str> {
-        let restart = self.restart.as_ref()?;
-        restart.nodes.as_ref().is_none_or(|n| n.contains(node)).then_some(restart.token.as_str())
+        let restart =
+            self.restart.iter().rev().find(|r| r.nodes.as_ref().is_none_or(|n| n.contains(node)))?;
+        Some(restart.token.as_str())
     }
 }
 
@@ -118,7 +122,8 @@ pub fn parse(annotations: &BTreeMap<String, String>, node_names: &[&str]) -> Req
         }
     }
     if let Some(value) = annotations.get(RESTART_ANNOTATION) {
-        request.restart = restart(value, node_names, &mut request.problems);
+        request.restart =
+            value.split(';').filter_map(|entry| restart(entry, node_names, &mut request.problems)).collect();
     }
     request
 }
@@ -193,6 +198,30 @@ pub fn nameable_nodes(cluster: &crate::api::OmeroCluster) -> Vec<&str> {
     names
 }
 
+/// The restart annotation once `nodes` (all of them when empty) are asked to restart with
+/// `token`, given its value now: a restart of every node replaces it; a restart of some nodes
+/// is added after what is there, so the nodes an earlier request still covers keep its token
+/// (their restart goes on, and nodes done with it do not restart again). Earlier requests
+/// that name only nodes the new one names are dropped.
+pub fn add_restart(current: Option<&str>, nodes: &[String], token: &str) -> String {
+    if nodes.is_empty() {
+        return token.to_string();
+    }
+    let mut entries: Vec<&str> = current
+        .unwrap_or_default()
+        .split(';')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .filter(|entry| match entry.rsplit_once('@') {
+            Some((named, _)) => !named.split(',').map(str::trim).all(|n| nodes.iter().any(|m| m == n)),
+            None => true,
+        })
+        .collect();
+    let new = format!("{}@{token}", nodes.join(","));
+    entries.push(&new);
+    entries.join(";")
+}
+
 /// Grid topology: the master runs the registry and Glacier2, the grid's only way in, so it
 /// is never drained on request. A request to drain it is dropped and reported; restarting it
 /// goes through a rollout, with consent.
@@ -215,9 +244,29 @@ mod tests {
     const NODES: &[&str] = &["rw", "ro-1", "ro-2"];
 
     #[test]
+    fn a_restart_of_one_node_during_a_restart_of_all_keeps_the_others_token() {
+        let value = add_restart(Some("t1"), &["ro-2".to_string()], "t2");
+        assert_eq!(value, "t1;ro-2@t2");
+        let r = parse(&annotations(&[(RESTART_ANNOTATION, &value)]), NODES);
+        assert_eq!(
+            (r.restart_token("rw"), r.restart_token("ro-1"), r.restart_token("ro-2")),
+            (Some("t1"), Some("t1"), Some("t2"))
+        );
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        // A later request for the same nodes replaces the earlier one; --all replaces everything.
+        assert_eq!(add_restart(Some(&value), &["ro-2".to_string()], "t3"), "t1;ro-2@t3");
+        assert_eq!(
+            add_restart(Some("ro-1@t1"), &["ro-1".to_string(), "ro-2".to_string()], "t2"),
+            "ro-1,ro-2@t2"
+        );
+        assert_eq!(add_restart(Some(&value), &[], "t4"), "t4");
+        assert_eq!(add_restart(None, &["rw".to_string()], "t5"), "rw@t5");
+    }
+
+    #[test]
     fn a_bare_token_restarts_every_node() {
         let r = parse(&annotations(&[(RESTART_ANNOTATION, "2026-11-30T10.00.00Z")]), NODES);
-        assert_eq!(r.restart, Some(RestartRequest { token: "2026-11-30T10.00.00Z".into(), nodes: None }));
+        assert_eq!(r.restart, [RestartRequest { token: "2026-11-30T10.00.00Z".into(), nodes: None }]);
         assert!(NODES.iter().all(|n| r.restart_token(n) == Some("2026-11-30T10.00.00Z")));
         assert!(r.problems.is_empty());
     }
@@ -237,11 +286,11 @@ mod tests {
             ("nope@t1", "no node named 'nope'"),
         ] {
             let r = parse(&annotations(&[(RESTART_ANNOTATION, value)]), NODES);
-            assert_eq!(r.restart, None, "{value}");
+            assert!(r.restart.is_empty(), "{value}");
             assert!(r.problems.iter().any(|p| p.contains(says)), "{value}: {:?}", r.problems);
         }
         let long = "x".repeat(MAX_TOKEN_LEN + 1);
-        assert_eq!(parse(&annotations(&[(RESTART_ANNOTATION, &long)]), NODES).restart, None);
+        assert!(parse(&annotations(&[(RESTART_ANNOTATION, &long)]), NODES).restart.is_empty());
     }
 
     #[test]

@@ -382,6 +382,47 @@ async fn pause_stops_every_change_and_resume_goes_on_where_it_stopped() {
     assert_eq!(sim.world().killed, 0);
 }
 
+/// `kubectl omero restart ro-2` while a restart of every node is under way (ro-1 draining for
+/// it) writes `"t1;ro-2@t2"`: the nodes still to do keep their restart, ro-1 is not undrained,
+/// and every node restarts exactly once.
+#[tokio::test(start_paused = true)]
+async fn a_restart_of_one_node_during_a_restart_of_all_keeps_the_others() {
+    let (sim, mut ctx) = running(&cluster_yaml(2)).await;
+    sim.fake.set_annotation(RESTART_ANNOTATION, Some("t1"));
+    drive(&sim, &mut ctx, 2_000, StepMode::Plain, |s| {
+        s.fake.status().node("ro-1").is_some_and(|n| n.phase == NodePhase::Draining)
+    })
+    .await;
+    let value = omero_operator::request::add_restart(Some("t1"), &["ro-2".to_string()], "t2");
+    sim.fake.set_annotation(RESTART_ANNOTATION, Some(&value));
+    reconcile_once(&sim.fake, &ctx).await.unwrap();
+    assert_eq!(
+        sim.fake.status().node("ro-1").unwrap().phase,
+        NodePhase::Draining,
+        "ro-1 still drains for t1"
+    );
+    let done = |s: &Sim| {
+        let state = s.fake.state();
+        let token = |node: &str| {
+            omero_operator::render::restart_token_of(&state.deployments[&format!("omero-{node}")])
+                .map(String::from)
+        };
+        token("rw").as_deref() == Some("t1")
+            && token("ro-1").as_deref() == Some("t1")
+            && token("ro-2").as_deref() == Some("t2")
+    };
+    let settled = |s: &Sim| {
+        let status = s.fake.status();
+        status.nodes.iter().all(|n| n.phase == NodePhase::Serving && n.up_to_date && n.routable)
+            && status.rollout.as_ref().is_some_and(|r| r.pending.is_empty())
+            && s.serving() == 3
+    };
+    drive(&sim, &mut ctx, 5_000, StepMode::Plain, |s| done(s) && settled(s)).await;
+    assert_eq!(restarts(&sim), BTreeMap::from([("ro-1".into(), 1), ("ro-2".into(), 1), ("rw".into(), 1)]));
+    assert!(!sim.fake.event_reasons().contains(&"Undrained".to_string()), "{:?}", sim.fake.event_reasons());
+    assert_eq!(sim.world().killed, 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_single_node_waits_for_consent_and_says_why_once() {
     let yaml = cluster_yaml(0);

@@ -201,10 +201,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Restart { cluster, nodes, all: _, allow_downtime, wait } => {
             let token =
                 Timestamp::from_second(Timestamp::now().as_second()).map_err(|e| e.to_string())?.to_string();
-            let value = if nodes.is_empty() { token } else { format!("{}@{token}", nodes.join(",")) };
             let edit = plugin::edit_annotations(&api, &cluster, |c| {
                 plugin::unknown_nodes(c, &nodes)?;
-                let mut edit = set(&[(RESTART_ANNOTATION, Some(value.clone()))]);
+                // Added after a restart under way, so its nodes still to do keep their token.
+                let current = c.metadata.annotations.as_ref().and_then(|a| a.get(RESTART_ANNOTATION));
+                let value = omero_operator::request::add_restart(current.map(String::as_str), &nodes, &token);
+                let mut edit = set(&[(RESTART_ANNOTATION, Some(value))]);
                 if allow_downtime {
                     edit.insert(ALLOW_DOWNTIME_ANNOTATION.into(), Some("true".into()));
                 }
