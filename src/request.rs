@@ -21,7 +21,9 @@ pub const RESTART_ANNOTATION: &str = "omero.openmicroscopy.org/restart";
 /// `omero.openmicroscopy.org/paused: "true"` stops every change to running objects.
 pub const PAUSE_ANNOTATION: &str = "omero.openmicroscopy.org/paused";
 /// `omero.openmicroscopy.org/allow-downtime: "true"`: consent to rollouts and restarts that
-/// interrupt service: the last serving node, and a grid's master.
+/// interrupt service: the last serving node, and a grid's master, until it is removed.
+/// `"<token>"` (what `kubectl omero restart --allow-downtime` writes): consent for the restart
+/// asked with that token only, which lapses once every node it names has been given it.
 pub const ALLOW_DOWNTIME_ANNOTATION: &str = "omero.openmicroscopy.org/allow-downtime";
 
 /// A rolling restart asked for with [`RESTART_ANNOTATION`].
@@ -45,6 +47,9 @@ pub struct Request {
     pub restart: Vec<RestartRequest>,
     pub paused: bool,
     pub allow_downtime: bool,
+    /// The restart token that `allow-downtime` consents to, when it names one: the consent holds
+    /// only while that restart is under way (see [`settle_consent`]).
+    pub downtime_for: Option<String>,
     /// Entries that were ignored, each with why.
     pub problems: Vec<String>,
 }
@@ -97,9 +102,7 @@ pub fn parse(annotations: &BTreeMap<String, String>, node_names: &[&str]) -> Req
         }
     };
     let paused = flag(PAUSE_ANNOTATION);
-    let allow_downtime = flag(ALLOW_DOWNTIME_ANNOTATION);
     request.paused = paused;
-    request.allow_downtime = allow_downtime;
     if let Some(value) = annotations.get(DRAIN_ANNOTATION) {
         request.drain = node_list(DRAIN_ANNOTATION, value, node_names, &mut request.problems);
     }
@@ -124,6 +127,17 @@ pub fn parse(annotations: &BTreeMap<String, String>, node_names: &[&str]) -> Req
     if let Some(value) = annotations.get(RESTART_ANNOTATION) {
         request.restart =
             value.split(';').filter_map(|entry| restart(entry, node_names, &mut request.problems)).collect();
+    }
+    match annotations.get(ALLOW_DOWNTIME_ANNOTATION).map(|v| v.trim()) {
+        Some("true") => request.allow_downtime = true,
+        Some("false" | "") | None => {}
+        Some(token) if request.restart.iter().any(|r| r.token == token) => {
+            request.downtime_for = Some(token.to_string());
+        }
+        Some(other) => request.problems.push(format!(
+            "{ALLOW_DOWNTIME_ANNOTATION}: '{other}' is neither \"true\" nor the token of a restart asked for in \
+             {RESTART_ANNOTATION}; write \"true\" (consent until removed) or remove it"
+        )),
     }
     request
 }
@@ -198,6 +212,19 @@ pub fn nameable_nodes(cluster: &crate::api::OmeroCluster) -> Vec<&str> {
     names
 }
 
+/// Consent given for one restart (`allow-downtime: "<token>"`) holds while that restart is under
+/// way: while a node it names has not been given its token (`current`: the token a node's
+/// Deployment carries). Once each has, the consent has lapsed, and later rollouts and moves ask
+/// again. Pure.
+pub fn settle_consent(request: &mut Request, nodes: &[&str], current: impl Fn(&str) -> Option<String>) {
+    let Some(token) = request.downtime_for.as_deref() else { return };
+    let under_way = nodes
+        .iter()
+        .filter(|node| request.restart_token(node) == Some(token))
+        .any(|node| current(node).as_deref() != Some(token));
+    request.allow_downtime |= under_way;
+}
+
 /// The restart annotation once `nodes` (all of them when empty) are asked to restart with
 /// `token`, given its value now: a restart of every node replaces it; a restart of some nodes
 /// is added after what is there, so the nodes an earlier request still covers keep its token
@@ -242,6 +269,26 @@ mod tests {
     }
 
     const NODES: &[&str] = &["rw", "ro-1", "ro-2"];
+
+    #[test]
+    fn consent_for_a_restart_lapses_once_every_node_it_names_has_its_token() {
+        let asked = annotations(&[(RESTART_ANNOTATION, "ro-1,rw@t1"), (ALLOW_DOWNTIME_ANNOTATION, "t1")]);
+        let consent = |deployments: &[(&str, &str)]| {
+            let mut r = parse(&asked, NODES);
+            assert!(r.problems.is_empty() && !r.allow_downtime, "{:?}", r.problems);
+            let tokens: BTreeMap<String, String> =
+                deployments.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
+            settle_consent(&mut r, NODES, |n| tokens.get(n).cloned());
+            r.allow_downtime
+        };
+        assert!(consent(&[]), "under way: no node has t1 yet");
+        assert!(consent(&[("ro-1", "t1"), ("rw", "t0")]), "rw still to do");
+        assert!(!consent(&[("ro-1", "t1"), ("rw", "t1")]), "done: lapsed");
+        // Standing consent is unchanged.
+        let mut standing = parse(&annotations(&[(ALLOW_DOWNTIME_ANNOTATION, "true")]), NODES);
+        settle_consent(&mut standing, NODES, |_| None);
+        assert!(standing.allow_downtime);
+    }
 
     #[test]
     fn a_restart_of_one_node_during_a_restart_of_all_keeps_the_others_token() {
@@ -299,7 +346,10 @@ mod tests {
         assert!(r.paused && !r.allow_downtime);
         assert_eq!(
             r.problems,
-            ["omero.openmicroscopy.org/allow-downtime: 'yes' is not a boolean; write \"true\" or remove it"]
+            [
+                "omero.openmicroscopy.org/allow-downtime: 'yes' is neither \"true\" nor the token of a restart asked \
+                 for in omero.openmicroscopy.org/restart; write \"true\" (consent until removed) or remove it"
+            ]
         );
     }
 }

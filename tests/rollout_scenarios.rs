@@ -423,6 +423,29 @@ async fn a_restart_of_one_node_during_a_restart_of_all_keeps_the_others() {
     assert_eq!(sim.world().killed, 0);
 }
 
+/// `kubectl omero restart --allow-downtime` on a single node consents to that restart only: the
+/// node restarts (drained first), and a later image change waits for consent again.
+#[tokio::test(start_paused = true)]
+async fn consent_given_for_a_restart_lapses_when_it_ends() {
+    let (sim, mut ctx) = running(&cluster_yaml(0)).await;
+    sim.fake.set_annotation(RESTART_ANNOTATION, Some("t1"));
+    sim.fake.set_annotation(ALLOW_DOWNTIME_ANNOTATION, Some("t1"));
+    drive(&sim, &mut ctx, 5_000, StepMode::Plain, rolled_out).await;
+    assert_eq!(restarts(&sim), BTreeMap::from([("rw".into(), 1)]));
+    assert!(sim.fake.status().condition(conditions::DEGRADED).is_none_or(|c| c.status == "False"));
+
+    sim.fake.edit(|c| c.spec.image = "openmicroscopy/omero-server:5.6.17".into());
+    for _ in 0..20 {
+        sim.kubelet();
+        reconcile_once(&sim.fake, &ctx).await.unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+    }
+    assert_eq!(restarts(&sim), BTreeMap::from([("rw".into(), 1)]), "the image change asks again");
+    let progressing = sim.fake.status().condition(conditions::PROGRESSING).cloned().unwrap();
+    assert_eq!(progressing.reason, "RolloutWaiting", "{progressing:?}");
+    assert!(progressing.message.contains(ALLOW_DOWNTIME_ANNOTATION), "{}", progressing.message);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_single_node_waits_for_consent_and_says_why_once() {
     let yaml = cluster_yaml(0);

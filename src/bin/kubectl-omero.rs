@@ -208,12 +208,19 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 let value = omero_operator::request::add_restart(current.map(String::as_str), &nodes, &token);
                 let mut edit = set(&[(RESTART_ANNOTATION, Some(value))]);
                 if allow_downtime {
-                    edit.insert(ALLOW_DOWNTIME_ANNOTATION.into(), Some("true".into()));
+                    // Consent for this restart only: it lapses once every node named has it.
+                    edit.insert(ALLOW_DOWNTIME_ANNOTATION.into(), Some(token.clone()));
                 }
                 Ok(edit)
             })
             .await?;
             report(&cluster, &edit);
+            if allow_downtime {
+                println!(
+                    "consent to downtime is for this restart only: it lapses once every node named has restarted, \
+                     and later changes ask again"
+                );
+            }
             follow(&api, ack_timeout, &cluster, Some(&edit), Operation::Settle(nodes), wait).await
         }
         Command::Pause { cluster } => pause(&api, ack_timeout, &cluster, true).await,

@@ -86,6 +86,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
             .and_then(|d| render::restart_token_of(d))
             .map(str::to_string)
     };
+    request::settle_consent(&mut request, &node_names, current_token);
     let tokens = rollout::restart_tokens(&request, node_names.iter().copied(), current_token);
     let desired = render::render_with_restarts(&cluster, &tokens);
 
