@@ -329,11 +329,15 @@ impl FakeCluster {
         config_map
     }
 
-    /// The garbage collector after the OmeroCluster with `uid` is deleted: every object with an
-    /// owner reference to it goes.
+    /// The garbage collector after the OmeroCluster with `uid` is deleted, as Kubernetes' does
+    /// it: an object goes once every owner it names is gone, so one that also names another
+    /// owner (which the double takes to exist) stays.
     pub fn collect_garbage_of(&self, uid: &str) {
         let mut state = self.state();
-        let owned = |m: &ObjectMeta| m.owner_references.iter().flatten().any(|r| r.uid == uid);
+        let owned = |m: &ObjectMeta| {
+            let owners = m.owner_references.as_deref().unwrap_or_default();
+            !owners.is_empty() && owners.iter().all(|r| r.uid == uid)
+        };
         state.deployments.retain(|_, d| !owned(&d.metadata));
         state.services.retain(|_, s| !owned(&s.metadata));
         state.config_maps.retain(|_, c| !owned(&c.metadata));
