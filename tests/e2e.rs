@@ -1362,6 +1362,19 @@ async fn a_pause_ending_with_a_drain_and_a_new_image_queued_keeps_a_node_serving
     suite.finish().await;
 }
 
+/// The cluster-scoped objects of kind `K` whose names start with the suite's prefix.
+async fn suite_names<K>(client: &Client) -> Vec<String>
+where
+    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let all = Api::<K>::all(client.clone()).list(&ListParams::default()).await.unwrap().items;
+    all.iter().map(|o| o.name_any()).filter(|n| n.starts_with(PREFIX)).collect()
+}
+
 /// Run last, alone (`scripts/e2e.sh` does): no namespace, played Node, ClusterRole or binding
 /// of the suite is left on the API server. Skipped unless `OMERO_OPERATOR_E2E_LEFTOVERS=1`,
 /// since tests running beside it would make it fail.
@@ -1376,49 +1389,10 @@ async fn nothing_is_left_behind() {
     }
     let client = client(&path).await;
     let left = || async {
-        let names =
-            |items: Vec<String>| items.into_iter().filter(|n| n.starts_with(PREFIX)).collect::<Vec<_>>();
-        let lp = ListParams::default();
-        let mut left = names(
-            Api::<Namespace>::all(client.clone())
-                .list(&lp)
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .map(|n| n.name_any())
-                .collect(),
-        );
-        left.extend(names(
-            Api::<Node>::all(client.clone())
-                .list(&lp)
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .map(|n| n.name_any())
-                .collect(),
-        ));
-        left.extend(names(
-            Api::<ClusterRole>::all(client.clone())
-                .list(&lp)
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .map(|n| n.name_any())
-                .collect(),
-        ));
-        left.extend(names(
-            Api::<ClusterRoleBinding>::all(client.clone())
-                .list(&lp)
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .map(|n| n.name_any())
-                .collect(),
-        ));
+        let mut left = suite_names::<Namespace>(&client).await;
+        left.extend(suite_names::<Node>(&client).await);
+        left.extend(suite_names::<ClusterRole>(&client).await);
+        left.extend(suite_names::<ClusterRoleBinding>(&client).await);
         left
     };
     let start = Instant::now();
