@@ -185,7 +185,11 @@ pub fn describe(name: &str, error: &kube::Error) -> String {
             format!("no OmeroCluster named {name} here (kubectl get omc lists them)")
         }
         // The API server's message names the user, the verb and the resource.
-        kube::Error::Api(e) if e.code == 403 => format!("forbidden: {}", e.message),
+        kube::Error::Api(e) if e.code == 403 => format!(
+            "forbidden: {}; `kubectl omero status` and `wait` need the namespace's view role, every other \
+             command its edit (or admin) role (the chart aggregates OmeroCluster rights into both)",
+            e.message
+        ),
         other => other.to_string(),
     }
 }
