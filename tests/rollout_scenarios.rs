@@ -446,6 +446,37 @@ async fn consent_given_for_a_restart_lapses_when_it_ends() {
     assert!(progressing.message.contains(ALLOW_DOWNTIME_ANNOTATION), "{}", progressing.message);
 }
 
+/// The Deployment controller stops a node's old pod before its new one starts, and the old pod
+/// lingers as Terminating meanwhile (`support::sim`, as the API server shows it): the node is
+/// restarting, not serving, and the old pod is never routable or taken for the new one.
+#[tokio::test(start_paused = true)]
+async fn a_terminating_pod_beside_a_restart_is_never_taken_for_the_new_one() {
+    let (sim, mut ctx) = running(&cluster_yaml(1)).await;
+    sim.fake.edit(|c| c.spec.image = "openmicroscopy/omero-server:5.6.17".into());
+    let terminating = |s: &Sim| {
+        s.fake.state().pods.values().find(|p| p.metadata.deletion_timestamp.is_some()).map(|p| {
+            let node = p.metadata.labels.as_ref().unwrap()[omero_operator::api::keys::NODE_LABEL].clone();
+            (node, p.metadata.name.clone().unwrap())
+        })
+    };
+    drive(&sim, &mut ctx, 2_000, StepMode::Plain, |s| terminating(s).is_some()).await;
+    let (node, pod) = terminating(&sim).unwrap();
+    reconcile_once(&sim.fake, &ctx).await.unwrap();
+    let status = sim.fake.status();
+    let restarting = status.node(&node).unwrap();
+    assert_eq!(restarting.phase, NodePhase::Restarting, "{restarting:?}");
+    assert!(!restarting.ready && !restarting.routable, "{restarting:?}");
+    let routable = sim.fake.state().pods[&pod]
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.get(omero_operator::api::keys::ROUTABLE_LABEL).is_some_and(|v| v == "true"));
+    assert!(!routable, "the terminating pod {pod} gets no new sessions");
+    let run = drive(&sim, &mut ctx, 5_000, StepMode::Plain, rolled_out).await;
+    assert!(run.fewest_serving >= 1, "{run:?}");
+    assert!(restarts(&sim).values().all(|n| *n == 1), "{:?}", restarts(&sim));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_single_node_waits_for_consent_and_says_why_once() {
     let yaml = cluster_yaml(0);

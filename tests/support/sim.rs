@@ -14,7 +14,7 @@ use std::{
 
 use k8s_openapi::{
     api::core::v1::{Node, Pod},
-    apimachinery::pkg::util::intstr::IntOrString,
+    apimachinery::pkg::{apis::meta::v1::Time, util::intstr::IntOrString},
     jiff::Timestamp,
 };
 use omero_operator::{
@@ -37,6 +37,8 @@ pub struct World {
     pub killed: u64,
     /// When each starting pod becomes ready.
     pub ready_at: BTreeMap<String, Timestamp>,
+    /// Terminating pods (the Deployment controller replaced them): when each is gone.
+    pub gone_at: BTreeMap<String, Timestamp>,
     /// Pods created per node after the first one: restarts.
     pub restarts: BTreeMap<String, u32>,
     pub pods_created: u32,
@@ -57,6 +59,9 @@ pub struct Sim {
     /// How long a newly arriving client session lasts.
     pub session_length: Duration,
 }
+
+/// How long a replaced pod terminates before it is gone (the OMERO server stopping).
+pub const TERMINATION: Duration = Duration::from_secs(10);
 
 pub fn start() -> Timestamp {
     START.parse().unwrap()
@@ -126,16 +131,33 @@ impl Sim {
                 })
                 .map(|(n, p)| (n.clone(), p.clone()));
             if let Some((name, pod)) = &current {
-                if render::revision_of(&pod.metadata) == Some(revision.as_str()) {
+                if render::revision_of(&pod.metadata) == Some(revision.as_str())
+                    && pod.metadata.deletion_timestamp.is_none()
+                {
                     continue;
                 }
-                // Recreate: the old pod goes (its sessions die), then the new one comes.
+                // Recreate: the old pod is stopped first. It terminates (a deletion timestamp,
+                // not ready, its server's sessions gone with it) and stays until its process
+                // has exited; only then does the new pod come.
+                if pod.metadata.deletion_timestamp.is_none() {
+                    let old = state.pods.get_mut(name).unwrap();
+                    old.metadata.deletion_timestamp = Some(Time(now));
+                    let status = old.status.as_mut().unwrap();
+                    status.conditions.as_mut().unwrap()[0].status = "False".into();
+                    status.container_statuses.as_mut().unwrap()[0].ready = false;
+                    world.gone_at.insert(name.clone(), now + TERMINATION);
+                    world.ready_at.remove(name);
+                    world.killed += world
+                        .sessions
+                        .remove(name)
+                        .map_or(0, |s| s.iter().filter(|end| **end > now).count() as u64);
+                    *world.restarts.entry(node.clone()).or_default() += 1;
+                }
+                if world.gone_at.get(name).is_some_and(|at| *at > now) {
+                    continue;
+                }
+                world.gone_at.remove(name);
                 state.pods.remove(name);
-                world.killed += world
-                    .sessions
-                    .remove(name)
-                    .map_or(0, |s| s.iter().filter(|end| **end > now).count() as u64);
-                *world.restarts.entry(node.clone()).or_default() += 1;
             }
             world.pods_created += 1;
             let n = world.pods_created;
