@@ -722,14 +722,7 @@ async fn operator_on_a_real_cluster() {
     assert!(message.contains("at most one read-write node"), "{message}");
 
     // A drain of a node whose pod never runs (no kubelet here) has nothing to wait for.
-    clusters
-        .patch(
-            "omero",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {DRAIN_ANNOTATION: "ro-1"}}})),
-        )
-        .await
-        .unwrap();
+    annotate(&clusters, json!({DRAIN_ANNOTATION: "ro-1"})).await;
     eventually(60, "ro-1 Drained", || async {
         let s = clusters.get("omero").await.ok()?.status?;
         s.node("ro-1").filter(|n| n.phase == NodePhase::Drained).map(drop)
@@ -832,14 +825,7 @@ async fn rolling_restart_and_image_change_on_a_real_cluster() {
     eventually(120, "3 nodes serving", || async { (serving_pods(&pods).await.len() == 3).then_some(()) })
         .await;
 
-    clusters
-        .patch(
-            "omero",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {RESTART_ANNOTATION: "e2e-1"}}})),
-        )
-        .await
-        .unwrap();
+    annotate(&clusters, json!({RESTART_ANNOTATION: "e2e-1"})).await;
     let (replaced, fewest) = follow_rollout(
         &suite,
         3,
@@ -961,14 +947,7 @@ async fn an_eviction_waits_for_the_drain_on_a_real_cluster() {
 
     // Drained (on request; the probe is `none`, so at its 10 s deadline): the budget opens and
     // the same eviction goes through.
-    clusters
-        .patch(
-            "omero",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {DRAIN_ANNOTATION: "ro-1"}}})),
-        )
-        .await
-        .unwrap();
+    annotate(&clusters, json!({DRAIN_ANNOTATION: "ro-1"})).await;
     eventually(90, "the eviction allowed once ro-1 is drained", || async {
         pods.evict(&pod, &kube::api::EvictParams::default()).await.ok().map(drop)
     })
@@ -1059,14 +1038,7 @@ async fn chart_operator_runs_a_cluster(install: Install) {
 
     // A drain on request waits for the sessions the counter reports, and ends at zero.
     suite.set_sessions("ro-1", 2);
-    clusters
-        .patch(
-            "omero",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {DRAIN_ANNOTATION: "ro-1"}}})),
-        )
-        .await
-        .unwrap();
+    annotate(&clusters, json!({DRAIN_ANNOTATION: "ro-1"})).await;
     eventually(60, "ro-1 draining with its 2 sessions counted", || async {
         let s = clusters.get("omero").await.ok()?.status?;
         let n = s.node("ro-1")?;
@@ -1098,14 +1070,7 @@ async fn chart_operator_runs_a_cluster(install: Install) {
     println!("ro-1 drained {:?} after its count reached zero", drained.elapsed());
     let n = clusters.get("omero").await.unwrap().status.unwrap().node("ro-1").cloned().unwrap();
     assert!(!n.deadline_reached, "ended on its count, not its deadline: {n:?}");
-    clusters
-        .patch(
-            "omero",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {DRAIN_ANNOTATION: null}}})),
-        )
-        .await
-        .unwrap();
+    annotate(&clusters, json!({DRAIN_ANNOTATION: null})).await;
     eventually(60, "ro-1 serving again", || async { (serving_pods(&pods).await.len() == 3).then_some(()) })
         .await;
     let events = cluster_events(&suite.client, &suite.ns, "omero").await;
@@ -1269,6 +1234,13 @@ async fn namespace_users_drive_clusters_through_the_built_in_roles() {
     suite.finish().await;
 }
 
+/// Sets (a value) or removes (null) annotations of the cluster `omero`, as
+/// `kubectl annotate` does.
+async fn annotate(clusters: &Api<OmeroCluster>, annotations: serde_json::Value) {
+    let patch = Patch::Merge(json!({"metadata": {"annotations": annotations}}));
+    clusters.patch("omero", &PatchParams::default(), &patch).await.unwrap();
+}
+
 /// `rw` and `ro-1`, probes `none` (each drain ends at its 10 s deadline), applied; returns the
 /// manifest once both serve.
 async fn two_nodes_serving(suite: &Suite) -> serde_json::Value {
@@ -1341,14 +1313,7 @@ async fn a_pause_ending_with_a_drain_and_a_new_image_queued_keeps_a_node_serving
     suite.play_kubelet(1).await;
     let mut manifest = two_nodes_serving(&suite).await;
     let clusters = suite.clusters();
-    let annotate = |value: serde_json::Value| {
-        let clusters = clusters.clone();
-        async move {
-            let patch = Patch::Merge(json!({"metadata": {"annotations": value}}));
-            clusters.patch("omero", &PatchParams::default(), &patch).await.unwrap();
-        }
-    };
-    annotate(json!({omero_operator::request::PAUSE_ANNOTATION: "true"})).await;
+    annotate(&clusters, json!({omero_operator::request::PAUSE_ANNOTATION: "true"})).await;
     eventually(30, "paused in status", || async {
         clusters.get("omero").await.ok()?.status?.rollout?.paused.then_some(())
     })
@@ -1356,9 +1321,9 @@ async fn a_pause_ending_with_a_drain_and_a_new_image_queued_keeps_a_node_serving
     manifest["spec"]["image"] = json!("openmicroscopy/omero-server:5.6.17");
     let ssa = PatchParams::apply("omero-operator-e2e").force();
     clusters.patch("omero", &ssa, &Patch::Apply(manifest)).await.unwrap();
-    annotate(json!({DRAIN_ANNOTATION: "rw"})).await;
+    annotate(&clusters, json!({DRAIN_ANNOTATION: "rw"})).await;
     assert_eq!(fewest_serving_for(&suite.api(), 10).await, 2, "nothing moves while paused");
-    annotate(json!({omero_operator::request::PAUSE_ANNOTATION: null})).await;
+    annotate(&clusters, json!({omero_operator::request::PAUSE_ANNOTATION: null})).await;
     let fewest = fewest_serving_for(&suite.api(), 45).await;
     assert!(fewest >= 1, "no node served for a while: {fewest}");
     assert_rw_drained_and_ro1_serving(&suite).await;
