@@ -91,8 +91,7 @@ pub fn decide(
                 continue;
             }
             serving_now -= 1;
-            placement.view.phase = NodePhase::Draining;
-            placement.view.drain_reason = Some(DrainReason::Requested);
+            placement.view.taken_out(DrainReason::Requested);
             departures.drains_started.insert(name);
         }
     }

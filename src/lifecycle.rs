@@ -20,6 +20,10 @@ use crate::{
     request::FORCE_ANNOTATION,
 };
 
+/// How a refused drain's message starts: status keeps it first while the request stands, and
+/// `kubectl omero drain --wait` reads it to end with the refusal.
+pub const DRAIN_REFUSED: &str = "drain refused";
+
 /// Zero-session probes in a row that end a drain: one zero may be a race with a client that
 /// connected just before the node stopped being routable.
 pub const ZERO_CONFIRMATIONS: u32 = 2;
@@ -316,10 +320,8 @@ fn would_serve(node: &NodeInput<'_>) -> bool {
         && !node.drain_requested
         && !node.leaving;
     // Out of date and out already, it goes on as a rollout instead (see `wanted_out`).
-    let released = previous.and_then(|s| s.deployment_revision.as_deref()).or(node.deployment_revision);
-    let stays_out = node.target_revision.is_some()
-        && released != node.target_revision
-        && matches!(phase, NodePhase::Draining | NodePhase::Drained);
+    let stays_out = matches!(phase, NodePhase::Draining | NodePhase::Drained)
+        && previous.is_some_and(|p| out_of_date(&observed(node, p)));
     let withdrawn = (withdrawn || cancelled) && !stays_out;
     ready && (!phase.is_out_of_service() || withdrawn)
 }
@@ -650,7 +652,7 @@ fn start_drain(
             node.name
         );
         status.phase = NodePhase::Serving;
-        let refused = format!("drain refused: {why}");
+        let refused = format!("{DRAIN_REFUSED}: {why}");
         // Announced once: the message stays while the request does (other notes may follow it).
         if !status.message.as_deref().is_some_and(|m| m.starts_with(&refused)) {
             events.push(NodeEvent::DrainRefused { node: node.name.into(), reason: why });

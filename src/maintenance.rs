@@ -181,8 +181,7 @@ pub fn with_moves(views: &[NodeView], plan: &Plan) -> Vec<NodeView> {
         .map(|v| {
             let mut v = v.clone();
             if plan.started.contains(&v.name) {
-                v.phase = NodePhase::Draining;
-                v.drain_reason = Some(DrainReason::Maintenance);
+                v.taken_out(DrainReason::Maintenance);
             }
             v
         })

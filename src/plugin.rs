@@ -317,7 +317,7 @@ pub fn progress(cluster: &OmeroCluster, op: &Operation, now: Timestamp) -> (Vec<
         };
         let refused = node.phase == NodePhase::Serving
             && matches!(op, Operation::Drain(_))
-            && node.message.as_deref().is_some_and(|m| m.starts_with("drain refused"));
+            && node.message.as_deref().is_some_and(|m| m.starts_with(crate::lifecycle::DRAIN_REFUSED));
         if node.phase == NodePhase::Failed || refused {
             failures.push(format!("{name}: {}", node.message.as_deref().unwrap_or(phase(node.phase))));
         }

@@ -65,6 +65,13 @@ pub struct NodeView {
 }
 
 impl NodeView {
+    /// The view once this reconcile takes the node out of service for `reason`: what the
+    /// planners deciding after that see.
+    pub fn taken_out(&mut self, reason: DrainReason) {
+        self.phase = NodePhase::Draining;
+        self.drain_reason = Some(reason);
+    }
+
     fn serving(&self) -> bool {
         self.phase == NodePhase::Serving && self.ready
     }

@@ -364,6 +364,15 @@ fn a_failed_node_or_an_invalid_spec_ends_a_wait_as_failed_and_the_lines_say_wher
     );
 }
 
+/// A cluster whose operator has acknowledged `drain: ro-1` and is draining it (2 sessions).
+fn draining_ro1() -> Value {
+    let mut start = cluster();
+    start["metadata"]["annotations"] = json!({DRAIN_ANNOTATION: "ro-1"});
+    acknowledge(&mut start);
+    set_node(&mut start, "ro-1", json!({"phase": "Draining", "routable": false, "sessions": 2}));
+    start
+}
+
 /// Waits until the plugin has a watch open.
 async fn watched(server: &WatchApi) {
     while server.watching() == 0 {
@@ -375,11 +384,7 @@ async fn watched(server: &WatchApi) {
 /// each time the plugin says so, watches again, and follows the drain to its end.
 #[tokio::test]
 async fn drain_wait_survives_a_closed_an_expired_and_a_failing_watch() {
-    let mut start = cluster();
-    start["metadata"]["annotations"] = json!({DRAIN_ANNOTATION: "ro-1"});
-    acknowledge(&mut start);
-    set_node(&mut start, "ro-1", json!({"phase": "Draining", "routable": false, "sessions": 2}));
-    let server = WatchApi::new(start);
+    let server = WatchApi::new(draining_ro1());
     let api: Api<OmeroCluster> = Api::namespaced(server.client(), "omero");
     let operator = server.clone();
     tokio::spawn(async move {
@@ -417,11 +422,7 @@ async fn drain_wait_survives_a_closed_an_expired_and_a_failing_watch() {
 /// A watch that keeps failing ends `--wait` with the reason and what to do, not silently.
 #[tokio::test(start_paused = true)]
 async fn drain_wait_gives_up_on_a_watch_that_keeps_failing_and_says_so() {
-    let mut start = cluster();
-    start["metadata"]["annotations"] = json!({DRAIN_ANNOTATION: "ro-1"});
-    acknowledge(&mut start);
-    set_node(&mut start, "ro-1", json!({"phase": "Draining", "routable": false, "sessions": 2}));
-    let server = WatchApi::new(start);
+    let server = WatchApi::new(draining_ro1());
     server.0.lock().unwrap().failing_watches = usize::MAX;
     let api: Api<OmeroCluster> = Api::namespaced(server.client(), "omero");
     let mut shown = Recorded::default();

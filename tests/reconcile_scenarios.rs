@@ -199,6 +199,34 @@ async fn a_node_removed_from_the_spec_is_drained_then_loses_its_objects_and_only
     assert!(fake.event_reasons().contains(&"NodeRemoved".to_string()), "{:?}", fake.event_reasons());
 }
 
+/// The operator's account may not patch a pod's label (RBAC): the drain's label patch is
+/// refused; the reconcile reports it (reason `Forbidden`, naming the verb, the resource and
+/// what to grant) with one Event, instead of failing into the retry backoff, and says it once.
+#[tokio::test(start_paused = true)]
+async fn a_forbidden_label_patch_is_reported_once_not_retried_blindly() {
+    let (fake, _, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    fake.state().forbid.insert("Pod/omero-ro-1-pod".into());
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
+    reconcile_once(&fake, &ctx).await.expect("reported, not an error to retry");
+    let status = fake.status();
+    let problem = status.object_problems.iter().find(|p| p.name == "omero-ro-1-pod").expect("reported");
+    assert_eq!(problem.reason, omero_operator::api::ObjectProblemReason::Forbidden);
+    assert!(
+        problem.message.starts_with("the operator's account may not patch pods in namespace ")
+            && problem.message.contains("give it the chart's RBAC"),
+        "{problem:?}"
+    );
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(
+        fake.event_reasons().iter().filter(|r| *r == "WriteForbidden").count(),
+        1,
+        "{:?}",
+        fake.event_reasons()
+    );
+    assert!(fake.status().object_problems.iter().any(|p| p.name == "omero-ro-1-pod"), "still reported");
+}
+
 /// An object of the cluster's deleted and created again by someone else while the watch cache
 /// still shows the old one: the apply (with the uid it last saw) is refused as the API server
 /// does (422, uid immutable), and the operator reports the new holder after a fresh read, as

@@ -493,7 +493,9 @@ pub fn maintenance_waits(
         // A refused drain's message stays first, so whoever asked (`kubectl omero drain --wait`)
         // reads the refusal; the wait follows it.
         status.message = Some(match status.message.take() {
-            Some(refused) if refused.starts_with("drain refused") => format!("{refused}; {message}"),
+            Some(refused) if refused.starts_with(crate::lifecycle::DRAIN_REFUSED) => {
+                format!("{refused}; {message}")
+            }
             _ => message,
         });
     }

@@ -85,6 +85,8 @@ pub struct State {
     /// Someone else writes the cluster right after the operator's next successful status
     /// write, so the operator's following write of the same reconcile finds it changed.
     pub changed_after_status_write: bool,
+    /// Objects (by `Kind/name`) the operator's account may not write: 403, as RBAC answers.
+    pub forbid: std::collections::BTreeSet<String>,
 }
 
 /// A new resourceVersion, as the API server gives on every write.
@@ -540,6 +542,12 @@ impl ClusterPort for FakeCluster {
     async fn set_routable(&self, _ns: &str, pod: &str, routable: bool) -> Result<(), Error> {
         self.write(Write::Label { pod: pod.into(), routable })?;
         let mut state = self.state();
+        if state.forbid.contains(&format!("Pod/{pod}")) {
+            let message = format!(
+                "pods \"{pod}\" is forbidden: User \"system:serviceaccount:omero:omero-operator\" cannot patch resource \"pods\""
+            );
+            return Err(api_error(403, "Forbidden", message));
+        }
         // Gone (a lagging cache still showed it): the real adapter takes a 404 as done.
         let Some(found) = state.pods.get_mut(pod) else { return Ok(()) };
         let labels = found.metadata.labels.get_or_insert_default();
