@@ -95,9 +95,9 @@ pub fn decide(
             departures.drains_started.insert(name);
         }
     }
-    departures.moves = maintenance::plan(&placements, hosts, limits);
+    departures.moves = maintenance::plan_moves(&placements, hosts, limits);
     let views: Vec<rollout::NodeView> = placements.iter().map(|p| p.view.clone()).collect();
-    departures.rollout = rollout::plan(&maintenance::with_moves(&views, &departures.moves), limits);
+    departures.rollout = rollout::plan_restarts(&maintenance::with_moves(&views, &departures.moves), limits);
     departures
 }
 

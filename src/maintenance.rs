@@ -107,7 +107,7 @@ pub struct Plan {
 /// Decides the moves. `hosts`: every Kubernetes node the cluster's pods run on that the
 /// operator sees, with why it is under maintenance (`None`: schedulable). A Kubernetes node
 /// absent from `hosts` is gone.
-pub fn plan(nodes: &[Placement], hosts: &BTreeMap<String, Option<String>>, limits: &Limits) -> Plan {
+pub fn plan_moves(nodes: &[Placement], hosts: &BTreeMap<String, Option<String>>, limits: &Limits) -> Plan {
     let maintenance =
         |kube_node: Option<&String>| kube_node.and_then(|k| hosts.get(k)).is_some_and(Option::is_some);
     let mut plan = Plan::default();
@@ -222,7 +222,7 @@ mod tests {
         let nodes = [placed("rw", Role::ReadWrite, "k1"), placed("ro-1", Role::Replica, "k2"), {
             placed("ro-2", Role::Replica, "k2")
         }];
-        let p = plan(&nodes, &hosts(&["k2"], &["k1"]), &LIMITS);
+        let p = plan_moves(&nodes, &hosts(&["k2"], &["k1"]), &LIMITS);
         assert_eq!(p.started, BTreeSet::from(["ro-1".to_string()]));
         assert_eq!(p.moves, BTreeMap::from([("ro-1".to_string(), "k2".to_string())]));
         assert_eq!(p.waiting.len(), 1);
@@ -232,15 +232,15 @@ mod tests {
     #[test]
     fn the_last_serving_node_and_the_grid_master_wait_for_consent() {
         let nodes = [placed("rw", Role::ReadWrite, "k1")];
-        let p = plan(&nodes, &hosts(&["k1"], &[]), &LIMITS);
+        let p = plan_moves(&nodes, &hosts(&["k1"], &[]), &LIMITS);
         assert!(p.moves.is_empty());
         assert!(p.waiting[0].why.contains("last serving node"), "{p:?}");
         assert!(p.waiting[0].why.contains(ALLOW_DOWNTIME_ANNOTATION), "{p:?}");
-        let p = plan(&nodes, &hosts(&["k1"], &[]), &Limits { allow_downtime: true, ..LIMITS });
+        let p = plan_moves(&nodes, &hosts(&["k1"], &[]), &Limits { allow_downtime: true, ..LIMITS });
         assert_eq!(p.started.len(), 1);
 
         let grid = [placed("master", Role::GridMaster, "k1"), placed("w", Role::Replica, "k2")];
-        let p = plan(&grid, &hosts(&["k1"], &["k2"]), &LIMITS);
+        let p = plan_moves(&grid, &hosts(&["k1"], &["k2"]), &LIMITS);
         assert!(p.waiting[0].why.contains("grid master"), "{p:?}");
     }
 
@@ -251,15 +251,16 @@ mod tests {
         draining.view.drain_reason = Some(DrainReason::Maintenance);
         draining.moving_off = Some("k2".into());
         let nodes = [placed("rw", Role::ReadWrite, "k1"), draining.clone()];
-        let p = plan(&nodes, &hosts(&[], &["k1", "k2"]), &LIMITS);
+        let p = plan_moves(&nodes, &hosts(&[], &["k1", "k2"]), &LIMITS);
         assert_eq!(p.cancelled, BTreeSet::from(["ro-1".to_string()]));
         assert!(p.moves.is_empty());
-        let p = plan(&nodes, &hosts(&["k2"], &["k1"]), &LIMITS);
+        let p = plan_moves(&nodes, &hosts(&["k2"], &["k1"]), &LIMITS);
         assert_eq!(p.moves.get("ro-1").map(String::as_str), Some("k2"));
         assert!(p.started.is_empty(), "it goes on; it does not start again");
         let mut drained = draining;
         drained.view.phase = NodePhase::Drained;
-        let p = plan(&[placed("rw", Role::ReadWrite, "k1"), drained], &hosts(&[], &["k1", "k2"]), &LIMITS);
+        let p =
+            plan_moves(&[placed("rw", Role::ReadWrite, "k1"), drained], &hosts(&[], &["k1", "k2"]), &LIMITS);
         assert!(p.cancelled.is_empty() && p.moves.contains_key("ro-1"), "{p:?}");
     }
 
@@ -292,7 +293,7 @@ mod tests {
         let mut starting = placed("ro-1", Role::Replica, "k2");
         starting.view.phase = NodePhase::Starting;
         let nodes = [placed("rw", Role::ReadWrite, "gone"), starting, placed("ro-2", Role::Replica, "k3")];
-        let p = plan(&nodes, &hosts(&["k2"], &["k3"]), &Limits { max_unavailable: 3, ..LIMITS });
+        let p = plan_moves(&nodes, &hosts(&["k2"], &["k3"]), &Limits { max_unavailable: 3, ..LIMITS });
         assert_eq!(p, Plan::default());
     }
 }

@@ -107,7 +107,7 @@ pub struct Plan {
     pub needs_consent: bool,
 }
 
-pub fn plan(nodes: &[NodeView], limits: &Limits) -> Plan {
+pub fn plan_restarts(nodes: &[NodeView], limits: &Limits) -> Plan {
     let mut order: Vec<&NodeView> = nodes.iter().filter(|n| n.to_do()).collect();
     order.sort_by_key(|n| n.role); // stable: spec order within a rank
     let mut plan = Plan { pending: order.iter().map(|n| n.name.clone()).collect(), ..Plan::default() };
@@ -202,7 +202,7 @@ mod tests {
             view("ro-1", Role::Replica, true),
             view("ro-2", Role::Replica, true),
         ];
-        let p = plan(&nodes, &LIMITS);
+        let p = plan_restarts(&nodes, &LIMITS);
         assert_eq!(p.selected, BTreeSet::from(["ro-1".to_string()]));
         assert_eq!(p.pending, ["ro-1", "ro-2", "rw"]);
         assert_eq!(p.waiting, None);
@@ -211,28 +211,30 @@ mod tests {
     #[test]
     fn the_read_write_node_waits_for_the_replicas_even_with_room() {
         let nodes = [view("rw", Role::ReadWrite, true), view("ro-1", Role::Replica, true)];
-        let p = plan(&nodes, &Limits { max_unavailable: 2, ..LIMITS });
+        let p = plan_restarts(&nodes, &Limits { max_unavailable: 2, ..LIMITS });
         assert_eq!(p.selected, BTreeSet::from(["ro-1".to_string()]));
     }
 
     #[test]
     fn the_only_serving_node_waits_for_consent() {
         let nodes = [view("rw", Role::ReadWrite, true)];
-        let p = plan(&nodes, &LIMITS);
+        let p = plan_restarts(&nodes, &LIMITS);
         assert!(p.selected.is_empty());
         assert!(p.waiting.as_deref().unwrap().contains("last serving node"), "{p:?}");
         assert!(p.needs_consent, "only consent ends this wait");
-        let p = plan(&nodes, &Limits { allow_downtime: true, ..LIMITS });
+        let p = plan_restarts(&nodes, &Limits { allow_downtime: true, ..LIMITS });
         assert_eq!(p.selected.len(), 1);
     }
 
     #[test]
     fn the_grid_master_waits_for_consent_even_with_workers_serving() {
         let nodes = [view("master", Role::GridMaster, true), view("w1", Role::Replica, false)];
-        let p = plan(&nodes, &LIMITS);
+        let p = plan_restarts(&nodes, &LIMITS);
         assert!(p.waiting.as_deref().unwrap().contains("grid master"), "{p:?}");
         assert!(p.needs_consent);
-        assert!(plan(&nodes, &Limits { allow_downtime: true, ..LIMITS }).selected.contains("master"));
+        assert!(
+            plan_restarts(&nodes, &Limits { allow_downtime: true, ..LIMITS }).selected.contains("master")
+        );
     }
 
     #[test]
@@ -241,13 +243,13 @@ mod tests {
         drained.phase = NodePhase::Drained;
         drained.drain_reason = Some(DrainReason::Requested);
         let nodes = [view("rw", Role::ReadWrite, false), drained.clone(), view("ro-2", Role::Replica, true)];
-        let p = plan(&nodes, &LIMITS);
+        let p = plan_restarts(&nodes, &LIMITS);
         assert!(p.selected.is_empty());
         assert!(p.waiting.as_deref().unwrap().contains("out now: ro-1"), "{p:?}");
         assert!(!p.needs_consent, "the budget frees itself");
         let mut failed = drained;
         failed.phase = NodePhase::Failed;
-        let p = plan(
+        let p = plan_restarts(
             &[view("rw", Role::ReadWrite, false), failed, view("ro-2", Role::Replica, true)],
             &Limits { max_unavailable: 3, ..LIMITS },
         );
@@ -257,8 +259,8 @@ mod tests {
     #[test]
     fn leaving_nodes_go_first_and_paused_moves_nothing() {
         let nodes = [view("ro-1", Role::Replica, true), view("old", Role::Leaving, false)];
-        assert_eq!(plan(&nodes, &LIMITS).selected, BTreeSet::from(["old".to_string()]));
-        let p = plan(&nodes, &Limits { paused: true, ..LIMITS });
+        assert_eq!(plan_restarts(&nodes, &LIMITS).selected, BTreeSet::from(["old".to_string()]));
+        let p = plan_restarts(&nodes, &Limits { paused: true, ..LIMITS });
         assert!(p.selected.is_empty() && p.waiting.as_deref().unwrap().starts_with("paused"));
     }
 }

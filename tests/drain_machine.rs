@@ -2813,7 +2813,7 @@ fn run_rollout_scenario(scenario: &RolloutScenario) -> Result<(), TestCaseError>
         if let Some(mask) = tick.request {
             requested = (0..n).map(|i| mask & (1 << i) != 0).collect();
         }
-        // The planner only ever chooses nodes that serve (see `rollout::plan`); which of them,
+        // The planner only ever chooses nodes that serve (see `rollout::plan_restarts`); which of them,
         // and how many, is left to chance here.
         let selected: Vec<bool> = (0..n)
             .map(|i| {

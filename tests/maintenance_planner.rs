@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use omero_operator::{
     api::{DrainReason, NodePhase},
-    maintenance::{Placement, plan, with_moves},
+    maintenance::{Placement, plan_moves, with_moves},
     request::ALLOW_DOWNTIME_ANNOTATION,
     rollout::{self, Limits, NodeView, Role},
 };
@@ -102,7 +102,7 @@ proptest! {
 
     #[test]
     fn the_maintenance_planner_keeps_its_invariants((nodes, hosts, limits) in world()) {
-        let p = plan(&nodes, &hosts, &limits);
+        let p = plan_moves(&nodes, &hosts, &limits);
         let by_name = |name: &str| nodes.iter().find(|n| n.view.name == name).unwrap();
 
         // Moves start only for serving nodes (not leaving) on a Kubernetes node under maintenance.
@@ -168,7 +168,7 @@ proptest! {
         // The rollout, planned after the moves, stays within the same budget.
         let views: Vec<NodeView> = nodes.iter().map(|n| n.view.clone()).collect();
         let after = with_moves(&views, &p);
-        let rollout = rollout::plan(&after, &limits);
+        let rollout = rollout::plan_restarts(&after, &limits);
         let out_after = after.iter().filter(|v| !(v.phase == NodePhase::Serving && v.ready)).count();
         prop_assert!(rollout.selected.is_empty() || out_after + rollout.selected.len() <= limits.max_unavailable as usize);
         prop_assert!(rollout.selected.iter().all(|s| !p.started.contains(s)), "a node moves and restarts at once");

@@ -5,7 +5,7 @@
 use omero_operator::{
     api::{DrainReason, NodePhase},
     request::ALLOW_DOWNTIME_ANNOTATION,
-    rollout::{Limits, NodeView, Role, plan},
+    rollout::{Limits, NodeView, Role, plan_restarts},
 };
 use proptest::prelude::*;
 
@@ -65,7 +65,7 @@ proptest! {
 
     #[test]
     fn the_planner_keeps_its_invariants((nodes, limits) in cluster()) {
-        let p = plan(&nodes, &limits);
+        let p = plan_restarts(&nodes, &limits);
         let selected: Vec<&NodeView> = nodes.iter().filter(|n| p.selected.contains(&n.name)).collect();
 
         // Only serving nodes that have something to do are taken out.
@@ -106,7 +106,7 @@ proptest! {
 
     #[test]
     fn when_nothing_moves_and_work_remains_the_plan_says_why((nodes, limits) in cluster()) {
-        let p = plan(&nodes, &limits);
+        let p = plan_restarts(&nodes, &limits);
         let moving = nodes.iter().any(|n| {
             matches!(n.phase, NodePhase::Draining | NodePhase::Drained | NodePhase::Restarting)
                 && matches!(n.drain_reason, Some(DrainReason::Rollout | DrainReason::Removal))
@@ -122,7 +122,7 @@ proptest! {
         // consent; it moves, or waits on something else it names.
         if p.needs_consent {
             prop_assert!(p.waiting.is_some() && !limits.allow_downtime, "{:?}", p);
-            let consented = plan(&nodes, &Limits { allow_downtime: true, ..limits });
+            let consented = plan_restarts(&nodes, &Limits { allow_downtime: true, ..limits });
             let still_asks = consented.waiting.as_deref().is_some_and(|w| w.contains(ALLOW_DOWNTIME_ANNOTATION));
             prop_assert!(!still_asks, "{:?}", consented);
             prop_assert!(!consented.selected.is_empty() || consented.waiting.is_some(), "{:?}", consented);

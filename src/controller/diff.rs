@@ -16,6 +16,7 @@ use kube::Resource;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::port::ChildKind;
 use crate::{
     api::ObjectProblem,
     ownership::{self, is_controlled_by},
@@ -37,12 +38,15 @@ pub struct Plan<'a, K> {
 
 /// Objects of one kind the operator writes: how their immutable fields are compared.
 pub trait Child: Resource<DynamicType = ()> + Serialize {
+    const KIND: ChildKind;
     /// Why `desired` cannot be applied over `existing`, if a field the API server will not
     /// change differs.
     fn immutable_change(desired: &Self, existing: &Self) -> Option<String>;
 }
 
 impl Child for Deployment {
+    const KIND: ChildKind = ChildKind::Deployment;
+
     fn immutable_change(desired: &Self, existing: &Self) -> Option<String> {
         let selector = |d: &Self| d.spec.as_ref().map(|s| s.selector.clone());
         (selector(desired) != selector(existing)).then(|| {
@@ -54,6 +58,8 @@ impl Child for Deployment {
 }
 
 impl Child for Service {
+    const KIND: ChildKind = ChildKind::Service;
+
     fn immutable_change(desired: &Self, existing: &Self) -> Option<String> {
         let headless = |s: &Self| s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None");
         (headless(desired) != headless(existing)).then(|| {
@@ -66,6 +72,8 @@ impl Child for Service {
 }
 
 impl Child for ConfigMap {
+    const KIND: ChildKind = ChildKind::ConfigMap;
+
     fn immutable_change(desired: &Self, existing: &Self) -> Option<String> {
         // The operator never marks it immutable; someone else may have.
         (existing.immutable == Some(true) && desired.data != existing.data).then(|| {
@@ -77,27 +85,21 @@ impl Child for ConfigMap {
 }
 
 impl Child for PodDisruptionBudget {
+    const KIND: ChildKind = ChildKind::PodDisruptionBudget;
+
     fn immutable_change(_desired: &Self, _existing: &Self) -> Option<String> {
         None // policy/v1 budgets may change every field the operator sets
     }
 }
 
-/// Names of desired objects that `existing` (the objects carrying the cluster's labels) does
-/// not have: whether something else holds those names must be looked up before writing.
-pub fn unseen<K: Resource>(desired: &[K], existing: &[K]) -> Vec<String> {
-    desired
-        .iter()
-        .filter(|d| !existing.iter().any(|e| e.meta().name == d.meta().name))
-        .filter_map(|d| d.meta().name.clone())
-        .collect()
-}
-
 /// Decides, for each desired object, whether to write it. `found` holds what a look-up by
-/// name found for the [`unseen`] names (absent: nothing has that name).
-pub fn plan<'a, K: Child>(
+/// name found for the names `existing` lacks (`None`: nothing has that name). An unseen name that
+/// was not looked up is not written: something may hold it (the look-ups follow
+/// `render::object_names`, which a test keeps equal to what is rendered).
+pub fn plan_writes<'a, K: Child>(
     desired: &'a [K],
     existing: &[K],
-    found: &BTreeMap<String, ObjectMeta>,
+    found: &BTreeMap<String, Option<ObjectMeta>>,
     owner_uid: Option<&str>,
 ) -> Result<Plan<'a, K>, serde_json::Error> {
     let kind = K::kind(&());
@@ -105,10 +107,14 @@ pub fn plan<'a, K: Child>(
     for object in desired {
         let name = object.meta().name.clone().unwrap_or_default();
         let live = existing.iter().find(|e| e.meta().name.as_ref() == Some(&name));
-        let meta = live.map(|l| l.meta()).or_else(|| found.get(&name));
-        let Some(meta) = meta else {
-            plan.writes.push(Write { object, uid: None });
-            continue;
+        let meta = match (live, found.get(&name)) {
+            (Some(live), _) => live.meta(),
+            (None, Some(Some(meta))) => meta,
+            (None, Some(None)) => {
+                plan.writes.push(Write { object, uid: None });
+                continue;
+            }
+            (None, None) => continue,
         };
         if !is_controlled_by(meta, owner_uid) {
             plan.problems.push(ownership::not_owned(&kind, &name, meta));
@@ -269,8 +275,8 @@ mod tests {
     fn plan_writes_the_absent_and_the_different_of_our_own() {
         let desired = [service("a", Some("u"), 1), service("b", Some("u"), 2), service("c", Some("u"), 3)];
         let existing = [service("a", Some("u"), 1), service("b", Some("u"), 9)];
-        assert_eq!(unseen(&desired, &existing), ["c"]);
-        let plan = plan(&desired, &existing, &BTreeMap::new(), Some("u")).unwrap();
+        let found = BTreeMap::from([("c".to_string(), None)]);
+        let plan = plan_writes(&desired, &existing, &found, Some("u")).unwrap();
         assert_eq!(names(&plan.writes), ["b", "c"]);
         assert_eq!(plan.writes[0].uid.as_deref(), Some("uid-b"), "the existing uid is a precondition");
         assert_eq!(plan.writes[1].uid, None);
@@ -283,8 +289,11 @@ mod tests {
         // `a` carries the cluster's labels but another cluster controls it; `b` was found by
         // name without labels and has no owner at all.
         let existing = [service("a", Some("other"), 1)];
-        let found = BTreeMap::from([("b".to_string(), service("b", None, 2).metadata)]);
-        let plan = plan(&desired, &existing, &found, Some("u")).unwrap();
+        let found = BTreeMap::from([
+            ("b".to_string(), Some(service("b", None, 2).metadata)),
+            ("c".to_string(), None),
+        ]);
+        let plan = plan_writes(&desired, &existing, &found, Some("u")).unwrap();
         assert_eq!(names(&plan.writes), ["c"]);
         let blocked: Vec<_> = plan.problems.iter().map(|p| (p.name.as_str(), p.reason)).collect();
         assert_eq!(
@@ -307,10 +316,17 @@ mod tests {
         headless.spec.as_mut().unwrap().cluster_ip = Some("None".into());
         let existing = [headless];
         let desired = [service("w", Some("u"), 1)];
-        let plan = plan(&desired, &existing, &BTreeMap::new(), Some("u")).unwrap();
+        let plan = plan_writes(&desired, &existing, &BTreeMap::new(), Some("u")).unwrap();
         assert!(plan.writes.is_empty());
         assert_eq!(plan.problems[0].reason, crate::api::ObjectProblemReason::ImmutableField);
         assert!(plan.problems[0].message.contains("spec.topology"), "{}", plan.problems[0].message);
+    }
+
+    #[test]
+    fn a_name_not_looked_up_is_not_written() {
+        let desired = [service("a", Some("u"), 1)];
+        let plan = plan_writes(&desired, &[], &BTreeMap::new(), Some("u")).unwrap();
+        assert!(plan.writes.is_empty() && plan.problems.is_empty());
     }
 
     #[test]

@@ -6,14 +6,17 @@
 //! (on every replica), and the controller only while this replica holds the leader Lease
 //! (`leader`); `crd` applies the operator's own CRD at start.
 
+mod act;
 pub mod cache;
 pub mod crd;
+pub mod decide;
 mod diff;
 pub mod kube_port;
 pub mod leader;
 mod nodes;
-mod observe;
+pub mod observe;
 mod omero_port;
+mod pods;
 pub mod port;
 mod reconcile;
 pub mod status;

@@ -50,11 +50,11 @@ pub fn record_session_probes(cluster: &OmeroCluster, facts: &[NodeFacts<'_>], st
 }
 
 /// Every node of the spec, in spec order, then every node that left the spec and still has a
-/// Deployment or a pod of the cluster's own (it is drained before it goes).
+/// Deployment or a pod of the cluster's own (it is drained before it goes). Their target
+/// revisions come from the render ([`with_target_revisions`]).
 pub fn facts<'a>(
     cluster: &'a OmeroCluster,
     old: &'a OmeroClusterStatus,
-    desired: &'a [Deployment],
     ours: &'a [&'a Deployment],
     pods: &'a BTreeMap<String, PodObservation>,
 ) -> Vec<NodeFacts<'a>> {
@@ -67,19 +67,13 @@ pub fn facts<'a>(
         .spec
         .nodes
         .iter()
-        .map(|spec| {
-            let name = render::node_object_name(&cluster_name, &spec.name);
-            NodeFacts {
-                name: spec.name.clone(),
-                spec: Some(spec),
-                previous: old.node(&spec.name),
-                pod: pods.get(&spec.name),
-                deployment: deployment_of(&spec.name),
-                target_revision: desired
-                    .iter()
-                    .find(|d| d.metadata.name.as_deref() == Some(name.as_str()))
-                    .and_then(|d| render::revision_of(&d.metadata)),
-            }
+        .map(|spec| NodeFacts {
+            name: spec.name.clone(),
+            spec: Some(spec),
+            previous: old.node(&spec.name),
+            pod: pods.get(&spec.name),
+            deployment: deployment_of(&spec.name),
+            target_revision: None,
         })
         .collect();
     // Leaving nodes: known from the last status, or from an orphaned Deployment of ours.
@@ -108,6 +102,24 @@ pub fn facts<'a>(
             deployment,
             target_revision: None,
         });
+    }
+    facts
+}
+
+/// Each node's target revision: the one its rendered Deployment in `desired` carries (none
+/// for a node that left the spec).
+pub fn with_target_revisions<'a>(
+    cluster: &OmeroCluster,
+    mut facts: Vec<NodeFacts<'a>>,
+    desired: &'a [Deployment],
+) -> Vec<NodeFacts<'a>> {
+    let cluster_name = cluster.name_any();
+    for fact in facts.iter_mut().filter(|f| f.spec.is_some()) {
+        let name = render::node_object_name(&cluster_name, &fact.name);
+        fact.target_revision = desired
+            .iter()
+            .find(|d| d.metadata.name.as_deref() == Some(name.as_str()))
+            .and_then(|d| render::revision_of(&d.metadata));
     }
     facts
 }
@@ -191,16 +203,6 @@ pub struct Writes<'a> {
 }
 
 impl Writes<'_> {
-    pub fn is_empty(&self) -> bool {
-        self.deployments.is_empty()
-            && self.services.is_empty()
-            && self.config_maps.is_empty()
-            && self.budgets.is_empty()
-            && self.pod_deletes.is_empty()
-            && self.deletes.is_empty()
-            && self.labels.is_empty()
-    }
-
     /// Problems the API server reported last time for objects tried again now: kept until
     /// the write succeeds, so a retry does not make the report flicker.
     pub fn retried_refusals<'p>(&self, old: &'p [ObjectProblem]) -> impl Iterator<Item = &'p ObjectProblem> {
@@ -406,12 +408,18 @@ mod tests {
         gone.metadata.uid = Some("u-gone".into());
         gone.metadata.labels.as_mut().unwrap().insert(keys::NODE_LABEL.into(), "gone".into());
         let existing = (std::slice::from_ref(&gone), &[] as &[Service], &[] as &[ConfigMap]);
+        // Looked up by name: nothing holds any of them.
+        fn absent<K: kube::Resource>(objects: &[K]) -> BTreeMap<String, Option<kube::api::ObjectMeta>> {
+            objects.iter().map(|o| (o.meta().name.clone().unwrap(), None)).collect()
+        }
         let plans = || {
-            let empty = BTreeMap::new();
             (
-                diff::plan(&desired.deployments, &[], &empty, uid.as_deref()).unwrap(),
-                diff::plan(&desired.services, &[], &empty, uid.as_deref()).unwrap(),
-                diff::plan(&desired.config_maps, &[], &empty, uid.as_deref()).unwrap(),
+                diff::plan_writes(&desired.deployments, &[], &absent(&desired.deployments), uid.as_deref())
+                    .unwrap(),
+                diff::plan_writes(&desired.services, &[], &absent(&desired.services), uid.as_deref())
+                    .unwrap(),
+                diff::plan_writes(&desired.config_maps, &[], &absent(&desired.config_maps), uid.as_deref())
+                    .unwrap(),
             )
         };
         let write = |statuses: &[NodeStatus], paused: bool| {
@@ -419,7 +427,7 @@ mod tests {
                 plans(),
                 existing,
                 (&desired.deployments, &desired.services, &desired.config_maps),
-                (diff::plan(&[], &[], &BTreeMap::new(), uid.as_deref()).unwrap(), &[], &[]),
+                (diff::plan_writes(&[], &[], &BTreeMap::new(), uid.as_deref()).unwrap(), &[], &[]),
                 &[],
                 uid.as_deref(),
                 statuses,

@@ -97,6 +97,26 @@ impl Child<'_> {
     }
 }
 
+/// An object the operator writes, owned: what a decision holds until it is acted on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ChildObject {
+    Deployment(Box<Deployment>),
+    Service(Box<Service>),
+    ConfigMap(Box<ConfigMap>),
+    PodDisruptionBudget(Box<PodDisruptionBudget>),
+}
+
+impl ChildObject {
+    pub fn as_child(&self) -> Child<'_> {
+        match self {
+            Self::Deployment(d) => Child::Deployment(d),
+            Self::Service(s) => Child::Service(s),
+            Self::ConfigMap(c) => Child::ConfigMap(c),
+            Self::PodDisruptionBudget(b) => Child::PodDisruptionBudget(b),
+        }
+    }
+}
+
 /// The outcome of a status write with a `resourceVersion` precondition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StatusWrite {

@@ -15,15 +15,15 @@ use crate::{
 };
 
 /// Everything the next status is made from.
-#[derive(Debug, Default)]
-pub struct Assessment<'a> {
+#[derive(Clone, Debug, Default)]
+pub struct Assessment {
     pub generation: Option<i64>,
     /// Node statuses in spec order.
     pub nodes: Vec<NodeStatus>,
     /// Set when the spec is invalid (then nothing was changed).
-    pub invalid: &'a [ValidationError],
+    pub invalid: Vec<ValidationError>,
     /// Bad entries of the drain annotations.
-    pub drain_problems: &'a [String],
+    pub drain_problems: Vec<String>,
     /// Nodes whose requested drain was refused.
     pub refused: Vec<String>,
     /// Grid topology: where new sessions are sent, or why that could not be set.
@@ -43,7 +43,7 @@ pub const REASON_INVALID_DRAIN_REQUEST: &str = "InvalidDrainRequest";
 pub const REASON_PROBE_FAILING: &str = "SessionProbeFailing";
 pub const REASON_REDIRECT_FAILING: &str = "RedirectFailing";
 
-pub fn next_status(old: &OmeroClusterStatus, a: &Assessment<'_>, now: Timestamp) -> OmeroClusterStatus {
+pub fn next_status(old: &OmeroClusterStatus, a: &Assessment, now: Timestamp) -> OmeroClusterStatus {
     // Counts are of the spec's nodes; a node leaving the spec shows in `nodes` until it is gone.
     let count =
         |f: &dyn Fn(&NodeStatus) -> bool| a.nodes.iter().filter(|n| !n.leaving && f(n)).count() as i32;
@@ -68,7 +68,7 @@ pub fn next_status(old: &OmeroClusterStatus, a: &Assessment<'_>, now: Timestamp)
             a.nodes.iter().find(|n| &n.name == name).and_then(|n| n.message.clone()).unwrap_or_default();
         problems.push((REASON_DRAIN_REFUSED, format!("node {name}: {why}")));
     }
-    for p in a.drain_problems {
+    for p in &a.drain_problems {
         problems.push((REASON_INVALID_DRAIN_REQUEST, p.clone()));
     }
     for n in a.nodes.iter().filter(|n| n.probe_error.is_some()) {

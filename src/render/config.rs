@@ -5,24 +5,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, SecretKeySelector};
 
-use super::{grid, volumes};
-use crate::api::{DatabaseEndpoint, NodeSpec, OmeroCluster, SecretKeyRef, property};
+use super::{grid, value::Value, volumes};
+use crate::api::{DatabaseEndpoint, NodeSpec, OmeroCluster, property};
 
 pub(crate) use crate::api::property::{POD_IP_ENV, ROOTPASS_ENV, TMPDIR_ENV};
 
 /// The memory (MiB) OMERO sizes its JVMs for.
 pub(crate) const JVM_SYSTEM_MEMORY: &str = "omero.jvmcfg.system_memory";
-
-/// The value of one property.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Value {
-    /// Taken as is: `$` is escaped so Kubernetes does not expand `$(NAME)` inside it.
-    Literal(String),
-    /// Kubernetes expands `$(NAME)` references to variables defined earlier in the list.
-    Expand(String),
-    /// Read from a Secret by the kubelet; the value never appears in an object.
-    Secret(SecretKeyRef),
-}
 
 /// Every property of `node`, by name: the cluster's `config`, overridden by the node's, then
 /// the ones the operator manages (validation keeps those out of both maps).
@@ -179,6 +168,7 @@ mod jvm_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::SecretKeyRef;
     use crate::render::{
         render,
         tests::{BASE, base_with, cluster, container, env_of, env_value},

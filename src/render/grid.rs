@@ -19,12 +19,9 @@
 use kube::ResourceExt;
 
 use super::{
-    OMERO_CLI, REGISTRY_PORT, client_ports,
-    config::{POD_IP_ENV, Value},
-    labels::node_object_name,
-    volumes::VAR_DIR,
+    OMERO_CLI, REGISTRY_PORT, client_ports, labels::node_object_name, value::Value, volumes::VAR_DIR,
 };
-use crate::api::{NodeSpec, OmeroCluster, Topology};
+use crate::api::{NodeSpec, OmeroCluster, Topology, property::POD_IP_ENV};
 
 /// What a node runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

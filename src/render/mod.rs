@@ -13,6 +13,7 @@ mod labels;
 mod probes;
 pub mod revision;
 mod service;
+mod value;
 mod volumes;
 
 use std::collections::BTreeMap;
@@ -61,6 +62,30 @@ pub fn render_with_restarts(cluster: &OmeroCluster, restart_tokens: &BTreeMap<St
         .collect();
     let config_maps = counter::config_map(cluster).into_iter().collect();
     Desired { deployments, services, config_maps }
+}
+
+/// The names of the objects [`render`] and [`budget::budgets`] make for `cluster`, by kind,
+/// without rendering them: what a reconcile looks up before it decides (a name the cluster's
+/// labels do not show may be held by an object someone else made).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Names {
+    pub deployments: Vec<String>,
+    pub services: Vec<String>,
+    pub config_maps: Vec<String>,
+    pub budgets: Vec<String>,
+}
+
+pub fn object_names(cluster: &OmeroCluster) -> Names {
+    use kube::ResourceExt;
+    let name = cluster.name_any();
+    let nodes: Vec<String> = cluster.spec.nodes.iter().map(|n| node_object_name(&name, &n.name)).collect();
+    let counter = cluster.spec.nodes.iter().any(|n| counter::runs_on(cluster, n));
+    Names {
+        deployments: nodes.clone(),
+        services: nodes.iter().cloned().chain([entry_service_name(&name)]).collect(),
+        config_maps: counter.then(|| counter::config_map_name(&name)).into_iter().collect(),
+        budgets: nodes,
+    }
 }
 
 /// The revision a Deployment (or a pod) carries: the digest of the operator's pod template.
@@ -137,6 +162,37 @@ spec:
     - name: ro
       readOnly: {db: true, repo: true}
 "#;
+
+    /// What a reconcile looks up by name is exactly what it may then write, whatever the
+    /// topology and probes: a name it rendered but never looked up could be someone else's.
+    #[test]
+    fn object_names_are_the_names_of_what_is_rendered() {
+        let names =
+            |objects: Vec<Option<String>>| objects.into_iter().map(Option::unwrap).collect::<Vec<_>>();
+        // Each example's OmeroCluster document (the files also hold the Secrets it needs).
+        let examples = ["minimal.yaml", "grid.yaml", "read-only-replicas.yaml"].map(|f| {
+            let text =
+                std::fs::read_to_string(format!("{}/examples/{f}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+            text.split("\n---\n").find(|doc| doc.contains("kind: OmeroCluster")).unwrap().to_string()
+        });
+        let mut counters = 0;
+        for yaml in examples.iter().map(String::as_str).chain([BASE]) {
+            let c = cluster(yaml);
+            let desired = render(&c);
+            let statuses = [];
+            let expected = Names {
+                deployments: names(desired.deployments.iter().map(|d| d.metadata.name.clone()).collect()),
+                services: names(desired.services.iter().map(|s| s.metadata.name.clone()).collect()),
+                config_maps: names(desired.config_maps.iter().map(|c| c.metadata.name.clone()).collect()),
+                budgets: names(
+                    budget::budgets(&c, &statuses).iter().map(|b| b.metadata.name.clone()).collect(),
+                ),
+            };
+            counters += expected.config_maps.len();
+            assert_eq!(object_names(&c), expected, "{yaml}");
+        }
+        assert!(counters > 0, "an example runs the session counter");
+    }
 
     /// Parses a cluster from YAML and checks it is valid, since `render` assumes so.
     pub(crate) fn cluster(yaml: &str) -> OmeroCluster {

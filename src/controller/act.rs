@@ -1,0 +1,91 @@
+//! Carries out a recorded decision's [`Actions`], in their order, and says what the API
+//! server and OMERO answered. Every action is idempotent, so an operator killed midway does
+//! them again from the record. A refusal is reported, never retried blindly: retrying would
+//! not cure it.
+
+use kube::ResourceExt;
+use tracing::{info, warn};
+
+use super::{
+    Context,
+    decide::{Actions, Outcome, Redirect},
+    port::{ClusterPort, OmeroPort},
+};
+use crate::{Error, api::OmeroCluster, ownership};
+
+pub async fn act<P: ClusterPort, O: OmeroPort>(
+    ctx: &Context<P, O>,
+    cluster: &OmeroCluster,
+    actions: &Actions,
+) -> Result<Outcome, Error> {
+    let name = cluster.name_any();
+    let ns = cluster.namespace().ok_or_else(|| Error::MissingNamespace(name.clone()))?;
+    let uid = cluster.uid();
+    let mut outcome = Outcome {
+        redirect: match &actions.redirect {
+            Some(redirect) => Some(point_new_sessions(&ctx.omero, &name, redirect).await),
+            None => None,
+        },
+        ..Outcome::default()
+    };
+    for apply in &actions.applies {
+        let child = apply.object.as_child();
+        let kind = child.kind();
+        info!(cluster = %name, kind = kind.as_str(), child = child.name(), "applying");
+        let Err(error) = ctx.port.apply(&ns, child, apply.uid.as_deref()).await else { continue };
+        let Some(refusal) = error.refusal() else { return Err(error) };
+        if apply.uid.is_some() && refusal.replaced_object() {
+            // Replaced since the cache saw it: whose it is now decides the report. Ours
+            // again (or gone) needs none: the next reconcile applies it from a fresh cache.
+            let current = ctx.port.find(&ns, kind, child.name()).await?;
+            if let Some(meta) = current.filter(|m| !ownership::is_controlled_by(m, uid.as_deref())) {
+                warn!(cluster = %name, kind = kind.as_str(), child = child.name(), "replaced by an object not ours");
+                outcome.refusals.push(ownership::not_owned(kind.as_str(), child.name(), &meta));
+            }
+            continue;
+        }
+        // An apply without a uid precondition may create, and is authorized as create.
+        let verb = if apply.uid.is_none() { "create" } else { "patch" };
+        let problem =
+            ownership::refused(kind.as_str(), child.name(), &ns, verb, kind.api_resource(), &refusal);
+        warn!(cluster = %name, kind = kind.as_str(), child = child.name(), why = %problem.message, "refused");
+        outcome.refusals.push(problem);
+    }
+    // A refused delete or label patch is reported like a refused apply.
+    let mut refused = |kind: &str, object: &str, verb: &str, resource, result: Result<(), Error>| {
+        let Err(error) = result else { return Ok(()) };
+        let Some(refusal) = error.refusal() else { return Err(error) };
+        let problem = ownership::refused(kind, object, &ns, verb, resource, &refusal);
+        warn!(cluster = %name, kind, child = object, why = %problem.message, "refused");
+        outcome.refusals.push(problem);
+        Ok(())
+    };
+    for (kind, child, child_uid) in &actions.deletes {
+        info!(cluster = %name, ?kind, child, "deleting: its node left the spec and is drained");
+        let result = ctx.port.delete_child(&ns, *kind, child, child_uid).await;
+        refused(kind.as_str(), child, "delete", kind.api_resource(), result)?;
+    }
+    for (pod, pod_uid) in &actions.pod_deletes {
+        info!(cluster = %name, pod, "deleting the pod of a drained node: it moves off its Kubernetes node");
+        let result = ctx.port.delete_pod(&ns, pod, pod_uid).await;
+        refused("Pod", pod, "delete", ("", "pods"), result)?;
+    }
+    for (pod, routable) in &actions.labels {
+        info!(cluster = %name, pod, routable, "labelling pod");
+        let result = ctx.port.set_routable(&ns, pod, *routable).await;
+        refused("Pod", pod, "patch", ("", "pods"), result)?;
+    }
+    Ok(outcome)
+}
+
+/// Points the grid's new sessions at the redirect's node: its name, or why it failed.
+async fn point_new_sessions<O: OmeroPort>(
+    omero: &O,
+    cluster: &str,
+    redirect: &Redirect,
+) -> Result<String, String> {
+    if omero.redirect_new_sessions(&redirect.query).await? {
+        info!(cluster, node = %redirect.node, "grid redirect set");
+    }
+    Ok(redirect.node.clone())
+}
