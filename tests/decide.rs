@@ -280,7 +280,7 @@ fn a_refused_write_stays_reported_while_it_is_retried() {
 
     let retry = world.decide();
     assert_eq!(applied(&retry), [format!("Service/{name}")], "tried again");
-    assert_eq!(retry.status.object_problems, [refusal.clone()], "kept while it is tried");
+    assert_eq!(retry.status.object_problems, std::slice::from_ref(&refusal), "kept while it is tried");
     let refused_again = Outcome { refusals: vec![refusal.clone()], redirect: None };
     assert_eq!(retry.settle(&refused_again, world.now), None, "the record already says it");
     let accepted = retry.settle(&Outcome::default(), world.now).expect("a second write");
