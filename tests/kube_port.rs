@@ -606,3 +606,105 @@ async fn api_refusals_go_into_status_and_one_event_each() {
     let applies = again.iter().filter(|r| r.method == Method::PATCH && r.path.contains("omero-ro-2")).count();
     assert_eq!(applies, 1, "tried again once per reconcile, not in a loop");
 }
+
+/// One reconcile of a new cluster with the session counter, through the real adapter and the
+/// client's request limit: the counter's ConfigMap is answered before any Deployment is sent
+/// (a pod that mounts it would not start), and the other applies are in flight together,
+/// never more than the limit.
+#[tokio::test]
+async fn a_new_clusters_applies_overlap_after_its_config_map_within_the_limit() {
+    const LIMIT: usize = 6;
+    let yaml = r#"
+apiVersion: omero.openmicroscopy.org/v1alpha1
+kind: OmeroCluster
+metadata: {name: omero}
+spec:
+  image: openmicroscopy/omero-server:5.6
+  database: {host: db, passwordSecret: {name: omero-db, key: password}}
+  repository: {claimName: omero-data}
+  sessionCounter: {credentialsSecret: {name: omero-monitor}}
+  nodes:
+  - name: rw
+  - name: ro-1
+    readOnly: {db: true, repo: true}
+  - name: ro-2
+    readOnly: {db: true, repo: true}
+"#;
+    let cluster = cluster_from_yaml(yaml);
+    let server = Shared::default();
+    server.lock().unwrap().cluster = serde_json::to_value(&cluster).unwrap();
+    // A server that lets requests gather for a moment before answering each batch in order.
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client =
+        omero_operator::controller::limited_client(kube::client::ClientBuilder::new(service, "omero"), LIMIT);
+    let batches: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+    let (answering, recorded) = (server.clone(), batches.clone());
+    tokio::spawn(async move {
+        loop {
+            let mut batch = Vec::new();
+            while let Ok(Some(request)) =
+                tokio::time::timeout(std::time::Duration::from_millis(30), handle.next_request()).await
+            {
+                batch.push(request);
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let mut names = Vec::new();
+            for (request, respond) in batch {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.unwrap();
+                let body =
+                    if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+                names.push(format!("{} {}", parts.method, parts.uri.path()));
+                let seen = Seen {
+                    method: parts.method,
+                    path: parts.uri.path().to_string(),
+                    query: parts.uri.query().unwrap_or_default().to_string(),
+                    content_type: None,
+                    body,
+                };
+                let (status, reply) = answering.lock().unwrap().answer(seen);
+                respond.send_response(
+                    Response::builder()
+                        .status(status)
+                        .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                        .unwrap(),
+                );
+            }
+            recorded.lock().unwrap().push(names);
+        }
+    });
+    let stores =
+        (reflector::store(), reflector::store(), reflector::store(), reflector::store(), reflector::store());
+    let caches = Caches {
+        deployments: stores.0.0,
+        services: stores.1.0,
+        config_maps: stores.2.0,
+        budgets: stores.3.0,
+        pods: stores.4.0,
+        nodes: None,
+    };
+    let ctx = Arc::new(Context::new(KubePort::new(client, caches), FakeOmero::default(), Clock::system()));
+    reconcile(Arc::new(cluster), ctx).await.unwrap();
+
+    let batches = batches.lock().unwrap().clone();
+    let applies = |batch: &Vec<String>| batch.iter().filter(|r| r.starts_with("PATCH")).count();
+    let position = |what: &str| {
+        batches.iter().position(|b| b.iter().any(|r| r.starts_with("PATCH") && r.contains(what)))
+    };
+    let config_map = position("/configmaps/").expect("the counter's ConfigMap is applied");
+    let first_deployment = position("/deployments/").expect("Deployments are applied");
+    assert!(
+        config_map < first_deployment,
+        "the ConfigMap is answered before any Deployment is sent: {batches:#?}"
+    );
+    let most = batches.iter().map(applies).max().unwrap();
+    println!(
+        "applies of a new 3-node cluster, by batch answered together: {:?}",
+        batches.iter().map(applies).collect::<Vec<_>>()
+    );
+    assert_eq!(most, LIMIT, "applies overlap up to the limit: {batches:#?}");
+    let total: usize = batches.iter().map(applies).sum();
+    assert_eq!(total, 1 + 3 + 4 + 3, "the ConfigMap, 3 Deployments, 4 Services, 3 budgets");
+}

@@ -3,15 +3,20 @@
 //! them again from the record. A refusal is reported, never retried blindly: retrying would
 //! not cure it.
 
+use futures::future::join_all;
 use kube::ResourceExt;
 use tracing::{info, warn};
 
 use super::{
     Context,
-    decide::{Actions, Outcome, Redirect},
-    port::{ClusterPort, OmeroPort},
+    decide::{Actions, Apply, Outcome, Redirect},
+    port::{ChildObject, ClusterPort, OmeroPort},
 };
-use crate::{Error, api::OmeroCluster, ownership};
+use crate::{
+    Error,
+    api::{ObjectProblem, OmeroCluster},
+    ownership,
+};
 
 pub async fn act<P: ClusterPort, O: OmeroPort>(
     ctx: &Context<P, O>,
@@ -28,28 +33,24 @@ pub async fn act<P: ClusterPort, O: OmeroPort>(
         },
         ..Outcome::default()
     };
-    for apply in &actions.applies {
-        let child = apply.object.as_child();
-        let kind = child.kind();
-        info!(cluster = %name, kind = kind.as_str(), child = child.name(), "applying");
-        let Err(error) = ctx.port.apply(&ns, child, apply.uid.as_deref()).await else { continue };
-        let Some(refusal) = error.refusal() else { return Err(error) };
-        if apply.uid.is_some() && refusal.replaced_object() {
-            // Replaced since the cache saw it: whose it is now decides the report. Ours
-            // again (or gone) needs none: the next reconcile applies it from a fresh cache.
-            let current = ctx.port.find(&ns, kind, child.name()).await?;
-            if let Some(meta) = current.filter(|m| !ownership::is_controlled_by(m, uid.as_deref())) {
-                warn!(cluster = %name, kind = kind.as_str(), child = child.name(), "replaced by an object not ours");
-                outcome.refusals.push(ownership::not_owned(kind.as_str(), child.name(), &meta));
+    // The counter's ConfigMap first: a pod that mounts it does not start until it exists. The
+    // rest are independent of each other: issued together, the client's request limit bounding
+    // how many are in flight, so a new cluster costs one round trip per group, not per object.
+    let (first, rest): (Vec<&Apply>, Vec<&Apply>) =
+        actions.applies.iter().partition(|a| matches!(a.object, ChildObject::ConfigMap(_)));
+    for group in [first, rest] {
+        let (name, ns) = (&name, &ns);
+        let results = join_all(group.iter().map(|apply| async move {
+            let child = apply.object.as_child();
+            info!(cluster = %name, kind = child.kind().as_str(), child = child.name(), "applying");
+            (apply, ctx.port.apply(ns, child, apply.uid.as_deref()).await)
+        }))
+        .await;
+        for (apply, result) in results {
+            if let Some(problem) = refusal_of(ctx, ns, uid.as_deref(), apply, result).await? {
+                outcome.refusals.push(problem);
             }
-            continue;
         }
-        // An apply without a uid precondition may create, and is authorized as create.
-        let verb = if apply.uid.is_none() { "create" } else { "patch" };
-        let problem =
-            ownership::refused(kind.as_str(), child.name(), &ns, verb, kind.api_resource(), &refusal);
-        warn!(cluster = %name, kind = kind.as_str(), child = child.name(), why = %problem.message, "refused");
-        outcome.refusals.push(problem);
     }
     // A refused delete or label patch is reported like a refused apply.
     let mut refused = |kind: &str, object: &str, verb: &str, resource, result: Result<(), Error>| {
@@ -76,6 +77,36 @@ pub async fn act<P: ClusterPort, O: OmeroPort>(
         refused("Pod", pod, "patch", ("", "pods"), result)?;
     }
     Ok(outcome)
+}
+
+/// What a refused apply means for the record: a problem to report, or none (the object was
+/// replaced by one of ours, or is gone: the next reconcile applies it from a fresh cache). An
+/// error that is not a refusal is the reconcile's error.
+async fn refusal_of<P: ClusterPort, O: OmeroPort>(
+    ctx: &Context<P, O>,
+    ns: &str,
+    owner_uid: Option<&str>,
+    apply: &Apply,
+    result: Result<(), Error>,
+) -> Result<Option<ObjectProblem>, Error> {
+    let Err(error) = result else { return Ok(None) };
+    let Some(refusal) = error.refusal() else { return Err(error) };
+    let child = apply.object.as_child();
+    let kind = child.kind();
+    if apply.uid.is_some() && refusal.replaced_object() {
+        // Replaced since the cache saw it: whose it is now decides the report.
+        let current = ctx.port.find(ns, kind, child.name()).await?;
+        let foreign = current.filter(|m| !ownership::is_controlled_by(m, owner_uid));
+        if foreign.is_some() {
+            warn!(kind = kind.as_str(), child = child.name(), "replaced by an object not ours");
+        }
+        return Ok(foreign.map(|meta| ownership::not_owned(kind.as_str(), child.name(), &meta)));
+    }
+    // An apply without a uid precondition may create, and is authorized as create.
+    let verb = if apply.uid.is_none() { "create" } else { "patch" };
+    let problem = ownership::refused(kind.as_str(), child.name(), ns, verb, kind.api_resource(), &refusal);
+    warn!(kind = kind.as_str(), child = child.name(), why = %problem.message, "refused");
+    Ok(Some(problem))
 }
 
 /// Points the grid's new sessions at the redirect's node: its name, or why it failed.
