@@ -300,6 +300,21 @@ class KeptLogin(unittest.TestCase):
         self.assertIsNone(source.client, "the next sample logs in again")
 
 
+class LoadBench(unittest.TestCase):
+    """bench_counter_load.py counts what it claims: three queries per session held per sample,
+    and no sample (no query) without a probe when sampling on demand."""
+
+    def test_queries_follow_the_samples(self):
+        import bench_counter_load as bench
+        held = 4 + 3  # four people, Processor-0's and Tables-0's root sessions, its own login
+        queries, samples, answers = bench.simulate(4, "on-demand", 15, seconds=60, history=200)
+        self.assertEqual((samples, queries), (4, 3 * held * 4))
+        self.assertTrue(all(a["ok"] and a["sessions"] == 4 for a in answers), answers)
+        self.assertEqual(bench.simulate(4, "on-demand", None, seconds=60, history=200)[:2], (0, 0))
+        queries, samples, _ = bench.simulate(4, "continuous", 15, seconds=60, history=200)
+        self.assertEqual((samples, queries), (12, 3 * held * 12))
+
+
 class HttpAnswer(unittest.TestCase):
     """The real HTTP server on a loopback port, read with urllib."""
 
