@@ -2,10 +2,23 @@
 
 Shipped by omero-operator (in a ConfigMap it owns) and run in a node's pod, next to the server,
 with the node's own image's Python (``/opt/omero/server/venv3``, which has omero-py and Ice). It
-logs in to the node's own server through its local Glacier2, asks for the server's current
-sessions (``omero.cmd.CurrentSessionsRequest``, what ``omero sessions who`` uses) every few
-seconds, and answers ``GET /sessions`` with the last sample as JSON (format below), which the
-operator's ``counter`` session probe reads during a drain.
+logs in to the node's own server through its local Glacier2 and answers ``GET /sessions`` with
+the server's current sessions (``omero.cmd.CurrentSessionsRequest``, what ``omero sessions who``
+uses) counted as JSON (format below), which the operator's ``counter`` session probe reads.
+
+It counts **when asked**, not on a clock: on a read-only-database node every session in a
+``CurrentSessionsRequest`` costs the server about three database look-ups that miss before the
+session is found in memory (omero-blitz ``CurrentSessionsRequestI.step``: ``findSessionIdByUuid``
+then ``findSessionById``; omero-server ``SessionProviderWrapper`` tries ``SessionProviderInDb``
+first, whose ``findByString`` on the uuid, ``find(Share, id)`` and ``findByQuery`` each query the
+database; read from the source, not observed). Sampling 500 sessions every 5 s would be ~300
+queries/s for a number the operator reads once a minute. So a request takes a new sample when
+the last one began ``OMERO_COUNTER_MIN_INTERVAL`` (5 s) ago or more, and otherwise gets the last
+one again, with the same sample id and its age: the cost follows the operator's probes (every
+60 s while a node serves, every 15 s while it drains), and a burst of requests costs one sample.
+Requests that arrive while a sample is under way wait for that one (never a second at once); a
+request waits at most ``WAIT_SECONDS`` (8 s, under the operator's 10 s probe timeout) and then
+gets a failure, never an older sample passed off as new. No request, no sample, no login.
 
 What counts: the sessions a drain waits for, sessions of people. Not counted:
 
@@ -23,8 +36,10 @@ What counts: the sessions a drain waits for, sessions of people. Not counted:
 
 A sample that could not be taken (server not up, login refused, request failed) is reported as
 a failure, never as zero; every sample, good or failed, carries a sample id (``<run>-<n>``,
-``n`` rising with each sample, ``run`` new at each start of the script) and when it was taken,
-so the operator never takes one sample for two.
+``n`` rising with each sample, ``run`` new at each start of the script), when it was taken and
+how old it is (``ageSeconds``, from when it began), so the operator never takes one sample for
+two: two requests inside the floor read the same id, and the drain counts a zero only from an
+id it has not seen.
 
 Answer (``Content-Type: application/json``; HTTP 200 when ``ok``, 503 otherwise)::
 
@@ -35,16 +50,19 @@ Answer (``Content-Type: application/json``; HTTP 200 when ``ok``, 503 otherwise)
     {"format": "omero-session-counter/1", "ok": false, "error": "login refused: ...",
      "sample": "1a2b3c4d-18", "takenAt": "...", "ageSeconds": 0.4}
 
-``restricted``: sessions whose session object the server did not return (the counter's user
-lacks the ``ReadSession`` privilege): they are counted unless their user is root or the
-counter's user, since their user agent and share status cannot be seen.
+``restricted``: sessions whose session object the server did not return (on a read-write node,
+when the counter's user lacks the ``ReadSession`` privilege): they are counted unless their user
+is root or the counter's user, since their user agent and share status cannot be seen. On a
+read-only-database node the server returns every session's object to any caller (sessions
+served from memory, ``SessionProviderInMemory``, pass no permission check; read from
+omero-server's source, not observed), so a plain user sees them all there.
 
 The counting rule is the pure function ``count_sessions``; only ``OmeroSource`` imports omero,
 so the rule and the HTTP answer are tested without omero-py (``test_omero_session_counter.py``).
 
 Settings (environment): OMERO_COUNTER_USER, OMERO_COUNTER_PASSWORD (from a Secret),
 OMERO_COUNTER_SERVER (e.g. ``tcp://127.0.0.1:4063``), OMERO_COUNTER_PORT (default 9450),
-OMERO_COUNTER_INTERVAL (seconds between samples, default 5).
+OMERO_COUNTER_MIN_INTERVAL (the least time between two samples, seconds, default 5).
 """
 
 import datetime
@@ -63,7 +81,11 @@ AGENT = "omero-operator session counter"
 # OMERO's administrator: Processor-0 and Tables-0 log in as root ("Python service").
 ROOT = "root"
 DEFAULT_PORT = 9450
-DEFAULT_INTERVAL = 5.0
+# The least time between two samples (seconds): a request inside it reads the last sample again.
+DEFAULT_MIN_INTERVAL = 5.0
+# The longest a request waits for a sample (seconds): under the operator's probe timeout (10 s,
+# src/omero/mod.rs ProbeTimeouts), so that it gets the counter's own answer, not a timeout.
+WAIT_SECONDS = 8.0
 
 
 class Session:
@@ -139,19 +161,31 @@ def iso(epoch_seconds):
 
 
 class Sampler:
-    """Takes samples from a source and keeps the last one. ``source()`` returns
-    ``(sessions, own_uuid, own_user)`` or raises; its failure is the sample's failure."""
+    """Takes samples from a source when asked, one at a time, and keeps the last one.
+    ``source()`` returns ``(sessions, own_uuid, own_user)`` or raises; its failure is the
+    sample's failure.
 
-    def __init__(self, source, clock=time.time, monotonic=time.monotonic):
+    ``answer()`` is one request: the last sample if it began less than ``min_interval`` ago,
+    else a new one (taken in a thread of its own, which later requests join) waited for at most
+    ``wait`` seconds. ``clock`` dates samples (``takenAt``), ``monotonic`` ages them; the wait
+    itself is always measured on the real monotonic clock."""
+
+    def __init__(self, source, min_interval=DEFAULT_MIN_INTERVAL, wait=WAIT_SECONDS,
+                 clock=time.time, monotonic=time.monotonic):
         self.source = source
+        self.min_interval = min_interval
+        self.wait = wait
         self.clock = clock
         self.monotonic = monotonic
         self.run = uuidlib.uuid4().hex[:8]
-        self.number = 0
-        self.lock = threading.Lock()
-        self.last = None  # (answer without age, monotonic time taken)
+        self.number = 0  # samples finished, good or failed
+        self.cond = threading.Condition()
+        self.taking_since = None  # monotonic time the sample under way began; None: none is
+        self.last = None  # (answer without age, monotonic time it began)
 
     def sample(self):
+        """Takes one sample now, in the calling thread, and keeps it."""
+        began = self.monotonic()
         taken = self.clock()
         answer = {"format": FORMAT}
         try:
@@ -161,29 +195,46 @@ class Sampler:
             answer.update(ok=True, sessions=count, excluded=excluded, restricted=restricted)
         except Exception as e:  # every failure is reported, never turned into a count
             answer.update(ok=False, error=describe(e))
-        with self.lock:
+        with self.cond:
             self.number += 1
             answer.update(sample="%s-%d" % (self.run, self.number), takenAt=iso(taken))
-            self.last = (answer, self.monotonic())
+            self.last = (answer, began)
+            self.cond.notify_all()
         return answer
 
-    def answer(self):
-        """The last sample with its age, or a failure when there is none yet."""
-        with self.lock:
-            last = self.last
-        if last is None:
-            return {"format": FORMAT, "ok": False, "sample": None,
-                    "error": "no sample taken yet: the counter has just started"}
-        answer, at = last
-        return dict(answer, ageSeconds=round(max(0.0, self.monotonic() - at), 3))
-
-    def loop(self, interval, stop):
-        while not stop.is_set():
-            started = self.monotonic()
+    def take(self):
+        """The body of the sampling thread ``answer`` starts."""
+        try:
             answer = self.sample()
             if not answer["ok"]:
                 log("sample %s failed: %s" % (answer["sample"], answer["error"]))
-            stop.wait(max(0.0, interval - (self.monotonic() - started)))
+        finally:
+            with self.cond:
+                self.taking_since = None
+                self.cond.notify_all()
+
+    def answer(self):
+        """The answer to one request (see the class): never a sample that began ``min_interval``
+        or more before the request, unless it finished after the request arrived."""
+        give_up = time.monotonic() + self.wait
+        with self.cond:
+            seen = self.number
+            while True:
+                if self.last is not None:
+                    answer, began = self.last
+                    age = max(0.0, self.monotonic() - began)
+                    if self.number > seen or age < self.min_interval:
+                        return dict(answer, ageSeconds=round(age, 3))
+                if self.taking_since is None:
+                    self.taking_since = self.monotonic()
+                    threading.Thread(target=self.take, daemon=True).start()
+                remaining = give_up - time.monotonic()
+                if remaining <= 0:
+                    under_way = max(0.0, self.monotonic() - self.taking_since)
+                    return {"format": FORMAT, "ok": False, "sample": None,
+                            "error": "no sample within %gs: the one under way for %.1fs is still "
+                                     "waiting for the server" % (self.wait, under_way)}
+                self.cond.wait(remaining)
 
 
 def describe(error):
@@ -287,8 +338,15 @@ class OmeroSource:
                 pass
 
     def __call__(self):
-        if self.client is None:
-            self.connect()
+        if self.client is not None:
+            try:
+                return self.current()
+            except Exception as e:
+                # Samples are taken only when asked, so the kept login may have passed its idle
+                # timeout while nobody asked (between drains): log in again, in this same sample.
+                log("the kept login failed (%s); logging in again" % describe(e))
+                self.close()
+        self.connect()
         try:
             return self.current()
         except Exception:
@@ -338,7 +396,7 @@ def main():
     password = os.environ.get("OMERO_COUNTER_PASSWORD", "")
     server = os.environ.get("OMERO_COUNTER_SERVER", "tcp://127.0.0.1:4063")
     port = int(os.environ.get("OMERO_COUNTER_PORT", DEFAULT_PORT))
-    interval = float(os.environ.get("OMERO_COUNTER_INTERVAL", DEFAULT_INTERVAL))
+    min_interval = float(os.environ.get("OMERO_COUNTER_MIN_INTERVAL", DEFAULT_MIN_INTERVAL))
     if not user or not password:
         source_error = RuntimeError(
             "OMERO_COUNTER_USER and OMERO_COUNTER_PASSWORD must be set (from the Secret named in "
@@ -349,16 +407,13 @@ def main():
         omero_source = None
     else:
         omero_source = source = OmeroSource(server, user, password)
-    sampler = Sampler(source)
-    stop = threading.Event()
+    sampler = Sampler(source, min_interval=min_interval)
     httpd = make_server(sampler, port)
-    thread = threading.Thread(target=sampler.loop, args=(interval, stop), daemon=True)
-    thread.start()
-    log("serving /sessions on port %d; counting %s as %s every %ss" % (port, server, user, interval))
+    log("serving /sessions on port %d; counting %s as %s when asked, at most once every %gs"
+        % (port, server, user, min_interval))
     try:
         httpd.serve_forever()
     finally:
-        stop.set()
         if omero_source is not None:
             omero_source.close()
 

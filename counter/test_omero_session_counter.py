@@ -5,6 +5,7 @@ Run: python3 -m unittest discover -s counter (scripts/test.sh does).
 
 import json
 import threading
+import time
 import unittest
 import urllib.error
 import urllib.request
@@ -13,6 +14,11 @@ import omero_session_counter as counter
 from omero_session_counter import AGENT, Session, count_sessions
 
 NOW = 1_800_000_000_000  # ms
+
+
+def setUpModule():
+    # The script logs failed samples and renewed logins to stderr; the tests cause many.
+    counter.log = lambda message: None
 OWN = "own-uuid"
 
 
@@ -88,8 +94,6 @@ class Sampling(unittest.TestCase):
             return r
         clock = iter([1000.0, 1005.0, 1010.0]).__next__
         sampler = counter.Sampler(source, clock=clock, monotonic=lambda: 50.0)
-        self.assertFalse(sampler.answer()["ok"], "no sample yet is a failure")
-        self.assertIsNone(sampler.answer()["sample"])
         first = sampler.sample()
         self.assertEqual((first["ok"], first["sessions"]), (True, 1))
         self.assertEqual(first["takenAt"], "1970-01-01T00:16:40.000Z")
@@ -110,15 +114,212 @@ class Sampling(unittest.TestCase):
         now = [100.0]
         sampler = counter.Sampler(lambda: ([], OWN, "monitor"), monotonic=lambda: now[0])
         sampler.sample()
-        now[0] = 107.5
-        self.assertEqual(sampler.answer()["ageSeconds"], 7.5)
+        now[0] = 103.5  # inside the 5 s floor: the same sample, 3.5 s old
+        answer = sampler.answer()
+        self.assertEqual((answer["ageSeconds"], answer["sample"]), (3.5, sampler.run + "-1"))
+
+
+class CountingSource:
+    """A stand-in for OMERO: counts its calls and how many ran at once; ``gate``, when set,
+    holds every call until it is opened; ``during`` runs inside each call."""
+
+    def __init__(self, results=None, gate=None, during=None):
+        self.results = results
+        self.gate = gate
+        self.during = during
+        self.calls = 0
+        self.running = 0
+        self.most_at_once = 0
+        self.lock = threading.Lock()
+
+    def __call__(self):
+        with self.lock:
+            self.calls += 1
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            if self.gate is not None:
+                self.gate.wait(10)
+            if self.during is not None:
+                self.during()
+            r = self.results.pop(0) if self.results else ([person("alice")], OWN, "monitor")
+            if isinstance(r, Exception):
+                raise r
+            return r
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def at_once(n, fn):
+    """Runs ``fn`` in ``n`` threads started together; their results."""
+    results = [None] * n
+    start = threading.Barrier(n)
+
+    def run(i):
+        start.wait()
+        results[i] = fn()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    return results
+
+
+class OnDemand(unittest.TestCase):
+    """Samples are taken when asked: at most one at a time, at most one per floor interval."""
+
+    def test_no_request_no_sample(self):
+        source = CountingSource()
+        now = [0.0]
+        sampler = counter.Sampler(source, monotonic=lambda: now[0])
+        server = counter.make_server(sampler, 0, host="127.0.0.1")
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        now[0] = 3600.0  # an hour with nobody asking
+        time.sleep(0.3)
+        self.assertEqual((source.calls, sampler.number), (0, 0))
+
+    def test_a_burst_of_requests_is_one_sample_at_once_and_one_per_floor_interval(self):
+        gate = threading.Event()
+        source = CountingSource(gate=gate)
+        now = [0.0]
+        sampler = counter.Sampler(source, min_interval=5.0, monotonic=lambda: now[0])
+        # 20 requests at once while the sample is held: one sample, which all of them read.
+        threading.Timer(0.3, gate.set).start()
+        answers = at_once(20, sampler.answer)
+        self.assertEqual((source.calls, source.most_at_once), (1, 1))
+        self.assertEqual({a["sample"] for a in answers}, {sampler.run + "-1"})
+        self.assertTrue(all(a["ok"] and a["sessions"] == 1 for a in answers))
+        # A probe every half second for 20 s: one new sample each 5 s, at 0, 5, 10 and 15.
+        first_seen = {}
+        for tick in range(40):
+            now[0] = tick * 0.5
+            for a in at_once(3, sampler.answer):
+                first_seen.setdefault(a["sample"], now[0])
+        self.assertEqual(sorted(first_seen.values()), [0.0, 5.0, 10.0, 15.0])
+        self.assertEqual((source.calls, source.most_at_once), (4, 1))
+
+    def test_after_the_floor_a_zero_is_never_read_again_as_new(self):
+        source = CountingSource(results=[([], OWN, "monitor"), ([person("alice")], OWN, "monitor")])
+        now = [0.0]
+        sampler = counter.Sampler(source, min_interval=5.0, monotonic=lambda: now[0])
+        zero = sampler.answer()
+        self.assertEqual((zero["sessions"], zero["ageSeconds"]), (0, 0.0))
+        now[0] = 4.9
+        again = sampler.answer()
+        self.assertEqual((again["sample"], again["ageSeconds"]), (zero["sample"], 4.9),
+                         "inside the floor: the same sample, with its id and age")
+        now[0] = 5.0
+        fresh = sampler.answer()
+        self.assertNotEqual(fresh["sample"], zero["sample"])
+        self.assertEqual((fresh["sessions"], fresh["ageSeconds"]), (1, 0.0))
+
+    def test_a_sample_slower_than_the_wait_is_a_failure_never_the_last_sample(self):
+        gate = threading.Event()
+        source = CountingSource(results=[([], OWN, "monitor")])
+        now = [0.0]
+        sampler = counter.Sampler(source, min_interval=5.0, wait=0.2, monotonic=lambda: now[0])
+        self.assertEqual(sampler.answer()["sessions"], 0)
+        source.gate = gate  # the server stops answering
+        now[0] = 10.0
+        late = sampler.answer()
+        self.assertEqual((late["ok"], late["sample"]), (False, None))
+        self.assertNotIn("sessions", late)
+        self.assertIn("no sample within 0.2s", late["error"])
+        # Still held: a second request joins the same sample and starts no other.
+        self.assertFalse(sampler.answer()["ok"])
+        self.assertEqual(source.calls, 2)
+        gate.set()
+        for _ in range(100):
+            if sampler.number == 2:
+                break
+            time.sleep(0.02)
+        now[0] = 11.0
+        answer = sampler.answer()
+        self.assertEqual((answer["sample"], answer["ageSeconds"]), (sampler.run + "-2", 1.0))
+        self.assertEqual(source.calls, 2)
+
+    def test_a_sample_that_outlasts_the_floor_still_answers_the_request_that_waited(self):
+        now = [0.0]
+
+        def slow():
+            now[0] += 7.0  # the server took 7 s, longer than the floor
+        sampler = counter.Sampler(CountingSource(during=slow), min_interval=5.0,
+                                  monotonic=lambda: now[0])
+        answer = sampler.answer()
+        self.assertEqual((answer["ok"], answer["ageSeconds"]), (True, 7.0))
+        self.assertEqual(sampler.number, 1, "no second sample for the same request")
+
+    def test_a_failure_is_kept_for_the_floor_then_tried_again(self):
+        source = CountingSource(results=[RuntimeError("login refused"), ([], OWN, "monitor")])
+        now = [0.0]
+        sampler = counter.Sampler(source, min_interval=5.0, monotonic=lambda: now[0])
+        failed = sampler.answer()
+        self.assertFalse(failed["ok"])
+        now[0] = 1.0
+        self.assertEqual(sampler.answer()["sample"], failed["sample"])
+        now[0] = 6.0
+        self.assertEqual(sampler.answer()["sessions"], 0)
+        self.assertEqual(source.calls, 2)
+
+
+class KeptLogin(unittest.TestCase):
+    """OmeroSource's login handling, with omero-py's calls replaced (no omero-py here)."""
+
+    class Source(counter.OmeroSource):
+        def __init__(self):
+            super().__init__("tcp://127.0.0.1:4063", "monitor", "secret")
+            self.logins = 0
+            self.failing = set()  # logins whose requests fail (e.g. past their idle timeout)
+
+        def connect(self):
+            self.logins += 1
+            self.client = self.logins
+
+        def close(self):
+            self.client = None
+
+        def current(self):
+            if self.client in self.failing or "all" in self.failing:
+                raise RuntimeError("Ice.ObjectNotExistException: session %s is gone" % self.client)
+            return [], "own-%d" % self.client, self.user
+
+    def test_one_login_is_kept_and_a_dead_one_is_replaced_within_the_same_sample(self):
+        source = self.Source()
+        self.assertEqual(source()[1], "own-1")
+        self.assertEqual(source()[1], "own-1", "the login is kept between samples")
+        source.failing.add(1)  # idle past its timeout while nobody asked
+        self.assertEqual(source()[1], "own-2", "logged in again in the same sample, no failure")
+        self.assertEqual(source.logins, 2)
+        source.failing.add("all")
+        with self.assertRaises(RuntimeError):
+            source()
+        self.assertIsNone(source.client, "the next sample logs in again")
+
+
+class LoadBench(unittest.TestCase):
+    """bench_counter_load.py counts what it claims: three queries per session held per sample,
+    and no sample (no query) without a probe when sampling on demand."""
+
+    def test_queries_follow_the_samples(self):
+        import bench_counter_load as bench
+        held = 4 + 3  # four people, Processor-0's and Tables-0's root sessions, its own login
+        queries, samples, answers = bench.simulate(4, "on-demand", 15, seconds=60, history=200)
+        self.assertEqual((samples, queries), (4, 3 * held * 4))
+        self.assertTrue(all(a["ok"] and a["sessions"] == 4 for a in answers), answers)
+        self.assertEqual(bench.simulate(4, "on-demand", None, seconds=60, history=200)[:2], (0, 0))
+        queries, samples, _ = bench.simulate(4, "continuous", 15, seconds=60, history=200)
+        self.assertEqual((samples, queries), (12, 3 * held * 12))
 
 
 class HttpAnswer(unittest.TestCase):
     """The real HTTP server on a loopback port, read with urllib."""
 
-    def serve(self, source):
-        sampler = counter.Sampler(source)
+    def serve(self, source, monotonic=time.monotonic):
+        sampler = counter.Sampler(source, monotonic=monotonic)
         server = counter.make_server(sampler, 0, host="127.0.0.1")
         threading.Thread(target=server.serve_forever, daemon=True).start()
         self.addCleanup(server.server_close)
@@ -133,33 +334,35 @@ class HttpAnswer(unittest.TestCase):
             return e.code, e.headers["Content-Type"], json.loads(e.read() or b"null")
 
     def test_ok_is_200_with_the_count_and_a_failure_is_503_without_one(self):
-        answers = [([person("alice"), person("root", agent="Python service")], OWN, "monitor")]
-
-        def source():
-            if answers:
-                return answers.pop()
-            raise ConnectionRefusedError("[Errno 111] Connection refused")
-        sampler, base = self.serve(source)
+        answers = [ConnectionRefusedError("[Errno 111] Connection refused"),
+                   ([person("alice"), person("root", agent="Python service")], OWN, "monitor"),
+                   ConnectionRefusedError("[Errno 111] Connection refused")]
+        now = [0.0]
+        sampler, base = self.serve(CountingSource(results=answers), monotonic=lambda: now[0])
         status, kind, body = self.get(base + "/sessions")
-        self.assertEqual((status, body["ok"], body["sample"]), (503, False, None))
-        sampler.sample()
+        self.assertEqual((status, body["ok"]), (503, False))
+        self.assertEqual(body["error"], "ConnectionRefusedError: [Errno 111] Connection refused")
+        self.assertTrue(body["sample"].endswith("-1"))
+        now[0] = 10.0
         status, kind, body = self.get(base + "/sessions")
         self.assertEqual(kind, "application/json")
         self.assertEqual((status, body["ok"], body["sessions"]), (200, True, 1))
         self.assertEqual(body["format"], "omero-session-counter/1")
         self.assertEqual(body["excluded"]["service"], 1)
-        self.assertGreaterEqual(body["ageSeconds"], 0)
-        sampler.sample()
+        self.assertEqual(body["ageSeconds"], 0)
+        self.assertTrue(body["sample"].endswith("-2"))
+        now[0] = 20.0
         status, _, body = self.get(base + "/sessions")
         self.assertEqual((status, body["ok"]), (503, False))
-        self.assertEqual(body["error"], "ConnectionRefusedError: [Errno 111] Connection refused")
-        self.assertTrue(body["sample"].endswith("-2"))
+        self.assertTrue(body["sample"].endswith("-3"))
 
-    def test_other_paths_are_404(self):
-        _, base = self.serve(lambda: ([], OWN, "monitor"))
+    def test_other_paths_are_404_and_take_no_sample(self):
+        source = CountingSource()
+        sampler, base = self.serve(source)
         with self.assertRaises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(base + "/metrics", timeout=5)
         self.assertEqual(e.exception.code, 404)
+        self.assertEqual(source.calls, 0)
 
 
 if __name__ == "__main__":

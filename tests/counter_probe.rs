@@ -81,27 +81,33 @@ async fn recorded_answers_ok_failure_and_stale() {
 }
 
 /// The real script's HTTP server, its real sampler and counting rule, fed session records
-/// shaped like OMERO's by a stand-in source; read by the operator's real probe. Two reads of
-/// one sample carry one id; the next sample a new one.
+/// shaped like OMERO's by a stand-in source; read by the operator's real probe. The counter
+/// samples only when asked: nothing before the first probe; two probes inside its 5 s floor read
+/// one sample (one id); a probe after the floor gets a new sample. The script's monotonic clock
+/// is the test's: each line on its stdin moves it 10 s on.
 #[tokio::test]
-async fn the_real_script_answers_the_operators_probe() {
+async fn the_real_script_samples_when_the_operators_probe_asks() {
     let program = r#"
-import sys, threading
+import sys, threading, time
 sys.path.insert(0, "counter")
 import omero_session_counter as c
 S = c.Session
 sessions = [S("alice", uuid="a", agent="OMERO.web"), S("bob", uuid="b", agent="OMERO.insight"),
             S("root", uuid="p", agent="Python service"), S("monitor", uuid="own", agent=c.AGENT),
             S("carol", uuid="s", share=True)]
-sampler = c.Sampler(lambda: (sessions, "own", "monitor"))
+calls = []
+def source():
+    calls.append(1)
+    return sessions, "own", "monitor"
+now = [0.0]
+sampler = c.Sampler(source, min_interval=5.0, monotonic=lambda: now[0])
 server = c.make_server(sampler, 9450, host="127.0.0.95")
-sampler.sample()
 threading.Thread(target=server.serve_forever, daemon=True).start()
-print("ready", flush=True)
-sys.stdin.readline()   # the next sample, when the test asks
-sampler.sample()
-print("sampled", flush=True)
-sys.stdin.readline()
+time.sleep(0.2)
+print("ready %d" % len(calls), flush=True)
+while sys.stdin.readline():
+    now[0] += 10.0
+    print("samples %d" % len(calls), flush=True)
 "#;
     let mut child = match tokio::process::Command::new("python3")
         .args(["-c", program])
@@ -116,22 +122,27 @@ sys.stdin.readline()
     };
     let mut stdin = child.stdin.take().unwrap();
     let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
     use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
     out.read_line(&mut line).await.unwrap();
-    assert_eq!(line.trim(), "ready");
+    assert_eq!(line.trim(), "ready 0", "no probe, no sample");
     let first = count("127.0.0.95").await.unwrap().unwrap();
     assert_eq!(first.sessions, 2, "alice and bob; not root, its own login or the share");
     assert_eq!(count("127.0.0.95").await.unwrap().unwrap().sample, first.sample, "the same sample");
+    // 10 s later: past the floor, the next probe is a new sample.
     stdin.write_all(b"\n").await.unwrap();
     line.clear();
     out.read_line(&mut line).await.unwrap();
-    assert_eq!(line.trim(), "sampled");
+    assert_eq!(line.trim(), "samples 1", "one sample for the two probes");
     let second = count("127.0.0.95").await.unwrap().unwrap();
     assert_ne!(second.sample, first.sample, "a new sample has a new id");
     assert!(
         first.sample.as_deref().unwrap().ends_with("-1") && second.sample.as_deref().unwrap().ends_with("-2")
     );
     stdin.write_all(b"\n").await.unwrap();
+    line.clear();
+    out.read_line(&mut line).await.unwrap();
+    assert_eq!(line.trim(), "samples 2");
+    drop(stdin);
     child.wait().await.unwrap();
 }

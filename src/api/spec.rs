@@ -122,11 +122,12 @@ pub struct MaintenanceSpec {
 #[serde(rename_all = "camelCase")]
 pub struct SessionCounterSpec {
     /// The Secret with the OMERO user the counter logs in as, passed to the counter container
-    /// by reference (the operator never reads it). Not root: a light admin with only the
-    /// `ReadSession` privilege is enough (it needs to read other users' sessions to tell
-    /// OMERO's service sessions and shares from people's; a normal user works too, but then
-    /// every session of another user is counted, shares included). Never `guest`, which sees
-    /// only itself.
+    /// by reference (the operator never reads it). Not root. On read-only database nodes a
+    /// plain user is enough: OMERO serves their sessions from memory with no permission check.
+    /// Where it counts a read-write node, a light admin with only the `ReadSession` privilege
+    /// (made through the API: `counter/create_counter_user.py`): there a plain user sees only
+    /// other users' names, so every session of another user is counted, shares included, and
+    /// `guest` sees only itself.
     pub credentials_secret: CounterCredentials,
     /// Which nodes use the counter when their `sessionProbe` is not set: `readOnly` (default:
     /// read-only database nodes, whose sessions no database query sees) or `all` (every node;

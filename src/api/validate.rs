@@ -272,7 +272,7 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
                 ),
                 SessionProbeKind::Counter if spec.session_counter.is_none() => errors.push(
                     at("sessionProbe.type"),
-                    "counter needs spec.sessionCounter.credentialsSecret: the Secret with the OMERO user the counter logs in as (a light admin with the ReadSession privilege)",
+                    "counter needs spec.sessionCounter.credentialsSecret: the Secret with the OMERO user the counter logs in as (a plain user for read-only database nodes; a light admin with only the ReadSession privilege where it counts a read-write node, made by counter/create_counter_user.py)",
                 ),
                 SessionProbeKind::Counter if probe.port.is_some() => errors.push(
                     at("sessionProbe.port"),
@@ -284,11 +284,11 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
                 match probe.exporter_user.as_deref().map(str::trim) {
                     None | Some("") => errors.push(
                         at("sessionProbe.exporterUser"),
-                        "is required for a metrics probe: name the OMERO user the exporter logs in as (its own sessions are then not counted); not guest, which sees only itself",
+                        "is required for a metrics probe: name the OMERO user the exporter logs in as (its own sessions are then not counted); not guest, which sees only itself on a read-write node",
                     ),
                     Some("guest") => errors.push(
                         at("sessionProbe.exporterUser"),
-                        "guest sees only its own session, so the exporter would count nothing: log it in as a normal user (a read-only light admin is enough)",
+                        "guest sees only its own session on a read-write node, so the exporter would count nothing there: log it in as a normal user (a read-only light admin is enough)",
                     ),
                     Some(_) => {}
                 }

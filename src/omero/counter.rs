@@ -16,10 +16,15 @@ use super::{ProbeError, ProbeTimeouts, SessionCount, metrics};
 pub const COUNTER_PORT: u16 = 9450;
 /// Where the counter answers.
 pub const COUNTER_PATH: &str = "/sessions";
-/// The format this operator reads; a counter answering another major version is an error.
+/// The format this operator reads; a counter answering another major version is an error. Still
+/// `/1` since the counter samples on request rather than every 5 s: the fields and what a sample
+/// id means are unchanged, and a new version would make this operator refuse every counter still
+/// running the old script, during the very rollout that replaces them.
 pub const COUNTER_FORMAT: &str = "omero-session-counter/1";
-/// A sample older than this is refused: the counter samples every 5 s, so its sampler is stuck
-/// (a hung request to OMERO) and the count may be long out of date.
+/// A sample older than this is refused. The counter samples when asked: it answers with a sample
+/// begun less than 5 s ago, or one it took for this request, or a failure; an older one is not
+/// its answer to this probe (a counter stuck behind a hung request to OMERO, or a script that
+/// answers some other way), and the count may be long out of date.
 pub const MAX_SAMPLE_AGE: Duration = Duration::from_secs(60);
 
 /// The counter's answer (see the script's docstring). Unknown fields are ignored, so a newer

@@ -34,8 +34,9 @@ const VOLUME: &str = "session-counter";
 const MOUNT_DIR: &str = "/opt/omero-operator/session-counter";
 /// The Python of the official image's venv, which has omero-py and Ice.
 const PYTHON: &str = "/opt/omero/server/venv3/bin/python";
-/// Seconds between samples.
-const SAMPLE_INTERVAL: &str = "5";
+/// The least time between two samples, in seconds: the counter samples only when the operator's
+/// probe asks, and a request sooner than this after the last sample reads that one again.
+const MIN_SAMPLE_INTERVAL: &str = "5";
 
 /// The ConfigMap holding the script: `<cluster>-session-counter`.
 pub fn config_map_name(cluster: &str) -> String {
@@ -158,7 +159,7 @@ pub(crate) fn container(
             secret_env("OMERO_COUNTER_PASSWORD", &credentials.name, credentials.password_key()),
             literal("OMERO_COUNTER_SERVER", server_url(cluster, node)),
             literal("OMERO_COUNTER_PORT", COUNTER_PORT.to_string()),
-            literal("OMERO_COUNTER_INTERVAL", SAMPLE_INTERVAL.into()),
+            literal("OMERO_COUNTER_MIN_INTERVAL", MIN_SAMPLE_INTERVAL.into()),
         ]),
         ports: Some(vec![ContainerPort {
             name: Some("session-count".into()),
@@ -223,6 +224,8 @@ mod tests {
         }
         assert_eq!(env["OMERO_COUNTER_SERVER"].value.as_deref(), Some("tcp://127.0.0.1:4063"));
         assert_eq!(env["OMERO_COUNTER_PORT"].value.as_deref(), Some("9450"));
+        assert_eq!(env["OMERO_COUNTER_MIN_INTERVAL"].value.as_deref(), Some("5"));
+        assert!(SCRIPT.contains("\"OMERO_COUNTER_MIN_INTERVAL\""), "the name the script reads");
         assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 9450);
         let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
         assert_eq!((requests["cpu"].0.as_str(), requests["memory"].0.as_str()), ("10m", "64Mi"));
