@@ -150,32 +150,61 @@ pub fn orphans<K: Resource>(existing: &[K], desired: &[K], owner_uid: Option<&st
 /// True when `desired` says something `existing` does not: every field of `desired` must be
 /// present in `existing` with the same value. Fields only in `existing` (defaults filled in by
 /// the API server, status, managed fields) do not count. Empty lists and maps in `desired`
-/// match an absent field, since the API server drops them.
+/// match an absent field, since the API server drops them; so do `""` and `false` in a
+/// field of a struct, which Go's `omitempty` leaves out (an env var's `value: ""`, a
+/// toleration's `value: ""`, a mount's `readOnly: false`), but not a map's values (an
+/// annotation `""` is kept). The price: a pointer field (kept by the server even when false)
+/// that someone removed is not put back while the operator would set it to false or "".
 pub fn needs_apply(desired: &Value, existing: Option<&Value>) -> bool {
-    existing.is_none_or(|existing| !contains(existing, desired, false))
+    existing.is_none_or(|existing| !contains(existing, desired, Position::Struct))
 }
 
 /// Maps of resource quantities, whose values the API server returns in canonical form.
 const QUANTITY_MAPS: [&str; 3] = ["limits", "requests", "overhead"];
+/// Fields the operator writes whose values are a map's (string to string): Go keeps a
+/// value `""` there. (`selector` is a map in a Service and a struct of maps and lists in a
+/// Deployment or budget, whose direct values are never strings.)
+const STRING_MAPS: [&str; 7] =
+    ["labels", "annotations", "data", "binaryData", "nodeSelector", "matchLabels", "selector"];
 
-/// `quantities`: the values compared are resource quantities (`500m` is `0.5`).
-fn contains(existing: &Value, desired: &Value, quantities: bool) -> bool {
+/// What the values compared are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Position {
+    /// Fields of a struct: `""` and `false` may have been left out.
+    Struct,
+    /// Values of a string map: kept whatever they are.
+    Map,
+    /// Values of a quantity map: compared by value (`500m` is `0.5`).
+    Quantities,
+}
+
+fn contains(existing: &Value, desired: &Value, position: Position) -> bool {
+    let child = |key: &str| match key {
+        k if QUANTITY_MAPS.contains(&k) => Position::Quantities,
+        k if STRING_MAPS.contains(&k) => Position::Map,
+        _ => Position::Struct,
+    };
     match (existing, desired) {
         (Value::Object(e), Value::Object(d)) => d.iter().all(|(k, dv)| match e.get(k) {
-            // The values of a quantity map (its children) are quantities.
-            Some(ev) => contains(ev, dv, quantities || QUANTITY_MAPS.contains(&k.as_str())),
-            None => is_empty(dv),
+            Some(ev) if position == Position::Struct => contains(ev, dv, child(k)),
+            Some(ev) => contains(ev, dv, position),
+            None => is_empty(dv) || (position == Position::Struct && omitted_when_empty(dv)),
         }),
         (Value::Array(e), Value::Array(d)) => {
-            e.len() == d.len() && e.iter().zip(d).all(|(ev, dv)| contains(ev, dv, false))
+            e.len() == d.len() && e.iter().zip(d).all(|(ev, dv)| contains(ev, dv, Position::Struct))
         }
         (Value::Null, d) => is_empty(d),
-        (e, d) if quantities => match (quantity_text(e), quantity_text(d)) {
+        (e, d) if position == Position::Quantities => match (quantity_text(e), quantity_text(d)) {
             (Some(e), Some(d)) => crate::api::quantity::same(&e, &d),
             _ => e == d,
         },
         (e, d) => e == d,
     }
+}
+
+/// A value Go's `omitempty` leaves out of a struct field.
+fn omitted_when_empty(v: &Value) -> bool {
+    matches!(v, Value::String(s) if s.is_empty()) || *v == Value::Bool(false)
 }
 
 fn quantity_text(v: &Value) -> Option<String> {
@@ -248,6 +277,23 @@ mod tests {
         assert!(needs_apply(&desired, Some(&json!({"resources": {"limits": {"cpu": "500m"}}}))));
         // Elsewhere a string is a string: an env value "0.5" is not "500m".
         assert!(needs_apply(&json!({"env": [{"value": "0.5"}]}), Some(&json!({"env": [{"value": "500m"}]}))));
+    }
+
+    #[test]
+    fn empty_strings_and_false_match_absent_struct_fields_but_not_map_values() {
+        let existing =
+            json!({"env": [{"name": "A"}], "volumeMounts": [{"name": "v"}], "metadata": {"annotations": {}}});
+        assert!(!needs_apply(&json!({"env": [{"name": "A", "value": ""}]}), Some(&existing)));
+        assert!(!needs_apply(&json!({"volumeMounts": [{"name": "v", "readOnly": false}]}), Some(&existing)));
+        assert!(needs_apply(&json!({"volumeMounts": [{"name": "v", "readOnly": true}]}), Some(&existing)));
+        assert!(
+            needs_apply(&json!({"metadata": {"annotations": {"a": ""}}}), Some(&existing)),
+            "a map keeps \"\""
+        );
+        assert!(needs_apply(
+            &json!({"spec": {"selector": {"app": ""}}}),
+            Some(&json!({"spec": {"selector": {}}}))
+        ));
     }
 
     #[test]
