@@ -401,9 +401,10 @@ async fn the_port_sees_only_the_namespace_it_is_asked_about() {
     assert!(!routable(state.pods.get_in("other", "omero-rw-pod").unwrap()));
 }
 
-/// The simulation's part: a pod deleted through the port stops at once (not ready, its
-/// sessions killed as of the deletion), its ReplicaSet replaces it at once, and it is gone after
-/// `TERMINATION`; a template change instead waits for the old pod to be gone.
+/// The simulation's part: a pod deleted through the port stops at once (out of the endpoints,
+/// its sessions killed as of the deletion, its Ready condition lagging), its ReplicaSet replaces
+/// it at once, and it is gone after `TERMINATION`; a template change instead waits for the old
+/// pod to be gone.
 #[tokio::test(start_paused = true)]
 async fn the_simulated_kubelet_stops_a_deleted_pod_and_its_replicaset_replaces_it() {
     let fake = one_node();
@@ -427,10 +428,13 @@ async fn the_simulated_kubelet_stops_a_deleted_pod_and_its_replicaset_replaces_i
         let old = &state.pods[&first];
         assert!(old.metadata.deletion_timestamp.is_some());
         let ready = old.status.as_ref().unwrap().conditions.as_ref().unwrap()[0].status.clone();
-        assert_eq!(ready, "False", "not ready once terminating");
+        assert_eq!(ready, "True", "the kubelet's readiness lags: the server has not stopped yet");
         assert_eq!(state.pods.len(), 2, "replaced at once, beside the terminating pod");
     }
     assert_eq!(sim.world().killed, 2, "its sessions died with the server");
+    // Labelled routable, it would still be out of the entry Service's endpoints.
+    fake.set_routable("omero", &first, true).await.unwrap();
+    assert_eq!(sim.serving(), 0, "a terminating pod is no endpoint");
     let second = sim.pod_of("rw").unwrap();
     assert_ne!(second, first, "the node's pod is the live one");
     // A second delete and an eviction of the terminating pod change nothing.

@@ -2,8 +2,8 @@
 //! and the kubelet (a Deployment whose pod template changed gets its pod replaced,
 //! Recreate-style, by one with a new name and a new IP that is ready after a delay) and OMERO's
 //! sessions per pod. A deleted pod (by the operator, an eviction, the garbage collector or a
-//! rollout) terminates as on a real cluster: not ready at once, its server's sessions killed
-//! (and counted), gone once its server has stopped. With Kubernetes Nodes (`with_kube_nodes`),
+//! rollout) terminates as on a real cluster: out of its Services' endpoints at once, its
+//! server's sessions killed (and counted), gone once its server has stopped. With Kubernetes Nodes (`with_kube_nodes`),
 //! the scheduler too: a new pod is bound to the schedulable Node with the fewest pods (pending
 //! while there is none), and `kubectl drain` (cordon, then evictions that respect the
 //! PodDisruptionBudgets as the API server does).
@@ -248,34 +248,28 @@ impl Sim {
         }
     }
 
-    /// The kubelet's part of a deletion. A pod newly marked for deletion gets SIGTERM: it is
-    /// not ready from then on (its endpoints leave), and the OMERO server closes its sessions
-    /// as it shuts down, so those still open at the deletion are killed then (counted as of
-    /// the deletion, not of this look, so a scenario never misses one). It is gone once its
-    /// server has stopped: after `TERMINATION`, or its grace period if shorter. A pod whose
-    /// time is up is removed.
+    /// The kubelet's part of a deletion. A pod newly marked for deletion gets SIGTERM: the
+    /// OMERO server closes its sessions as it shuts down, so those still open at the deletion
+    /// are killed then (counted as of the deletion, not of this look, so a scenario never
+    /// misses one). Its Ready condition stays as it was: a 1.28 kubelet keeps probing the
+    /// readiness of a terminating pod (only liveness and startup probes stop), and the server
+    /// is gone before the readiness probe fails thrice; but its endpoints leave at once
+    /// (EndpointSlice: ready only when not terminating), which `routable_and_ready` plays. It
+    /// is gone once its server has stopped: after `TERMINATION`, or its grace period if
+    /// shorter. A pod whose time is up is removed.
     fn stop_terminating(&self, state: &mut State, world: &mut World, now: Timestamp) {
-        let stopping: Vec<(String, String, Timestamp, Duration)> = state
+        let stopping: Vec<(String, Timestamp, Duration)> = state
             .pods
             .all()
             .filter(|(_, name, p)| terminating(p) && !world.gone_at.contains_key(*name))
-            .map(|(ns, name, p)| {
+            .map(|(_, name, p)| {
                 let grace =
                     Duration::from_secs(p.metadata.deletion_grace_period_seconds.unwrap_or(0).unsigned_abs());
                 let deleted_at = p.metadata.deletion_timestamp.as_ref().unwrap().0 - grace;
-                (ns.to_string(), name.to_string(), deleted_at, grace)
+                (name.to_string(), deleted_at, grace)
             })
             .collect();
-        for (ns, name, deleted_at, grace) in stopping {
-            let pod = state.pods.get_mut_in(&ns, &name).unwrap();
-            if let Some(status) = pod.status.as_mut() {
-                for condition in status.conditions.iter_mut().flatten().filter(|c| c.type_ == "Ready") {
-                    condition.status = "False".into();
-                }
-                for container in status.container_statuses.iter_mut().flatten() {
-                    container.ready = false;
-                }
-            }
+        for (name, deleted_at, grace) in stopping {
             world.ready_at.remove(&name);
             world.kill_sessions(&name, deleted_at);
             world.gone_at.insert(name, deleted_at + TERMINATION.min(grace));
@@ -481,9 +475,12 @@ fn schedulable_host(state: &State) -> Option<String> {
         .map(|(_, name)| name)
 }
 
+/// Whether the entry Service sends new sessions to the pod: it carries the routable label and
+/// is one of its ready endpoints (Ready, and not terminating).
 fn routable_and_ready(pod: &Pod) -> bool {
     let labels = pod.metadata.labels.as_ref();
-    labels.and_then(|l| l.get(keys::ROUTABLE_LABEL)).is_some_and(|v| v == "true")
+    !terminating(pod)
+        && labels.and_then(|l| l.get(keys::ROUTABLE_LABEL)).is_some_and(|v| v == "true")
         && pod
             .status
             .as_ref()
