@@ -113,6 +113,14 @@ impl Sim {
         self.world.lock().unwrap()
     }
 
+    /// The API objects, the API server on this simulation's clock: a test may set `clock`
+    /// after `new`, and deletion timestamps must be on the clock sessions end by.
+    fn api(&self) -> std::sync::MutexGuard<'_, State> {
+        let mut state = self.fake.state();
+        state.clock = Some(self.clock.clone());
+        state
+    }
+
     pub fn now(&self) -> Timestamp {
         self.clock.now()
     }
@@ -123,7 +131,7 @@ impl Sim {
     /// deleted; due pods become ready.
     pub fn kubelet(&self) {
         let now = self.now();
-        let mut state = self.fake.state();
+        let mut state = self.api();
         let mut world = self.world();
         // Pods gone without terminating (a test removed them): their sessions died with them.
         let vanished: Vec<String> =
@@ -391,7 +399,7 @@ impl Sim {
     /// `canIgnorePDB`) or not ready under `AlwaysAllow`. An eviction deletes the pod: it
     /// terminates (a terminating pod's is no change).
     pub fn evict(&self, pod: &str) -> Result<(), String> {
-        let mut state = self.fake.state();
+        let mut state = self.api();
         let Some(ns) = namespace_of(&state, pod) else { return Ok(()) };
         let found = state.pods.get_in(&ns, pod).unwrap();
         if terminating(found) {
