@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use omero_operator::{
-    api::{DrainReason, NodePhase},
+    api::{DrainReason, NodePhase, keys},
     controller::{Context, port::Children},
     request::ALLOW_DOWNTIME_ANNOTATION,
 };
@@ -452,4 +452,62 @@ async fn a_move_with_lagging_caches_and_stale_reads_moves_the_node_once() {
     for reason in ["MovingOffNode", "PodReplaced", "NodeMoved"] {
         assert_eq!(reasons.iter().filter(|r| *r == reason).count(), 1, "{reason} once: {reasons:?}");
     }
+}
+
+/// A move deletes the node's drained pod; it terminates (its Ready condition lagging, as a
+/// kubelet reports it until the server has stopped) while its ReplicaSet's replacement starts
+/// on another Kubernetes node. All that time the terminating pod is never the node's serving
+/// pod, never labelled routable, never deleted twice, and the node serves on the new pod.
+#[tokio::test(start_paused = true)]
+async fn a_moved_nodes_terminating_pod_is_never_taken_for_its_replacement() {
+    let (sim, ctx) = running(&cluster_yaml(2, ""), &["k1", "k2", "k3"]).await;
+    let host = sim.host_of("ro-1").unwrap();
+    let old = sim.pod_of("ro-1").unwrap();
+    sim.cordon(&host, true);
+    let (mut terminating, mut beside_its_replacement) = (0, 0);
+    for _ in 0..600 {
+        sim.kubelet();
+        sim.new_session(sim.session_length);
+        // What this reconcile reads: the old pod already terminating (the reconcile that deletes
+        // it records what it read before, a live pod).
+        let read_terminating =
+            sim.fake.state().pods.get(&old).is_some_and(|p| p.metadata.deletion_timestamp.is_some());
+        let requeue = reconcile_once(&sim.fake, &ctx).await.unwrap();
+        let status = sim.fake.node("ro-1");
+        if read_terminating {
+            let state = sim.fake.state();
+            if let Some(pod) = state.pods.get(&old) {
+                terminating += 1;
+                let labels = pod.metadata.labels.as_ref().unwrap();
+                assert!(
+                    !labels.contains_key(keys::ROUTABLE_LABEL),
+                    "the terminating pod is routable: {status:?}"
+                );
+                let on_old = status.pod.as_deref() == Some(old.as_str());
+                assert!(!(on_old && (status.ready || status.routable)), "taken as ready: {status:?}");
+                assert!(!(on_old && status.phase == NodePhase::Serving), "serving on it: {status:?}");
+                let replacements = state
+                    .pods
+                    .values()
+                    .filter(|p| p.metadata.name.as_deref() != Some(old.as_str()))
+                    .filter(|p| {
+                        p.metadata.labels.as_ref().unwrap().get(keys::NODE_LABEL).map(String::as_str)
+                            == Some("ro-1")
+                    })
+                    .count();
+                beside_its_replacement += usize::from(replacements == 1);
+            }
+        }
+        if status.phase == NodePhase::Serving && sim.host_of("ro-1").is_some_and(|h| h != host) {
+            break;
+        }
+        tokio::time::advance(requeue.clamp(Duration::from_millis(250), Duration::from_secs(5))).await;
+    }
+    let status = sim.fake.node("ro-1");
+    assert_eq!(status.phase, NodePhase::Serving, "{status:?}");
+    assert!(status.pod.as_deref() != Some(old.as_str()) && status.routable && status.ready, "{status:?}");
+    assert!(terminating > 0 && beside_its_replacement > 0, "{terminating} {beside_its_replacement}");
+    assert!(sim.fake.state().pods.get(&old).is_none(), "gone once stopped");
+    assert_eq!(pod_deletes(&sim.fake), 1, "{:?}", sim.fake.writes());
+    assert_eq!(sim.world().killed, 0, "drained before it was deleted");
 }

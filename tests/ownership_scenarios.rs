@@ -409,3 +409,100 @@ async fn a_removed_nodes_budget_goes_once_it_is_drained_and_a_foreign_one_never(
     assert!(!fake.state().budgets.contains_key("web-ro"));
     assert_eq!(json(&fake.state().budgets["web-extra"]), json(&foreign));
 }
+
+/// Another namespace's objects of the same names, one of them even carrying the cluster's
+/// labels: not the cluster's, not reported (the API server scopes both the label selector and
+/// the look-up by name to the cluster's namespace), and the cluster's own are created beside
+/// them. Nothing of theirs is touched.
+#[tokio::test(start_paused = true)]
+async fn objects_of_the_same_names_in_another_namespace_are_neither_taken_nor_reported() {
+    let (fake, ctx) = setup(WEB);
+    let helm = fake.seed_service_in("lab", "web-main", &[("app.kubernetes.io/managed-by", "Helm")], None);
+    let labels =
+        [(keys::MANAGED_BY_LABEL, keys::MANAGER), (keys::CLUSTER_LABEL, "web"), (keys::NODE_LABEL, "ro")];
+    let argo = fake.seed_deployment_in("lab", "web-ro", &labels, Some(("Rollout", "web-ro", "argo-uid")));
+    reconcile_once(&fake, &ctx).await.unwrap();
+    let writes = fake.take_writes();
+    for w in [Write::ApplyService("web-main".into()), Write::ApplyDeployment("web-ro".into())] {
+        assert!(writes.contains(&w), "{w:?}: {writes:?}");
+    }
+    let status = fake.status();
+    assert!(status.object_problems.is_empty(), "{:?}", status.object_problems);
+    assert_eq!(status.condition(conditions::DEGRADED).map(|c| c.reason.as_str()), Some("AsExpected"));
+    let state = fake.state();
+    let owner = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.owner_references.as_ref().map(|o| o[0].name.clone())
+    };
+    assert_eq!(owner(&state.services["web-main"].metadata).as_deref(), Some("web"), "its own, beside");
+    assert_eq!(owner(&state.deployments["web-ro"].metadata).as_deref(), Some("web"));
+    assert_eq!(json(state.services.get_in("lab", "web-main").unwrap()), json(&helm), "byte for byte");
+    assert_eq!(json(state.deployments.get_in("lab", "web-ro").unwrap()), json(&argo), "byte for byte");
+}
+
+/// Two clusters named `web`, in namespaces `omero` and `lab`, in one API server: every name and
+/// label of their children is the same. The cluster in `omero` creates, labels and, when a node
+/// leaves its spec, deletes only its own; `lab`'s children and pods stay byte for byte.
+#[tokio::test(start_paused = true)]
+async fn a_cluster_never_sees_nor_deletes_the_children_of_its_namesake_in_another_namespace() {
+    let lab = WEB.replace(
+        "metadata: {name: web}",
+        "metadata: {name: web, namespace: lab, uid: 00000000-0000-4000-8000-0000000000bb}",
+    );
+    let (fake_lab, ctx_lab) = setup(&lab);
+    reconcile_once(&fake_lab, &ctx_lab).await.unwrap();
+    fake_lab.set_pod("main", "10.1.0.1", true);
+    fake_lab.set_pod("ro", "10.1.0.2", true);
+    reconcile_once(&fake_lab, &ctx_lab).await.unwrap();
+    assert!(fake_lab.pod_routable("ro"), "lab's node serves");
+
+    let (fake, ctx) = setup(&WEB.replace("  nodes:\n", "  drain: {timeout: 1m}\n  nodes:\n"));
+    let everything_in_lab = |fake: &FakeCluster| {
+        let state = fake.state();
+        let mut objects: Vec<String> = Vec::new();
+        objects.extend(state.deployments.values_in("lab").map(json));
+        objects.extend(state.services.values_in("lab").map(json));
+        objects.extend(state.budgets.values_in("lab").map(json));
+        objects.extend(state.pods.values_in("lab").map(json));
+        objects
+    };
+    {
+        let from = fake_lab.state();
+        let mut to = fake.state();
+        to.deployments.extend(from.deployments.clone());
+        to.services.extend(from.services.clone());
+        to.budgets.extend(from.budgets.clone());
+        to.pods.extend(from.pods.clone());
+        to.next_uid = 100;
+        to.resource_version = from.resource_version;
+    }
+    let theirs = everything_in_lab(&fake);
+    assert_eq!(theirs.len(), 2 + 3 + 2 + 2);
+
+    reconcile_once(&fake, &ctx).await.unwrap();
+    fake.set_pod("main", "10.0.0.1", true);
+    fake.set_pod("ro", "10.0.0.2", true);
+    reconcile_once(&fake, &ctx).await.unwrap();
+    let status = fake.status();
+    assert!(status.object_problems.is_empty(), "{:?}", status.object_problems);
+    assert!(status.nodes.iter().all(|n| n.phase == NodePhase::Serving), "{:?}", status.nodes);
+    assert!(fake.pod_routable("ro"));
+
+    // `ro` leaves the spec: drained (no probe on a read-only database node: until the
+    // deadline), then its objects go.
+    fake.edit(|c| c.spec.nodes.retain(|n| n.name != "ro"));
+    for _ in 0..30 {
+        let requeue = reconcile_once(&fake, &ctx).await.unwrap();
+        if fake.status().node("ro").is_none() {
+            break;
+        }
+        tokio::time::advance(requeue.min(std::time::Duration::from_secs(10))).await;
+    }
+    assert!(fake.status().node("ro").is_none(), "{:?}", fake.status().nodes);
+    let writes = fake.writes();
+    assert!(writes.contains(&Write::Delete(ChildKind::Deployment, "web-ro".into())), "{writes:?}");
+    let state = fake.state();
+    assert!(!state.deployments.contains_key("web-ro") && !state.services.contains_key("web-ro"));
+    assert!(!state.budgets.contains_key("web-ro"));
+    drop(state);
+    assert_eq!(everything_in_lab(&fake), theirs, "lab's children and pods, byte for byte");
+}

@@ -966,3 +966,128 @@ spec:
     assert_eq!(ro.phase, NodePhase::Drained);
     assert!(ro.deadline_reached, "{ro:?}");
 }
+
+/// Every kind of object the operator writes, and the fields of each the API server fills in
+/// or rewrites: a session counter (ConfigMap, a second container with `fieldRef` env), a
+/// sidecar with a port and an HTTP probe that leave their protocol and thresholds out, resource
+/// quantities not in canonical form, an image without a tag, a NodePort entry Service.
+const EVERY_DEFAULT: &str = r#"
+apiVersion: omero.openmicroscopy.org/v1alpha1
+kind: OmeroCluster
+metadata: {name: omero}
+spec:
+  image: openmicroscopy/omero-server
+  database: {host: db, passwordSecret: {name: omero-db, key: password}}
+  repository: {claimName: omero-data}
+  sessionCounter: {credentialsSecret: {name: omero-monitor}}
+  service: {type: NodePort}
+  nodes:
+  - name: rw
+    sessionProbe: {type: database, interval: 10s}
+    resources:
+      requests: {cpu: "0.5", memory: "4294967296"}
+      limits: {cpu: 2000m, memory: 4.5Gi}
+    env:
+    - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    tolerations: [{key: dedicated, operator: Equal, value: omero, effect: NoSchedule}]
+    sidecars:
+    - name: exporter
+      image: ghcr.io/example/exporter:1
+      ports: [{name: metrics, containerPort: 9449}]
+      readinessProbe: {httpGet: {path: /metrics, port: 9449}}
+      resources: {limits: {cpu: "0.1", memory: 64Mi}}
+  - name: ro-1
+    readOnly: {db: true, repo: true}
+  - name: ro-2
+    readOnly: {db: true, repo: true}
+"#;
+
+/// The measure of "an unchanged reconcile writes nothing", against what a real API server
+/// stores: defaults filled in, IPs and node ports allocated, quantities canonical, system
+/// metadata. The operator compares only the fields it sets, so none of that is a change.
+#[tokio::test(start_paused = true)]
+async fn an_unchanged_reconcile_against_the_api_servers_defaulted_objects_writes_nothing() {
+    for yaml in [EVERY_DEFAULT, GRID] {
+        let (fake, _, ctx) = setup(yaml);
+        bring_up(&fake, &ctx).await;
+        let status = fake.status();
+        assert!(
+            status.nodes.len() == 3 && status.nodes.iter().all(|n| n.phase == NodePhase::Serving),
+            "{status:#?}"
+        );
+        // The objects as stored are not what the operator sent: the comparison below is not
+        // of an object with itself.
+        {
+            let desired = omero_operator::render::render(&fake.cluster());
+            let state = fake.state();
+            let sent = serde_json::to_value(&desired.deployments[0]).unwrap();
+            let name = desired.deployments[0].metadata.name.clone().unwrap();
+            let stored = serde_json::to_value(&state.deployments[&name]).unwrap();
+            assert_ne!(sent["spec"], stored["spec"], "{name}: stored with defaults");
+            assert_eq!(stored["spec"]["revisionHistoryLimit"], 10);
+            assert_eq!(stored["spec"]["template"]["spec"]["schedulerName"], "default-scheduler");
+            let server = &stored["spec"]["template"]["spec"]["containers"][0];
+            assert_eq!(server["terminationMessagePath"], "/dev/termination-log");
+            assert!(server["imagePullPolicy"].is_string(), "{server}");
+            assert!(state.services.values().all(|s| s.spec.as_ref().unwrap().cluster_ip.is_some()));
+            assert!(state.deployments.values().all(|d| d.metadata.uid.is_some()
+                && d.metadata.resource_version.is_some()
+                && d.metadata.generation == Some(1)));
+        }
+        if yaml == EVERY_DEFAULT {
+            let state = fake.state();
+            let pod = state.deployments["omero-rw"].spec.clone().unwrap().template.spec.unwrap();
+            let server = &pod.containers[0];
+            assert_eq!(server.image_pull_policy.as_deref(), Some("Always"), "no tag: latest");
+            let requests = server.resources.as_ref().unwrap().requests.clone().unwrap();
+            assert_eq!((requests["cpu"].0.as_str(), requests["memory"].0.as_str()), ("500m", "4294967296"));
+            let limits = server.resources.as_ref().unwrap().limits.clone().unwrap();
+            assert_eq!((limits["cpu"].0.as_str(), limits["memory"].0.as_str()), ("2", "4608Mi"));
+            let exporter = pod.containers.iter().find(|c| c.name == "exporter").unwrap();
+            assert_eq!(exporter.ports.as_ref().unwrap()[0].protocol.as_deref(), Some("TCP"));
+            let probe = exporter.readiness_probe.clone().unwrap();
+            assert_eq!((probe.timeout_seconds, probe.failure_threshold), (Some(1), Some(3)));
+            assert_eq!(probe.http_get.unwrap().scheme.as_deref(), Some("HTTP"));
+            let entry = state.services["omero"].spec.clone().unwrap();
+            assert!(entry.ports.unwrap().iter().all(|p| p.node_port.is_some()), "node ports allocated");
+            assert!(state.config_maps.contains_key("omero-session-counter"));
+        }
+
+        // Serving nodes are counted once (a status write), then nothing is due.
+        for _ in 0..3 {
+            let requeue = reconcile_once(&fake, &ctx).await.unwrap();
+            tokio::time::advance(requeue.min(Duration::from_secs(1))).await;
+        }
+        fake.take_writes();
+        reconcile_once(&fake, &ctx).await.unwrap();
+        assert_eq!(fake.take_writes(), vec![], "an unchanged reconcile must not write");
+    }
+}
+
+/// Operator bug the API-server double exposes: the API server leaves out the empty value of an
+/// `omitempty` field (Go's encoding): an env var's `value: ""` (so a `config` entry set to ""),
+/// a toleration's `value: ""`, a sidecar's `readOnly: false` or `workingDir: ""`. `needs_apply`
+/// takes only empty lists and maps as matching an absent field, so each reconcile finds the
+/// node's Deployment changed and applies it again (with a status write), for ever. Not fixed
+/// here: an empty string is a value inside a map (an annotation `""`), so the fix needs to tell
+/// a map from a struct in `diff::contains`. `cargo test --test reconcile_scenarios -- --ignored`.
+#[tokio::test(start_paused = true)]
+#[ignore = "operator bug: empty values the API server leaves out are re-applied every reconcile"]
+async fn an_empty_value_the_api_server_leaves_out_is_no_change() {
+    for node_field in [
+        "    config: {omero.mail.host: \"\"}\n",
+        "    tolerations: [{key: dedicated, operator: Exists, value: \"\", effect: NoSchedule}]\n",
+        "    sidecars: [{name: x, image: 'ex/x:1', volumeMounts: [{name: var, mountPath: /v, readOnly: false}]}]\n",
+    ] {
+        let yaml = CLUSTER.replace("  - name: ro-1\n", &format!("{node_field}  - name: ro-1\n"));
+        let (fake, _, ctx) = setup(&yaml);
+        bring_up(&fake, &ctx).await;
+        for _ in 0..3 {
+            let requeue = reconcile_once(&fake, &ctx).await.unwrap();
+            tokio::time::advance(requeue.min(Duration::from_secs(1))).await;
+        }
+        fake.take_writes();
+        reconcile_once(&fake, &ctx).await.unwrap();
+        assert_eq!(fake.take_writes(), vec![], "{node_field}: an unchanged reconcile must not write");
+    }
+}

@@ -1,10 +1,15 @@
-//! A cluster that runs, on top of the port double: the Deployment controller and the kubelet
-//! (a Deployment whose pod template changed gets its pod replaced, Recreate-style, by one with
-//! a new name and a new IP that is ready after a delay) and OMERO's sessions per pod (a pod
-//! deleted with sessions still open kills them, and they are counted). With Kubernetes Nodes
-//! (`with_kube_nodes`), the scheduler too: a new pod is bound to the schedulable Node with the
-//! fewest pods (pending while there is none), and `kubectl drain` (cordon, then evictions
-//! that respect the PodDisruptionBudgets as the API server does).
+//! A cluster that runs, on top of the port double: the Deployment controller, its ReplicaSets
+//! and the kubelet (a Deployment whose pod template changed gets its pod replaced,
+//! Recreate-style, by one with a new name and a new IP that is ready after a delay) and OMERO's
+//! sessions per pod. A deleted pod (by the operator, an eviction, the garbage collector or a
+//! rollout) terminates as on a real cluster: out of its Services' endpoints at once, its
+//! server's sessions killed (and counted), gone once its server has stopped. With Kubernetes Nodes (`with_kube_nodes`),
+//! the scheduler too: a new pod is bound to the schedulable Node with the fewest pods (pending
+//! while there is none), and `kubectl drain` (cordon, then evictions that respect the
+//! PodDisruptionBudgets as the API server does).
+//!
+//! Pods are named with one sequence for the whole simulation, so the world's records of pods
+//! (sessions, readiness, termination) are keyed by name alone.
 
 use std::{
     collections::BTreeMap,
@@ -14,7 +19,7 @@ use std::{
 
 use k8s_openapi::{
     api::core::v1::{Node, Pod},
-    apimachinery::pkg::{apis::meta::v1::Time, util::intstr::IntOrString},
+    apimachinery::pkg::util::intstr::IntOrString,
     jiff::Timestamp,
 };
 use omero_operator::{
@@ -26,7 +31,7 @@ use omero_operator::{
     render,
 };
 
-use super::{FakeCluster, START};
+use super::{FakeCluster, START, State};
 
 /// What runs in the simulated cluster besides the API objects.
 #[derive(Default)]
@@ -37,9 +42,9 @@ pub struct World {
     pub killed: u64,
     /// When each starting pod becomes ready.
     pub ready_at: BTreeMap<String, Timestamp>,
-    /// Terminating pods (the Deployment controller replaced them): when each is gone.
+    /// Terminating pods the kubelet is stopping: when each is gone.
     pub gone_at: BTreeMap<String, Timestamp>,
-    /// Pods created per node after the first one: restarts.
+    /// Pods replaced per node because their Deployment's template changed: restarts.
     pub restarts: BTreeMap<String, u32>,
     pub pods_created: u32,
     /// Round-robin position of new sessions over routable pods.
@@ -47,6 +52,14 @@ pub struct World {
     /// Evictions the API server refused (a budget allowed no disruption).
     pub evictions_refused: u32,
     pub evictions: u32,
+}
+
+impl World {
+    /// The pod's server is gone: the sessions still open on it at `at` are killed.
+    fn kill_sessions(&mut self, pod: &str, at: Timestamp) {
+        self.killed +=
+            self.sessions.remove(pod).map_or(0, |s| s.iter().filter(|end| **end > at).count() as u64);
+    }
 }
 
 #[derive(Clone)]
@@ -60,19 +73,37 @@ pub struct Sim {
     pub session_length: Duration,
 }
 
-/// How long a replaced pod terminates before it is gone (the OMERO server stopping).
+/// How long a terminating pod takes to stop (the OMERO server shutting down) before it is gone,
+/// unless its grace period is shorter (the kubelet kills it then). The operator's pods have
+/// 300 s of grace; a drained server stops well within it.
 pub const TERMINATION: Duration = Duration::from_secs(10);
 
 pub fn start() -> Timestamp {
     START.parse().unwrap()
 }
 
+fn node_of(pod: &Pod) -> Option<&String> {
+    pod.metadata.labels.as_ref().and_then(|l| l.get(keys::NODE_LABEL))
+}
+
+fn terminating(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+}
+
+/// The namespace of the pod named so (names are unique in a simulation).
+fn namespace_of(state: &State, pod: &str) -> Option<String> {
+    state.pods.all().find(|(_, name, _)| *name == pod).map(|(ns, _, _)| ns.to_string())
+}
+
 impl Sim {
     pub fn new(fake: &FakeCluster, ready_after: Duration) -> Self {
+        let clock = Clock::starting_at(start());
+        // One clock for the API server's timestamps and the simulation's.
+        fake.state().clock = Some(clock.clone());
         Self {
             fake: fake.clone(),
             world: Arc::default(),
-            clock: Clock::starting_at(start()),
+            clock,
             ready_after,
             session_length: Duration::from_secs(180),
         }
@@ -82,82 +113,85 @@ impl Sim {
         self.world.lock().unwrap()
     }
 
+    /// The API objects, the API server on this simulation's clock: a test may set `clock`
+    /// after `new`, and deletion timestamps must be on the clock sessions end by.
+    fn api(&self) -> std::sync::MutexGuard<'_, State> {
+        let mut state = self.fake.state();
+        state.clock = Some(self.clock.clone());
+        state
+    }
+
     pub fn now(&self) -> Timestamp {
         self.clock.now()
     }
 
-    /// The Deployment controller and the kubelet, once: replace pods whose template changed,
-    /// create missing ones, delete those of deleted Deployments, make due pods ready.
+    /// The Deployment controller, the ReplicaSets, the garbage collector, the scheduler and the
+    /// kubelet, once: pods deleted since are stopped and go when stopped; pods whose template
+    /// changed are replaced; missing pods are created; the pods of deleted Deployments are
+    /// deleted; due pods become ready.
     pub fn kubelet(&self) {
         let now = self.now();
-        let mut state = self.fake.state();
+        let mut state = self.api();
         let mut world = self.world();
-        // Pods deleted since (by the operator, an eviction): their open sessions died.
-        let deleted: Vec<String> =
-            world.sessions.keys().filter(|p| !state.pods.contains_key(*p)).cloned().collect();
-        for pod in deleted {
-            world.killed +=
-                world.sessions.remove(&pod).map_or(0, |s| s.iter().filter(|end| **end > now).count() as u64);
+        // Pods gone without terminating (a test removed them): their sessions died with them.
+        let vanished: Vec<String> =
+            world.sessions.keys().filter(|p| namespace_of(&state, p).is_none()).cloned().collect();
+        for pod in vanished {
+            world.kill_sessions(&pod, now);
         }
-        let deployments: Vec<_> = state.deployments.values().cloned().collect();
-        // Pods whose Deployment is gone (garbage collection).
-        let orphaned: Vec<String> = state
+        self.stop_terminating(&mut state, &mut world, now);
+
+        // The garbage collector: the pods of a Deployment that is gone are deleted.
+        let orphaned: Vec<(String, String)> = state
             .pods
-            .iter()
-            .filter(|(_, p)| {
-                let node = p.metadata.labels.as_ref().and_then(|l| l.get(keys::NODE_LABEL));
-                !deployments
-                    .iter()
-                    .any(|d| d.metadata.labels.as_ref().and_then(|l| l.get(keys::NODE_LABEL)) == node)
+            .all()
+            .filter(|(ns, _, p)| {
+                !terminating(p)
+                    && !state.deployments.values_in(ns).any(|d| {
+                        d.metadata.labels.as_ref().and_then(|l| l.get(keys::NODE_LABEL)) == node_of(p)
+                    })
             })
-            .map(|(n, _)| n.clone())
+            .map(|(ns, name, _)| (ns.to_string(), name.to_string()))
             .collect();
-        for pod in orphaned {
-            state.pods.remove(&pod);
-            world.killed +=
-                world.sessions.remove(&pod).map_or(0, |s| s.iter().filter(|end| **end > now).count() as u64);
+        for (ns, pod) in orphaned {
+            state.delete_pod_gracefully(&ns, &pod);
         }
+
+        let deployments: Vec<_> = state.deployments.all().map(|(_, _, d)| d.clone()).collect();
         for deployment in deployments {
+            let ns = deployment.metadata.namespace.clone().unwrap();
             let labels = deployment.metadata.labels.clone().unwrap_or_default();
             let Some(node) = labels.get(keys::NODE_LABEL).cloned() else { continue };
             let template = deployment.spec.as_ref().unwrap().template.clone();
             let revision =
                 render::revision_of(template.metadata.as_ref().unwrap()).unwrap_or_default().to_string();
-            let current: Option<(String, Pod)> = state
-                .pods
-                .iter()
-                .find(|(_, p)| {
-                    p.metadata.labels.as_ref().and_then(|l| l.get(keys::NODE_LABEL)) == Some(&node)
-                })
-                .map(|(n, p)| (n.clone(), p.clone()));
-            if let Some((name, pod)) = &current {
-                if render::revision_of(&pod.metadata) == Some(revision.as_str())
-                    && pod.metadata.deletion_timestamp.is_none()
-                {
-                    continue;
-                }
-                // Recreate: the old pod is stopped first. It terminates (a deletion timestamp,
-                // not ready, its server's sessions gone with it) and stays until its process
-                // has exited; only then does the new pod come.
-                if pod.metadata.deletion_timestamp.is_none() {
-                    let old = state.pods.get_mut(name).unwrap();
-                    old.metadata.deletion_timestamp = Some(Time(now));
-                    let status = old.status.as_mut().unwrap();
-                    status.conditions.as_mut().unwrap()[0].status = "False".into();
-                    status.container_statuses.as_mut().unwrap()[0].ready = false;
-                    world.gone_at.insert(name.clone(), now + TERMINATION);
-                    world.ready_at.remove(name);
-                    world.killed += world
-                        .sessions
-                        .remove(name)
-                        .map_or(0, |s| s.iter().filter(|end| **end > now).count() as u64);
+            let pods_of_node = |state: &State| -> Vec<(String, Pod)> {
+                state
+                    .pods
+                    .iter_in(&ns)
+                    .filter(|(_, p)| node_of(p) == Some(&node))
+                    .map(|(n, p)| (n.clone(), p.clone()))
+                    .collect()
+            };
+            // Recreate: a new template scales the old ReplicaSet to zero first, which deletes
+            // its pods (they terminate, their server's sessions gone with them)...
+            for (name, pod) in pods_of_node(&state) {
+                if !terminating(&pod) && render::revision_of(&pod.metadata) != Some(revision.as_str()) {
+                    state.delete_pod_gracefully(&ns, &name);
                     *world.restarts.entry(node.clone()).or_default() += 1;
                 }
-                if world.gone_at.get(name).is_some_and(|at| *at > now) {
-                    continue;
-                }
-                world.gone_at.remove(name);
-                state.pods.remove(name);
+            }
+            // ...and scales up the new one only once no old pod runs, terminating ones
+            // included (`oldPodsRunning`).
+            let pods = pods_of_node(&state);
+            if pods.iter().any(|(_, p)| render::revision_of(&p.metadata) != Some(revision.as_str())) {
+                continue;
+            }
+            // The ReplicaSet counts only its active pods (`FilterActivePods`: not terminating),
+            // so it replaces a pod of its own that was deleted or evicted at once, beside the
+            // terminating one: Recreate orders a rollout between ReplicaSets, not a deletion.
+            if pods.iter().any(|(_, p)| !terminating(p)) {
+                continue;
             }
             world.pods_created += 1;
             let n = world.pods_created;
@@ -165,9 +199,8 @@ impl Sim {
             let name = format!("{deployment_name}-{}-{n}", &revision[..5.min(revision.len())]);
             let mut pod_labels = template.metadata.as_ref().unwrap().labels.clone().unwrap_or_default();
             pod_labels.insert("pod-template-hash".into(), revision.clone());
-            let pod: Pod = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": name, "namespace": "omero", "uid": format!("pod-uid-{n}"),
-                             "creationTimestamp": now.to_string(),
+            let pod = serde_json::json!({
+                "metadata": {"name": name, "creationTimestamp": now.to_string(),
                              "labels": pod_labels,
                              "annotations": template.metadata.as_ref().unwrap().annotations,
                              "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
@@ -178,29 +211,31 @@ impl Sim {
                            "containerStatuses": [{"name": "omero-server", "image": "x", "imageID": "",
                                                   "containerID": format!("containerd://{n}"), "restartCount": 0,
                                                   "ready": false, "started": false}]}
-            }))
-            .unwrap();
+            });
             if state.kube_nodes.is_none() {
                 world.ready_at.insert(name.clone(), now + self.ready_after);
             }
-            state.pods.insert(name, pod);
+            state.store_pod(&ns, pod);
         }
+        // The pods the controllers deleted just now stop at once.
+        self.stop_terminating(&mut state, &mut world, now);
+
         // The scheduler: pods not bound yet go to the schedulable Node with the fewest pods,
         // then start (the kubelet).
         if state.kube_nodes.is_some() {
-            let unbound: Vec<String> = state
+            let unbound: Vec<(String, String)> = state
                 .pods
-                .iter()
-                .filter(|(_, p)| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none())
-                .map(|(n, _)| n.clone())
+                .all()
+                .filter(|(_, _, p)| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none())
+                .map(|(ns, n, _)| (ns.to_string(), n.to_string()))
                 .collect();
-            for name in unbound {
+            for (ns, name) in unbound {
                 let Some(host) = schedulable_host(&state) else {
-                    state.pods.get_mut(&name).unwrap().status.as_mut().unwrap().phase =
+                    state.pods.get_mut_in(&ns, &name).unwrap().status.as_mut().unwrap().phase =
                         Some("Pending".into());
                     continue;
                 };
-                let pod = state.pods.get_mut(&name).unwrap();
+                let pod = state.pods.get_mut_in(&ns, &name).unwrap();
                 pod.spec.as_mut().unwrap().node_name = Some(host);
                 pod.status.as_mut().unwrap().phase = Some("Running".into());
                 world.ready_at.insert(name, now + self.ready_after);
@@ -211,12 +246,48 @@ impl Sim {
             world.ready_at.iter().filter(|(_, at)| **at <= now).map(|(n, _)| n.clone()).collect();
         for name in due {
             world.ready_at.remove(&name);
-            if let Some(pod) = state.pods.get_mut(&name) {
-                let status = pod.status.as_mut().unwrap();
-                status.conditions.as_mut().unwrap()[0].status = "True".into();
-                let container = &mut status.container_statuses.as_mut().unwrap()[0];
-                container.ready = true;
-                container.started = Some(true);
+            let Some(ns) = namespace_of(&state, &name) else { continue };
+            let pod = state.pods.get_mut_in(&ns, &name).unwrap();
+            let status = pod.status.as_mut().unwrap();
+            status.conditions.as_mut().unwrap()[0].status = "True".into();
+            let container = &mut status.container_statuses.as_mut().unwrap()[0];
+            container.ready = true;
+            container.started = Some(true);
+        }
+    }
+
+    /// The kubelet's part of a deletion. A pod newly marked for deletion gets SIGTERM: the
+    /// OMERO server closes its sessions as it shuts down, so those still open at the deletion
+    /// are killed then (counted as of the deletion, not of this look, so a scenario never
+    /// misses one). Its Ready condition stays as it was: a 1.28 kubelet keeps probing the
+    /// readiness of a terminating pod (only liveness and startup probes stop), and the server
+    /// is gone before the readiness probe fails thrice; but its endpoints leave at once
+    /// (EndpointSlice: ready only when not terminating), which `routable_and_ready` plays. It
+    /// is gone once its server has stopped: after `TERMINATION`, or its grace period if
+    /// shorter. A pod whose time is up is removed.
+    fn stop_terminating(&self, state: &mut State, world: &mut World, now: Timestamp) {
+        let stopping: Vec<(String, Timestamp, Duration)> = state
+            .pods
+            .all()
+            .filter(|(_, name, p)| terminating(p) && !world.gone_at.contains_key(*name))
+            .map(|(_, name, p)| {
+                let grace =
+                    Duration::from_secs(p.metadata.deletion_grace_period_seconds.unwrap_or(0).unsigned_abs());
+                let deleted_at = p.metadata.deletion_timestamp.as_ref().unwrap().0 - grace;
+                (name.to_string(), deleted_at, grace)
+            })
+            .collect();
+        for (name, deleted_at, grace) in stopping {
+            world.ready_at.remove(&name);
+            world.kill_sessions(&name, deleted_at);
+            world.gone_at.insert(name, deleted_at + TERMINATION.min(grace));
+        }
+        let gone: Vec<String> =
+            world.gone_at.iter().filter(|(_, at)| **at <= now).map(|(n, _)| n.clone()).collect();
+        for name in gone {
+            world.gone_at.remove(&name);
+            if let Some(ns) = namespace_of(state, &name) {
+                state.pods.remove_in(&ns, &name);
             }
         }
     }
@@ -234,7 +305,12 @@ impl Sim {
         let now = self.now();
         let routable: Vec<String> = {
             let state = self.fake.state();
-            state.pods.iter().filter(|(_, p)| routable_and_ready(p)).map(|(n, _)| n.clone()).collect()
+            state
+                .pods
+                .all()
+                .filter(|(_, _, p)| routable_and_ready(p))
+                .map(|(_, n, _)| n.to_string())
+                .collect()
         };
         if routable.is_empty() {
             return;
@@ -247,19 +323,19 @@ impl Sim {
 
     /// Pods the entry Service sends new sessions to now.
     pub fn serving(&self) -> usize {
-        self.fake.state().pods.values().filter(|p| routable_and_ready(p)).count()
+        self.fake.state().pods.all().filter(|(_, _, p)| routable_and_ready(p)).count()
     }
 
+    /// The node's current pod: the live one, else the newest terminating one (a node has one
+    /// live pod at most; its replaced pod may still terminate beside it).
     pub fn pod_of(&self, node: &str) -> Option<String> {
         let state = self.fake.state();
         state
             .pods
-            .iter()
-            .find(|(_, p)| {
-                p.metadata.labels.as_ref().and_then(|l| l.get(keys::NODE_LABEL)).map(String::as_str)
-                    == Some(node)
-            })
-            .map(|(n, _)| n.clone())
+            .all()
+            .filter(|(_, _, p)| node_of(p).map(String::as_str) == Some(node))
+            .max_by_key(|(_, _, p)| (!terminating(p), p.metadata.creation_timestamp.as_ref().map(|t| t.0)))
+            .map(|(_, n, _)| n.to_string())
     }
 
     /// Kubernetes Nodes, all schedulable; pods are scheduled on them from now on.
@@ -300,26 +376,35 @@ impl Sim {
     /// The Kubernetes node a node's pod is bound to.
     pub fn host_of(&self, node: &str) -> Option<String> {
         let pod = self.pod_of(node)?;
-        self.fake.state().pods.get(&pod)?.spec.as_ref()?.node_name.clone()
+        let state = self.fake.state();
+        let ns = namespace_of(&state, &pod)?;
+        state.pods.get_in(&ns, &pod)?.spec.as_ref()?.node_name.clone()
     }
 
-    /// The pods bound to a Kubernetes node.
+    /// The pods bound to a Kubernetes node, terminating ones included (`kubectl drain` waits
+    /// for them too).
     pub fn pods_on(&self, kube_node: &str) -> Vec<String> {
         let state = self.fake.state();
         state
             .pods
-            .iter()
-            .filter(|(_, p)| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(kube_node))
-            .map(|(n, _)| n.clone())
+            .all()
+            .filter(|(_, _, p)| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(kube_node))
+            .map(|(_, n, _)| n.to_string())
             .collect()
     }
 
     /// An eviction (`POST pods/<pod>/eviction`) as the API server decides it: refused (429)
-    /// while a PodDisruptionBudget selecting the pod allows no disruption, unless the pod is not
-    /// running (budgets are ignored for those) or not ready under `AlwaysAllow`.
+    /// while a PodDisruptionBudget of the pod's namespace selecting it allows no disruption,
+    /// unless the pod is not running or already terminating (budgets are ignored for those,
+    /// `canIgnorePDB`) or not ready under `AlwaysAllow`. An eviction deletes the pod: it
+    /// terminates (a terminating pod's is no change).
     pub fn evict(&self, pod: &str) -> Result<(), String> {
-        let mut state = self.fake.state();
-        let Some(found) = state.pods.get(pod) else { return Ok(()) };
+        let mut state = self.api();
+        let Some(ns) = namespace_of(&state, pod) else { return Ok(()) };
+        let found = state.pods.get_in(&ns, pod).unwrap();
+        if terminating(found) {
+            return Ok(());
+        }
         let labels = found.metadata.labels.clone().unwrap_or_default();
         let running = found.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
         let ready = found
@@ -327,7 +412,7 @@ impl Sim {
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        let blocking = state.budgets.values().find(|b| {
+        let blocking = state.budgets.values_in(&ns).find(|b| {
             let spec = b.spec.as_ref().unwrap();
             let selects = spec
                 .selector
@@ -348,14 +433,15 @@ impl Sim {
             self.world().evictions_refused += 1;
             return Err(message);
         }
-        state.pods.remove(pod);
+        state.delete_pod_gracefully(&ns, pod);
         drop(state);
         self.world().evictions += 1;
         Ok(())
     }
 
     /// One pass of `kubectl drain`: cordon, then try to evict every pod on the node (it retries
-    /// the refused ones every 5 s until they go). Returns the pods still there.
+    /// the refused ones every 5 s, and waits for the evicted ones to be gone). Returns the pods
+    /// still there, terminating ones included.
     pub fn kubectl_drain(&self, kube_node: &str) -> Vec<String> {
         self.cordon(kube_node, true);
         for pod in self.pods_on(kube_node) {
@@ -372,7 +458,7 @@ impl Sim {
 
 /// The schedulable Node with the fewest pods (by name on a tie): not cordoned, no `NoSchedule`
 /// or `NoExecute` taint (the simulated pods tolerate none).
-fn schedulable_host(state: &super::State) -> Option<String> {
+fn schedulable_host(state: &State) -> Option<String> {
     let nodes = state.kube_nodes.as_ref()?;
     nodes
         .iter()
@@ -386,8 +472,10 @@ fn schedulable_host(state: &super::State) -> Option<String> {
         .map(|(name, _)| {
             let pods = state
                 .pods
-                .values()
-                .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()))
+                .all()
+                .filter(|(_, _, p)| {
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())
+                })
                 .count();
             (pods, name.clone())
         })
@@ -395,9 +483,12 @@ fn schedulable_host(state: &super::State) -> Option<String> {
         .map(|(_, name)| name)
 }
 
+/// Whether the entry Service sends new sessions to the pod: it carries the routable label and
+/// is one of its ready endpoints (Ready, and not terminating).
 fn routable_and_ready(pod: &Pod) -> bool {
     let labels = pod.metadata.labels.as_ref();
-    labels.and_then(|l| l.get(keys::ROUTABLE_LABEL)).is_some_and(|v| v == "true")
+    !terminating(pod)
+        && labels.and_then(|l| l.get(keys::ROUTABLE_LABEL)).is_some_and(|v| v == "true")
         && pod
             .status
             .as_ref()
@@ -416,11 +507,11 @@ impl OmeroPort for Sim {
             let state = self.fake.state();
             state
                 .pods
-                .iter()
-                .find(|(_, p)| {
+                .all()
+                .find(|(_, _, p)| {
                     p.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(query.pod_ip.as_str())
                 })
-                .map(|(n, _)| n.clone())
+                .map(|(_, n, _)| n.to_string())
         };
         let pod = pod.ok_or_else(|| format!("no route to {}", query.pod_ip))?;
         let world = self.world();
