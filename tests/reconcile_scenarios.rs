@@ -1064,15 +1064,11 @@ async fn an_unchanged_reconcile_against_the_api_servers_defaulted_objects_writes
     }
 }
 
-/// Operator bug the API-server double exposes: the API server leaves out the empty value of an
-/// `omitempty` field (Go's encoding): an env var's `value: ""` (so a `config` entry set to ""),
-/// a toleration's `value: ""`, a sidecar's `readOnly: false` or `workingDir: ""`. `needs_apply`
-/// takes only empty lists and maps as matching an absent field, so each reconcile finds the
-/// node's Deployment changed and applies it again (with a status write), for ever. Not fixed
-/// here: an empty string is a value inside a map (an annotation `""`), so the fix needs to tell
-/// a map from a struct in `diff::contains`. `cargo test --test reconcile_scenarios -- --ignored`.
+/// The API server leaves out the empty value of an `omitempty` field (Go's encoding): an env
+/// var's `value: ""` (so a `config` entry set to ""), a toleration's `value: ""`, a sidecar's
+/// `readOnly: false`. Such a value is no change (`diff::needs_apply`), or each reconcile would
+/// apply the node's Deployment again, with a status write, for ever.
 #[tokio::test(start_paused = true)]
-#[ignore = "operator bug: empty values the API server leaves out are re-applied every reconcile"]
 async fn an_empty_value_the_api_server_leaves_out_is_no_change() {
     for node_field in [
         "    config: {omero.mail.host: \"\"}\n",
