@@ -878,3 +878,76 @@ fn maintenance_taint_keys_must_be_taint_keys() {
     );
     assert_error("spec: {maintenance: {taintKeys: [Example.com/x]}}", "spec.maintenance.taintKeys[0]", &[]);
 }
+
+// --- omero.ports.* ---
+
+#[test]
+fn omero_ports_in_the_clusters_config_are_valid_when_they_give_ports() {
+    assert_valid("spec: {config: {omero.ports.prefix: '1'}}");
+    assert_valid(
+        "spec: {config: {omero.ports.tcp: '5063', omero.ports.ssl: '5064', omero.ports.registry: '5061'}}",
+    );
+}
+
+#[test]
+fn omero_ports_that_give_no_port_are_refused_on_the_key_to_fix() {
+    assert_error(
+        "spec: {config: {omero.ports.prefix: '9'}}",
+        "spec.config[omero.ports.prefix]",
+        &["makes the IceGrid registry port 94061", "Glacier2's tcp port 94063", "not a port from 1 to 65535"],
+    );
+    assert_error(
+        "spec: {config: {omero.ports.prefix: a}}",
+        "spec.config[omero.ports.prefix]",
+        &["'a' is not digits", "prefix 1 makes the tcp port 14063"],
+    );
+    assert_error(
+        "spec: {config: {omero.ports.ssl: '70000'}}",
+        "spec.config[omero.ports.ssl]",
+        &["'70000' is not a port from 1 to 65535", "OMERO's default 4064"],
+    );
+}
+
+#[test]
+fn omero_ports_may_not_be_set_per_node() {
+    for key in ["omero.ports.prefix", "omero.ports.tcp", "omero.ports.registry"] {
+        assert_error(
+            &format!("spec: {{nodes: [{{name: main, config: {{{key}: '1'}}}}]}}"),
+            &format!("spec.nodes[0].config[{key}]"),
+            &[
+                "may not differ between nodes",
+                "entry Service forwards one port number",
+                "move it to spec.config",
+            ],
+        );
+    }
+}
+
+#[test]
+fn two_servers_of_a_pod_may_not_listen_on_one_port() {
+    assert_error(
+        "spec: {config: {omero.ports.ssl: '4063'}}",
+        "spec.config[omero.ports.ssl]",
+        &["makes Glacier2's ssl port 4063, which is also Glacier2's tcp port", "give each its own"],
+    );
+    assert_error(
+        "spec: {config: {omero.ports.registry: '4064'}}",
+        "spec.config[omero.ports.registry]",
+        &["makes Glacier2's ssl port 4064, which is also the IceGrid registry port"],
+    );
+    // A transport nothing listens on collides with nothing.
+    assert_valid("spec: {config: {omero.ports.ws: '4063'}}");
+    assert_error(
+        "spec: {config: {omero.ports.ws: '4063'}, nodes: [{name: main, config: {omero.client.icetransports: 'tcp,ws'}}]}",
+        "spec.config[omero.ports.ws]",
+        &["Glacier2's ws port 4063"],
+    );
+    // The session counter listens beside the server.
+    let counter = "sessionCounter: {credentialsSecret: {name: m}, defaultFor: all}";
+    assert_valid(&format!("spec: {{{counter}}}"));
+    assert_error(
+        &format!("spec: {{{counter}, config: {{omero.ports.tcp: '9450'}}}}"),
+        "spec.config[omero.ports.tcp]",
+        &["Glacier2's tcp port 9450, the port the session counter listens on"],
+    );
+}

@@ -3,11 +3,18 @@
 //! authority for what it cannot (names across objects, property names, the image convention)
 //! and for `omero-operator render`, which has no API server.
 
-use std::{collections::BTreeSet, fmt};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
 
 use kube::ResourceExt;
 
-use super::{OmeroCluster, OnDeadline, SecretKeyRef, SessionProbeKind, Topology, property};
+use super::{
+    OmeroCluster, OnDeadline, SecretKeyRef, SessionProbeKind, Topology,
+    ports::{self, Port},
+    property,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationError {
@@ -80,7 +87,8 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
             "is empty: name the existing PersistentVolumeClaim of the binary repository",
         );
     }
-    check_config(&mut errors, "spec.config", spec.config.keys(), spec.topology);
+    check_config(&mut errors, "spec.config", &spec.config, spec.topology, ConfigLevel::Cluster);
+    check_ports(&mut errors, spec);
 
     if let Some(sessions) = &spec.sessions {
         for (field, value) in [("idleTimeout", sessions.idle_timeout), ("maxLifetime", sessions.max_lifetime)]
@@ -194,7 +202,7 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
                 "is only meaningful in grid topology: remove it or set spec.topology: grid",
             );
         }
-        check_config(errors, &at("config"), node.config.keys(), spec.topology);
+        check_config(errors, &at("config"), &node.config, spec.topology, ConfigLevel::Node);
         for (j, env) in node.env.iter().enumerate() {
             if let Some(why) = property::reserved_env(&env.name) {
                 errors.push(
@@ -393,20 +401,84 @@ fn check_secret_ref(errors: &mut Errors, field: &str, secret: &SecretKeyRef) {
     }
 }
 
-fn check_config<'a>(
+/// Whether a `config` map is the cluster's or one node's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ConfigLevel {
+    Cluster,
+    Node,
+}
+
+fn check_config(
     errors: &mut Errors,
     field: &str,
-    keys: impl Iterator<Item = &'a String>,
+    config: &BTreeMap<String, String>,
     topology: Topology,
+    level: ConfigLevel,
 ) {
-    for key in keys {
+    for key in config.keys() {
         if let Some(why) = property::refused(key) {
             errors.push(format!("{field}[{key}]"), format!("may not be set: {why}"));
         } else if let Some(instead) = property::managed_by(key, topology) {
             errors.push(format!("{field}[{key}]"), format!("is set by the operator: use {instead} instead"));
+        } else if level == ConfigLevel::Node && ports::is_port_key(key) {
+            errors.push(
+                format!("{field}[{key}]"),
+                "may not differ between nodes: the entry Service forwards one port number to every routable node, \
+                 and grid workers reach the master's registry on the cluster's port; move it to spec.config",
+            );
         } else if let Err(why) = property::env_name(key) {
             errors.push(format!("{field}[{key}]"), format!("cannot be passed to the image: {why}"));
         }
+    }
+}
+
+/// `omero.ports.*`: each port they give is a port, and no two servers of one pod (OMERO's
+/// registry and Glacier2's transports, the session counter) share one. Ports are the
+/// cluster's alone (a node's `config` may not set them, see `check_config`).
+fn check_ports(errors: &mut Errors, spec: &super::OmeroClusterSpec) {
+    let ports = match ports::derive(&spec.config) {
+        Ok(ports) => ports,
+        Err(problems) => {
+            for problem in problems {
+                errors.push(format!("spec.config[{}]", problem.key), problem.message);
+            }
+            return;
+        }
+    };
+    // What listens in one pod: every node but a grid worker runs the registry and Glacier2.
+    let mut listened = BTreeSet::from([Port::Registry]);
+    for node in spec.nodes.iter().filter(|n| spec.topology != Topology::Grid || n.is_master()) {
+        listened.extend(ports::glacier2_ports(&spec.config, &node.config));
+    }
+    let set = |port: Port| spec.config.contains_key(port.key());
+    let blame = |port: Port| if set(port) { port.key() } else { ports::PREFIX };
+    let listened: Vec<Port> = listened.into_iter().collect();
+    for (i, &later) in listened.iter().enumerate() {
+        if let Some(&earlier) = listened[..i].iter().find(|&&p| ports.get(p) == ports.get(later)) {
+            let key = if set(later) { later.key() } else { earlier.key() };
+            errors.push(
+                format!("spec.config[{key}]"),
+                format!(
+                    "makes {} {}, which is also {}: two servers cannot listen on one port; give each its own",
+                    later.describe(),
+                    ports.get(later),
+                    earlier.describe()
+                ),
+            );
+        }
+    }
+    let counter_runs = spec.nodes.iter().any(|n| spec.session_probe_of(n).kind == SessionProbeKind::Counter);
+    if counter_runs
+        && let Some(&port) = listened.iter().find(|&&p| ports.get(p) == crate::omero::COUNTER_PORT)
+    {
+        errors.push(
+            format!("spec.config[{}]", blame(port)),
+            format!(
+                "makes {} {}, the port the session counter listens on beside the server: pick another",
+                port.describe(),
+                crate::omero::COUNTER_PORT
+            ),
+        );
     }
 }
 
