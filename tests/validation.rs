@@ -951,3 +951,31 @@ fn two_servers_of_a_pod_may_not_listen_on_one_port() {
         &["Glacier2's tcp port 9450, the port the session counter listens on"],
     );
 }
+
+// --- the redirector ---
+
+#[test]
+fn independent_topology_refuses_every_redirector_but_omeros_default() {
+    assert_valid("spec: {config: {omero.cluster.redirector: nullRedirector}}");
+    for redirector in ["configRedirector", "scaleRedirector", "x"] {
+        assert_error(
+            &format!("spec: {{config: {{omero.cluster.redirector: {redirector}}}}}"),
+            "spec.config[omero.cluster.redirector]",
+            &[
+                &format!("'{redirector}' is refused in independent topology"),
+                "redirect row (omero.cluster.redirect) that only grid topology maintains",
+                "OMERO's default is nullRedirector",
+            ],
+        );
+        assert_error(
+            &format!("spec: {{nodes: [{{name: main, config: {{omero.cluster.redirector: {redirector}}}}}]}}"),
+            "spec.nodes[0].config[omero.cluster.redirector]",
+            &["is refused in independent topology"],
+        );
+    }
+    assert_error(
+        "spec: {topology: grid, config: {omero.cluster.redirector: nullRedirector}, nodes: [{name: main, master: true}]}",
+        "spec.config[omero.cluster.redirector]",
+        &["is set by the operator"],
+    );
+}

@@ -415,11 +415,13 @@ fn check_config(
     topology: Topology,
     level: ConfigLevel,
 ) {
-    for key in config.keys() {
+    for (key, value) in config {
         if let Some(why) = property::refused(key) {
             errors.push(format!("{field}[{key}]"), format!("may not be set: {why}"));
         } else if let Some(instead) = property::managed_by(key, topology) {
             errors.push(format!("{field}[{key}]"), format!("is set by the operator: use {instead} instead"));
+        } else if let Some(why) = property::refused_value(key, value, topology) {
+            errors.push(format!("{field}[{key}]"), why);
         } else if level == ConfigLevel::Node && ports::is_port_key(key) {
             errors.push(
                 format!("{field}[{key}]"),
