@@ -879,6 +879,87 @@ fn maintenance_taint_keys_must_be_taint_keys() {
     assert_error("spec: {maintenance: {taintKeys: [Example.com/x]}}", "spec.maintenance.taintKeys[0]", &[]);
 }
 
+// --- session lifetimes: OMERO's cap on what users ask for ---
+
+#[test]
+fn max_user_lifetime_is_a_cap_beside_max_lifetime_and_no_shorter() {
+    assert_valid("spec: {sessions: {maxLifetime: 8h, maxUserLifetime: 8h}}");
+    assert_valid("spec: {sessions: {maxLifetime: 8h, maxUserLifetime: 24h}}");
+    assert_error(
+        "spec: {sessions: {maxUserLifetime: 8h}}",
+        "spec.sessions.maxUserLifetime",
+        &["needs maxLifetime", "logins would stay unlimited"],
+    );
+    assert_error(
+        "spec: {sessions: {maxLifetime: 8h, maxUserLifetime: 1h}}",
+        "spec.sessions.maxUserLifetime",
+        &["is shorter than maxLifetime (8h)", "make it at least 8h"],
+    );
+    assert_error(
+        "spec: {sessions: {maxLifetime: 8h, maxUserLifetime: 0s}}",
+        "spec.sessions.maxUserLifetime",
+        &["must be a positive duration"],
+    );
+}
+
+#[test]
+fn omeros_cap_is_managed_with_the_field_to_use() {
+    assert_error(
+        "spec: {config: {omero.sessions.max_user_time_to_live: '0'}}",
+        "spec.config[omero.sessions.max_user_time_to_live]",
+        &["is set by the operator", "spec.sessions.maxUserLifetime", "follows spec.sessions.maxLifetime"],
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, config: {omero.sessions.max_user_time_to_live: '0'}}]}",
+        "spec.nodes[0].config[omero.sessions.max_user_time_to_live]",
+        &["is set by the operator"],
+    );
+}
+
+#[test]
+fn an_idle_cap_set_by_hand_below_the_idle_timeout_is_refused_once_the_cap_is_on() {
+    let key = "omero.sessions.max_user_time_to_idle";
+    assert_valid(&format!(
+        "spec: {{sessions: {{idleTimeout: 30m, maxLifetime: 8h}}, config: {{{key}: '1800000'}}}}"
+    ));
+    // Without maxLifetime OMERO does not enforce it.
+    assert_valid(&format!("spec: {{sessions: {{idleTimeout: 3h}}, config: {{{key}: '60000'}}}}"));
+    assert_error(
+        &format!("spec: {{sessions: {{idleTimeout: 3h, maxLifetime: 8h}}, config: {{{key}: '6000000'}}}}"),
+        &format!("spec.config[{key}]"),
+        &["is 6000000 ms, below the idle timeout every login gets (10800000 ms", "make it at least 10800000"],
+    );
+    // OMERO's default idle timeout (10 minutes) when idleTimeout is left out.
+    assert_error(
+        &format!(
+            "spec: {{sessions: {{maxLifetime: 8h}}, nodes: [{{name: main, config: {{{key}: '60000'}}}}]}}"
+        ),
+        &format!("spec.nodes[0].config[{key}]"),
+        &["(600000 ms"],
+    );
+    assert_error(
+        &format!("spec: {{config: {{{key}: 100m}}}}"),
+        &format!("spec.config[{key}]"),
+        &["'100m' is not a number of milliseconds"],
+    );
+}
+
+#[test]
+fn the_drain_deadline_defaults_to_the_longest_lifetime_users_may_give_their_sessions() {
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    assert_eq!(cluster("{}").spec.drain_timeout(), hours(1));
+    assert_eq!(cluster("spec: {sessions: {maxLifetime: 8h}}").spec.drain_timeout(), hours(8));
+    assert_eq!(
+        cluster("spec: {sessions: {maxLifetime: 8h, maxUserLifetime: 24h}}").spec.drain_timeout(),
+        hours(24),
+        "the cap, not the default lifetime"
+    );
+    assert_eq!(
+        cluster("spec: {sessions: {maxLifetime: 8h}, drain: {timeout: 2h}}").spec.drain_timeout(),
+        hours(2)
+    );
+}
+
 // --- omero.ports.* ---
 
 #[test]

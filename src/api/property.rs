@@ -20,6 +20,10 @@ pub const MANAGED: &[(&str, &str)] = &[
     ("omero.sessions.timeout", "spec.sessions.idleTimeout"),
     ("omero.sessions.maximum", "spec.sessions.maxLifetime"),
     (
+        "omero.sessions.max_user_time_to_live",
+        "spec.sessions.maxUserLifetime (it follows spec.sessions.maxLifetime unless set)",
+    ),
+    (
         "omero.pixeldata.memoizer.dir.local",
         "spec.nodes[].readOnly.repo (the operator provides a writable directory)",
     ),

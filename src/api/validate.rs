@@ -91,8 +91,11 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
     check_ports(&mut errors, spec);
 
     if let Some(sessions) = &spec.sessions {
-        for (field, value) in [("idleTimeout", sessions.idle_timeout), ("maxLifetime", sessions.max_lifetime)]
-        {
+        for (field, value) in [
+            ("idleTimeout", sessions.idle_timeout),
+            ("maxLifetime", sessions.max_lifetime),
+            ("maxUserLifetime", sessions.max_user_lifetime),
+        ] {
             if value.is_some_and(|d| d.is_zero()) {
                 errors.push(
                     format!("spec.sessions.{field}"),
@@ -100,7 +103,9 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
                 );
             }
         }
+        check_user_lifetime_cap(&mut errors, sessions);
     }
+    check_user_idle_cap(&mut errors, spec);
     check_nodes(&mut errors, cluster);
     if let Some(counter) = &spec.session_counter {
         check_session_counter(&mut errors, counter, spec);
@@ -481,6 +486,60 @@ fn check_ports(errors: &mut Errors, spec: &super::OmeroClusterSpec) {
                 crate::omero::COUNTER_PORT
             ),
         );
+    }
+}
+
+/// `maxUserLifetime` caps what users may ask for; it means something only beside
+/// `maxLifetime`, and no less than it.
+fn check_user_lifetime_cap(errors: &mut Errors, sessions: &super::SessionsSpec) {
+    let Some(cap) = sessions.max_user_lifetime.filter(|d| !d.is_zero()) else { return };
+    match sessions.max_lifetime.filter(|d| !d.is_zero()) {
+        None => errors.push(
+            "spec.sessions.maxUserLifetime",
+            "needs maxLifetime: OMERO gives every login the default time to live (omero.sessions.maximum, unlimited \
+             unless maxLifetime sets it) without checking it against this cap, so logins would stay unlimited; set \
+             maxLifetime too (at most this)",
+        ),
+        Some(max) if cap < max => errors.push(
+            "spec.sessions.maxUserLifetime",
+            format!(
+                "is shorter than maxLifetime ({max}), the time to live every login gets: OMERO would refuse a user's \
+                 update of their own session that keeps it (ISession.updateSession checks the cap); make it at least \
+                 {max}, or leave it out (it then equals maxLifetime)"
+            ),
+        ),
+        Some(_) => {}
+    }
+}
+
+/// With `maxLifetime` set, OMERO also enforces `omero.sessions.max_user_time_to_idle` (a bug:
+/// its idle check tests the time-to-live cap; omero-server `SessionManagerImpl.parseAndSetTimeouts`,
+/// read from source). A value set by hand below the idle timeout every login gets would make
+/// OMERO refuse a user's update of their own session that keeps it. The operator raises
+/// OMERO's default itself when `idleTimeout` is longer (see `render::config`).
+fn check_user_idle_cap(errors: &mut Errors, spec: &super::OmeroClusterSpec) {
+    let key = super::MAX_USER_IDLE_PROPERTY;
+    let sessions = spec.sessions.clone().unwrap_or_default();
+    let idle_ms = sessions.idle_timeout.map_or(super::OMERO_DEFAULT_IDLE_MS, super::Duration::as_millis);
+    let configs = std::iter::once(("spec.config".to_string(), &spec.config))
+        .chain(spec.nodes.iter().enumerate().map(|(i, n)| (format!("spec.nodes[{i}].config"), &n.config)));
+    for (field, config) in configs {
+        let Some(value) = config.get(key) else { continue };
+        match value.parse::<u64>() {
+            Err(_) => errors.push(
+                format!("{field}[{key}]"),
+                format!("'{value}' is not a number of milliseconds, which OMERO reads it as: write one, e.g. 6000000"),
+            ),
+            Ok(cap) if sessions.max_lifetime.is_some() && cap < idle_ms => errors.push(
+                format!("{field}[{key}]"),
+                format!(
+                    "is {cap} ms, below the idle timeout every login gets ({idle_ms} ms, spec.sessions.idleTimeout): \
+                     with maxLifetime set OMERO enforces this cap and would refuse a user's update of their own \
+                     session that keeps it; make it at least {idle_ms}, or remove it"
+                ),
+            ),
+            Ok(_) => {}
+        }
     }
 }
 
