@@ -1060,3 +1060,35 @@ fn independent_topology_refuses_every_redirector_but_omeros_default() {
         &["is set by the operator"],
     );
 }
+
+// --- the image's omero-py ---
+
+#[test]
+fn an_official_image_built_before_omero_py_5_9_is_refused_where_node_descriptors_matter() {
+    let grid = "topology: grid, nodes: [{name: main, master: true}, {name: w1}]";
+    assert_error(
+        &format!("spec: {{image: 'openmicroscopy/omero-server:5.6.2', {grid}}}"),
+        "spec.image",
+        &["is OMERO.server 5.6.2", "before omero-py 5.9.0", "workers would host no Blitz", "5.6.3 or later"],
+    );
+    for newer in ["5.6.3", "5.6.3-1", "5.6", "5.6.17", "latest"] {
+        assert_valid(&format!("spec: {{image: 'openmicroscopy/omero-server:{newer}', {grid}}}"));
+    }
+    assert_valid(&format!("spec: {{image: 'registry.example/omero:5.6.2', {grid}}}"));
+    // Independent topology does not need the descriptors, unless they are set by hand.
+    assert_valid("spec: {image: 'openmicroscopy/omero-server:5.6.2'}");
+    assert_error(
+        "spec: {image: 'openmicroscopy/omero-server:5.6.1', nodes: [{name: main, config: {omero.server.nodedescriptors: 'master:Blitz-0'}}]}",
+        "spec.image",
+        &["is OMERO.server 5.6.1", "omero.server.nodedescriptors set in config would be ignored"],
+    );
+}
+
+#[test]
+fn a_python_2_image_is_refused_in_any_topology() {
+    assert_error(
+        "spec: {image: 'openmicroscopy/omero-server:5.5.1'}",
+        "spec.image",
+        &["is OMERO.server 5.5.1, a Python 2 image without /opt/omero/server/venv3", "5.6.3 or later"],
+    );
+}

@@ -52,7 +52,11 @@ use super::{Duration, OmeroClusterStatus};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OmeroClusterSpec {
-    /// OMERO.server image, e.g. `openmicroscopy/omero-server:5.6`.
+    /// OMERO.server image, e.g. `openmicroscopy/omero-server:5.6`: one with omero-py 5.9.0 or
+    /// later (the first to read `omero.server.nodedescriptors`). Official images older than
+    /// that (tags before 5.6.3) are refused where the cluster needs it (grid topology, or
+    /// `omero.server.nodedescriptors` in config), and before 5.6 (Python 2, no
+    /// `/opt/omero/server/venv3`) always.
     #[schemars(length(min = 1))]
     pub image: String,
     /// Image pull policy for every node (`Always`, `IfNotPresent`, `Never`).

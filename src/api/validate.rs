@@ -11,7 +11,7 @@ use std::{
 use kube::ResourceExt;
 
 use super::{
-    OmeroCluster, OnDeadline, SecretKeyRef, SessionProbeKind, Topology,
+    OmeroCluster, OnDeadline, SecretKeyRef, SessionProbeKind, Topology, image,
     ports::{self, Port},
     property,
 };
@@ -60,6 +60,8 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
     if spec.image.trim().is_empty() {
         errors
             .push("spec.image", "is empty: set the OMERO.server image, e.g. openmicroscopy/omero-server:5.6");
+    } else if let Some(why) = image::too_old(&spec.image, relies_on_node_descriptors(spec)) {
+        errors.push("spec.image", why);
     }
     if spec.database.host.trim().is_empty() {
         errors.push("spec.database.host", "is empty: set the PostgreSQL host name");
@@ -540,6 +542,22 @@ fn check_user_idle_cap(errors: &mut Errors, spec: &super::OmeroClusterSpec) {
             ),
             Ok(_) => {}
         }
+    }
+}
+
+/// Why the cluster needs `omero.server.nodedescriptors` to be read, if it does: the grid
+/// master's descriptors place a Blitz on each worker; a descriptor set by hand in
+/// `independent` topology trims a node's services.
+fn relies_on_node_descriptors(spec: &super::OmeroClusterSpec) -> Option<&'static str> {
+    const KEY: &str = "omero.server.nodedescriptors";
+    if spec.topology == Topology::Grid {
+        Some(
+            "a grid's workers would host no Blitz (the master's omero.server.nodedescriptors places one on each)",
+        )
+    } else if spec.config.contains_key(KEY) || spec.nodes.iter().any(|n| n.config.contains_key(KEY)) {
+        Some("the omero.server.nodedescriptors set in config would be ignored")
+    } else {
+        None
     }
 }
 
