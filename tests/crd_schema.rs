@@ -178,9 +178,13 @@ fn node_name_is_a_dns_label() {
 
 #[test]
 fn every_duration_has_the_pattern_and_the_positive_rule() {
-    for path in
-        ["sessions.idleTimeout", "sessions.maxLifetime", "drain.timeout", "nodes[].sessionProbe.interval"]
-    {
+    for path in [
+        "sessions.idleTimeout",
+        "sessions.maxLifetime",
+        "sessions.maxUserLifetime",
+        "drain.timeout",
+        "nodes[].sessionProbe.interval",
+    ] {
         let duration = spec_schema(path);
         assert_eq!(duration["type"], "string", "{path}");
         assert_eq!(duration["pattern"], DURATION_PATTERN, "{path}");
@@ -191,6 +195,17 @@ fn every_duration_has_the_pattern_and_the_positive_rule() {
 }
 
 // --- CEL rules ---
+
+#[test]
+fn the_users_lifetime_cap_needs_max_lifetime_and_is_no_shorter() {
+    let rule = rule_containing(&spec_schema("sessions"), "self.maxUserLifetime");
+    assert_eq!(
+        rule["rule"],
+        "!has(self.maxUserLifetime) || (has(self.maxLifetime) && duration(self.maxUserLifetime) >= duration(self.maxLifetime))"
+    );
+    assert_eq!(rule["fieldPath"], ".maxUserLifetime");
+    assert!(rule["message"].as_str().unwrap().contains("at least maxLifetime"), "{rule:#?}");
+}
 
 #[test]
 fn independent_topology_allows_at_most_one_read_write_node() {
@@ -317,8 +332,8 @@ fn every_rule_has_a_message_and_a_field_path_that_exists() {
             }
         }
     });
-    // 2 on the root (names), 6 on the spec, 1 on a node, 1 on a probe, 6 durations.
-    assert_eq!(count, 16, "rules in the CRD (none in status)");
+    // 2 on the root (names), 6 on the spec, 1 on sessions, 1 on a node, 1 on a probe, 7 durations.
+    assert_eq!(count, 18, "rules in the CRD (none in status)");
 }
 
 /// Switching topology would need a per-node Service's immutable clusterIP changed and every

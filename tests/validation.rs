@@ -878,3 +878,217 @@ fn maintenance_taint_keys_must_be_taint_keys() {
     );
     assert_error("spec: {maintenance: {taintKeys: [Example.com/x]}}", "spec.maintenance.taintKeys[0]", &[]);
 }
+
+// --- session lifetimes: OMERO's cap on what users ask for ---
+
+#[test]
+fn max_user_lifetime_is_a_cap_beside_max_lifetime_and_no_shorter() {
+    assert_valid("spec: {sessions: {maxLifetime: 8h, maxUserLifetime: 8h}}");
+    assert_valid("spec: {sessions: {maxLifetime: 8h, maxUserLifetime: 24h}}");
+    assert_error(
+        "spec: {sessions: {maxUserLifetime: 8h}}",
+        "spec.sessions.maxUserLifetime",
+        &["needs maxLifetime", "logins would stay unlimited"],
+    );
+    assert_error(
+        "spec: {sessions: {maxLifetime: 8h, maxUserLifetime: 1h}}",
+        "spec.sessions.maxUserLifetime",
+        &["is shorter than maxLifetime (8h)", "make it at least 8h"],
+    );
+    assert_error(
+        "spec: {sessions: {maxLifetime: 8h, maxUserLifetime: 0s}}",
+        "spec.sessions.maxUserLifetime",
+        &["must be a positive duration"],
+    );
+}
+
+#[test]
+fn omeros_cap_is_managed_with_the_field_to_use() {
+    assert_error(
+        "spec: {config: {omero.sessions.max_user_time_to_live: '0'}}",
+        "spec.config[omero.sessions.max_user_time_to_live]",
+        &["is set by the operator", "spec.sessions.maxUserLifetime", "follows spec.sessions.maxLifetime"],
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, config: {omero.sessions.max_user_time_to_live: '0'}}]}",
+        "spec.nodes[0].config[omero.sessions.max_user_time_to_live]",
+        &["is set by the operator"],
+    );
+}
+
+#[test]
+fn an_idle_cap_set_by_hand_below_the_idle_timeout_is_refused_once_the_cap_is_on() {
+    let key = "omero.sessions.max_user_time_to_idle";
+    assert_valid(&format!(
+        "spec: {{sessions: {{idleTimeout: 30m, maxLifetime: 8h}}, config: {{{key}: '1800000'}}}}"
+    ));
+    // Without maxLifetime OMERO does not enforce it.
+    assert_valid(&format!("spec: {{sessions: {{idleTimeout: 3h}}, config: {{{key}: '60000'}}}}"));
+    assert_error(
+        &format!("spec: {{sessions: {{idleTimeout: 3h, maxLifetime: 8h}}, config: {{{key}: '6000000'}}}}"),
+        &format!("spec.config[{key}]"),
+        &["is 6000000 ms, below the idle timeout every login gets (10800000 ms", "make it at least 10800000"],
+    );
+    // OMERO's default idle timeout (10 minutes) when idleTimeout is left out.
+    assert_error(
+        &format!(
+            "spec: {{sessions: {{maxLifetime: 8h}}, nodes: [{{name: main, config: {{{key}: '60000'}}}}]}}"
+        ),
+        &format!("spec.nodes[0].config[{key}]"),
+        &["(600000 ms"],
+    );
+    assert_error(
+        &format!("spec: {{config: {{{key}: 100m}}}}"),
+        &format!("spec.config[{key}]"),
+        &["'100m' is not a number of milliseconds"],
+    );
+}
+
+#[test]
+fn the_drain_deadline_defaults_to_the_longest_lifetime_users_may_give_their_sessions() {
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    assert_eq!(cluster("{}").spec.drain_timeout(), hours(1));
+    assert_eq!(cluster("spec: {sessions: {maxLifetime: 8h}}").spec.drain_timeout(), hours(8));
+    assert_eq!(
+        cluster("spec: {sessions: {maxLifetime: 8h, maxUserLifetime: 24h}}").spec.drain_timeout(),
+        hours(24),
+        "the cap, not the default lifetime"
+    );
+    assert_eq!(
+        cluster("spec: {sessions: {maxLifetime: 8h}, drain: {timeout: 2h}}").spec.drain_timeout(),
+        hours(2)
+    );
+}
+
+// --- omero.ports.* ---
+
+#[test]
+fn omero_ports_in_the_clusters_config_are_valid_when_they_give_ports() {
+    assert_valid("spec: {config: {omero.ports.prefix: '1'}}");
+    assert_valid(
+        "spec: {config: {omero.ports.tcp: '5063', omero.ports.ssl: '5064', omero.ports.registry: '5061'}}",
+    );
+}
+
+#[test]
+fn omero_ports_that_give_no_port_are_refused_on_the_key_to_fix() {
+    assert_error(
+        "spec: {config: {omero.ports.prefix: '9'}}",
+        "spec.config[omero.ports.prefix]",
+        &["makes the IceGrid registry port 94061", "Glacier2's tcp port 94063", "not a port from 1 to 65535"],
+    );
+    assert_error(
+        "spec: {config: {omero.ports.prefix: a}}",
+        "spec.config[omero.ports.prefix]",
+        &["'a' is not digits", "prefix 1 makes the tcp port 14063"],
+    );
+    assert_error(
+        "spec: {config: {omero.ports.ssl: '70000'}}",
+        "spec.config[omero.ports.ssl]",
+        &["'70000' is not a port from 1 to 65535", "OMERO's default 4064"],
+    );
+}
+
+#[test]
+fn omero_ports_may_not_be_set_per_node() {
+    for key in ["omero.ports.prefix", "omero.ports.tcp", "omero.ports.registry"] {
+        assert_error(
+            &format!("spec: {{nodes: [{{name: main, config: {{{key}: '1'}}}}]}}"),
+            &format!("spec.nodes[0].config[{key}]"),
+            &[
+                "may not differ between nodes",
+                "entry Service forwards one port number",
+                "move it to spec.config",
+            ],
+        );
+    }
+}
+
+#[test]
+fn two_servers_of_a_pod_may_not_listen_on_one_port() {
+    assert_error(
+        "spec: {config: {omero.ports.ssl: '4063'}}",
+        "spec.config[omero.ports.ssl]",
+        &["makes Glacier2's ssl port 4063, which is also Glacier2's tcp port", "give each its own"],
+    );
+    assert_error(
+        "spec: {config: {omero.ports.registry: '4064'}}",
+        "spec.config[omero.ports.registry]",
+        &["makes Glacier2's ssl port 4064, which is also the IceGrid registry port"],
+    );
+    // A transport nothing listens on collides with nothing.
+    assert_valid("spec: {config: {omero.ports.ws: '4063'}}");
+    assert_error(
+        "spec: {config: {omero.ports.ws: '4063'}, nodes: [{name: main, config: {omero.client.icetransports: 'tcp,ws'}}]}",
+        "spec.config[omero.ports.ws]",
+        &["Glacier2's ws port 4063"],
+    );
+    // The session counter listens beside the server.
+    let counter = "sessionCounter: {credentialsSecret: {name: m}, defaultFor: all}";
+    assert_valid(&format!("spec: {{{counter}}}"));
+    assert_error(
+        &format!("spec: {{{counter}, config: {{omero.ports.tcp: '9450'}}}}"),
+        "spec.config[omero.ports.tcp]",
+        &["Glacier2's tcp port 9450, the port the session counter listens on"],
+    );
+}
+
+// --- the redirector ---
+
+#[test]
+fn independent_topology_refuses_every_redirector_but_omeros_default() {
+    assert_valid("spec: {config: {omero.cluster.redirector: nullRedirector}}");
+    for redirector in ["configRedirector", "scaleRedirector", "x"] {
+        assert_error(
+            &format!("spec: {{config: {{omero.cluster.redirector: {redirector}}}}}"),
+            "spec.config[omero.cluster.redirector]",
+            &[
+                &format!("'{redirector}' is refused in independent topology"),
+                "redirect row (omero.cluster.redirect) that only grid topology maintains",
+                "OMERO's default is nullRedirector",
+            ],
+        );
+        assert_error(
+            &format!("spec: {{nodes: [{{name: main, config: {{omero.cluster.redirector: {redirector}}}}}]}}"),
+            "spec.nodes[0].config[omero.cluster.redirector]",
+            &["is refused in independent topology"],
+        );
+    }
+    assert_error(
+        "spec: {topology: grid, config: {omero.cluster.redirector: nullRedirector}, nodes: [{name: main, master: true}]}",
+        "spec.config[omero.cluster.redirector]",
+        &["is set by the operator"],
+    );
+}
+
+// --- the image's omero-py ---
+
+#[test]
+fn an_official_image_built_before_omero_py_5_9_is_refused_where_node_descriptors_matter() {
+    let grid = "topology: grid, nodes: [{name: main, master: true}, {name: w1}]";
+    assert_error(
+        &format!("spec: {{image: 'openmicroscopy/omero-server:5.6.2', {grid}}}"),
+        "spec.image",
+        &["is OMERO.server 5.6.2", "before omero-py 5.9.0", "workers would host no Blitz", "5.6.3 or later"],
+    );
+    for newer in ["5.6.3", "5.6.3-1", "5.6", "5.6.17", "latest"] {
+        assert_valid(&format!("spec: {{image: 'openmicroscopy/omero-server:{newer}', {grid}}}"));
+    }
+    assert_valid(&format!("spec: {{image: 'registry.example/omero:5.6.2', {grid}}}"));
+    // Independent topology does not need the descriptors, unless they are set by hand.
+    assert_valid("spec: {image: 'openmicroscopy/omero-server:5.6.2'}");
+    assert_error(
+        "spec: {image: 'openmicroscopy/omero-server:5.6.1', nodes: [{name: main, config: {omero.server.nodedescriptors: 'master:Blitz-0'}}]}",
+        "spec.image",
+        &["is OMERO.server 5.6.1", "omero.server.nodedescriptors set in config would be ignored"],
+    );
+}
+
+#[test]
+fn a_python_2_image_is_refused_in_any_topology() {
+    assert_error(
+        "spec: {image: 'openmicroscopy/omero-server:5.5.1'}",
+        "spec.image",
+        &["is OMERO.server 5.5.1, a Python 2 image without /opt/omero/server/venv3", "5.6.3 or later"],
+    );
+}

@@ -2,6 +2,8 @@
 //! validation rules the API server cannot check by itself.
 
 mod duration;
+mod image;
+pub mod ports;
 pub mod property;
 pub mod quantity;
 mod spec;

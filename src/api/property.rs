@@ -20,6 +20,10 @@ pub const MANAGED: &[(&str, &str)] = &[
     ("omero.sessions.timeout", "spec.sessions.idleTimeout"),
     ("omero.sessions.maximum", "spec.sessions.maxLifetime"),
     (
+        "omero.sessions.max_user_time_to_live",
+        "spec.sessions.maxUserLifetime (it follows spec.sessions.maxLifetime unless set)",
+    ),
+    (
         "omero.pixeldata.memoizer.dir.local",
         "spec.nodes[].readOnly.repo (the operator provides a writable directory)",
     ),
@@ -45,6 +49,25 @@ pub const REFUSED: &[(&str, &str)] = &[(
 /// Why `key` may not be set at all, if it may not.
 pub fn refused(key: &str) -> Option<&'static str> {
     REFUSED.iter().find(|(k, _)| *k == key).map(|(_, why)| *why)
+}
+
+/// OMERO's own value of `omero.cluster.redirector` (omero-common `omero-common.properties`).
+pub const DEFAULT_REDIRECTOR: &str = "nullRedirector";
+
+/// Why `key` may not have `value` in this topology, if it may not.
+pub fn refused_value(key: &str, value: &str, topology: Topology) -> Option<String> {
+    if key == "omero.cluster.redirector" && topology == Topology::Independent && value != DEFAULT_REDIRECTOR {
+        // configRedirector reads the row `omero.cluster.redirect`, which only the grid topology
+        // maintains; with it NULL a Blitz cannot start (omero-blitz `ConfigRedirector`,
+        // `fire/Ring.java`: read from source, not observed).
+        return Some(format!(
+            "'{value}' is refused in independent topology, where every node is an OMERO.server of its own with one \
+             Blitz: there is no other Blitz to redirect to, and a redirector would look for the redirect row \
+             (omero.cluster.redirect) that only grid topology maintains, so every node would fail at start; remove it \
+             (OMERO's default is {DEFAULT_REDIRECTOR}), or use topology: grid for a cluster that redirects"
+        ));
+    }
+    None
 }
 
 /// The spec field that sets `key`, when the operator manages it in this topology.

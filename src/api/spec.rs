@@ -52,7 +52,11 @@ use super::{Duration, OmeroClusterStatus};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OmeroClusterSpec {
-    /// OMERO.server image, e.g. `openmicroscopy/omero-server:5.6`.
+    /// OMERO.server image, e.g. `openmicroscopy/omero-server:5.6`: one with omero-py 5.9.0 or
+    /// later (the first to read `omero.server.nodedescriptors`). Official images older than
+    /// that (tags before 5.6.3) are refused where the cluster needs it (grid topology, or
+    /// `omero.server.nodedescriptors` in config), and before 5.6 (Python 2, no
+    /// `/opt/omero/server/venv3`) always.
     #[schemars(length(min = 1))]
     pub image: String,
     /// Image pull policy for every node (`Always`, `IfNotPresent`, `Never`).
@@ -73,7 +77,8 @@ pub struct OmeroClusterSpec {
     /// through the image's `CONFIG_*` environment convention.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
-    /// Session lifetimes; they also bound how long a drain can take.
+    /// Session lifetimes. `maxLifetime` also caps the lifetime users may give their own
+    /// sessions, which OMERO otherwise leaves unlimited; it is the default drain deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions: Option<SessionsSpec>,
     /// The OMERO nodes; each becomes one Deployment with one replica.
@@ -330,16 +335,49 @@ pub struct RepositorySpec {
     pub set_ownership: bool,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(
+    validation = Rule::new("!has(self.maxUserLifetime) || (has(self.maxLifetime) && duration(self.maxUserLifetime) >= duration(self.maxLifetime))").message("maxUserLifetime caps what users may give their own sessions: it needs maxLifetime (every login's time to live, which OMERO does not check against the cap) and must be at least maxLifetime").field_path(".maxUserLifetime")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionsSpec {
     /// Default idle timeout of a session (`omero.sessions.timeout`; OMERO's default is 10m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
-    /// Default maximum lifetime of a session (`omero.sessions.maximum`; OMERO's default is
-    /// none, so a session in steady use never ends and only the drain deadline bounds a drain).
+    /// Time to live of every new login (`omero.sessions.maximum`), and, unless
+    /// `maxUserLifetime` says otherwise, the longest time to live a user may give their own
+    /// session (`omero.sessions.max_user_time_to_live`). OMERO's defaults are none for both:
+    /// a session in steady use never ends, and any user may make their own session unlimited.
+    /// With it set, sessions people open for themselves end by then. OMERO does not cap
+    /// sessions an administrator or group owner opens for someone else (`omero login --sudo`
+    /// asks for an unlimited one), nor an administrator's change of a session's timeouts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lifetime: Option<Duration>,
+    /// The longest time to live a user may give their own session
+    /// (`omero.sessions.max_user_time_to_live`; OMERO then also caps the idle timeout a user
+    /// asks for at `omero.sessions.max_user_time_to_idle`). Default: `maxLifetime`. At least
+    /// `maxLifetime`, and only with it: without it logins would still be unlimited. Administrators
+    /// changing a session's timeouts with `UpdateSessionTimeoutRequest`, and sessions opened for
+    /// another user, are not capped by OMERO.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_user_lifetime: Option<Duration>,
+}
+
+/// OMERO's property capping the idle timeout a user asks for (omero-server
+/// `omero-server.properties`: 6000000 ms by default).
+pub const MAX_USER_IDLE_PROPERTY: &str = "omero.sessions.max_user_time_to_idle";
+/// OMERO's default of [`MAX_USER_IDLE_PROPERTY`], in milliseconds.
+pub const OMERO_DEFAULT_MAX_USER_IDLE_MS: u64 = 6_000_000;
+/// OMERO's default idle timeout (`omero.sessions.timeout`), in milliseconds.
+pub const OMERO_DEFAULT_IDLE_MS: u64 = 600_000;
+
+impl SessionsSpec {
+    /// The longest time to live OMERO lets a user give their own session
+    /// (`omero.sessions.max_user_time_to_live`): `maxUserLifetime`, else `maxLifetime`; none
+    /// (OMERO's 0, unlimited) without `maxLifetime`.
+    pub fn user_lifetime_cap(&self) -> Option<Duration> {
+        self.max_lifetime.map(|max| self.max_user_lifetime.unwrap_or(max))
+    }
 }
 
 /// One OMERO node: one Deployment, one pod, one per-node Service.
@@ -522,7 +560,11 @@ pub enum SessionProbeKind {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DrainSpec {
-    /// How long a drain may take. Default: `sessions.maxLifetime` if set, else 1h.
+    /// How long a drain may take. Default: the longest lifetime users may give their own
+    /// sessions (`sessions.maxUserLifetime`, else `sessions.maxLifetime`) if set, else 1h. By
+    /// then every session a user opened for themselves before the drain has reached its time
+    /// to live (OMERO closes it at its next sweep); sessions opened for another user (`omero
+    /// login --sudo`) or extended by an administrator may not have: OMERO does not cap them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// What happens at the deadline: `Proceed` (default; the node counts as drained and the
@@ -593,7 +635,7 @@ impl OmeroClusterSpec {
         self.drain
             .as_ref()
             .and_then(|d| d.timeout)
-            .or_else(|| self.sessions.as_ref().and_then(|s| s.max_lifetime))
+            .or_else(|| self.sessions.as_ref().and_then(SessionsSpec::user_lifetime_cap))
             .unwrap_or(DEFAULT_DRAIN_TIMEOUT)
     }
 

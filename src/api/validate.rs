@@ -3,11 +3,18 @@
 //! authority for what it cannot (names across objects, property names, the image convention)
 //! and for `omero-operator render`, which has no API server.
 
-use std::{collections::BTreeSet, fmt};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
 
 use kube::ResourceExt;
 
-use super::{OmeroCluster, OnDeadline, SecretKeyRef, SessionProbeKind, Topology, property};
+use super::{
+    OmeroCluster, OnDeadline, SecretKeyRef, SessionProbeKind, Topology, image,
+    ports::{self, Port},
+    property,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationError {
@@ -53,6 +60,8 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
     if spec.image.trim().is_empty() {
         errors
             .push("spec.image", "is empty: set the OMERO.server image, e.g. openmicroscopy/omero-server:5.6");
+    } else if let Some(why) = image::too_old(&spec.image, relies_on_node_descriptors(spec)) {
+        errors.push("spec.image", why);
     }
     if spec.database.host.trim().is_empty() {
         errors.push("spec.database.host", "is empty: set the PostgreSQL host name");
@@ -80,11 +89,15 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
             "is empty: name the existing PersistentVolumeClaim of the binary repository",
         );
     }
-    check_config(&mut errors, "spec.config", spec.config.keys(), spec.topology);
+    check_config(&mut errors, "spec.config", &spec.config, spec.topology, ConfigLevel::Cluster);
+    check_ports(&mut errors, spec);
 
     if let Some(sessions) = &spec.sessions {
-        for (field, value) in [("idleTimeout", sessions.idle_timeout), ("maxLifetime", sessions.max_lifetime)]
-        {
+        for (field, value) in [
+            ("idleTimeout", sessions.idle_timeout),
+            ("maxLifetime", sessions.max_lifetime),
+            ("maxUserLifetime", sessions.max_user_lifetime),
+        ] {
             if value.is_some_and(|d| d.is_zero()) {
                 errors.push(
                     format!("spec.sessions.{field}"),
@@ -92,7 +105,9 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
                 );
             }
         }
+        check_user_lifetime_cap(&mut errors, sessions);
     }
+    check_user_idle_cap(&mut errors, spec);
     check_nodes(&mut errors, cluster);
     if let Some(counter) = &spec.session_counter {
         check_session_counter(&mut errors, counter, spec);
@@ -194,7 +209,7 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
                 "is only meaningful in grid topology: remove it or set spec.topology: grid",
             );
         }
-        check_config(errors, &at("config"), node.config.keys(), spec.topology);
+        check_config(errors, &at("config"), &node.config, spec.topology, ConfigLevel::Node);
         for (j, env) in node.env.iter().enumerate() {
             if let Some(why) = property::reserved_env(&env.name) {
                 errors.push(
@@ -393,20 +408,156 @@ fn check_secret_ref(errors: &mut Errors, field: &str, secret: &SecretKeyRef) {
     }
 }
 
-fn check_config<'a>(
+/// Whether a `config` map is the cluster's or one node's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ConfigLevel {
+    Cluster,
+    Node,
+}
+
+fn check_config(
     errors: &mut Errors,
     field: &str,
-    keys: impl Iterator<Item = &'a String>,
+    config: &BTreeMap<String, String>,
     topology: Topology,
+    level: ConfigLevel,
 ) {
-    for key in keys {
+    for (key, value) in config {
         if let Some(why) = property::refused(key) {
             errors.push(format!("{field}[{key}]"), format!("may not be set: {why}"));
         } else if let Some(instead) = property::managed_by(key, topology) {
             errors.push(format!("{field}[{key}]"), format!("is set by the operator: use {instead} instead"));
+        } else if let Some(why) = property::refused_value(key, value, topology) {
+            errors.push(format!("{field}[{key}]"), why);
+        } else if level == ConfigLevel::Node && ports::is_port_key(key) {
+            errors.push(
+                format!("{field}[{key}]"),
+                "may not differ between nodes: the entry Service forwards one port number to every routable node, \
+                 and grid workers reach the master's registry on the cluster's port; move it to spec.config",
+            );
         } else if let Err(why) = property::env_name(key) {
             errors.push(format!("{field}[{key}]"), format!("cannot be passed to the image: {why}"));
         }
+    }
+}
+
+/// `omero.ports.*`: each port they give is a port, and no two servers of one pod (OMERO's
+/// registry and Glacier2's transports, the session counter) share one. Ports are the
+/// cluster's alone (a node's `config` may not set them, see `check_config`).
+fn check_ports(errors: &mut Errors, spec: &super::OmeroClusterSpec) {
+    let ports = match ports::derive(&spec.config) {
+        Ok(ports) => ports,
+        Err(problems) => {
+            for problem in problems {
+                errors.push(format!("spec.config[{}]", problem.key), problem.message);
+            }
+            return;
+        }
+    };
+    // What listens in one pod: every node but a grid worker runs the registry and Glacier2.
+    let mut listened = BTreeSet::from([Port::Registry]);
+    for node in spec.nodes.iter().filter(|n| spec.topology != Topology::Grid || n.is_master()) {
+        listened.extend(ports::glacier2_ports(&spec.config, &node.config));
+    }
+    let set = |port: Port| spec.config.contains_key(port.key());
+    let blame = |port: Port| if set(port) { port.key() } else { ports::PREFIX };
+    let listened: Vec<Port> = listened.into_iter().collect();
+    for (i, &later) in listened.iter().enumerate() {
+        if let Some(&earlier) = listened[..i].iter().find(|&&p| ports.get(p) == ports.get(later)) {
+            let key = if set(later) { later.key() } else { earlier.key() };
+            errors.push(
+                format!("spec.config[{key}]"),
+                format!(
+                    "makes {} {}, which is also {}: two servers cannot listen on one port; give each its own",
+                    later.describe(),
+                    ports.get(later),
+                    earlier.describe()
+                ),
+            );
+        }
+    }
+    let counter_runs = spec.nodes.iter().any(|n| spec.session_probe_of(n).kind == SessionProbeKind::Counter);
+    if counter_runs
+        && let Some(&port) = listened.iter().find(|&&p| ports.get(p) == crate::omero::COUNTER_PORT)
+    {
+        errors.push(
+            format!("spec.config[{}]", blame(port)),
+            format!(
+                "makes {} {}, the port the session counter listens on beside the server: pick another",
+                port.describe(),
+                crate::omero::COUNTER_PORT
+            ),
+        );
+    }
+}
+
+/// `maxUserLifetime` caps what users may ask for; it means something only beside
+/// `maxLifetime`, and no less than it.
+fn check_user_lifetime_cap(errors: &mut Errors, sessions: &super::SessionsSpec) {
+    let Some(cap) = sessions.max_user_lifetime.filter(|d| !d.is_zero()) else { return };
+    match sessions.max_lifetime.filter(|d| !d.is_zero()) {
+        None => errors.push(
+            "spec.sessions.maxUserLifetime",
+            "needs maxLifetime: OMERO gives every login the default time to live (omero.sessions.maximum, unlimited \
+             unless maxLifetime sets it) without checking it against this cap, so logins would stay unlimited; set \
+             maxLifetime too (at most this)",
+        ),
+        Some(max) if cap < max => errors.push(
+            "spec.sessions.maxUserLifetime",
+            format!(
+                "is shorter than maxLifetime ({max}), the time to live every login gets: OMERO would refuse a user's \
+                 update of their own session that keeps it (ISession.updateSession checks the cap); make it at least \
+                 {max}, or leave it out (it then equals maxLifetime)"
+            ),
+        ),
+        Some(_) => {}
+    }
+}
+
+/// With `maxLifetime` set, OMERO also enforces `omero.sessions.max_user_time_to_idle` (a bug:
+/// its idle check tests the time-to-live cap; omero-server `SessionManagerImpl.parseAndSetTimeouts`,
+/// read from source). A value set by hand below the idle timeout every login gets would make
+/// OMERO refuse a user's update of their own session that keeps it. The operator raises
+/// OMERO's default itself when `idleTimeout` is longer (see `render::config`).
+fn check_user_idle_cap(errors: &mut Errors, spec: &super::OmeroClusterSpec) {
+    let key = super::MAX_USER_IDLE_PROPERTY;
+    let sessions = spec.sessions.clone().unwrap_or_default();
+    let idle_ms = sessions.idle_timeout.map_or(super::OMERO_DEFAULT_IDLE_MS, super::Duration::as_millis);
+    let configs = std::iter::once(("spec.config".to_string(), &spec.config))
+        .chain(spec.nodes.iter().enumerate().map(|(i, n)| (format!("spec.nodes[{i}].config"), &n.config)));
+    for (field, config) in configs {
+        let Some(value) = config.get(key) else { continue };
+        match value.parse::<u64>() {
+            Err(_) => errors.push(
+                format!("{field}[{key}]"),
+                format!("'{value}' is not a number of milliseconds, which OMERO reads it as: write one, e.g. 6000000"),
+            ),
+            Ok(cap) if sessions.max_lifetime.is_some() && cap < idle_ms => errors.push(
+                format!("{field}[{key}]"),
+                format!(
+                    "is {cap} ms, below the idle timeout every login gets ({idle_ms} ms, spec.sessions.idleTimeout): \
+                     with maxLifetime set OMERO enforces this cap and would refuse a user's update of their own \
+                     session that keeps it; make it at least {idle_ms}, or remove it"
+                ),
+            ),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Why the cluster needs `omero.server.nodedescriptors` to be read, if it does: the grid
+/// master's descriptors place a Blitz on each worker; a descriptor set by hand in
+/// `independent` topology trims a node's services.
+fn relies_on_node_descriptors(spec: &super::OmeroClusterSpec) -> Option<&'static str> {
+    const KEY: &str = "omero.server.nodedescriptors";
+    if spec.topology == Topology::Grid {
+        Some(
+            "a grid's workers would host no Blitz (the master's omero.server.nodedescriptors places one on each)",
+        )
+    } else if spec.config.contains_key(KEY) || spec.nodes.iter().any(|n| n.config.contains_key(KEY)) {
+        Some("the omero.server.nodedescriptors set in config would be ignored")
+    } else {
+        None
     }
 }
 

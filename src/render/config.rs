@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, SecretKeySelector};
 
 use super::{grid, value::Value, volumes};
-use crate::api::{DatabaseEndpoint, NodeSpec, OmeroCluster, property};
+use crate::api::{
+    DatabaseEndpoint, MAX_USER_IDLE_PROPERTY, NodeSpec, OMERO_DEFAULT_IDLE_MS,
+    OMERO_DEFAULT_MAX_USER_IDLE_MS, OmeroCluster, property,
+};
 
 pub(crate) use crate::api::property::{POD_IP_ENV, ROOTPASS_ENV, TMPDIR_ENV};
 
@@ -34,6 +37,24 @@ pub(crate) fn properties(cluster: &OmeroCluster, node: &NodeSpec) -> BTreeMap<St
         }
         if let Some(max) = sessions.max_lifetime {
             set("omero.sessions.maximum", Value::Literal(max.as_millis().to_string()));
+        }
+        // `omero.sessions.maximum` is only the default time to live: any user may give their
+        // own session a longer one, or none (ISession.createUserSession/updateSession check it
+        // against this cap only when the cap is non-zero, OMERO's default; omero-server
+        // `SessionManagerImpl.parseAndSetTimeouts`, read from source, not observed).
+        if let Some(cap) = sessions.user_lifetime_cap() {
+            set("omero.sessions.max_user_time_to_live", Value::Literal(cap.as_millis().to_string()));
+            // The same check then also caps the idle timeout a user keeps or asks for at
+            // `max_user_time_to_idle` (a bug: it tests the time-to-live cap). Raise OMERO's
+            // default when every login's own idle timeout is longer, or a user's update of
+            // their session that keeps it would be refused. A value set by hand is the user's
+            // (validation refuses one below the idle timeout).
+            let idle = sessions.idle_timeout.map_or(OMERO_DEFAULT_IDLE_MS, |d| d.as_millis());
+            let by_hand = spec.config.contains_key(MAX_USER_IDLE_PROPERTY)
+                || node.config.contains_key(MAX_USER_IDLE_PROPERTY);
+            if !by_hand && idle > OMERO_DEFAULT_MAX_USER_IDLE_MS {
+                set(MAX_USER_IDLE_PROPERTY, Value::Literal(idle.to_string()));
+            }
         }
     }
 
@@ -280,6 +301,41 @@ mod tests {
             assert_eq!(env_value(&desired, node, "CONFIG_omero_sessions_timeout"), "1800000");
             assert_eq!(env_value(&desired, node, "CONFIG_omero_sessions_maximum"), "28800000");
         }
+    }
+
+    /// `omero.sessions.maximum` is only the default: without the cap any user may make their
+    /// own session unlimited, so `maxLifetime` sets the cap too.
+    #[test]
+    fn max_lifetime_caps_what_users_may_give_their_own_sessions() {
+        const CAP: &str = "CONFIG_omero_sessions_max__user__time__to__live";
+        const IDLE_CAP: &str = "CONFIG_omero_sessions_max__user__time__to__idle";
+        let desired = render(&cluster(&format!("{BASE}  sessions: {{maxLifetime: 8h}}\n")));
+        for node in ["rw", "ro"] {
+            assert_eq!(env_value(&desired, node, "CONFIG_omero_sessions_maximum"), "28800000");
+            assert_eq!(env_value(&desired, node, CAP), "28800000", "the same value unless set");
+            assert!(env_of(&desired, node, IDLE_CAP).is_none(), "OMERO's 100-minute default covers 10m");
+        }
+        let desired =
+            render(&cluster(&format!("{BASE}  sessions: {{maxLifetime: 8h, maxUserLifetime: 24h}}\n")));
+        assert_eq!(env_value(&desired, "rw", "CONFIG_omero_sessions_maximum"), "28800000");
+        assert_eq!(env_value(&desired, "rw", CAP), "86400000");
+        // No default lifetime: no cap either (validation refuses maxUserLifetime alone).
+        let desired = render(&cluster(&format!("{BASE}  sessions: {{idleTimeout: 3h}}\n")));
+        assert!(env_of(&desired, "rw", CAP).is_none());
+        assert!(env_of(&desired, "rw", IDLE_CAP).is_none(), "no cap, no idle cap");
+    }
+
+    /// With the cap on, OMERO also caps a user's idle timeout at `max_user_time_to_idle`
+    /// (6000000 ms): an idle timeout longer than that would be refused on a user's update.
+    #[test]
+    fn the_idle_cap_is_raised_to_an_idle_timeout_longer_than_omeros_unless_set_by_hand() {
+        const IDLE_CAP: &str = "CONFIG_omero_sessions_max__user__time__to__idle";
+        let desired = render(&cluster(&format!("{BASE}  sessions: {{idleTimeout: 3h, maxLifetime: 8h}}\n")));
+        assert_eq!(env_value(&desired, "rw", IDLE_CAP), "10800000");
+        let by_hand = format!(
+            "{BASE}  sessions: {{idleTimeout: 3h, maxLifetime: 8h}}\n  config: {{omero.sessions.max_user_time_to_idle: \"20000000\"}}\n"
+        );
+        assert_eq!(env_value(&render(&cluster(&by_hand)), "rw", IDLE_CAP), "20000000", "the user's value");
     }
 
     #[test]

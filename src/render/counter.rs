@@ -110,7 +110,9 @@ fn server_url(cluster: &OmeroCluster, node: &NodeSpec) -> String {
         .find_map(|(name, scheme)| {
             ports.iter().find(|(n, _)| n == name).map(|(_, port)| format!("{scheme}://127.0.0.1:{port}"))
         })
-        .unwrap_or_else(|| "tcp://127.0.0.1:4063".into())
+        .unwrap_or_else(|| {
+            format!("tcp://127.0.0.1:{}", super::omero_ports(cluster).get(crate::api::ports::Port::Tcp))
+        })
 }
 
 fn default_resources() -> ResourceRequirements {

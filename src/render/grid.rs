@@ -19,7 +19,7 @@
 use kube::ResourceExt;
 
 use super::{
-    OMERO_CLI, REGISTRY_PORT, client_ports, labels::node_object_name, value::Value, volumes::VAR_DIR,
+    OMERO_CLI, client_ports, labels::node_object_name, registry_port, value::Value, volumes::VAR_DIR,
 };
 use crate::api::{NodeSpec, OmeroCluster, Topology, property::POD_IP_ENV};
 
@@ -59,7 +59,7 @@ pub(crate) fn role(cluster: &OmeroCluster, node: &NodeSpec) -> Role {
 pub(crate) fn ports(cluster: &OmeroCluster, node: &NodeSpec) -> Vec<(&'static str, i32)> {
     match role(cluster, node) {
         Role::Standalone => client_ports(cluster, node),
-        Role::Master => std::iter::once(REGISTRY_PORT).chain(client_ports(cluster, node)).collect(),
+        Role::Master => std::iter::once(registry_port(cluster)).chain(client_ports(cluster, node)).collect(),
         Role::Worker => Vec::new(),
     }
 }
@@ -561,8 +561,10 @@ spec:
             let errors = crate::api::validate(&c).unwrap_err();
             assert_eq!(errors[0].field, format!("spec.config[{key}]"));
             assert!(errors[0].message.contains("is set by the operator"), "{}", errors[0]);
+            // The redirector only at OMERO's default: any other refers to a row nothing maintains.
+            let value = if key == "omero.cluster.redirector" { "nullRedirector" } else { "x" };
             let independent = crate::render::tests::base_with(|c| {
-                c.spec.config.insert(key.into(), "x".into());
+                c.spec.config.insert(key.into(), value.into());
             });
             assert_eq!(
                 crate::api::validate(&independent),

@@ -23,7 +23,10 @@ use k8s_openapi::api::{
     core::v1::{ConfigMap, Service},
 };
 
-use crate::api::{OmeroCluster, keys};
+use crate::api::{
+    OmeroCluster, keys,
+    ports::{self, Port, Ports},
+};
 
 pub use grid::{REDIRECT_PLACEHOLDER, REDIRECT_PLACEHOLDER_SQL};
 pub use labels::{cluster_selector, entry_service_name, node_object_name, node_selector_labels};
@@ -99,39 +102,41 @@ pub fn restart_token_of(deployment: &Deployment) -> Option<&str> {
     template.annotations.as_ref()?.get(keys::RESTART_TOKEN_ANNOTATION).map(String::as_str)
 }
 
-/// Ports of a node that runs Glacier2 (every node in `independent` topology, the master in
-/// `grid`), by the Ice transport that listens on each. Names are IANA-style service names (at
-/// most 15 characters).
-const GLACIER2_PORTS: [(&str, &str, i32); 4] = [
-    ("tcp", "glacier2-tcp", 4063),
-    ("ssl", "glacier2-ssl", 4064),
-    ("ws", "glacier2-ws", 4065),
-    ("wss", "glacier2-wss", 4066),
-];
+/// The IANA-style service name (at most 15 characters) of each port a node exposes.
+fn port_name(port: Port) -> &'static str {
+    match port {
+        Port::Registry => "ice-registry",
+        Port::Tcp => "glacier2-tcp",
+        Port::Ssl => "glacier2-ssl",
+        Port::Ws => "glacier2-ws",
+        Port::Wss => "glacier2-wss",
+    }
+}
 
-/// `omero.client.icetransports`: the transports Glacier2 listens on (OMERO's default `ssl,tcp`;
-/// the websocket ports are opened only when it names `ws`/`wss`).
-const ICE_TRANSPORTS: &str = "omero.client.icetransports";
-const DEFAULT_ICE_TRANSPORTS: &str = "ssl,tcp";
+/// The cluster's ports, from its `omero.ports.*` (`api::ports`: as `omero admin rewrite`
+/// derives them). Validation refuses settings that give no port, and the same settings in a
+/// node's `config`: every node's ports are the cluster's.
+pub(crate) fn omero_ports(cluster: &OmeroCluster) -> Ports {
+    ports::derive(&cluster.spec.config).unwrap_or_else(|e| {
+        panic!("validate() rejects these omero.ports.* settings ({e:?}); render needs a valid cluster")
+    })
+}
 
-/// The Glacier2 ports `node` listens on, from its effective `omero.client.icetransports`.
+/// The Glacier2 ports `node` listens on (every node in `independent` topology, the master in
+/// `grid`), from its effective `omero.client.icetransports` and the cluster's ports.
 pub(crate) fn client_ports(cluster: &OmeroCluster, node: &crate::api::NodeSpec) -> Vec<(&'static str, i32)> {
-    let transports = node
-        .config
-        .get(ICE_TRANSPORTS)
-        .or_else(|| cluster.spec.config.get(ICE_TRANSPORTS))
-        .map_or(DEFAULT_ICE_TRANSPORTS, String::as_str);
-    let listed: Vec<&str> = transports.split(',').map(str::trim).collect();
-    GLACIER2_PORTS
-        .iter()
-        .filter(|(t, _, _)| listed.contains(t))
-        .map(|(_, name, port)| (*name, *port))
+    let ports = omero_ports(cluster);
+    ports::glacier2_ports(&cluster.spec.config, &node.config)
+        .into_iter()
+        .map(|p| (port_name(p), i32::from(ports.get(p))))
         .collect()
 }
 
 /// The IceGrid registry of a `grid` master; grid workers reach it through the master's
 /// per-node Service. Never on the entry Service: it is internal to the grid.
-pub(crate) const REGISTRY_PORT: (&str, i32) = ("ice-registry", 4061);
+pub(crate) fn registry_port(cluster: &OmeroCluster) -> (&'static str, i32) {
+    (port_name(Port::Registry), i32::from(omero_ports(cluster).get(Port::Registry)))
+}
 
 /// The OMERO CLI inside the official image (`/startup/50-config.py` and `99-run.sh` use it).
 pub(crate) const OMERO_CLI: &str = "/opt/omero/server/venv3/bin/omero";
@@ -303,6 +308,70 @@ spec:
             revision_of(&deployment_of(&restarted, "ro").metadata),
             revision_of(&deployment_of(&desired, "ro").metadata)
         );
+    }
+
+    /// Every number in `desired`'s JSON (maximal runs of digits).
+    fn numbers_in(desired: &Desired) -> Vec<u64> {
+        let json = serde_json::to_string(&(&desired.deployments, &desired.services)).unwrap();
+        json.split(|c: char| !c.is_ascii_digit()).filter_map(|run| run.parse().ok()).collect()
+    }
+
+    fn port_numbers(service: &Service) -> Vec<(i32, i32)> {
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let ports = service.spec.clone().unwrap().ports.unwrap_or_default();
+        ports
+            .iter()
+            .map(|p| match p.target_port {
+                Some(IntOrString::Int(target)) => (p.port, target),
+                ref other => panic!("target port {other:?}"),
+            })
+            .collect()
+    }
+
+    fn container_ports(desired: &Desired, node: &str) -> Vec<i32> {
+        container(desired, node).ports.clone().unwrap_or_default().iter().map(|p| p.container_port).collect()
+    }
+
+    /// `omero.ports.*` moves OMERO's ports (`omero admin rewrite`, see `api::ports`); every
+    /// object that carries a port follows: container ports, the per-node and entry Services
+    /// (and their target ports), the session counter's login. The probes and the grid's
+    /// registry address name no port: OMERO's rewritten `etc/internal.cfg` carries it.
+    #[test]
+    fn omero_ports_move_every_port_the_operator_renders() {
+        let moved = "  config:\n    omero.ports.prefix: \"2\"\n    omero.ports.ssl: \"5064\"\n    \
+                     omero.client.icetransports: \"ssl,tcp,ws,wss\"\n";
+        let counter = "  sessionCounter: {credentialsSecret: {name: omero-monitor}}\n";
+        let desired = render(&cluster(&format!("{BASE}{moved}{counter}")));
+        let glacier2 = [24063, 25064, 24065, 24066];
+        for node in ["rw", "ro"] {
+            assert_eq!(container_ports(&desired, node), glacier2, "{node}");
+            let service = service_named(&desired, &node_object_name("omc", node));
+            assert_eq!(port_numbers(service), glacier2.map(|p| (p, p)), "{node}");
+        }
+        // The entry Service lists them by number.
+        let by_number = [24063, 24065, 24066, 25064].map(|p| (p, p));
+        assert_eq!(port_numbers(service_named(&desired, "omc")), by_number, "the entry Service");
+        let counter = &pod_spec(&desired, "ro").containers[1];
+        let server = counter.env.iter().flatten().find(|e| e.name == "OMERO_COUNTER_SERVER").unwrap();
+        assert_eq!(server.value.as_deref(), Some("tcp://127.0.0.1:24063"));
+        let defaults = 4061..=4066;
+        assert!(!numbers_in(&desired).iter().any(|n| defaults.contains(n)), "no default port is left");
+
+        let grid = BASE.replace(
+            "  nodes:\n    - name: rw\n    - name: ro\n      readOnly: {db: true, repo: true}\n",
+            "",
+        ) + "  topology: grid\n  nodes:\n    - {name: main, master: true}\n    - {name: worker}\n"
+            + moved;
+        let desired = render(&cluster(&grid));
+        assert_eq!(container_ports(&desired, "main"), [24061, 24063, 25064, 24065, 24066]);
+        assert_eq!(
+            port_numbers(service_named(&desired, "omc-main")),
+            [24061, 24063, 25064, 24065, 24066].map(|p| (p, p)),
+            "the registry the workers reach, on the moved port"
+        );
+        assert_eq!(port_numbers(service_named(&desired, "omc")), by_number);
+        assert!(container_ports(&desired, "worker").is_empty());
+        assert!(!numbers_in(&desired).iter().any(|n| defaults.contains(n)), "no default port is left");
     }
 
     #[test]
