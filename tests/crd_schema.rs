@@ -214,6 +214,21 @@ fn grid_topology_needs_exactly_one_master() {
     assert!(rule["message"].as_str().unwrap().contains("exactly one node with master: true"), "{rule:#?}");
 }
 
+/// A grid's master pod gets its DNS name from the Service `<cluster>-icegrid`: the API server
+/// keeps that name free and within 63 characters.
+#[test]
+fn a_grid_leaves_room_for_the_masters_dns_service() {
+    let rule = rule_containing(&spec_schema(""), "n.name != 'icegrid'");
+    assert_eq!(rule["rule"], "self.topology != 'grid' || self.nodes.all(n, n.name != 'icegrid')");
+    assert_eq!(rule["fieldPath"], ".nodes");
+    assert!(rule["message"].as_str().unwrap().contains("no node may be named icegrid"), "{rule:#?}");
+    let root = version()["schema"]["openAPIV3Schema"].clone();
+    let rule = rule_containing(&root, "size(self.metadata.name) <= 55");
+    assert_eq!(rule["rule"], "self.spec.topology != 'grid' || size(self.metadata.name) <= 55");
+    assert!(rule["message"].as_str().unwrap().contains("at most 55 characters"), "{rule:#?}");
+    assert_eq!(55 + "-".len() + omero_operator::api::GRID_DNS_SUFFIX.len(), 63, "the Rust check's bound");
+}
+
 #[test]
 fn master_is_refused_outside_grid_topology() {
     let rule = rule_containing(&spec_schema(""), "self.topology == 'grid'");
@@ -317,8 +332,8 @@ fn every_rule_has_a_message_and_a_field_path_that_exists() {
             }
         }
     });
-    // 2 on the root (names), 6 on the spec, 1 on a node, 1 on a probe, 6 durations.
-    assert_eq!(count, 16, "rules in the CRD (none in status)");
+    // 3 on the root (names), 7 on the spec, 1 on a node, 1 on a probe, 6 durations.
+    assert_eq!(count, 18, "rules in the CRD (none in status)");
 }
 
 /// Switching topology would need a per-node Service's immutable clusterIP changed and every

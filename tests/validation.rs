@@ -645,6 +645,32 @@ fn grid_workers_may_not_take_the_masters_icegrid_names() {
     assert_valid("spec: {topology: grid, nodes: [{name: master, master: true}, {name: worker}]}");
 }
 
+/// A grid has one more Service, `<cluster>-icegrid`, which gives the master's pod a DNS name
+/// (an IPv6 master binds IceGrid to it): no node may take that name, and the cluster name must
+/// leave room for it.
+#[test]
+fn a_grid_leaves_room_for_the_masters_dns_service() {
+    assert_error(
+        "spec: {topology: grid, nodes: [{name: main, master: true}, {name: icegrid}]}",
+        "spec.nodes[1].name",
+        &["'omero-icegrid'", "grid master's DNS Service", "pick another node name"],
+    );
+    assert_error(
+        "spec: {topology: grid, nodes: [{name: icegrid, master: true}]}",
+        "spec.nodes[0].name",
+        &["pick another node name"],
+    );
+    assert_valid("spec: {nodes: [{name: icegrid}]}");
+    let grid = "spec: {topology: grid, nodes: [{name: m, master: true}]}";
+    assert_error(
+        &format!("metadata: {{name: a{}}}\n{grid}", "b".repeat(55)),
+        "metadata.name",
+        &["-icegrid' (the Service that gives the grid master's pod a DNS name)", "at most 55 characters"],
+    );
+    assert_valid(&format!("metadata: {{name: a{}}}\n{grid}", "b".repeat(54)));
+    assert_valid(&format!("metadata: {{name: a{}}}", "b".repeat(55)));
+}
+
 #[test]
 fn hold_at_the_deadline_needs_a_probe_on_every_node() {
     assert_valid("spec: {drain: {onDeadline: Hold}}");

@@ -11,7 +11,7 @@ mod validate;
 pub use duration::{Duration, DurationError};
 pub use spec::*;
 pub use status::*;
-pub use validate::{OMERO_CONTAINER, SESSION_COUNTER_CONTAINER, ValidationError, validate};
+pub use validate::{GRID_DNS_SUFFIX, OMERO_CONTAINER, SESSION_COUNTER_CONTAINER, ValidationError, validate};
 
 /// What the API server (Kubernetes 1.28 and later) takes as an environment variable name.
 pub const ENV_NAME_PATTERN: &str = "^[-._a-zA-Z][-._a-zA-Z0-9]*$";

@@ -40,7 +40,8 @@ use super::{Duration, OmeroClusterStatus};
     printcolumn = r#"{"name":"Draining","type":"integer","jsonPath":".status.drainingNodes"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("the cluster name prefixes Service names: use lower-case letters, digits and '-', starting with a letter"),
-    validation = Rule::new("self.spec.nodes.all(n, size(self.metadata.name) + size(n.name) < 63)").message("'<cluster>-<node>' names a Service and must be at most 63 characters: shorten the cluster or node name").field_path(".spec.nodes")
+    validation = Rule::new("self.spec.nodes.all(n, size(self.metadata.name) + size(n.name) < 63)").message("'<cluster>-<node>' names a Service and must be at most 63 characters: shorten the cluster or node name").field_path(".spec.nodes"),
+    validation = Rule::new("self.spec.topology != 'grid' || size(self.metadata.name) <= 55").message("in grid topology '<cluster>-icegrid' names the Service that gives the grid master's pod a DNS name and must be at most 63 characters: shorten the cluster name to at most 55 characters")
 )]
 #[x_kube(
     validation = Rule::new("self.topology != 'independent' || self.nodes.filter(n, !has(n.readOnly) || !n.readOnly.db || !n.readOnly.repo).size() <= 1").message("independent topology allows at most one read-write node: two read-write OMERO servers on one database close each other's sessions; set readOnly.db and readOnly.repo on the others").field_path(".nodes"),
@@ -48,6 +49,7 @@ use super::{Duration, OmeroClusterStatus};
     validation = Rule::new("self.topology == 'grid' || self.nodes.all(n, !has(n.master) || !n.master)").message("master is only meaningful in grid topology; remove it or set topology: grid").field_path(".nodes"),
     validation = Rule::new("self.topology != 'grid' || (!has(self.sessionCounter) && self.nodes.all(n, !has(n.sessionProbe) || n.sessionProbe.type != 'counter'))").message("the session counter is not offered in grid topology: a worker has no Glacier2 of its own, and a login through the master's is steered by configRedirector to another node; grid nodes write session rows, so use sessionProbe.type database").field_path(".sessionCounter"),
     validation = Rule::new("has(self.sessionCounter) || self.nodes.all(n, !has(n.sessionProbe) || n.sessionProbe.type != 'counter')").message("a counter session probe needs spec.sessionCounter.credentialsSecret: the OMERO user the counter logs in as").field_path(".nodes"),
+    validation = Rule::new("self.topology != 'grid' || self.nodes.all(n, n.name != 'icegrid')").message("in grid topology '<cluster>-icegrid' names the Service that gives the grid master's pod a DNS name: no node may be named icegrid").field_path(".nodes"),
     validation = Rule::new("self.topology == oldSelf.topology").message("topology cannot change on an existing cluster (a per-node Service's clusterIP is immutable, and every node would have to restart at once): create a new OmeroCluster with the other topology and move to it").field_path(".topology")
 )]
 #[serde(rename_all = "camelCase")]

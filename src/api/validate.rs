@@ -35,6 +35,10 @@ const MAX_NODE_NAME: usize = 40;
 const MAX_NODES: usize = 64;
 /// In grid topology the master's IceGrid node is `master` and its config `etc/internal.cfg`.
 const RESERVED_GRID_NAMES: &[&str] = &["master", "internal"];
+/// In grid topology the headless Service that gives the master's pod a DNS name (and the
+/// pod's subdomain) is `<cluster>-icegrid`: no node may have that name, and the cluster name
+/// must leave room for it.
+pub const GRID_DNS_SUFFIX: &str = "icegrid";
 
 /// Checks the whole cluster; returns every problem found, in field order.
 pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
@@ -47,6 +51,18 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
             "metadata.name",
             format!(
                 "'{cluster_name}' cannot prefix Service names: use lower-case letters, digits and '-', starting with a letter"
+            ),
+        );
+    }
+    if spec.topology == Topology::Grid
+        && is_dns1035_label(&cluster_name)
+        && cluster_name.len() + 1 + GRID_DNS_SUFFIX.len() > MAX_OBJECT_NAME
+    {
+        errors.push(
+            "metadata.name",
+            format!(
+                "'{cluster_name}-{GRID_DNS_SUFFIX}' (the Service that gives the grid master's pod a DNS name) is                  longer than {MAX_OBJECT_NAME} characters: shorten the cluster name to at most {} characters",
+                MAX_OBJECT_NAME - 1 - GRID_DNS_SUFFIX.len()
             ),
         );
     }
@@ -239,6 +255,14 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
             errors.push(
                 at("name"),
                 format!("'{}' is the name of an IceGrid node or configuration file of the master: pick another worker name", node.name),
+            );
+        }
+        if spec.topology == Topology::Grid && node.name == GRID_DNS_SUFFIX {
+            errors.push(
+                at("name"),
+                format!(
+                    "'{GRID_DNS_SUFFIX}' would give this node's Service the name of the grid master's DNS Service                      ('{cluster_name}-{GRID_DNS_SUFFIX}'): pick another node name"
+                ),
             );
         }
         if spec.topology == Topology::Grid && !node.is_master() {
