@@ -34,6 +34,21 @@ spec:
     - {name: alpha}
 "#;
 
+const INDEPENDENT: &str = r#"
+apiVersion: omero.openmicroscopy.org/v1alpha1
+kind: OmeroCluster
+metadata: {name: omc, namespace: imaging, uid: 0a1b2c3d-0000-4000-8000-000000000001}
+spec:
+  image: openmicroscopy/omero-server:5.6
+  database:
+    host: db.example
+    passwordSecret: {name: omero-db, key: password}
+  repository: {claimName: omero-repo}
+  nodes:
+    - {name: rw}
+    - {name: ro, readOnly: {db: true, repo: true}}
+"#;
+
 fn cluster(yaml: &str) -> OmeroCluster {
     let cluster: OmeroCluster = serde_saphyr::from_str(yaml).unwrap();
     omero_operator::api::validate(&cluster).expect("a valid cluster");
@@ -302,4 +317,28 @@ fn an_ipv6_address_in_the_descriptor_is_malformed_quoted_and_split_unquoted() {
     assert_eq!(endpoints[0], Endpoint { protocol: "tcp".into(), host: Some("fd00".into()) });
     // In a .cfg file the quoted address is one endpoint, which is why a worker keeps it.
     assert_eq!(ice_endpoints("tcp -h \"fd00:10:244:1::7\"").len(), 1);
+}
+
+/// A read-only node of an independent topology is an IceGrid application of its own; its
+/// descriptors make OMERO's rewrite deploy Glacier2, Blitz-0 and Tables-0 only (no Indexer,
+/// PixelData, DropBox, MonitorServer, FileServer, Processor or Storm). The read-write node
+/// keeps the template's own servers. (`omero.master.host` is unset on such a node: omero-py's
+/// default, 127.0.0.1.)
+#[test]
+fn a_read_only_node_deploys_glacier2_blitz_and_tables_only() {
+    let desired = render(&cluster(INDEPENDENT));
+    let descriptors = env(&desired, "ro", "CONFIG_omero_server_nodedescriptors").expect("descriptors on ro");
+    let (nodes, server_endpoints) = parse(&rewrite_default_xml("127.0.0.1", &descriptors)).unwrap();
+    let servers = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        nodes,
+        BTreeMap::from([("master".to_string(), servers(&["Glacier2", "Blitz-0", "Tables-0"]))])
+    );
+    assert_eq!(
+        ice_endpoints(&server_endpoints),
+        [Endpoint { protocol: "tcp".into(), host: Some("127.0.0.1".into()) }]
+    );
+    assert_eq!(env(&desired, "rw", "CONFIG_omero_server_nodedescriptors"), None);
+    let (nodes, _) = parse(&rewrite_default_xml("127.0.0.1", "")).unwrap();
+    assert_eq!(nodes["master"], servers(&["Glacier2", "Blitz-0"]), "the (reduced) template as it is");
 }

@@ -671,6 +671,47 @@ fn a_grid_leaves_room_for_the_masters_dns_service() {
     assert_valid(&format!("metadata: {{name: a{}}}", "b".repeat(55)));
 }
 
+/// A node's `servers`: names OMERO's templates have, each once, Blitz-0 among them, only in
+/// independent topology, and not besides the same thing in the node's own config.
+#[test]
+fn a_nodes_servers_are_omero_servers_with_blitz_0() {
+    assert_valid("spec: {nodes: [{name: main, servers: [Blitz-0, Tables-0, Processor-1, DropBox]}]}");
+    assert_error(
+        "spec: {nodes: [{name: main, servers: [Blitz-0, Tables]}]}",
+        "spec.nodes[0].servers[1]",
+        &["'Tables' is not an OMERO server", "Tables-<index> (e.g. Tables-0)", "DropBox, MonitorServer"],
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, servers: [Blitz-0, Repository-1]}]}",
+        "spec.nodes[0].servers[1]",
+        &["'Repository-1' is not an OMERO server"],
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, servers: [Blitz-0, Tables-0, Tables-0]}]}",
+        "spec.nodes[0].servers[2]",
+        &["listed twice"],
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, servers: [Tables-0]}]}",
+        "spec.nodes[0].servers",
+        &["does not include Blitz-0", "add it"],
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, servers: [Blitz-0], config: {omero.server.nodedescriptors: 'master:Blitz-0'}}]}",
+        "spec.nodes[0].config[omero.server.nodedescriptors]",
+        &["keep spec.nodes[0].servers and remove this"],
+    );
+    // The cluster's descriptors are every node's; a node's servers are more specific.
+    assert_valid(
+        "spec: {config: {omero.server.nodedescriptors: 'master:Blitz-0,Tables-0'}, nodes: [{name: main, servers: [Blitz-0]}]}",
+    );
+    assert_error(
+        "spec: {topology: grid, nodes: [{name: main, master: true, servers: [Blitz-0]}]}",
+        "spec.nodes[0].servers",
+        &["is for independent topology", "remove it"],
+    );
+}
+
 #[test]
 fn hold_at_the_deadline_needs_a_probe_on_every_node() {
     assert_valid("spec: {drain: {onDeadline: Hold}}");

@@ -4,6 +4,7 @@
 mod duration;
 pub mod property;
 pub mod quantity;
+pub mod servers;
 mod spec;
 mod status;
 mod validate;

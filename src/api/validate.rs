@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, fmt};
 
 use kube::ResourceExt;
 
-use super::{OmeroCluster, OnDeadline, SecretKeyRef, SessionProbeKind, Topology, property};
+use super::{OmeroCluster, OnDeadline, SecretKeyRef, SessionProbeKind, Topology, property, servers};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationError {
@@ -227,6 +227,7 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
                 );
             }
         }
+        check_servers(errors, i, node, spec.topology);
         check_resources(errors, i, node, spec);
         check_not_blank(errors, &at("varClaimName"), node.var_claim_name.as_ref(), "the claim for var");
         let mut container_names = BTreeSet::from([OMERO_CONTAINER]);
@@ -359,6 +360,53 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
                 );
             }
         }
+    }
+}
+
+/// A node's `servers`: OMERO server names, once each, `Blitz-0` among them, independent
+/// topology only, and not said twice (with `omero.server.nodedescriptors` in its `config`).
+fn check_servers(errors: &mut Errors, i: usize, node: &super::NodeSpec, topology: Topology) {
+    if node.servers.is_empty() {
+        return;
+    }
+    let field = format!("spec.nodes[{i}].servers");
+    if topology == Topology::Grid {
+        errors.push(
+            &field,
+            "is for independent topology: in grid topology the operator places every server (the master runs \
+             OMERO's set, each worker one Blitz); remove it",
+        );
+        return;
+    }
+    let mut seen = BTreeSet::new();
+    for (j, server) in node.servers.iter().enumerate() {
+        if !servers::is_server(server) {
+            errors.push(
+                format!("{field}[{j}]"),
+                format!(
+                    "'{server}' is not an OMERO server: use {}-<index> (e.g. Tables-0), or {}",
+                    servers::INDEXED.join("-<index>, "),
+                    servers::SINGLE.join(", ")
+                ),
+            );
+        } else if !seen.insert(server.as_str()) {
+            errors.push(format!("{field}[{j}]"), format!("'{server}' is listed twice: list it once"));
+        }
+    }
+    if !node.servers.iter().any(|s| s == servers::BLITZ) {
+        errors.push(
+            &field,
+            format!(
+                "does not include {}, through which every client of the node is served: add it",
+                servers::BLITZ
+            ),
+        );
+    }
+    if node.config.contains_key(servers::NODE_DESCRIPTORS) {
+        errors.push(
+            format!("spec.nodes[{i}].config[{}]", servers::NODE_DESCRIPTORS),
+            format!("says which servers the node runs, as {field} does: keep {field} and remove this"),
+        );
     }
 }
 

@@ -12,6 +12,7 @@ mod grid;
 mod labels;
 mod probes;
 pub mod revision;
+mod servers;
 mod service;
 mod value;
 mod volumes;
