@@ -229,6 +229,47 @@ fn grid_topology_needs_exactly_one_master() {
     assert!(rule["message"].as_str().unwrap().contains("exactly one node with master: true"), "{rule:#?}");
 }
 
+/// A grid's master pod gets its DNS name from the Service `<cluster>-icegrid`: the API server
+/// keeps that name free and within 63 characters.
+#[test]
+fn a_grid_leaves_room_for_the_masters_dns_service() {
+    let rule = rule_containing(&spec_schema(""), "n.name != 'icegrid'");
+    assert_eq!(rule["rule"], "self.topology != 'grid' || self.nodes.all(n, n.name != 'icegrid')");
+    assert_eq!(rule["fieldPath"], ".nodes");
+    assert!(rule["message"].as_str().unwrap().contains("no node may be named icegrid"), "{rule:#?}");
+    let root = version()["schema"]["openAPIV3Schema"].clone();
+    let rule = rule_containing(&root, "size(self.metadata.name) <= 55");
+    assert_eq!(rule["rule"], "self.spec.topology != 'grid' || size(self.metadata.name) <= 55");
+    assert!(rule["message"].as_str().unwrap().contains("at most 55 characters"), "{rule:#?}");
+    assert_eq!(55 + "-".len() + omero_operator::api::GRID_DNS_SUFFIX.len(), 63, "the Rust check's bound");
+}
+
+/// A node's `servers`: a set of OMERO server names (the pattern is `api::servers::is_server`),
+/// with Blitz-0 among them, and only in independent topology.
+#[test]
+fn a_nodes_servers_are_a_set_of_omero_server_names() {
+    let servers = spec_schema("nodes[].servers");
+    assert_eq!(servers["x-kubernetes-list-type"], "set", "the API server refuses duplicates");
+    for name in
+        ["Blitz-0", "Tables-0", "Processor-3", "DropBox", "Storm", "Tables", "DropBox-1", "Repository-1", ""]
+    {
+        assert_eq!(
+            matches(&servers["items"], name),
+            omero_operator::api::servers::is_server(name),
+            "{name}: the schema and the Rust check agree"
+        );
+    }
+    let rule = rule_containing(&spec_schema("nodes[]"), "'Blitz-0' in self.servers");
+    assert_eq!(rule["rule"], "!has(self.servers) || size(self.servers) == 0 || 'Blitz-0' in self.servers");
+    assert_eq!(rule["fieldPath"], ".servers");
+    let rule = rule_containing(&spec_schema(""), "!has(n.servers)");
+    assert_eq!(
+        rule["rule"],
+        "self.topology != 'grid' || self.nodes.all(n, !has(n.servers) || size(n.servers) == 0)"
+    );
+    assert!(rule["message"].as_str().unwrap().contains("servers is for independent topology"), "{rule:#?}");
+}
+
 #[test]
 fn master_is_refused_outside_grid_topology() {
     let rule = rule_containing(&spec_schema(""), "self.topology == 'grid'");
@@ -332,8 +373,8 @@ fn every_rule_has_a_message_and_a_field_path_that_exists() {
             }
         }
     });
-    // 2 on the root (names), 6 on the spec, 1 on sessions, 1 on a node, 1 on a probe, 7 durations.
-    assert_eq!(count, 18, "rules in the CRD (none in status)");
+    // 3 on the root (names), 8 on the spec, 1 on sessions, 2 on a node, 1 on a probe, 7 durations.
+    assert_eq!(count, 22, "rules in the CRD (none in status)");
 }
 
 /// Switching topology would need a per-node Service's immutable clusterIP changed and every

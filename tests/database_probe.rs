@@ -231,6 +231,33 @@ async fn the_count_follows_open_user_sessions_of_the_pods_live_node() {
     db.drop().await;
 }
 
+/// The service-session rule is a rule about each session, not a number per node: a node whose
+/// `servers` leave out Processor-0 (a read-only node's default, `[Blitz-0, Tables-0]`, or any
+/// trimmed set on the read-write node, which writes session rows) holds one service session, or
+/// none without Tables-0, and the count is still exactly the people's.
+#[tokio::test]
+async fn a_node_running_fewer_servers_has_fewer_service_sessions_and_counts_the_same_people() {
+    let Some(mut db) = OmeroDb::create().await else { return };
+    let probes = OmeroClient::default();
+    db.add_node(1, POD_A, false).await;
+    db.add_node(2, POD_B, false).await;
+    // Pod A runs Blitz-0 and Tables-0: only Tables-0's root login. Pod B runs Blitz-0 alone.
+    db.open_session_of(1, Some("Python service"), 0).await;
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(0)));
+    assert_eq!(count(&probes, POD_B, db.credentials()).await, Ok(Some(0)));
+    let on_a = db.open_session(1, Some("OMERO.web")).await;
+    let on_b = db.open_session(2, Some("OMERO.insight")).await;
+    let admin_on_b = db.open_session_of(2, Some("OMERO.insight"), 0).await;
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(1)));
+    assert_eq!(count(&probes, POD_B, db.credentials()).await, Ok(Some(2)));
+    for session in [on_a, on_b, admin_on_b] {
+        db.close_session(session).await;
+    }
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(0)));
+    assert_eq!(count(&probes, POD_B, db.credentials()).await, Ok(Some(0)));
+    db.drop().await;
+}
+
 #[tokio::test]
 async fn a_pod_without_a_live_node_is_an_error_not_zero() {
     let Some(mut db) = OmeroDb::create().await else { return };

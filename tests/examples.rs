@@ -205,7 +205,16 @@ fn every_example_cluster_renders_a_deployment_and_a_service_per_node_and_the_ent
             assert_eq!(deployments, expected, "{}", path.display());
             let services: Vec<String> =
                 desired.services.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
-            assert_eq!(services.len(), cluster.spec.nodes.len() + 1, "{}: {services:?}", path.display());
+            // A grid also has its master pod's DNS Service.
+            let grid_dns =
+                cluster.spec.grid_master().map(|_| omero_operator::render::grid_dns_service_name(&name));
+            assert_eq!(
+                services.len(),
+                cluster.spec.nodes.len() + 1 + usize::from(grid_dns.is_some()),
+                "{}: {services:?}",
+                path.display()
+            );
+            assert!(grid_dns.is_none_or(|dns| services.contains(&dns)), "{}", path.display());
             assert!(
                 services.contains(&omero_operator::render::entry_service_name(&name)),
                 "{}",

@@ -138,7 +138,8 @@ async fn a_pod_template_change_never_reaches_a_serving_node_and_a_service_change
     let (fake, _, ctx) = setup(CLUSTER);
     bring_up(&fake, &ctx).await;
     fake.edit(|c| {
-        c.spec.nodes[1].config.insert("omero.jvmcfg.percent.blitz".into(), "40".into());
+        // (45: a read-only node's Blitz has 40 by default, and the same value is no change.)
+        c.spec.nodes[1].config.insert("omero.jvmcfg.percent.blitz".into(), "45".into());
         c.spec.service = Some(omero_operator::api::ServiceSpec {
             session_affinity_timeout_seconds: Some(600),
             ..Default::default()

@@ -645,6 +645,73 @@ fn grid_workers_may_not_take_the_masters_icegrid_names() {
     assert_valid("spec: {topology: grid, nodes: [{name: master, master: true}, {name: worker}]}");
 }
 
+/// A grid has one more Service, `<cluster>-icegrid`, which gives the master's pod a DNS name
+/// (an IPv6 master binds IceGrid to it): no node may take that name, and the cluster name must
+/// leave room for it.
+#[test]
+fn a_grid_leaves_room_for_the_masters_dns_service() {
+    assert_error(
+        "spec: {topology: grid, nodes: [{name: main, master: true}, {name: icegrid}]}",
+        "spec.nodes[1].name",
+        &["'omero-icegrid'", "grid master's DNS Service", "pick another node name"],
+    );
+    assert_error(
+        "spec: {topology: grid, nodes: [{name: icegrid, master: true}]}",
+        "spec.nodes[0].name",
+        &["pick another node name"],
+    );
+    assert_valid("spec: {nodes: [{name: icegrid}]}");
+    let grid = "spec: {topology: grid, nodes: [{name: m, master: true}]}";
+    assert_error(
+        &format!("metadata: {{name: a{}}}\n{grid}", "b".repeat(55)),
+        "metadata.name",
+        &["-icegrid' (the Service that gives the grid master's pod a DNS name)", "at most 55 characters"],
+    );
+    assert_valid(&format!("metadata: {{name: a{}}}\n{grid}", "b".repeat(54)));
+    assert_valid(&format!("metadata: {{name: a{}}}", "b".repeat(55)));
+}
+
+/// A node's `servers`: names OMERO's templates have, each once, Blitz-0 among them, only in
+/// independent topology, and not besides the same thing in the node's own config.
+#[test]
+fn a_nodes_servers_are_omero_servers_with_blitz_0() {
+    assert_valid("spec: {nodes: [{name: main, servers: [Blitz-0, Tables-0, Processor-1, DropBox]}]}");
+    assert_error(
+        "spec: {nodes: [{name: main, servers: [Blitz-0, Tables]}]}",
+        "spec.nodes[0].servers[1]",
+        &["'Tables' is not an OMERO server", "Tables-<index> (e.g. Tables-0)", "DropBox, MonitorServer"],
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, servers: [Blitz-0, Repository-1]}]}",
+        "spec.nodes[0].servers[1]",
+        &["'Repository-1' is not an OMERO server"],
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, servers: [Blitz-0, Tables-0, Tables-0]}]}",
+        "spec.nodes[0].servers[2]",
+        &["listed twice"],
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, servers: [Tables-0]}]}",
+        "spec.nodes[0].servers",
+        &["does not include Blitz-0", "add it"],
+    );
+    assert_error(
+        "spec: {nodes: [{name: main, servers: [Blitz-0], config: {omero.server.nodedescriptors: 'master:Blitz-0'}}]}",
+        "spec.nodes[0].config[omero.server.nodedescriptors]",
+        &["keep spec.nodes[0].servers and remove this"],
+    );
+    // The cluster's descriptors are every node's; a node's servers are more specific.
+    assert_valid(
+        "spec: {config: {omero.server.nodedescriptors: 'master:Blitz-0,Tables-0'}, nodes: [{name: main, servers: [Blitz-0]}]}",
+    );
+    assert_error(
+        "spec: {topology: grid, nodes: [{name: main, master: true, servers: [Blitz-0]}]}",
+        "spec.nodes[0].servers",
+        &["is for independent topology", "remove it"],
+    );
+}
+
 #[test]
 fn hold_at_the_deadline_needs_a_probe_on_every_node() {
     assert_valid("spec: {drain: {onDeadline: Hold}}");
@@ -1075,8 +1142,19 @@ fn an_official_image_built_before_omero_py_5_9_is_refused_where_node_descriptors
         assert_valid(&format!("spec: {{image: 'openmicroscopy/omero-server:{newer}', {grid}}}"));
     }
     assert_valid(&format!("spec: {{image: 'registry.example/omero:5.6.2', {grid}}}"));
-    // Independent topology does not need the descriptors, unless they are set by hand.
+    // Independent topology does not need the descriptors, unless they are set by hand or the
+    // operator trims a read-only node's servers.
     assert_valid("spec: {image: 'openmicroscopy/omero-server:5.6.2'}");
+    assert_error(
+        "spec: {image: 'openmicroscopy/omero-server:5.6.2', nodes: [{name: rw}, {name: ro, readOnly: {db: true, repo: true}}]}",
+        "spec.image",
+        &["is OMERO.server 5.6.2", "a read-only node", "would be ignored"],
+    );
+    assert_error(
+        "spec: {image: 'openmicroscopy/omero-server:5.6.2', nodes: [{name: rw, servers: [Blitz-0, Tables-0]}]}",
+        "spec.image",
+        &["nodes[].servers"],
+    );
     assert_error(
         "spec: {image: 'openmicroscopy/omero-server:5.6.1', nodes: [{name: main, config: {omero.server.nodedescriptors: 'master:Blitz-0'}}]}",
         "spec.image",

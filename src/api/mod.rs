@@ -6,6 +6,7 @@ mod image;
 pub mod ports;
 pub mod property;
 pub mod quantity;
+pub mod servers;
 mod spec;
 mod status;
 mod validate;
@@ -13,7 +14,7 @@ mod validate;
 pub use duration::{Duration, DurationError};
 pub use spec::*;
 pub use status::*;
-pub use validate::{OMERO_CONTAINER, SESSION_COUNTER_CONTAINER, ValidationError, validate};
+pub use validate::{GRID_DNS_SUFFIX, OMERO_CONTAINER, SESSION_COUNTER_CONTAINER, ValidationError, validate};
 
 /// What the API server (Kubernetes 1.28 and later) takes as an environment variable name.
 pub const ENV_NAME_PATTERN: &str = "^[-._a-zA-Z][-._a-zA-Z0-9]*$";

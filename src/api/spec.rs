@@ -40,7 +40,8 @@ use super::{Duration, OmeroClusterStatus};
     printcolumn = r#"{"name":"Draining","type":"integer","jsonPath":".status.drainingNodes"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("the cluster name prefixes Service names: use lower-case letters, digits and '-', starting with a letter"),
-    validation = Rule::new("self.spec.nodes.all(n, size(self.metadata.name) + size(n.name) < 63)").message("'<cluster>-<node>' names a Service and must be at most 63 characters: shorten the cluster or node name").field_path(".spec.nodes")
+    validation = Rule::new("self.spec.nodes.all(n, size(self.metadata.name) + size(n.name) < 63)").message("'<cluster>-<node>' names a Service and must be at most 63 characters: shorten the cluster or node name").field_path(".spec.nodes"),
+    validation = Rule::new("self.spec.topology != 'grid' || size(self.metadata.name) <= 55").message("in grid topology '<cluster>-icegrid' names the Service that gives the grid master's pod a DNS name and must be at most 63 characters: shorten the cluster name to at most 55 characters")
 )]
 #[x_kube(
     validation = Rule::new("self.topology != 'independent' || self.nodes.filter(n, !has(n.readOnly) || !n.readOnly.db || !n.readOnly.repo).size() <= 1").message("independent topology allows at most one read-write node: two read-write OMERO servers on one database close each other's sessions; set readOnly.db and readOnly.repo on the others").field_path(".nodes"),
@@ -48,6 +49,8 @@ use super::{Duration, OmeroClusterStatus};
     validation = Rule::new("self.topology == 'grid' || self.nodes.all(n, !has(n.master) || !n.master)").message("master is only meaningful in grid topology; remove it or set topology: grid").field_path(".nodes"),
     validation = Rule::new("self.topology != 'grid' || (!has(self.sessionCounter) && self.nodes.all(n, !has(n.sessionProbe) || n.sessionProbe.type != 'counter'))").message("the session counter is not offered in grid topology: a worker has no Glacier2 of its own, and a login through the master's is steered by configRedirector to another node; grid nodes write session rows, so use sessionProbe.type database").field_path(".sessionCounter"),
     validation = Rule::new("has(self.sessionCounter) || self.nodes.all(n, !has(n.sessionProbe) || n.sessionProbe.type != 'counter')").message("a counter session probe needs spec.sessionCounter.credentialsSecret: the OMERO user the counter logs in as").field_path(".nodes"),
+    validation = Rule::new("self.topology != 'grid' || self.nodes.all(n, !has(n.servers) || size(n.servers) == 0)").message("servers is for independent topology: in grid topology the operator places every server (the master runs OMERO's set, each worker one Blitz); remove it").field_path(".nodes"),
+    validation = Rule::new("self.topology != 'grid' || self.nodes.all(n, n.name != 'icegrid')").message("in grid topology '<cluster>-icegrid' names the Service that gives the grid master's pod a DNS name: no node may be named icegrid").field_path(".nodes"),
     validation = Rule::new("self.topology == oldSelf.topology").message("topology cannot change on an existing cluster (a per-node Service's clusterIP is immutable, and every node would have to restart at once): create a new OmeroCluster with the other topology and move to it").field_path(".topology")
 )]
 #[serde(rename_all = "camelCase")]
@@ -383,7 +386,8 @@ impl SessionsSpec {
 /// One OMERO node: one Deployment, one pod, one per-node Service.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(
-    validation = Rule::new("!has(self.sessionProbe) || self.sessionProbe.type != 'database' || !has(self.readOnly) || !self.readOnly.db").message("a read-only database node writes no session rows, so the database probe cannot count its sessions; use sessionProbe.type counter, metrics or none").field_path(".sessionProbe.type")
+    validation = Rule::new("!has(self.sessionProbe) || self.sessionProbe.type != 'database' || !has(self.readOnly) || !self.readOnly.db").message("a read-only database node writes no session rows, so the database probe cannot count its sessions; use sessionProbe.type counter, metrics or none").field_path(".sessionProbe.type"),
+    validation = Rule::new("!has(self.servers) || size(self.servers) == 0 || 'Blitz-0' in self.servers").message("servers must include Blitz-0: every client of the node is served through it").field_path(".servers")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSpec {
@@ -400,6 +404,26 @@ pub struct NodeSpec {
     /// OMERO properties for this node; they override the cluster's `config`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
+    /// The OMERO servers this node runs, independent topology only: its
+    /// `omero.server.nodedescriptors` (`master:<servers>`; Glacier2 always runs). Names as
+    /// OMERO's templates give them: `Blitz-0` (required), `Tables-0`, `Processor-0`,
+    /// `Indexer-0`, `PixelData-0` (any index), `DropBox`, `MonitorServer`, `FileServer`,
+    /// `Storm`, `TestDropBox`. Default on a read-only node (`readOnly.db` and `readOnly.repo`):
+    /// `[Blitz-0, Tables-0]`, as IDR runs its read-only servers, since the others can do
+    /// nothing there (no indexing, pyramids, imports or scripts) and the Indexer's and
+    /// PixelData's JVMs would take a quarter of the node's memory; elsewhere OMERO's whole set.
+    /// When the operator chooses the servers, Blitz also gets the heap share of the JVMs that do
+    /// not run (`omero.jvmcfg.percent.blitz`, up to the 40 % OMERO's whole set takes), unless
+    /// `config` sizes the JVMs itself (`omero.jvmcfg.percent*`, `heap_size*`, `strategy*`).
+    /// `omero.server.nodedescriptors` in the cluster's `config` replaces the default too; in this
+    /// node's `config` it cannot go with `servers`. Needs omero-py 5.9.0 or later in the image:
+    /// older ones ignore the property and run every server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(
+        pattern = r"^((Blitz|Indexer|PixelData|Processor|Tables)-[0-9]+|DropBox|MonitorServer|FileServer|Storm|TestDropBox)$"
+    )))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub servers: Vec<String>,
     /// Compute resources of the OMERO container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,

@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use super::{
     OmeroCluster, OnDeadline, SecretKeyRef, SessionProbeKind, Topology, image,
     ports::{self, Port},
-    property,
+    property, servers,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,10 @@ const MAX_NODE_NAME: usize = 40;
 const MAX_NODES: usize = 64;
 /// In grid topology the master's IceGrid node is `master` and its config `etc/internal.cfg`.
 const RESERVED_GRID_NAMES: &[&str] = &["master", "internal"];
+/// In grid topology the headless Service that gives the master's pod a DNS name (and the
+/// pod's subdomain) is `<cluster>-icegrid`: no node may have that name, and the cluster name
+/// must leave room for it.
+pub const GRID_DNS_SUFFIX: &str = "icegrid";
 
 /// Checks the whole cluster; returns every problem found, in field order.
 pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
@@ -54,6 +58,18 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
             "metadata.name",
             format!(
                 "'{cluster_name}' cannot prefix Service names: use lower-case letters, digits and '-', starting with a letter"
+            ),
+        );
+    }
+    if spec.topology == Topology::Grid
+        && is_dns1035_label(&cluster_name)
+        && cluster_name.len() + 1 + GRID_DNS_SUFFIX.len() > MAX_OBJECT_NAME
+    {
+        errors.push(
+            "metadata.name",
+            format!(
+                "'{cluster_name}-{GRID_DNS_SUFFIX}' (the Service that gives the grid master's pod a DNS name) is                  longer than {MAX_OBJECT_NAME} characters: shorten the cluster name to at most {} characters",
+                MAX_OBJECT_NAME - 1 - GRID_DNS_SUFFIX.len()
             ),
         );
     }
@@ -226,6 +242,7 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
                 );
             }
         }
+        check_servers(errors, i, node, spec.topology);
         check_resources(errors, i, node, spec);
         check_not_blank(errors, &at("varClaimName"), node.var_claim_name.as_ref(), "the claim for var");
         let mut container_names = BTreeSet::from([OMERO_CONTAINER]);
@@ -254,6 +271,14 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
             errors.push(
                 at("name"),
                 format!("'{}' is the name of an IceGrid node or configuration file of the master: pick another worker name", node.name),
+            );
+        }
+        if spec.topology == Topology::Grid && node.name == GRID_DNS_SUFFIX {
+            errors.push(
+                at("name"),
+                format!(
+                    "'{GRID_DNS_SUFFIX}' would give this node's Service the name of the grid master's DNS Service                      ('{cluster_name}-{GRID_DNS_SUFFIX}'): pick another node name"
+                ),
             );
         }
         if spec.topology == Topology::Grid && !node.is_master() {
@@ -350,6 +375,53 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
                 );
             }
         }
+    }
+}
+
+/// A node's `servers`: OMERO server names, once each, `Blitz-0` among them, independent
+/// topology only, and not said twice (with `omero.server.nodedescriptors` in its `config`).
+fn check_servers(errors: &mut Errors, i: usize, node: &super::NodeSpec, topology: Topology) {
+    if node.servers.is_empty() {
+        return;
+    }
+    let field = format!("spec.nodes[{i}].servers");
+    if topology == Topology::Grid {
+        errors.push(
+            &field,
+            "is for independent topology: in grid topology the operator places every server (the master runs \
+             OMERO's set, each worker one Blitz); remove it",
+        );
+        return;
+    }
+    let mut seen = BTreeSet::new();
+    for (j, server) in node.servers.iter().enumerate() {
+        if !servers::is_server(server) {
+            errors.push(
+                format!("{field}[{j}]"),
+                format!(
+                    "'{server}' is not an OMERO server: use {}-<index> (e.g. Tables-0), or {}",
+                    servers::INDEXED.join("-<index>, "),
+                    servers::SINGLE.join(", ")
+                ),
+            );
+        } else if !seen.insert(server.as_str()) {
+            errors.push(format!("{field}[{j}]"), format!("'{server}' is listed twice: list it once"));
+        }
+    }
+    if !node.servers.iter().any(|s| s == servers::BLITZ) {
+        errors.push(
+            &field,
+            format!(
+                "does not include {}, through which every client of the node is served: add it",
+                servers::BLITZ
+            ),
+        );
+    }
+    if node.config.contains_key(servers::NODE_DESCRIPTORS) {
+        errors.push(
+            format!("spec.nodes[{i}].config[{}]", servers::NODE_DESCRIPTORS),
+            format!("says which servers the node runs, as {field} does: keep {field} and remove this"),
+        );
     }
 }
 
@@ -556,6 +628,14 @@ fn relies_on_node_descriptors(spec: &super::OmeroClusterSpec) -> Option<&'static
         )
     } else if spec.config.contains_key(KEY) || spec.nodes.iter().any(|n| n.config.contains_key(KEY)) {
         Some("the omero.server.nodedescriptors set in config would be ignored")
+    } else if spec.nodes.iter().any(|n| !n.servers.is_empty() || !n.is_read_write()) {
+        // The operator trims these nodes' servers and gives Blitz the heap of those that no
+        // longer run (render/servers.rs): ignored, every server would run, with Blitz's larger
+        // share on top.
+        Some(
+            "the servers chosen for nodes[].servers or a read-only node (omero.server.nodedescriptors) \
+             would be ignored: every server would run, with Blitz given the others' heap on top",
+        )
     } else {
         None
     }

@@ -105,9 +105,20 @@ pub fn observe_pod(pod: &Pod) -> PodObservation {
     let failure = server.and_then(|c| {
         let waiting = c.state.as_ref()?.waiting.as_ref()?;
         let reason = waiting.reason.as_deref()?;
+        // What the container said when it last stopped (its termination message, e.g. a grid
+        // master refusing to start), which the back-off message does not carry.
+        let last_words = c
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .and_then(|t| t.message.as_deref())
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(|m| format!("; it last stopped saying: {m}"))
+            .unwrap_or_default();
         FAILING_REASONS.contains(&reason).then(|| match &waiting.message {
-            Some(message) => format!("container {}: {reason}: {message}", c.name),
-            None => format!("container {}: {reason}", c.name),
+            Some(message) => format!("container {}: {reason}: {message}{last_words}", c.name),
+            None => format!("container {}: {reason}{last_words}", c.name),
         })
     });
     // A pod without a phase (never in a real API server) is taken as running when ready.
@@ -244,6 +255,31 @@ status:
         let o = observe_pod(&p);
         assert!(!o.ready && !o.routable);
         assert_eq!(o.failure.as_deref(), Some("container omero-server: CrashLoopBackOff: back-off 5m0s"));
+    }
+
+    /// A container that says why it stopped (its termination message: a grid master that
+    /// refuses to start writes one) has that reason in the failure, not only the back-off.
+    #[test]
+    fn a_crash_loop_reports_what_the_container_last_said() {
+        let p = pod(r#"
+metadata: {name: p, labels: {omero.openmicroscopy.org/node: main}}
+status:
+  containerStatuses:
+  - name: omero-server
+    image: x
+    imageID: ""
+    ready: false
+    restartCount: 3
+    state: {waiting: {reason: CrashLoopBackOff, message: back-off 40s}}
+    lastState: {terminated: {exitCode: 1, reason: Error, message: "omero-operator: the pod IP fd00::7 is IPv6\n"}}
+"#);
+        assert_eq!(
+            observe_pod(&p).failure.as_deref(),
+            Some(
+                "container omero-server: CrashLoopBackOff: back-off 40s; it last stopped saying: omero-operator: the \
+                 pod IP fd00::7 is IPv6"
+            )
+        );
     }
 
     #[test]

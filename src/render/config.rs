@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, SecretKeySelector};
 
-use super::{grid, value::Value, volumes};
+use super::{grid, servers, value::Value, volumes};
 use crate::api::{
     DatabaseEndpoint, MAX_USER_IDLE_PROPERTY, NodeSpec, OMERO_DEFAULT_IDLE_MS,
     OMERO_DEFAULT_MAX_USER_IDLE_MS, OmeroCluster, property,
@@ -78,6 +78,10 @@ pub(crate) fn properties(cluster: &OmeroCluster, node: &NodeSpec) -> BTreeMap<St
         set("omero.pixeldata.memoizer.dir.local", Value::Literal(volumes::MEMO_LOCAL_DIR.into()));
     }
 
+    // Which servers run (a read-only node only Blitz and Tables by default), and Blitz's heap.
+    for (key, value) in servers::properties(cluster, node) {
+        set(key, value);
+    }
     for (key, value) in grid::properties(cluster, node) {
         set(key, value);
     }

@@ -94,7 +94,11 @@ fn pod_spec(cluster: &OmeroCluster, node: &NodeSpec) -> PodSpec {
     if counter.is_some() {
         pod_volumes.push(counter::volume(cluster));
     }
+    let (hostname, subdomain) = grid::master_pod_dns(cluster, node).unzip();
     PodSpec {
+        // A grid master's own DNS name, for IceGrid on an IPv6 pod (`grid::master_host_script`).
+        hostname,
+        subdomain,
         // Sidecars get the restricted settings they leave unset (validation refused the rest).
         containers: std::iter::once(server)
             .chain(counter)

@@ -19,7 +19,11 @@
 use kube::ResourceExt;
 
 use super::{
-    OMERO_CLI, client_ports, labels::node_object_name, registry_port, value::Value, volumes::VAR_DIR,
+    OMERO_CLI, client_ports,
+    labels::{self, node_object_name},
+    registry_port,
+    value::Value,
+    volumes::VAR_DIR,
 };
 use crate::api::{NodeSpec, OmeroCluster, Topology, property::POD_IP_ENV};
 
@@ -119,15 +123,67 @@ pub(crate) fn master_host(cluster: &OmeroCluster) -> String {
 pub(crate) fn command(cluster: &OmeroCluster, node: &NodeSpec) -> Option<Vec<String>> {
     match role(cluster, node) {
         Role::Standalone => None,
-        Role::Master => Some(master_command()),
+        Role::Master => {
+            let (hostname, subdomain) = master_pod_dns(cluster, node)?;
+            Some(master_command(&hostname, &subdomain))
+        }
         Role::Worker => Some(worker_command(node)),
     }
 }
 
 /// Sets `host` to the pod IP as an Ice endpoint takes it: an IPv6 address must be quoted
-/// (`tcp -h "fd00::1"`); an IPv4 one is left bare.
+/// (`tcp -h "fd00::1"`); an IPv4 one is left bare. Only for what goes into `.cfg` files (a
+/// worker's `IceGrid.Node.Endpoints`): never into `omero.master.host`, see [`master_host_script`].
 pub(crate) const QUOTED_POD_IP: &str = r#"host="$OMERO_POD_IP"
 case "$host" in *:*) host="\"$host\"" ;; esac"#;
+
+/// The pod `hostname` and `subdomain` of a grid master (none for other nodes). With both set,
+/// the kubelet writes `<pod IP> <hostname>.<subdomain>.<namespace>.svc.<cluster domain>` into
+/// the pod's own `/etc/hosts`, and the cluster DNS serves that name for the pod through the
+/// headless Service named like the subdomain (`service::grid_dns_service`). The master binds
+/// IceGrid to that name when its pod IP is IPv6 (see [`master_host_script`]).
+pub(crate) fn master_pod_dns(cluster: &OmeroCluster, node: &NodeSpec) -> Option<(String, String)> {
+    (role(cluster, node) == Role::Master)
+        .then(|| (node.name.clone(), labels::grid_dns_service_name(&cluster.name_any())))
+}
+
+/// Sets `host` to what the master gives IceGrid as `omero.master.host`. `omero admin rewrite`
+/// pastes that value as it is into `etc/master.cfg` (the registry's and the master node's
+/// endpoints, `tcp -h @omero.master.host@`) and into the XML of `etc/grid/default.xml`
+/// (Glacier2's `server-endpoints="tcp -h @omero.master.host@"`), by plain text substitution
+/// (omero-py `plugins/admin.py` `rewrite`, `copy_template`; read from the source, not run). An
+/// IPv4 pod IP works in both. An IPv6 one cannot: Ice needs it quoted (`tcp -h "fd00::1"`), and
+/// the quotes end the XML attribute, so `default.xml` is malformed and IceGrid never starts;
+/// unquoted, Ice splits the endpoint at its colons. So on an IPv6 pod the master uses the name
+/// the kubelet wrote for its pod IP in `/etc/hosts` (from the pod's `hostname` and
+/// `subdomain`, [`master_pod_dns`]): inside the pod it resolves from that file to the pod IP,
+/// so the registry, the master node and Glacier2 bind to it (Ice binds a host name to the first
+/// address it resolves to: `getAddressForServer` in Ice's `Network.cpp`), and the endpoints
+/// IceGrid publishes carry the name, which the workers resolve through the cluster DNS (the
+/// headless Service, with `publishNotReadyAddresses`, so the name exists while the master
+/// starts). Without that line in `/etc/hosts` (a kubelet that does not manage the file) the
+/// master refuses to start, saying why in its log and termination message, rather than start
+/// an IceGrid that cannot come up.
+pub(crate) fn master_host_script(hostname: &str, subdomain: &str) -> String {
+    format!(
+        r#"host="$OMERO_POD_IP"
+case "$host" in
+*:*)
+    host=""
+    while read -r address name _; do
+        if [ "$address" = "$OMERO_POD_IP" ]; then host="$name"; break; fi
+    done < /etc/hosts
+    case "$host" in
+    {hostname}.{subdomain}.*) ;;
+    *)
+        why="omero-operator: the pod IP $OMERO_POD_IP is IPv6, which IceGrid cannot take as omero.master.host (OMERO pastes it into the XML of etc/grid/default.xml), and /etc/hosts has no name {hostname}.{subdomain}.* for it (the kubelet writes one from the pod's hostname and subdomain): not starting a grid master that cannot come up"
+        echo "$why" >&2
+        echo "$why" > /dev/termination-log 2>/dev/null || true
+        exit 1 ;;
+    esac ;;
+esac"#
+    )
+}
 
 /// The value the master writes into `omero.cluster.redirect` when the row is missing or NULL.
 pub const REDIRECT_PLACEHOLDER: &str = "omero-operator-placeholder";
@@ -139,7 +195,8 @@ pub const REDIRECT_PLACEHOLDER_SQL: &str = "INSERT INTO configuration (name, val
 
 /// The master runs the image's own start-up (`/startup/*` in order, in the venv, as the image's
 /// entrypoint does) with two additions:
-/// - an IPv6 pod IP is quoted in `omero.master.host`, which OMERO writes into Ice endpoints;
+/// - `omero.master.host` is the pod IP, or on an IPv6 pod the pod's own DNS name
+///   ([`master_host_script`]);
 /// - right before `99-run.sh` starts the server (after `60-database.sh` created or upgraded the
 ///   database), the row `omero.cluster.redirect` gets a non-empty placeholder if it is missing
 ///   or NULL. With configRedirector a Blitz cannot start on a NULL value ("Cannot register self
@@ -148,11 +205,12 @@ pub const REDIRECT_PLACEHOLDER_SQL: &str = "INSERT INTO configuration (name, val
 ///   database the table exists only after `60-database.sh`, so the operator cannot do this
 ///   from outside in time; afterwards it keeps pointing the row at a serving node. If the step
 ///   fails the server still starts (and may crash-restart until the operator sets the row).
-fn master_command() -> Vec<String> {
+fn master_command(hostname: &str, subdomain: &str) -> Vec<String> {
+    let master_host = master_host_script(hostname, subdomain);
     let script = format!(
         r#"set -eu
 source /opt/omero/server/venv3/bin/activate
-{QUOTED_POD_IP}
+{master_host}
 export CONFIG_omero_master_host="$host"
 for f in /startup/*; do
     [ -f "$f" ] && [ -x "$f" ] || continue
@@ -401,21 +459,103 @@ spec:
     }
 
     #[test]
-    fn an_ipv6_pod_ip_is_quoted_for_ice_and_an_ipv4_one_is_not() {
+    fn a_workers_ipv6_pod_ip_is_quoted_for_ice_and_an_ipv4_one_is_not() {
         let host = |ip: &str| {
             bash(&format!("{QUOTED_POD_IP}\nprintf %s \"$host\""), &[("OMERO_POD_IP", ip)]).unwrap()
         };
         assert_eq!(host("fd00:10:244::7"), "\"fd00:10:244::7\"");
         assert_eq!(host("10.244.0.7"), "10.244.0.7");
-        // The worker's endpoints and the master's host both go through it.
+        // The worker's own endpoints go into a .cfg file, where Ice takes the quotes.
         let desired = render(&cluster(GRID));
         let worker = &container(&desired, "alpha").command.clone().unwrap()[3];
         assert!(worker.contains(QUOTED_POD_IP) && worker.contains("IceGrid.Node.Endpoints=tcp -h $host\n"));
+        // The master's host goes into XML too: never quoted.
         let master = &container(&desired, "main").command.clone().unwrap()[3];
+        assert!(!master.contains(QUOTED_POD_IP), "{master}");
         assert!(
-            master.contains(&format!("{QUOTED_POD_IP}\nexport CONFIG_omero_master_host=\"$host\"")),
+            master.contains(&format!(
+                "{}\nexport CONFIG_omero_master_host=\"$host\"",
+                master_host_script("main", "omc-icegrid")
+            )),
             "{master}"
         );
+    }
+
+    /// What the master's start-up gives `omero.master.host`, run for real with a stand-in for
+    /// the `/etc/hosts` the kubelet writes.
+    fn master_host_on(pod_ip: &str, hosts: &str) -> Result<String, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "omero-operator-hosts-{}-{}",
+            std::process::id(),
+            pod_ip.replace(':', "_")
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let hosts_file = dir.join("hosts");
+        std::fs::write(&hosts_file, hosts).unwrap();
+        let script = master_host_script("main", "omc-icegrid")
+            .replace("/etc/hosts", &hosts_file.display().to_string())
+            .replace("/dev/termination-log", &dir.join("termination-log").display().to_string());
+        let out = bash(&format!("set -eu\n{script}\nprintf %s \"$host\""), &[("OMERO_POD_IP", pod_ip)]);
+        let termination = std::fs::read_to_string(dir.join("termination-log")).unwrap_or_default();
+        std::fs::remove_dir_all(&dir).unwrap();
+        out.map_err(|e| format!("{e}termination message: {termination}"))
+    }
+
+    /// As the kubelet writes a pod's `/etc/hosts` when the pod has a hostname and subdomain.
+    fn kubelet_hosts(pod_ip: &str) -> String {
+        format!(
+            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+             fe00::0\tip6-localnet\n{pod_ip}\tmain.omc-icegrid.imaging.svc.cluster.local\tmain\n"
+        )
+    }
+
+    #[test]
+    fn the_master_gives_icegrid_its_ipv4_address_or_on_ipv6_its_own_dns_name() {
+        assert_eq!(master_host_on("10.244.0.7", &kubelet_hosts("10.244.0.7")), Ok("10.244.0.7".into()));
+        assert_eq!(
+            master_host_on("fd00:10:244::7", &kubelet_hosts("fd00:10:244::7")),
+            Ok("main.omc-icegrid.imaging.svc.cluster.local".into())
+        );
+        // Another pod's line, or only the short name, is not the master's DNS name: it refuses
+        // to start, and says why where `kubectl describe pod` shows it.
+        for hosts in [kubelet_hosts("fd00:10:244::8"), "fd00:10:244::7\tmain\n".to_string()] {
+            let refused = master_host_on("fd00:10:244::7", &hosts).unwrap_err();
+            assert!(refused.contains("the pod IP fd00:10:244::7 is IPv6"), "{refused}");
+            assert!(refused.contains("termination message: omero-operator: the pod IP"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn the_master_pod_has_a_dns_name_of_its_own_and_nothing_else_does() {
+        let c = cluster(GRID);
+        let desired = render(&c);
+        let master = pod_spec(&desired, "main");
+        assert_eq!(master.hostname.as_deref(), Some("main"));
+        assert_eq!(master.subdomain.as_deref(), Some("omc-icegrid"));
+        for other in ["alpha", "zeta"] {
+            assert_eq!(
+                (pod_spec(&desired, other).hostname.as_ref(), pod_spec(&desired, other).subdomain.as_ref()),
+                (None, None)
+            );
+        }
+        let independent = render(&cluster(BASE));
+        assert!(pod_spec(&independent, "rw").subdomain.is_none());
+
+        // The headless Service named like the subdomain: the cluster DNS serves
+        // `main.omc-icegrid.imaging.svc.<domain>` for the master's pod, ready or not.
+        let dns = service_named(&desired, "omc-icegrid");
+        let spec = dns.spec.clone().unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.publish_not_ready_addresses, Some(true));
+        assert_eq!(spec.selector, Some(crate::render::node_selector_labels("omc", "main")));
+        assert_eq!(spec.ip_family_policy.as_deref(), Some("PreferDualStack"));
+        assert_eq!(spec.ports, None);
+        assert_eq!(dns.metadata.owner_references.as_ref().map(Vec::len), Some(1), "owned by the cluster");
+        assert!(!dns.metadata.labels.as_ref().unwrap().contains_key(crate::api::keys::NODE_LABEL));
+        let master_service = service_named(&desired, "omc-main").spec.clone().unwrap();
+        assert_eq!(master_service.ip_family_policy.as_deref(), Some("PreferDualStack"));
+        assert!(independent.services.iter().all(|s| s.metadata.name.as_deref() != Some("omc-icegrid")));
+        assert!(independent.services.iter().all(|s| s.spec.as_ref().unwrap().ip_family_policy.is_none()));
     }
 
     #[test]

@@ -22,6 +22,16 @@ pub fn entry_service_name(cluster: &str) -> String {
     cluster.to_string()
 }
 
+/// `app.kubernetes.io/component` of the headless Service that gives a grid master's pod a DNS
+/// name.
+pub(crate) const GRID_DNS_COMPONENT: &str = "grid-dns";
+
+/// Name of that Service, which is also the master pod's `subdomain`: `<cluster>-icegrid`.
+/// Validation keeps it free (no node of a grid is named `icegrid`) and short enough.
+pub fn grid_dns_service_name(cluster: &str) -> String {
+    format!("{cluster}-{}", crate::api::GRID_DNS_SUFFIX)
+}
+
 /// Labels every child carries; the controller lists a cluster's children with them.
 pub fn cluster_selector(cluster: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -50,6 +60,14 @@ pub(crate) fn node_labels(cluster: &str, node: &str) -> BTreeMap<String, String>
 pub(crate) fn entry_labels(cluster: &str) -> BTreeMap<String, String> {
     let mut labels = cluster_selector(cluster);
     labels.extend(app_labels(cluster, ENTRY_COMPONENT));
+    labels
+}
+
+/// Labels of the grid master's DNS Service: the cluster's, without a node (it follows the
+/// master, whichever node that is).
+pub(crate) fn grid_dns_labels(cluster: &str) -> BTreeMap<String, String> {
+    let mut labels = cluster_selector(cluster);
+    labels.extend(app_labels(cluster, GRID_DNS_COMPONENT));
     labels
 }
 

@@ -12,6 +12,7 @@ mod grid;
 mod labels;
 mod probes;
 pub mod revision;
+mod servers;
 mod service;
 mod value;
 mod volumes;
@@ -29,7 +30,9 @@ use crate::api::{
 };
 
 pub use grid::{REDIRECT_PLACEHOLDER, REDIRECT_PLACEHOLDER_SQL};
-pub use labels::{cluster_selector, entry_service_name, node_object_name, node_selector_labels};
+pub use labels::{
+    cluster_selector, entry_service_name, grid_dns_service_name, node_object_name, node_selector_labels,
+};
 
 /// Everything the operator creates for one cluster. `apiVersion`/`kind` are left to the
 /// caller (server-side apply adds them); names, namespace, labels and owners are set.
@@ -37,7 +40,8 @@ pub use labels::{cluster_selector, entry_service_name, node_object_name, node_se
 pub struct Desired {
     /// One per node, in spec order.
     pub deployments: Vec<Deployment>,
-    /// One per node, in spec order, then the entry Service.
+    /// One per node, in spec order, then the entry Service, then (grid topology) the master
+    /// pod's DNS Service.
     pub services: Vec<Service>,
     /// The session counter's script, when a node runs the counter (one per cluster).
     pub config_maps: Vec<ConfigMap>,
@@ -62,6 +66,7 @@ pub fn render_with_restarts(cluster: &OmeroCluster, restart_tokens: &BTreeMap<St
         .iter()
         .map(|node| service::node_service(cluster, node))
         .chain(std::iter::once(service::entry_service(cluster)))
+        .chain(service::grid_dns_service(cluster))
         .collect();
     let config_maps = counter::config_map(cluster).into_iter().collect();
     Desired { deployments, services, config_maps }
@@ -85,7 +90,12 @@ pub fn object_names(cluster: &OmeroCluster) -> Names {
     let counter = cluster.spec.nodes.iter().any(|n| counter::runs_on(cluster, n));
     Names {
         deployments: nodes.clone(),
-        services: nodes.iter().cloned().chain([entry_service_name(&name)]).collect(),
+        services: nodes
+            .iter()
+            .cloned()
+            .chain([entry_service_name(&name)])
+            .chain(cluster.spec.grid_master().map(|_| labels::grid_dns_service_name(&name)))
+            .collect(),
         config_maps: counter.then(|| counter::config_map_name(&name)).into_iter().collect(),
         budgets: nodes,
     }

@@ -33,6 +33,7 @@ pub(crate) fn node_service(cluster: &OmeroCluster, node: &NodeSpec) -> Service {
             type_: Some(ServiceType::ClusterIP.as_str().into()),
             selector: Some(labels::node_selector_labels(&cluster_name, &node.name)),
             ports: Some(ports),
+            ip_family_policy: (grid::role(cluster, node) == Role::Master).then(prefer_dual_stack),
             ..ServiceSpec::default()
         }
     };
@@ -95,6 +96,43 @@ fn entry_ports(cluster: &OmeroCluster) -> Vec<(&'static str, i32)> {
     ports.sort_by_key(|(_, port)| *port);
     ports.dedup();
     ports
+}
+
+/// Gives a grid master's pod a DNS name: `<master>.<cluster>-icegrid.<namespace>.svc.<cluster
+/// domain>`, the name the kubelet also writes into the pod's `/etc/hosts` (the pod's
+/// `hostname` and `subdomain`, `grid::master_pod_dns`). An IPv6 master binds IceGrid to that
+/// name, and the workers connect to the endpoints it publishes by resolving it here (see
+/// `grid::master_host_script`). Headless, so the name is the pod's own address (a ClusterIP
+/// would not do: the registry's internal endpoints have ports Ice picks); the name exists while
+/// the master is not ready too (`publishNotReadyAddresses`), since workers must reach its
+/// registry before it serves, and a readiness blip must not make the grid's addresses vanish.
+/// None outside grid topology.
+pub(crate) fn grid_dns_service(cluster: &OmeroCluster) -> Option<Service> {
+    let master = cluster.spec.grid_master()?;
+    let cluster_name = cluster.name_any();
+    let name = labels::grid_dns_service_name(&cluster_name);
+    Some(Service {
+        metadata: labels::object_meta(cluster, name, labels::grid_dns_labels(&cluster_name)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(labels::node_selector_labels(&cluster_name, &master.name)),
+            publish_not_ready_addresses: Some(true),
+            ip_family_policy: Some(prefer_dual_stack()),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// A grid master's Services answer in every IP family the cluster has. On a dual-stack cluster
+/// whose pods get an IPv6 address first, the master binds IceGrid to its name, which resolves
+/// to both of its addresses, and Ice binds the first after sorting: the IPv4 one (Ice's default,
+/// `Ice.PreferIPv6Address=0`). A single-stack IPv6 Service would then forward the workers'
+/// registry connections to an address nothing listens on; with both families the workers'
+/// Ice, which tries IPv4 first too, reaches it. Single-stack clusters get one family, as
+/// before.
+fn prefer_dual_stack() -> String {
+    "PreferDualStack".into()
 }
 
 fn service_ports(ports: &[(&str, i32)]) -> Vec<ServicePort> {
