@@ -696,6 +696,18 @@ fn a_nodes_servers_are_omero_servers_with_blitz_0() {
         "spec.nodes[0].servers",
         &["does not include Blitz-0", "add it"],
     );
+    // Bounded, as the CRD bounds it (the API server refuses a CEL rule over an unbounded list).
+    let many: Vec<String> = (0..33).map(|i| format!("Blitz-{i}")).collect();
+    assert_error(
+        &format!("spec: {{nodes: [{{name: main, servers: [{}]}}]}}", many.join(", ")),
+        "spec.nodes[0].servers",
+        &["lists 33 servers; at most 32"],
+    );
+    assert_error(
+        &format!("spec: {{nodes: [{{name: main, servers: [Blitz-0, Tables-{}]}}]}}", "1".repeat(40)),
+        "spec.nodes[0].servers[1]",
+        &["is not an OMERO server"],
+    );
     assert_error(
         "spec: {nodes: [{name: main, servers: [Blitz-0], config: {omero.server.nodedescriptors: 'master:Blitz-0'}}]}",
         "spec.nodes[0].config[omero.server.nodedescriptors]",

@@ -29,8 +29,16 @@ pub const BLITZ: &str = "Blitz-0";
 /// and MonitorServer import, Processor runs scripts (which write), FileServer is unused.
 pub const READ_ONLY_DEFAULT: &[&str] = &[BLITZ, "Tables-0"];
 
+/// Bounds of `nodes[].servers`, in the CRD too: the API server refuses a CEL rule over a list
+/// whose size and item length it cannot bound (its cost estimate would exceed the budget).
+pub const MAX_SERVERS: usize = 32;
+pub const MAX_SERVER_NAME: usize = 32;
+
 /// Whether `name` names an OMERO server as the node descriptors take it.
 pub fn is_server(name: &str) -> bool {
+    if name.len() > MAX_SERVER_NAME {
+        return false;
+    }
     match name.split_once('-') {
         Some((template, index)) => {
             INDEXED.contains(&template) && !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit())

@@ -422,6 +422,7 @@ pub struct NodeSpec {
     #[schemars(inner(regex(
         pattern = r"^((Blitz|Indexer|PixelData|Processor|Tables)-[0-9]+|DropBox|MonitorServer|FileServer|Storm|TestDropBox)$"
     )))]
+    #[schemars(inner(length(max = 32)), length(max = 32))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub servers: Vec<String>,
     /// Compute resources of the OMERO container.

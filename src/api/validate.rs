@@ -393,6 +393,17 @@ fn check_servers(errors: &mut Errors, i: usize, node: &super::NodeSpec, topology
         );
         return;
     }
+    if node.servers.len() > servers::MAX_SERVERS {
+        errors.push(
+            &field,
+            format!(
+                "lists {} servers; at most {} (each OMERO server once)",
+                node.servers.len(),
+                servers::MAX_SERVERS
+            ),
+        );
+        return;
+    }
     let mut seen = BTreeSet::new();
     for (j, server) in node.servers.iter().enumerate() {
         if !servers::is_server(server) {
