@@ -27,7 +27,7 @@ use crate::{
     },
     departures,
     lifecycle::{self, NodeInput, PodObservation, Policy},
-    maintenance, ownership, render, request, rollout,
+    maintenance, render, request, rollout,
 };
 
 /// Reconcile at least this often, so drift is corrected even without watch events.
@@ -143,11 +143,7 @@ pub fn decide(cluster: &OmeroCluster, observation: &Observation, now: Timestamp)
     if let Some(master) = master {
         request::keep_grid_master(&mut request, master);
     }
-    let ours: Vec<&Deployment> = children
-        .deployments
-        .iter()
-        .filter(|d| ownership::is_controlled_by(&d.metadata, uid.as_deref()))
-        .collect();
+    let (ours, pods) = pods::of_cluster(&children.deployments, &children.pods, uid.as_deref());
     let current_token = |node: &str| {
         let object = render::node_object_name(&name, node);
         ours.iter()
@@ -166,8 +162,6 @@ pub fn decide(cluster: &OmeroCluster, observation: &Observation, now: Timestamp)
     let config_maps = plan_writes(&desired.config_maps, &children.config_maps, observation, owner)?;
 
     // Every departure together: requested drains, then maintenance moves, then rollout picks.
-    let our_names: Vec<&str> = ours.iter().filter_map(|d| d.metadata.name.as_deref()).collect();
-    let pods = pods::pods_by_node(&children.pods, &our_names);
     let facts = nodes::with_target_revisions(
         cluster,
         nodes::facts(cluster, &old, &ours, &pods),

@@ -18,7 +18,7 @@ use crate::{
     Error,
     api::{self, DatabaseEndpoint, OmeroCluster, SessionProbe, SessionProbeKind},
     lifecycle::{PodObservation, ProbeOutcome},
-    ownership, render,
+    render,
 };
 
 /// Everything [`super::decide::decide`] decides from, besides the cluster itself.
@@ -51,13 +51,7 @@ pub async fn observe<P: ClusterPort, O: OmeroPort>(
 
     let old = cluster.status.clone().unwrap_or_default();
     let uid = cluster.uid();
-    let ours: Vec<&k8s_openapi::api::apps::v1::Deployment> = children
-        .deployments
-        .iter()
-        .filter(|d| ownership::is_controlled_by(&d.metadata, uid.as_deref()))
-        .collect();
-    let our_names: Vec<&str> = ours.iter().filter_map(|d| d.metadata.name.as_deref()).collect();
-    let pods = pods::pods_by_node(&children.pods, &our_names);
+    let (ours, pods) = pods::of_cluster(&children.deployments, &children.pods, uid.as_deref());
     let facts = nodes::facts(cluster, &old, &ours, &pods);
     let due: Vec<&nodes::NodeFacts<'_>> = nodes::probes_due(cluster, &facts, now).collect();
     let reads_database = |f: &&nodes::NodeFacts<'_>| {

@@ -49,6 +49,20 @@ pub fn pod_refusals<'a>(deployments: impl IntoIterator<Item = &'a Deployment>) -
         .collect()
 }
 
+/// The Deployments among `deployments` that the cluster (`owner_uid`) controls, and each
+/// node's current pod of them ([`pods_by_node`]): what both observing and deciding start from.
+pub fn of_cluster<'a>(
+    deployments: &'a [Deployment],
+    pods: &[Pod],
+    owner_uid: Option<&str>,
+) -> (Vec<&'a Deployment>, BTreeMap<String, PodObservation>) {
+    let ours: Vec<&Deployment> =
+        deployments.iter().filter(|d| crate::ownership::is_controlled_by(&d.metadata, owner_uid)).collect();
+    let names: Vec<&str> = ours.iter().filter_map(|d| d.metadata.name.as_deref()).collect();
+    let by_node = pods_by_node(pods, &names);
+    (ours, by_node)
+}
+
 /// Each node's current pod, by node name. When a node has several (the old one still
 /// terminating), the live one wins, then the newest. Only pods of the Deployments named in
 /// `ours` (those the cluster controls) count: a pod that merely carries the cluster's labels is
