@@ -724,6 +724,28 @@ async fn the_grid_master_cannot_be_drained() {
     assert!(degraded.message.contains("'rw' is the grid master"), "{}", degraded.message);
 }
 
+/// The redirect is an action like any other: a reconcile that read a stale cluster (its status
+/// write refused) points nothing anywhere; the next one, from the current cluster, does.
+#[tokio::test(start_paused = true)]
+async fn a_stale_read_points_new_sessions_nowhere() {
+    let (fake, omero, ctx) = setup(GRID);
+    bring_up(&fake, &ctx).await;
+    omero.set("10.0.0.2", Ok(2));
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
+    let stale = fake.cluster();
+    fake.edit(|_| {}); // someone else wrote the cluster since
+    *omero.redirect.lock().unwrap() = None;
+    fake.take_writes();
+    let requeue =
+        omero_operator::controller::reconcile(std::sync::Arc::new(stale), ctx.clone()).await.unwrap();
+    assert_eq!(requeue, omero_operator::controller::STALE_RETRY);
+    assert_eq!(fake.take_writes(), [Write::Status], "only the refused status write");
+    assert_eq!(omero.redirect(), None, "nothing acted on a stale read");
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(omero.redirect().as_deref(), Some("10.0.0.1"));
+    assert_eq!(fake.node("ro-1").phase, NodePhase::Draining);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failing_redirect_is_reported_and_retried() {
     let (fake, omero, ctx) = setup(GRID);
