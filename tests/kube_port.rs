@@ -65,6 +65,18 @@ struct Seen {
 }
 
 impl Seen {
+    async fn of(request: Request<Body>) -> Self {
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect_bytes().await.unwrap();
+        Self {
+            method: parts.method,
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().unwrap_or_default().to_string(),
+            content_type: parts.headers.get("content-type").map(|v| v.to_str().unwrap().to_string()),
+            body: if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() },
+        }
+    }
+
     fn is_write(&self) -> bool {
         self.method != Method::GET
     }
@@ -88,17 +100,7 @@ fn client(server: Shared) -> Client {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     tokio::spawn(async move {
         while let Some((request, respond)) = handle.next_request().await {
-            let (parts, body) = request.into_parts();
-            let bytes = body.collect_bytes().await.unwrap();
-            let body: Value =
-                if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-            let seen = Seen {
-                method: parts.method.clone(),
-                path: parts.uri.path().to_string(),
-                query: parts.uri.query().unwrap_or_default().to_string(),
-                content_type: parts.headers.get("content-type").map(|v| v.to_str().unwrap().to_string()),
-                body,
-            };
+            let seen = Seen::of(request).await;
             let (status, reply) = server.lock().unwrap().answer(seen);
             respond.send_response(
                 Response::builder()
@@ -652,18 +654,8 @@ spec:
             }
             let mut names = Vec::new();
             for (request, respond) in batch {
-                let (parts, body) = request.into_parts();
-                let bytes = body.collect_bytes().await.unwrap();
-                let body =
-                    if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-                names.push(format!("{} {}", parts.method, parts.uri.path()));
-                let seen = Seen {
-                    method: parts.method,
-                    path: parts.uri.path().to_string(),
-                    query: parts.uri.query().unwrap_or_default().to_string(),
-                    content_type: None,
-                    body,
-                };
+                let seen = Seen::of(request).await;
+                names.push(format!("{} {}", seen.method, seen.path));
                 let (status, reply) = answering.lock().unwrap().answer(seen);
                 respond.send_response(
                     Response::builder()
