@@ -338,6 +338,24 @@ fn immutable_change(kind: &str, name: &str, after: &Value, before: &Value) -> Re
     }
 }
 
+/// The metadata of an object someone else created (see [`FakeCluster::seed_service`]): its
+/// labels, and the controller owner reference `owner` (kind, name, uid) whose apiVersion is
+/// the OmeroCluster's or `api_version` (the owner kind's group, for any other kind).
+fn seeded_meta(
+    name: &str,
+    labels: &[(&str, &str)],
+    owner: Option<(&str, &str, &str)>,
+    api_version: &str,
+) -> serde_json::Value {
+    let labels: BTreeMap<String, String> =
+        labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let owner = owner.map(|(kind, n, u)| {
+        let api_version = if kind == "OmeroCluster" { "omero.openmicroscopy.org/v1alpha1" } else { api_version };
+        vec![serde_json::json!({"apiVersion": api_version, "kind": kind, "name": n, "uid": u, "controller": true})]
+    });
+    serde_json::json!({"name": name, "labels": labels, "ownerReferences": owner})
+}
+
 /// The cluster's labels, as the real adapter's label selector reads them.
 fn labelled_for(meta: &ObjectMeta, cluster: &str) -> bool {
     meta.labels.as_ref().is_some_and(|l| {
@@ -518,11 +536,7 @@ impl FakeCluster {
         owner: Option<(&str, &str, &str)>,
     ) -> Service {
         let service: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name,
-                         "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
-                         "ownerReferences": owner.map(|(kind, n, u)| vec![serde_json::json!({
-                             "apiVersion": if kind == "OmeroCluster" { "omero.openmicroscopy.org/v1alpha1" } else { "apps/v1" },
-                             "kind": kind, "name": n, "uid": u, "controller": true})])},
+            "metadata": seeded_meta(name, labels, owner, "apps/v1"),
             "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
         }))
         .unwrap();
@@ -551,10 +565,7 @@ impl FakeCluster {
         owner: Option<(&str, &str, &str)>,
     ) -> Deployment {
         let deployment: Deployment = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name,
-                         "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
-                         "ownerReferences": owner.map(|(kind, n, u)| vec![serde_json::json!({
-                             "apiVersion": "apps/v1", "kind": kind, "name": n, "uid": u, "controller": true})])},
+            "metadata": seeded_meta(name, labels, owner, "apps/v1"),
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
                      "template": {"metadata": {"labels": {"app": "web"}},
                                   "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}
@@ -585,11 +596,7 @@ impl FakeCluster {
         owner: Option<(&str, &str, &str)>,
     ) -> ConfigMap {
         let config_map: ConfigMap = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name,
-                         "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
-                         "ownerReferences": owner.map(|(kind, n, u)| vec![serde_json::json!({
-                             "apiVersion": if kind == "OmeroCluster" { "omero.openmicroscopy.org/v1alpha1" } else { "v1" },
-                             "kind": kind, "name": n, "uid": u, "controller": true})])},
+            "metadata": seeded_meta(name, labels, owner, "v1"),
             "data": {"settings.ini": "[web]\nport = 8080\n"}
         }))
         .unwrap();
@@ -633,10 +640,7 @@ impl FakeCluster {
         owner: Option<(&str, &str, &str)>,
     ) -> PodDisruptionBudget {
         let budget: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name,
-                         "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
-                         "ownerReferences": owner.map(|(kind, n, u)| vec![serde_json::json!({
-                             "apiVersion": "apps/v1", "kind": kind, "name": n, "uid": u, "controller": true})])},
+            "metadata": seeded_meta(name, labels, owner, "apps/v1"),
             "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}
         }))
         .unwrap();
