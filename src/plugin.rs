@@ -60,7 +60,7 @@ pub fn node_table(cluster: &OmeroCluster, now: Timestamp) -> String {
             (_, Some(n)) if n.is_read_write() => "read-write",
             _ => "read-only",
         };
-        let mut sessions = match (node.sessions, &node.sessions_observed_at) {
+        let mut sessions = match (node.sessions, &node.sessions_since) {
             (Some(n), Some(at)) => format!("{n} ({} ago)", age(at.0, now)),
             (Some(n), None) => n.to_string(),
             _ => "-".into(),

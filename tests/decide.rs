@@ -13,6 +13,7 @@ use omero_operator::{
         decide::{Decision, Outcome, decide},
         observe::Observation,
         port::{ChildKind, ChildObject},
+        probe_memory::ProbeMemory,
     },
     lifecycle::ProbeOutcome,
     render,
@@ -64,6 +65,8 @@ struct World {
     /// The Kubernetes node each OMERO node's pods are bound to.
     hosts: BTreeMap<String, String>,
     next_uid: u32,
+    /// What the operator remembers of the probes between reconciles.
+    probe_memory: ProbeMemory,
 }
 
 impl World {
@@ -77,6 +80,7 @@ impl World {
             sessions: BTreeMap::new(),
             hosts: BTreeMap::new(),
             next_uid: 0,
+            probe_memory: ProbeMemory::default(),
         }
     }
 
@@ -114,8 +118,12 @@ impl World {
     /// The decision recorded and carried out with every write accepted, then the kubelet.
     fn carry_out(&mut self, decision: &Decision) {
         if decision.record {
-            self.cluster.status = Some(decision.status.clone());
+            // As the API server stores it: what is only remembered is not in it.
+            let stored = serde_json::from_value(serde_json::to_value(&decision.status).unwrap()).unwrap();
+            self.cluster.status = Some(stored);
         }
+        self.probe_memory.remember(&self.cluster, &decision.status);
+        self.observation.remembered = self.probe_memory.recall(&self.cluster);
         let children = &mut self.observation.children;
         for apply in &decision.actions.applies {
             self.next_uid += 1;
@@ -374,7 +382,8 @@ fn an_invalid_spec_changes_nothing_that_runs() {
     assert!(decision.record);
     let invalid = decision.status.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
     assert_eq!(invalid.reason, "InvalidSpec", "{invalid:?}");
-    assert_eq!(decision.status.nodes, world.cluster.status.as_ref().unwrap().nodes, "nodes as they were");
+    let as_they_were = world.observation.old_status(&world.cluster).nodes;
+    assert_eq!(decision.status.nodes, as_they_were, "nodes as they were");
 }
 
 /// A name the cluster wants that something else holds is reported, never written; a name

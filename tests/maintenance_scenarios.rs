@@ -358,7 +358,7 @@ async fn an_operator_killed_at_any_point_of_a_move_moves_the_node_once() {
         run(&sim, &ctx, 400, |s| {
             s.fake.node("ro-1").phase == NodePhase::Drained || {
                 // One reconcile before the drain ends: the next one records and deletes.
-                s.fake.node("ro-1").zero_session_probes == 1
+                s.fake.remembered_node(&ctx, "ro-1").zero_session_probes == 1
             }
         })
         .await;

@@ -174,7 +174,7 @@ fn the_status_reads_as_words_and_a_table() {
                 phase: NodePhase::Draining,
                 ready: true,
                 sessions: Some(4),
-                sessions_observed_at: at(1_000),
+                sessions_since: at(1_000),
                 drain_deadline: at(5_000),
                 revision: Some("b0".into()),
                 message: Some("draining: 4 open sessions".into()),

@@ -645,3 +645,48 @@ async fn stale_reads_change_nothing_in_the_outcome() {
     let sim = ends_as_the_baseline(StepMode::Stale).await;
     assert!(sim.fake.state().stale_writes > 0, "the stale copies were refused at the status write");
 }
+
+/// Writes of a rollout, by kind.
+fn writes_by_kind(writes: &[Write]) -> String {
+    let count = |f: &dyn Fn(&Write) -> bool| writes.iter().filter(|w| f(w)).count();
+    format!(
+        "{} (status {}, Deployment {}, budget {}, label {}, Event {})",
+        writes.len(),
+        count(&|w| matches!(w, Write::Status)),
+        count(&|w| matches!(w, Write::ApplyDeployment(_))),
+        count(&|w| matches!(w, Write::ApplyBudget(_))),
+        count(&|w| matches!(w, Write::Label { .. })),
+        count(&|w| matches!(w, Write::Event(_))),
+    )
+}
+
+/// A rollout writes the transitions a reader needs, not every probe: a new image on a 3-node
+/// cluster with no open sessions (each node drains at its second zero count, restarts and
+/// serves again) takes at most 30 writes to objects and status. Printed with `-- --nocapture`, with the same
+/// rollout under load (sessions ending on their own, new ones arriving), where every changed
+/// count of a draining or serving node is one more status write.
+#[tokio::test(start_paused = true)]
+async fn an_image_rollout_of_3_nodes_writes_its_transitions_not_its_probes() {
+    let (sim, mut ctx) = running_with(&cluster_yaml(2), &[], Duration::ZERO).await;
+    sim.fake.edit(|c| c.spec.image = "openmicroscopy/omero-server:5.6.17".into());
+    drive(&sim, &mut ctx, 5_000, StepMode::Plain, rolled_out).await;
+    let idle = sim.fake.take_writes();
+    println!("image rollout of 3 idle nodes: API writes {}", writes_by_kind(&idle));
+    assert_eq!(sim.world().killed, 0);
+    assert_eq!(restarts(&sim).values().sum::<u32>(), 3, "{:?}", restarts(&sim));
+    // The writes to objects and status; Events, one per operation (a drain begun and ended,
+    // a restart begun and ended, the rollout done), are announcements counted beside them.
+    let writes = idle.iter().filter(|w| !matches!(w, Write::Event(_))).count();
+    assert!(writes <= 30, "{}", writes_by_kind(&idle));
+
+    let (busy, mut ctx) = running(&cluster_yaml(2)).await;
+    busy.fake.edit(|c| c.spec.image = "openmicroscopy/omero-server:5.6.17".into());
+    let run = drive(&busy, &mut ctx, 5_000, StepMode::Plain, rolled_out).await;
+    let writes = busy.fake.take_writes();
+    println!(
+        "image rollout of 3 busy nodes: API writes {}; {:?} on the paused clock",
+        writes_by_kind(&writes),
+        run.elapsed
+    );
+    assert_eq!(busy.world().killed, 0);
+}

@@ -175,23 +175,31 @@ pub struct NodeStatus {
     /// Open sessions at the last successful probe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions: Option<i64>,
-    /// When `sessions` was observed.
+    /// Since when the probe has counted `sessions`: set when the count changes, not at every
+    /// probe, so a probe that finds what status already says writes nothing. The count is
+    /// the probe's answer at every probe since, unless `probeError` says the probe fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sessions_observed_at: Option<Time>,
-    /// Which sample of its source the last probe read (an exporter's refresh counter).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions_since: Option<Time>,
+    /// Which sample of its source the last probe read (an exporter's refresh counter). Kept in
+    /// the operator's memory, never recorded (see `controller::probe_memory`).
+    #[serde(skip)]
+    #[schemars(skip)]
     pub probe_sample: Option<String>,
     /// Consecutive probes that saw zero sessions in distinct samples (a drain ends at two).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    /// In memory only: an operator that restarts mid-drain confirms its zero afresh.
+    #[serde(skip)]
+    #[schemars(skip)]
     pub zero_session_probes: u32,
-    /// Consecutive failed probes (drives the retry backoff).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    /// Consecutive failed probes (drives the retry backoff). In memory only.
+    #[serde(skip)]
+    #[schemars(skip)]
     pub probe_failures: u32,
     /// The last probe's error, while it keeps failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_error: Option<String>,
-    /// When the next probe is due.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When the next probe is due. In memory only: the requeue schedules it.
+    #[serde(skip)]
+    #[schemars(skip)]
     pub next_probe_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_started_at: Option<Time>,
@@ -267,10 +275,6 @@ fn recorded_probe_schema(generator: &mut schemars::SchemaGenerator) -> schemars:
         schema = stripped;
     }
     schema
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 impl OmeroClusterStatus {

@@ -18,6 +18,7 @@ use super::{
     observe::Observation,
     pods,
     port::{ChildKind, ChildObject, Event, RedirectQuery},
+    probe_memory,
     status::{self, Assessment},
 };
 use crate::{
@@ -128,7 +129,7 @@ impl Decision {
 
 /// Everything one reconcile decides from the cluster as read and what was observed of it.
 pub fn decide(cluster: &OmeroCluster, observation: &Observation, now: Timestamp) -> Result<Decision, Error> {
-    let old = cluster.status.clone().unwrap_or_default();
+    let old = observation.old_status(cluster);
     if let Err(errors) = api::validate(cluster) {
         return Ok(invalid(cluster, old, errors, now));
     }
@@ -258,7 +259,7 @@ pub fn decide(cluster: &OmeroCluster, observation: &Observation, now: Timestamp)
         .chain(maintenance_events)
         .collect();
     Ok(Decision {
-        record: next != old || !actions.writes_nothing(),
+        record: !probe_memory::same_record(&next, &old) || !actions.writes_nothing(),
         requeue: requeue_after(&next, cluster.spec.ready_timeout(), now),
         old,
         status: next,
@@ -286,7 +287,7 @@ fn invalid(
     };
     let next = status::next_status(&old, &assessment, now);
     Decision {
-        record: next != old,
+        record: !probe_memory::same_record(&next, &old),
         requeue: RESYNC,
         old,
         status: next,

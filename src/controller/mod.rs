@@ -18,6 +18,7 @@ pub mod observe;
 mod omero_port;
 mod pods;
 pub mod port;
+pub mod probe_memory;
 mod reconcile;
 pub mod status;
 
@@ -90,11 +91,20 @@ pub struct Context<P, O> {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per cluster, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<OmeroCluster>, u32>>,
+    /// What changes at every session probe, kept here rather than in status.
+    pub probe_memory: probe_memory::ProbeMemory,
 }
 
 impl<P, O> Context<P, O> {
     pub fn new(port: P, omero: O, clock: Clock) -> Self {
-        Self { port, omero, clock, metrics: Arc::default(), failures: Mutex::default() }
+        Self {
+            port,
+            omero,
+            clock,
+            metrics: Arc::default(),
+            failures: Mutex::default(),
+            probe_memory: probe_memory::ProbeMemory::default(),
+        }
     }
 
     /// The same, reporting into `metrics` (the registry `/metrics` serves).
@@ -334,6 +344,7 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
             None => controller,
         };
         let store = controller.store();
+        let probe_memory_of = ctx.clone();
         controller
             .run(reconcile_and_reset::<LeaderOnly<kube_port::KubePort>, LeaderOnly<O>>, error_policy, ctx)
             .for_each(|result| {
@@ -341,6 +352,11 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
                 for (ns, name) in metrics.clusters() {
                     if store.get(&ObjectRef::new(&name).within(&ns)).is_none() {
                         metrics.forget_cluster(&ns, &name);
+                    }
+                }
+                for (ns, name) in probe_memory_of.probe_memory.clusters() {
+                    if store.get(&ObjectRef::new(&name).within(&ns)).is_none() {
+                        probe_memory_of.probe_memory.forget(&ns, &name);
                     }
                 }
                 match result {

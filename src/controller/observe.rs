@@ -13,10 +13,11 @@ use tracing::debug;
 use super::{
     Context, nodes, pods,
     port::{ChildKind, Children, ClusterPort, OmeroPort, SessionQuery},
+    probe_memory::{self, ClusterMemory},
 };
 use crate::{
     Error,
-    api::{self, DatabaseEndpoint, OmeroCluster, SessionProbe, SessionProbeKind},
+    api::{self, DatabaseEndpoint, OmeroCluster, OmeroClusterStatus, SessionProbe, SessionProbeKind},
     lifecycle::{PodObservation, ProbeOutcome},
     render,
 };
@@ -34,6 +35,15 @@ pub struct Observation {
     /// The read-write database's endpoint and password when a due probe or the grid's
     /// redirect needs them, or why they could not be read.
     pub database: Option<Result<(DatabaseEndpoint, String), String>>,
+    /// What the operator remembers of the cluster's probes (when each is due, the backoff).
+    pub remembered: ClusterMemory,
+}
+
+impl Observation {
+    /// The cluster's status as read, with what is remembered of its probes.
+    pub fn old_status(&self, cluster: &OmeroCluster) -> OmeroClusterStatus {
+        probe_memory::recalled(cluster.status.as_ref(), &self.remembered)
+    }
 }
 
 pub async fn observe<P: ClusterPort, O: OmeroPort>(
@@ -43,13 +53,14 @@ pub async fn observe<P: ClusterPort, O: OmeroPort>(
 ) -> Result<Observation, Error> {
     let ns = cluster.namespace().ok_or_else(|| Error::MissingNamespace(cluster.name_any()))?;
     let children = ctx.port.children(cluster).await?;
+    let remembered = ctx.probe_memory.recall(cluster);
     // An invalid spec is neither rendered nor acted on: nothing more is worth reading.
     if api::validate(cluster).is_err() {
-        return Ok(Observation { children, ..Observation::default() });
+        return Ok(Observation { children, remembered, ..Observation::default() });
     }
     let found = look_up(&ctx.port, &ns, cluster, &children).await?;
 
-    let old = cluster.status.clone().unwrap_or_default();
+    let old = probe_memory::recalled(cluster.status.as_ref(), &remembered);
     let uid = cluster.uid();
     let (ours, pods) = pods::of_cluster(&children.deployments, &children.pods, uid.as_deref());
     let facts = nodes::facts(cluster, &old, &ours, &pods);
@@ -68,7 +79,7 @@ pub async fn observe<P: ClusterPort, O: OmeroPort>(
         debug!(cluster = %cluster.name_any(), node = %fact.name, ?outcome, "session probe");
         probes.insert(fact.name.clone(), outcome);
     }
-    Ok(Observation { children, found, probes, database })
+    Ok(Observation { children, found, probes, database, remembered })
 }
 
 /// Looks up by name each name the cluster wants that `children` (the objects carrying its

@@ -57,6 +57,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
             if ctx.port.write_status(&current, &settled).await? == StatusWrite::Stale {
                 // The first write recorded its transitions: their Events go out all the same;
                 // what acting found is recorded (and announced) by the next reconcile.
+                ctx.probe_memory.remember(&cluster, &decision.status);
                 events.extend(decision.transition_events(&decision.status));
                 publish(&ctx.port, &cluster, &events).await;
                 return Ok(STALE_RETRY);
@@ -64,6 +65,7 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
             settled
         }
     };
+    ctx.probe_memory.remember(&cluster, &status);
     events.extend(decision.transition_events(&status));
     ctx.metrics.observe_status(&ns, &cluster.name_any(), &decision.old, &status, now);
     publish(&ctx.port, &cluster, &events).await;

@@ -45,14 +45,25 @@ pub(super) fn start_drain(
         return;
     }
     let deadline = later(now, policy.timeout);
+    // The serving count is where the drain starts from (this reconcile's, if the node was
+    // counted while still routable): a first drain probe that finds the same count changes
+    // nothing recorded. It is no confirmation of a zero: only probes after the drain began are.
+    let (mut sessions, mut since) = (status.sessions, status.sessions_since.clone());
+    if let Some(ProbeOutcome::Count(n)) = &node.probe {
+        let count = Some(i64::try_from(*n).unwrap_or(i64::MAX));
+        if count != sessions || since.is_none() {
+            (sessions, since) = (count, Some(Time(now)));
+        }
+    }
     clear_drain(status);
+    (status.sessions, status.sessions_since) = (sessions, since);
     status.phase = NodePhase::Draining;
     status.drain_reason = Some(reason);
     status.drained_server = node.pod.map(PodObservation::server_identity);
     status.drain_started_at = Some(Time(now));
     status.drain_deadline = Some(Time(deadline));
     status.next_probe_at = Some(Time(now));
-    status.message = Some("draining: no new sessions; waiting for open sessions to end".into());
+    status.message = Some(draining_message(status.sessions));
     events.push(NodeEvent::DrainStarted { node: node.name.into(), deadline, reason });
     if let (DrainReason::Maintenance, Some(kube_node)) = (reason, node.maintenance) {
         status.moving_off = Some(kube_node.into());
@@ -94,19 +105,19 @@ pub(super) fn continue_drain(
         Some(ProbeOutcome::Count(n)) => {
             // Two probes that read the same exporter sample are one observation, not two.
             let repeated = node.probe_sample.is_some() && node.probe_sample == status.probe_sample;
-            status.sessions = Some(i64::try_from(*n).unwrap_or(i64::MAX));
+            let count = Some(i64::try_from(*n).unwrap_or(i64::MAX));
+            if status.sessions != count || status.sessions_since.is_none() {
+                status.sessions_since = Some(Time(now));
+            }
+            status.sessions = count;
             status.probe_error = None;
             status.probe_failures = 0;
             status.next_probe_at = Some(Time(later(now, node.probe_interval)));
-            if repeated {
-                status.message =
-                    Some(format!("draining: {n} open sessions (the same sample as the last probe)"));
-            } else {
-                status.sessions_observed_at = Some(Time(now));
+            if !repeated {
                 status.zero_session_probes = if *n == 0 { status.zero_session_probes + 1 } else { 0 };
                 status.probe_sample = node.probe_sample.clone();
-                status.message = Some(format!("draining: {n} open sessions"));
             }
+            status.message = Some(draining_message(status.sessions));
         }
         Some(ProbeOutcome::NoProbe) => {
             status.next_probe_at = None;
@@ -118,9 +129,9 @@ pub(super) fn continue_drain(
             status.probe_error = Some(error.clone());
             status.next_probe_at =
                 Some(Time(later(now, probe_backoff(node.probe_interval, status.probe_failures))));
+            // No count of failures here: each would be one more status write.
             status.message = Some(format!(
-                "draining: session probe failing ({} in a row); last good count {}",
-                status.probe_failures,
+                "draining: session probe failing; last good count {}",
                 status.sessions.map_or("none".to_string(), |n| n.to_string())
             ));
         }
@@ -159,6 +170,15 @@ pub(super) fn continue_drain(
     }
 }
 
+/// A draining node's message: the count is in it, never the probes that found it (each would
+/// be a status write).
+fn draining_message(sessions: Option<i64>) -> String {
+    match sessions {
+        Some(n) => format!("draining: no new sessions; {n} open"),
+        None => "draining: no new sessions; waiting for open sessions to end".into(),
+    }
+}
+
 pub(super) fn clear_drain(status: &mut NodeStatus) {
     status.drain_reason = None;
     status.drained_server = None;
@@ -170,7 +190,7 @@ pub(super) fn clear_drain(status: &mut NodeStatus) {
     status.probe_failures = 0;
     status.probe_error = None;
     status.sessions = None;
-    status.sessions_observed_at = None;
+    status.sessions_since = None;
     status.probe_sample = None;
     status.moving_off = None;
     status.replaced_pod = None;

@@ -387,6 +387,15 @@ fn step_node(node: &NodeInput<'_>, policy: &Policy, now: Timestamp, serving: usi
     }
     move_off(node, now, &mut status, &mut events);
     release(node, now, &state, &mut status, &mut events);
+    if status.phase == NodePhase::Restarting {
+        // A restarting node is ready once its new pod is: the old pod's readiness, ending
+        // with it, is not the node's (and recording it would be one more status write).
+        status.ready = node.pod.is_some_and(|p| {
+            p.ready
+                && p.revision == status.deployment_revision
+                && status.replaced_pod.as_ref() != Some(&p.name)
+        });
+    }
     let set_routable = routable_patch(&mut status);
     Decision { status, set_routable, events }
 }

@@ -75,7 +75,7 @@ pub(super) fn count_while_serving(
     let Some(interval) = node.serving_probe_interval else { return };
     if previous.phase == NodePhase::Serving {
         status.sessions = previous.sessions;
-        status.sessions_observed_at = previous.sessions_observed_at.clone();
+        status.sessions_since = previous.sessions_since.clone();
         status.probe_sample = previous.probe_sample.clone();
         status.probe_failures = previous.probe_failures;
         status.probe_error = previous.probe_error.clone();
@@ -83,12 +83,13 @@ pub(super) fn count_while_serving(
     }
     match &node.probe {
         Some(ProbeOutcome::Count(n)) => {
-            status.sessions = Some(i64::try_from(*n).unwrap_or(i64::MAX));
-            // The same exporter sample again is not a newer count.
-            if node.probe_sample.is_none() || node.probe_sample != status.probe_sample {
-                status.sessions_observed_at = Some(Time(now));
-                status.probe_sample = node.probe_sample.clone();
+            let count = Some(i64::try_from(*n).unwrap_or(i64::MAX));
+            // Only a changed count is news: the same count again writes nothing.
+            if status.sessions != count || status.sessions_since.is_none() {
+                status.sessions_since = Some(Time(now));
             }
+            status.sessions = count;
+            status.probe_sample = node.probe_sample.clone();
             status.probe_failures = 0;
             status.probe_error = None;
             status.next_probe_at = Some(Time(later(now, interval)));

@@ -120,10 +120,8 @@ pub(super) fn continue_restart(
                 status.probe_error = Some(error.clone());
                 status.next_probe_at =
                     Some(Time(later(now, probe_backoff(node.probe_interval, status.probe_failures))));
-                status.message = Some(format!(
-                    "restarted with revision {want}: ready, but its session probe fails ({} in a row)",
-                    status.probe_failures
-                ));
+                status.message =
+                    Some(format!("restarted with revision {want}: ready, but its session probe fails"));
             }
             None => {
                 status.message =

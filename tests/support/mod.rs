@@ -439,6 +439,15 @@ impl FakeCluster {
         self.status().node(name).cloned().unwrap_or_else(|| panic!("no status for node {name}"))
     }
 
+    /// A node's status as the operator of `ctx` sees it: as recorded, with what it remembers
+    /// of the node's probes (next probe, backoff, sample), which status never holds.
+    pub fn remembered_node<O>(&self, ctx: &Context<FakeCluster, O>, name: &str) -> NodeStatus {
+        let cluster = self.cluster();
+        let memory = ctx.probe_memory.recall(&cluster);
+        let status = omero_operator::controller::probe_memory::recalled(cluster.status.as_ref(), &memory);
+        status.node(name).cloned().unwrap_or_else(|| panic!("no status for node {name}"))
+    }
+
     pub fn writes(&self) -> Vec<Write> {
         self.state().writes.clone()
     }
