@@ -206,6 +206,14 @@ async fn serve(server: Server, request: Request<Incoming>) -> Result<Reply, Infa
         }
         (Method::PATCH, Some(name)) => {
             let existing = api.objects.get(&resource).and_then(|m| m.get(&key(&ns, &name))).cloned();
+            // An apply that carries a resourceVersion (the operator's create-only apply) is
+            // conditional on it: no object here is at the one sent.
+            if existing.is_some() && body["metadata"].get("resourceVersion").is_some() {
+                return Ok(reply(
+                    StatusCode::CONFLICT,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "modified"}),
+                ));
+            }
             let added = existing.is_none();
             let mut object = existing.unwrap_or_else(
                 || json!({"metadata": {"uid": format!("{resource}-{name}"), "generation": 1}}),

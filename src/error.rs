@@ -28,6 +28,13 @@ pub enum Error {
     LeaseLost,
     #[error("serving metrics and health on {address}: {source}")]
     Http { address: String, source: std::io::Error },
+    /// An apply meant only to create (the caches saw the name free) found the name held: the
+    /// API server wrote nothing (`KubePort::apply`).
+    #[error(
+        "{kind} {name} exists though the operator's caches saw its name free: nothing was written; the \
+         next reconcile decides from the caches once they have it"
+    )]
+    NameTaken { kind: String, name: String },
 }
 
 /// The API server's refusal of a request as such, which retrying will not cure.

@@ -8,9 +8,12 @@
 //!
 //! Where each verb comes from:
 //! - `list`/`watch`: kube-runtime watchers (the controller's OmeroCluster watch, the shared
-//!   watches feeding the caches in `controller::run`); a watcher lists, then watches.
-//! - `get`: `KubePort::find` (metadata by name before creating), `KubePort::secret_value`,
-//!   kube-lease-manager reading the Lease, `crd::apply_own` reading the CRD's version.
+//!   watches feeding the caches in `controller::run`, and its metadata-only watches of every
+//!   object of the kinds the operator writes, which `KubePort::find` answers from); a watcher
+//!   lists, then watches. A metadata-only watch asks for the same verbs as a full one.
+//! - `get`: `KubePort::secret_value`, kube-lease-manager reading the Lease, `crd::apply_own`
+//!   reading the CRD's version. Never the kinds the operator writes: their look-ups by name are
+//!   answered from the metadata caches.
 //! - `patch`: server-side apply (`KubePort::apply`, the CRD, the Lease), the routable label
 //!   (`KubePort::set_routable`), kube's event Recorder folding repeats into a series.
 //! - `create` with `patch`: a server-side apply of an object that does not exist yet is
@@ -86,18 +89,18 @@ pub const RULES: &[Rule] = &[
     Rule {
         group: "apps",
         resource: "deployments",
-        verbs: &["get", "list", "watch", "create", "patch", "delete"],
+        verbs: &["list", "watch", "create", "patch", "delete"],
         resource_names: &[],
         scope: Scope::Watched,
         when: Always,
-        why: "one per node: watched into a cache (list, watch), a name looked up before creating (get), \
-              server-side apply (patch, and create when the apply creates), deleted when its node leaves the \
-              spec, drained (delete)",
+        why: "one per node: watched into a cache (list, watch: the operator's, and every one's metadata, which \
+              names are looked up in before creating), server-side apply (patch, and create when the apply \
+              creates), deleted when its node leaves the spec, drained (delete)",
     },
     Rule {
         group: "",
         resource: "services",
-        verbs: &["get", "list", "watch", "create", "patch", "delete"],
+        verbs: &["list", "watch", "create", "patch", "delete"],
         resource_names: &[],
         scope: Scope::Watched,
         when: Always,
@@ -106,12 +109,13 @@ pub const RULES: &[Rule] = &[
     Rule {
         group: "",
         resource: "configmaps",
-        verbs: &["get", "list", "watch", "create", "patch", "delete"],
+        verbs: &["list", "watch", "create", "patch", "delete"],
         resource_names: &[],
         scope: Scope::Watched,
         when: Always,
         why: "the session counter's script, one per cluster with spec.sessionCounter (only those labelled as \
-              the operator's are watched): as for services; deleted once no Deployment mounts it",
+              the operator's are watched whole; every one's metadata, for the look-ups): as for services; \
+              deleted once no Deployment mounts it",
     },
     Rule {
         group: "",
@@ -126,7 +130,7 @@ pub const RULES: &[Rule] = &[
     Rule {
         group: "policy",
         resource: "poddisruptionbudgets",
-        verbs: &["get", "list", "watch", "create", "patch", "delete"],
+        verbs: &["list", "watch", "create", "patch", "delete"],
         resource_names: &[],
         scope: Scope::Watched,
         when: Always,
@@ -386,9 +390,11 @@ mod tests {
     }
 
     /// Every kind the operator applies, taken from the kinds it writes (`ChildKind::ALL`, named
-    /// by their API group and resource), can be created by apply, patched, looked up and cached.
+    /// by their API group and resource), can be created by apply, patched, and listed and
+    /// watched whole (the labelled cache and the metadata-only look-up cache); never read by
+    /// GET, which only look-ups by name did.
     #[test]
-    fn every_applied_kind_can_be_created_patched_read_and_cached() {
+    fn every_applied_kind_can_be_created_patched_and_cached() {
         use crate::controller::port::ChildKind;
         for kind in ChildKind::ALL {
             let (group, resource) = kind.api_resource();
@@ -396,9 +402,10 @@ mod tests {
                 .iter()
                 .find(|r| r.group == group && r.resource == resource && r.scope == Scope::Watched)
                 .unwrap_or_else(|| panic!("no rule for {group}/{resource}, which the operator applies"));
-            for verb in ["create", "patch", "get", "list", "watch"] {
+            for verb in ["create", "patch", "list", "watch"] {
                 assert!(rule.verbs.contains(&verb), "{group}/{resource} lacks {verb}: {rule:?}");
             }
+            assert!(!rule.verbs.contains(&"get"), "look-ups come from the caches: {rule:?}");
             assert!(rule.resource_names.is_empty() && rule.when == Always, "{rule:?}");
         }
     }

@@ -1,7 +1,8 @@
 //! The kube adapter's requests, checked on a scripted API server (`tower-test`), as kube-rs's
 //! controller-rs does: server-side apply with the operator's field manager, the status
-//! subresource, label patches on pods, deletes, Events; and the count of write requests of an
-//! unchanged reconcile through the real adapter.
+//! subresource, label patches on pods, deletes, Events; look-ups by name answered from the
+//! metadata caches with no request, and creates that only create; and the count of write
+//! requests of an unchanged reconcile through the real adapter.
 
 mod support;
 
@@ -13,23 +14,24 @@ use std::{
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{Pod, Service},
+    core::v1::{ConfigMap, Pod, Service},
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
     Client,
     client::Body,
+    core::PartialObjectMeta,
     runtime::{
         reflector::{self, store::Writer},
         watcher,
     },
 };
 use omero_operator::{
-    api::{OmeroCluster, OmeroClusterStatus, SecretKeyRef},
+    api::{ObjectProblemReason, OmeroCluster, OmeroClusterStatus, SecretKeyRef},
     controller::{
         Clock, Context,
-        cache::Cached,
-        kube_port::{Caches, KubePort},
+        cache::{self, Cached},
+        kube_port::{CREATE_ONLY, Caches, KubePort, NameCaches},
         port::{Child, ChildKind, ClusterPort, Event, EventType, Related, StatusWrite},
         reconcile,
     },
@@ -92,6 +94,9 @@ struct ApiServer {
     cluster: Value,
     /// Applies refused by "kind/name", with the HTTP status and the API server's message.
     refuse: BTreeMap<String, (StatusCode, String)>,
+    /// Plays an API server that refuses a resourceVersion on an apply that creates (as
+    /// Kubernetes 1.22's Services did, kubernetes/kubernetes#106745).
+    refuse_version_on_create: bool,
 }
 
 type Shared = Arc<Mutex<ApiServer>>;
@@ -163,8 +168,31 @@ impl ApiServer {
                                 "code": status.as_u16(), "message": message}),
                 )
             }
+            (Method::PATCH, [.., kind, name])
+                if seen.body["metadata"].get("resourceVersion").is_some()
+                    && (self.objects.contains_key(&format!("{kind}/{name}"))
+                        || self.refuse_version_on_create) =>
+            {
+                // A resourceVersion in an apply is a precondition on the object it updates: none
+                // of these objects is at the one sent. One that creates drops it, unless this
+                // server plays one that refuses it.
+                if self.objects.contains_key(&format!("{kind}/{name}")) {
+                    (
+                        StatusCode::CONFLICT,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+                               "message": format!("Operation cannot be fulfilled on {kind} \"{name}\": the object has been modified; please apply your changes to the latest version and try again")}),
+                    )
+                } else {
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500,
+                               "message": "resourceVersion should not be set on objects to be created"}),
+                    )
+                }
+            }
             (Method::PATCH, [.., kind, name]) => {
-                // Server-side apply: the object keeps its uid, a new one gets one.
+                // Server-side apply: the object keeps its uid, a new one gets one; a
+                // resourceVersion sent with a create is dropped.
                 let key = format!("{kind}/{name}");
                 let uid = self
                     .objects
@@ -172,6 +200,7 @@ impl ApiServer {
                     .map_or_else(|| json!(format!("uid-{key}")), |o| o["metadata"]["uid"].clone());
                 let mut body = seen.body.clone();
                 body["metadata"]["uid"] = uid;
+                body["metadata"].as_object_mut().unwrap().remove("resourceVersion");
                 self.objects.insert(key, body.clone());
                 (StatusCode::OK, body)
             }
@@ -193,6 +222,11 @@ struct Watches {
     services: Writer<Cached<Service>>,
     budgets: Writer<Cached<PodDisruptionBudget>>,
     pods: Writer<Cached<Pod>>,
+    /// The metadata-only watches of every object, each entry slimmed as the real ones are.
+    deployment_names: Writer<PartialObjectMeta<Deployment>>,
+    service_names: Writer<PartialObjectMeta<Service>>,
+    config_map_names: Writer<PartialObjectMeta<ConfigMap>>,
+    budget_names: Writer<PartialObjectMeta<PodDisruptionBudget>>,
 }
 
 impl Watches {
@@ -221,6 +255,30 @@ impl Watches {
         apply(&mut self.services, typed("services"));
         apply(&mut self.pods, typed("pods"));
         apply(&mut self.budgets, typed("poddisruptionbudgets"));
+        fn slimmed<K>(items: Vec<Value>) -> Vec<Value> {
+            items
+                .into_iter()
+                .map(|v| {
+                    let mut entry: PartialObjectMeta<K> = serde_json::from_value(v).unwrap();
+                    cache::slim_look_up_entry(&mut entry);
+                    serde_json::to_value(entry).unwrap()
+                })
+                .collect()
+        }
+        apply(&mut self.deployment_names, slimmed::<Deployment>(typed("deployments")));
+        apply(&mut self.service_names, slimmed::<Service>(typed("services")));
+        apply(&mut self.config_map_names, slimmed::<ConfigMap>(typed("configmaps")));
+        apply(&mut self.budget_names, slimmed::<PodDisruptionBudget>(typed("poddisruptionbudgets")));
+    }
+}
+
+/// Empty look-up caches, whose writers are dropped: no test feeds them.
+fn no_names() -> NameCaches {
+    NameCaches {
+        deployments: reflector::store().0,
+        services: reflector::store().0,
+        config_maps: reflector::store().0,
+        budgets: reflector::store().0,
     }
 }
 
@@ -240,11 +298,31 @@ fn setup_with_watches() -> (Shared, KubePort, OmeroCluster, Watches) {
     let (config_maps, _) = reflector::store();
     // Nodes are not watched here (`--watch-nodes` off).
     let (budgets, bw) = reflector::store();
+    let (deployment_names, dnw) = reflector::store();
+    let (service_names, snw) = reflector::store();
+    let (config_map_names, cnw) = reflector::store();
+    let (budget_names, bnw) = reflector::store();
+    let names = NameCaches {
+        deployments: deployment_names,
+        services: service_names,
+        config_maps: config_map_names,
+        budgets: budget_names,
+    };
     let port = KubePort::new(
         client(server.clone()),
-        Caches { deployments, services, config_maps, budgets, pods, nodes: None },
+        Caches { deployments, services, config_maps, budgets, pods, names, nodes: None },
     );
-    (server, port, cluster, Watches { deployments: dw, services: sw, budgets: bw, pods: pw })
+    let watches = Watches {
+        deployments: dw,
+        services: sw,
+        budgets: bw,
+        pods: pw,
+        deployment_names: dnw,
+        service_names: snw,
+        config_map_names: cnw,
+        budget_names: bnw,
+    };
+    (server, port, cluster, watches)
 }
 
 fn seen(server: &Shared) -> Vec<Seen> {
@@ -269,6 +347,10 @@ async fn children_are_applied_server_side_with_one_field_manager() {
     assert_eq!(d.body["metadata"]["ownerReferences"][0]["uid"], cluster.metadata.uid.clone().unwrap());
     assert_eq!(d.body["spec"]["strategy"]["type"], "Recreate");
     assert!(d.body["metadata"].get("uid").is_none(), "a new object carries no uid precondition");
+    assert_eq!(
+        d.body["metadata"]["resourceVersion"], CREATE_ONLY,
+        "an apply of a name seen free only creates"
+    );
     let s = &requests[1];
     assert_eq!(
         s.path,
@@ -277,24 +359,31 @@ async fn children_are_applied_server_side_with_one_field_manager() {
     assert_eq!((s.body["apiVersion"].as_str(), s.body["kind"].as_str()), (Some("v1"), Some("Service")));
     assert!(s.query.contains("fieldManager=omero-operator"));
     assert_eq!(s.body["metadata"]["uid"], "uid-of-existing", "the existing object's uid is a precondition");
+    assert!(s.body["metadata"].get("resourceVersion").is_none(), "an update is not conditional on a version");
 }
 
+/// A look-up by name is answered from the metadata caches of every object, the operator's or
+/// not, in the namespace asked: no request at all.
 #[tokio::test]
-async fn find_reads_only_the_metadata_of_an_object_by_name() {
-    let (server, port, _) = setup();
-    server.lock().unwrap().objects.insert(
-        "services/web-main".into(),
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-main", "uid": "u-web",
-               "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "d", "controller": true}]}}),
-    );
+async fn find_answers_from_the_look_up_caches_without_a_request() {
+    let (server, port, _, mut watches) = setup_with_watches();
+    let web = |ns: &str, uid: &str| {
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "web-main", "namespace": ns, "uid": uid,
+                            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "d", "controller": true}]}})
+    };
+    server.lock().unwrap().objects.insert("services/web-main".into(), web("omero", "u-web"));
+    server.lock().unwrap().objects.insert("services/web-main-elsewhere".into(), web("elsewhere", "u-other"));
+    watches.sync(&server);
     let found = port.find("omero", ChildKind::Service, "web-main").await.unwrap().unwrap();
     assert_eq!(found.uid.as_deref(), Some("u-web"));
     assert_eq!(found.owner_references.unwrap()[0].name, "web");
-    assert!(port.find("omero", ChildKind::Deployment, "nothing").await.unwrap().is_none());
-    let requests = seen(&server);
-    assert_eq!(requests[0].method, Method::GET);
-    assert_eq!(requests[0].path, "/api/v1/namespaces/omero/services/web-main");
-    assert_eq!(requests[1].path, "/apis/apps/v1/namespaces/omero/deployments/nothing");
+    assert_eq!(found.annotations, None, "kept as a look-up reads it");
+    assert!(port.find("omero", ChildKind::Deployment, "web-main").await.unwrap().is_none(), "another kind");
+    assert!(port.find("lab", ChildKind::Service, "web-main").await.unwrap().is_none(), "another namespace");
+    assert!(port.find("omero", ChildKind::Service, "nothing").await.unwrap().is_none());
+    assert!(seen(&server).is_empty(), "no request at all");
 }
 
 #[tokio::test]
@@ -456,9 +545,8 @@ async fn an_unchanged_reconcile_sends_no_write_request() {
         first.iter().filter(|r| r.is_write()).count() >= 10,
         "creates 3 Deployments, 4 Services and 3 PodDisruptionBudgets"
     );
-    let lookups =
-        first.iter().filter(|r| r.method == Method::GET && !r.query.contains("labelSelector")).count();
-    assert_eq!(lookups, 10, "each name is looked up before it is first created");
+    let lookups = first.iter().filter(|r| r.method == Method::GET).count();
+    assert_eq!(lookups, 0, "each name is looked up in the metadata caches before it is first created");
     // The pods come up, ready; the next reconcile labels them routable.
     for (node, ip) in [("rw", "10.0.0.1"), ("ro-1", "10.0.0.2"), ("ro-2", "10.0.0.3")] {
         let pod = json!({
@@ -496,6 +584,101 @@ async fn an_unchanged_reconcile_sends_no_write_request() {
     println!("unchanged reconcile of a 3-node cluster: {} requests, {} writes", third.len(), writes.len());
     assert_eq!(writes, Vec::<String>::new());
     assert_eq!(third.len(), 0, "no request at all: children come from the watch caches");
+}
+
+/// The cluster as the scripted server holds it now.
+fn current(server: &Shared) -> Arc<OmeroCluster> {
+    Arc::new(serde_json::from_value(server.lock().unwrap().cluster.clone()).unwrap())
+}
+
+/// The object problems of the status the scripted server holds: kind, name, reason.
+fn problems(server: &Shared) -> Vec<(String, String, ObjectProblemReason)> {
+    let status: OmeroClusterStatus =
+        serde_json::from_value(server.lock().unwrap().cluster["status"].clone()).unwrap();
+    status.object_problems.into_iter().map(|p| (p.kind, p.name, p.reason)).collect()
+}
+
+/// A Service someone else made, holding the name of the cluster's rw node Service.
+fn foreign_service() -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": "omero-rw", "namespace": "omero", "uid": "u-foreign",
+                        "labels": {"app.kubernetes.io/managed-by": "Helm"}},
+           "spec": {"ports": [{"port": 80}]}})
+}
+
+/// The measure: once the metadata caches are synced, a new cluster's reconcile sends
+/// no look-up request (no GET at all); the foreign Service that holds one of its names, seen
+/// only by the metadata cache (it lacks the operator's labels), is reported and never written.
+#[tokio::test]
+async fn a_new_clusters_reconcile_looks_up_no_name_by_request_and_reports_a_foreign_holder() {
+    let (server, port, _, mut watches) = setup_with_watches();
+    server.lock().unwrap().objects.insert("services/omero-rw".into(), foreign_service());
+    watches.sync(&server);
+    let ctx = Arc::new(Context::new(port, FakeOmero::default(), Clock::system()));
+    reconcile(current(&server), ctx).await.unwrap();
+
+    let requests = seen(&server);
+    let gets: Vec<&str> =
+        requests.iter().filter(|r| r.method == Method::GET).map(|r| r.path.as_str()).collect();
+    assert_eq!(gets, Vec::<&str>::new(), "no name is looked up by a request");
+    let applied: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.method == Method::PATCH)
+        .map(|r| r.path.rsplit_once("/namespaces/omero/").unwrap().1)
+        .collect();
+    assert!(!applied.contains(&"services/omero-rw"), "{applied:?}");
+    assert_eq!(applied.len(), 3 + 3 + 3, "3 Deployments, the other 3 Services, 3 budgets: {applied:?}");
+    assert_eq!(server.lock().unwrap().objects["services/omero-rw"], foreign_service(), "left as it was");
+    assert_eq!(problems(&server), [("Service".into(), "omero-rw".into(), ObjectProblemReason::NotOwned)]);
+}
+
+/// A foreign Service takes the rw node Service's name after the caches last heard of it: the
+/// apply of the name they saw free only creates, so the API server refuses it (409) and nothing
+/// is written over; the reconcile goes on without an error. Once the caches have heard of the
+/// Service, the next reconcile reports it and sends it nothing.
+#[tokio::test]
+async fn a_name_taken_after_the_caches_last_heard_is_not_written_over() {
+    let (server, port, _, mut watches) = setup_with_watches();
+    watches.sync(&server);
+    server.lock().unwrap().objects.insert("services/omero-rw".into(), foreign_service());
+    let ctx = Arc::new(Context::new(port, FakeOmero::default(), Clock::system()));
+    reconcile(current(&server), ctx.clone()).await.expect("a taken name is no reconcile error");
+    let requests = seen(&server);
+    let to_foreign: Vec<&Seen> = requests
+        .iter()
+        .filter(|r| r.method == Method::PATCH && r.path.ends_with("/services/omero-rw"))
+        .collect();
+    assert_eq!(to_foreign.len(), 1, "tried once, as a create");
+    assert_eq!(to_foreign[0].body["metadata"]["resourceVersion"], CREATE_ONLY);
+    assert_eq!(server.lock().unwrap().objects["services/omero-rw"], foreign_service(), "not written over");
+    assert_eq!(problems(&server), [], "nothing known to report yet");
+
+    watches.sync(&server);
+    reconcile(current(&server), ctx).await.unwrap();
+    let again = seen(&server);
+    assert!(!again.iter().any(|r| r.method == Method::PATCH && r.path.ends_with("/services/omero-rw")));
+    assert_eq!(problems(&server), [("Service".into(), "omero-rw".into(), ObjectProblemReason::NotOwned)]);
+}
+
+/// An API server that refuses the create-only resourceVersion on a create (not a taken name,
+/// which is a 409): the apply is sent once more without it and creates the object. A name
+/// taken by then is answered `NameTaken`, whatever the server.
+#[tokio::test]
+async fn a_create_only_apply_refused_for_its_version_is_sent_again_without_it() {
+    let (server, port, cluster) = setup();
+    server.lock().unwrap().refuse_version_on_create = true;
+    let desired = render::render(&cluster);
+    let service = Child::Service(&desired.services[0]);
+    port.apply("omero", service, None).await.unwrap();
+    let requests = seen(&server);
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[0].body["metadata"]["resourceVersion"], CREATE_ONLY);
+    assert!(requests[1].body["metadata"].get("resourceVersion").is_none());
+    assert!(server.lock().unwrap().objects.contains_key(&format!("services/{}", service.name())));
+
+    let taken = port.apply("omero", service, None).await.unwrap_err();
+    assert!(matches!(taken, omero_operator::Error::NameTaken { .. }), "{taken:?}");
+    assert_eq!(seen(&server).len(), 1, "no second try over an object that exists");
 }
 
 /// A restart facing hundreds of clusters: however many requests are made at once, at most the
@@ -675,6 +858,7 @@ spec:
         config_maps: stores.2.0,
         budgets: stores.3.0,
         pods: stores.4.0,
+        names: no_names(),
         nodes: None,
     };
     let ctx = Arc::new(Context::new(KubePort::new(client, caches), FakeOmero::default(), Clock::system()));

@@ -1,8 +1,9 @@
 //! `controller::run` as a whole, against a scripted API server (`tower-test`) and a lease the
 //! test grants and takes away: `/healthz` and `/readyz` over real HTTP, ready once the watch
-//! caches are filled while still a standby; a standby writes nothing and does not even start
-//! the controller; given the lease it reconciles (writes appear, `omero_operator_leader 1`);
-//! losing it ends `run` with `LeaseLost` and no write follows.
+//! caches (the metadata-only look-up caches among them) are filled while still a standby; a
+//! standby writes nothing and does not even start the controller; given the lease it
+//! reconciles (writes appear, `omero_operator_leader 1`); losing it ends `run` with
+//! `LeaseLost` and no write follows.
 
 use std::{
     sync::{Arc, Mutex},
@@ -54,12 +55,24 @@ impl LeaderLease for GrantedLease {
 #[derive(Default)]
 struct Seen {
     requests: Vec<(Method, String, String)>,
+    /// The same requests' paths and queries when they asked for metadata only (kube's
+    /// `PartialObjectMeta` requests: `Accept: ...;as=PartialObjectMetadataList`).
+    metadata_requests: Vec<(String, String)>,
 }
 
 impl Seen {
     fn writes(&self) -> Vec<String> {
         self.requests.iter().filter(|(m, ..)| m != Method::GET).map(|(m, p, _)| format!("{m} {p}")).collect()
     }
+}
+
+/// Whether a request asked for metadata only.
+fn metadata_only(parts: &http::request::Parts) -> bool {
+    parts
+        .headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("as=PartialObjectMetadata"))
 }
 
 fn cluster() -> Value {
@@ -74,12 +87,12 @@ fn cluster() -> Value {
 }
 
 fn api_server(seen: Arc<Mutex<Seen>>) -> Client {
-    api_server_withholding(seen, None)
+    api_server_withholding(seen, |_, _| false)
 }
 
-/// The scripted API server; the first LIST of the `withheld` kind is never answered (its
-/// watch cache never fills).
-fn api_server_withholding(seen: Arc<Mutex<Seen>>, withheld: Option<&'static str>) -> Client {
+/// The scripted API server; the requests `withheld` picks (by path, and whether metadata only
+/// was asked for) are never answered (a LIST withheld: its watch cache never fills).
+fn api_server_withholding(seen: Arc<Mutex<Seen>>, withheld: fn(&str, bool) -> bool) -> Client {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     tokio::spawn(async move {
         // Watches stay open: their responders are kept and never answered.
@@ -92,7 +105,10 @@ fn api_server_withholding(seen: Arc<Mutex<Seen>>, withheld: Option<&'static str>
             let path = parts.uri.path().to_string();
             let query = parts.uri.query().unwrap_or_default().to_string();
             seen.lock().unwrap().requests.push((parts.method.clone(), path.clone(), query.clone()));
-            if query.contains("watch=true") || withheld.is_some_and(|kind| path.ends_with(kind)) {
+            if metadata_only(&parts) {
+                seen.lock().unwrap().metadata_requests.push((path.clone(), query.clone()));
+            }
+            if query.contains("watch=true") || withheld(&path, metadata_only(&parts)) {
                 open_watches.push(respond);
                 continue;
             }
@@ -198,6 +214,15 @@ async fn a_standby_is_ready_and_writes_nothing_the_leader_reconciles_and_a_lost_
             seen.requests
         );
         assert!(!watching("omeroclusters"), "the controller runs on a standby");
+        // Every object of the kinds the operator writes, metadata only, with no label selector:
+        // the look-up caches, on a standby too.
+        for kind in ["deployments", "services", "configmaps", "poddisruptionbudgets"] {
+            let watched_whole = seen
+                .metadata_requests
+                .iter()
+                .any(|(p, q)| p.ends_with(kind) && q.contains("watch=true") && !q.contains("labelSelector"));
+            assert!(watched_whole, "no metadata watch of every {kind}: {:?}", seen.metadata_requests);
+        }
     }
     let (_, metrics) = get(port, "/metrics").await.unwrap();
     assert!(metrics.contains("omero_operator_leader 0"), "{metrics}");
@@ -234,7 +259,7 @@ async fn a_standby_is_ready_and_writes_nothing_the_leader_reconciles_and_a_lost_
 #[tokio::test]
 async fn with_the_node_watch_readyz_waits_for_the_node_cache() {
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let client = api_server_withholding(seen.clone(), Some("/api/v1/nodes"));
+    let client = api_server_withholding(seen.clone(), |path, _| path == "/api/v1/nodes");
     let (_grant, granted) = watch::channel(false);
     let lease = GrantedLease { granted, reported: Mutex::new(false) };
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -264,5 +289,49 @@ async fn with_the_node_watch_readyz_waits_for_the_node_cache() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(get(port, "/readyz").await.unwrap().0, 503, "ready without the Node cache");
+    operator.abort();
+}
+
+/// `/readyz` waits for the look-up caches too: a metadata-only LIST of ConfigMaps that never
+/// answers keeps the replica unready, though the operator's own ConfigMaps (and every other
+/// cache) are listed.
+#[tokio::test]
+async fn readyz_waits_for_the_look_up_caches() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let client =
+        api_server_withholding(seen.clone(), |path, metadata| metadata && path.ends_with("/configmaps"));
+    let (_grant, granted) = watch::channel(false);
+    let lease = GrantedLease { granted, reported: Mutex::new(false) };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let options = RunOptions {
+        namespace: Some(NS.into()),
+        concurrency: 2,
+        max_api_requests: 16,
+        http_address: format!("127.0.0.1:{port}"),
+        apply_crd: false,
+        watch_nodes: false,
+    };
+    let operator = tokio::spawn(run(client, lease, omero_operator::omero::Client::default(), options));
+    assert_eq!(eventually("/healthz", async || get(port, "/healthz").await).await.0, 200);
+    eventually("every cache listed, the ConfigMaps' metadata asked for", async || {
+        let seen = seen.lock().unwrap();
+        let listed = |kind: &str, metadata: bool| {
+            seen.requests.iter().any(|(m, p, q)| {
+                m == Method::GET
+                    && p.ends_with(kind)
+                    && !q.contains("watch=true")
+                    && seen.metadata_requests.iter().any(|(mp, mq)| mp == p && mq == q) == metadata
+            })
+        };
+        let all = ["deployments", "services", "configmaps", "pods", "poddisruptionbudgets"]
+            .iter()
+            .all(|k| listed(k, false));
+        let names =
+            ["deployments", "services", "configmaps", "poddisruptionbudgets"].iter().all(|k| listed(k, true));
+        (all && names).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(port, "/readyz").await.unwrap().0, 503, "ready without the ConfigMaps' look-up cache");
     operator.abort();
 }

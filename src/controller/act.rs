@@ -90,11 +90,21 @@ async fn refusal_of<P: ClusterPort, O: OmeroPort>(
     result: Result<(), Error>,
 ) -> Result<Option<ObjectProblem>, Error> {
     let Err(error) = result else { return Ok(None) };
+    if let Error::NameTaken { kind, name } = &error {
+        // Created since the caches last heard of the name: by this operator (its own create,
+        // not yet delivered by the watches) or by someone else. Nothing was written. The
+        // object's watch event brings the next reconcile when it is the cluster's; a foreign
+        // one is reported by the next reconcile, from the caches.
+        info!(kind, child = name, "the name was taken since the caches saw it free: nothing written");
+        return Ok(None);
+    }
     let Some(refusal) = error.refusal() else { return Err(error) };
     let child = apply.object.as_child();
     let kind = child.kind();
     if apply.uid.is_some() && refusal.replaced_object() {
-        // Replaced since the cache saw it: whose it is now decides the report.
+        // Replaced since the cache saw it: whose it is now decides the report, as far as the
+        // look-up caches know; when they have not heard of the new holder yet, nothing is
+        // reported now and the next reconcile reports it.
         let current = ctx.port.find(ns, kind, child.name()).await?;
         let foreign = current.filter(|m| !ownership::is_controlled_by(m, owner_uid));
         if foreign.is_some() {

@@ -9,7 +9,7 @@
 //! 20 us (a 4 KiB Deployment, `cargo bench --bench render`), paid for the dozen objects of the
 //! one cluster a reconcile reads.
 
-use std::{borrow::Cow, fmt, marker::PhantomData};
+use std::{borrow::Cow, collections::BTreeMap, fmt, marker::PhantomData};
 
 use k8s_openapi::{
     api::{
@@ -19,10 +19,10 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use kube::Resource;
+use kube::{Resource, core::PartialObjectMeta};
 use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
 
-use crate::api::OmeroCluster;
+use crate::api::{OmeroCluster, keys};
 
 /// The kinds the operator caches, with what of them is never read and so never kept.
 pub trait Cacheable: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone {
@@ -65,6 +65,33 @@ pub fn slim_cluster(cluster: &mut OmeroCluster) {
     if let Some(annotations) = cluster.metadata.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
     }
+}
+
+/// What the look-up caches keep of each Deployment, Service, ConfigMap and PodDisruptionBudget of
+/// the watched namespaces, the operator's or not (`controller::run`'s metadata watches): only
+/// what a look-up by name reads (`diff::plan_writes`, `ownership`). The name and namespace (the
+/// cache's key), the uid (a write's precondition), the controller owner reference (whose the
+/// object is) and, only when there is none, the `app.kubernetes.io/managed-by` label (how a
+/// report describes an object with no controller; a one-entry map costs half a KiB). Everything
+/// else goes: managed fields, annotations (kubectl's last-applied copy of the whole object among
+/// them), other labels and owner references, timestamps, and the resourceVersion (the watch
+/// reads it from the event before this runs). `cargo bench --bench look_up_cache` measures it.
+pub fn slim_look_up_entry<K>(entry: &mut PartialObjectMeta<K>) {
+    let meta = std::mem::take(&mut entry.metadata);
+    let controller = meta.owner_references.into_iter().flatten().find(|r| r.controller == Some(true));
+    let managed_by = match controller {
+        Some(_) => None,
+        None => meta.labels.and_then(|mut labels| labels.remove_entry(keys::MANAGED_BY_LABEL)),
+    };
+    entry.types = None;
+    entry.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        owner_references: controller.map(|r| vec![r]),
+        labels: managed_by.map(|(key, value)| BTreeMap::from([(key, value)])),
+        ..ObjectMeta::default()
+    };
 }
 
 /// One cached object of kind `K`: its metadata (managed fields stripped: they are most of an
@@ -251,6 +278,49 @@ mod tests {
         let annotations = cluster.metadata.annotations.clone().unwrap();
         assert_eq!(annotations.keys().collect::<Vec<_>>(), ["omero.openmicroscopy.org/drain"]);
         assert_eq!(serde_json::to_value(&cluster.spec).unwrap(), spec);
+    }
+
+    /// Services as a metadata watch delivers them: one someone made with Helm, and one a
+    /// Deployment controls.
+    #[test]
+    fn a_look_up_entry_keeps_only_what_a_look_up_reads() {
+        let entry = |owner_references: serde_json::Value| {
+            let mut entry: PartialObjectMeta<Service> = serde_json::from_value(json!({
+                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": "web", "namespace": "omero", "uid": "u-web", "resourceVersion": "812",
+                             "creationTimestamp": "2026-11-30T06:00:00Z",
+                             "labels": {"app.kubernetes.io/managed-by": "Helm", "app": "web"},
+                             "annotations": {LAST_APPLIED: "{\"spec\": {}}", "meta.helm.sh/release-name": "web"},
+                             "ownerReferences": owner_references,
+                             "managedFields": [{"manager": "helm", "operation": "Update", "apiVersion": "v1"}]}
+            }))
+            .unwrap();
+            slim_look_up_entry(&mut entry);
+            entry
+        };
+        let by_helm = entry(json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "u-c"}]));
+        assert_eq!(
+            serde_json::to_value(&by_helm).unwrap(),
+            json!({"metadata": {"name": "web", "namespace": "omero", "uid": "u-web",
+                                "labels": {"app.kubernetes.io/managed-by": "Helm"}}})
+        );
+        assert_eq!(
+            crate::ownership::describe_owner(&by_helm.metadata),
+            "an object created outside the operator (managed by Helm)"
+        );
+        let controlled = entry(json!([
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "u-c"},
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u-d", "controller": true}]));
+        assert_eq!(
+            serde_json::to_value(&controlled).unwrap(),
+            json!({"metadata": {"name": "web", "namespace": "omero", "uid": "u-web",
+                                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+                                                     "uid": "u-d", "controller": true}]}})
+        );
+        // What the ownership rules read of it says what the whole metadata would.
+        assert_eq!(crate::ownership::describe_owner(&controlled.metadata), "Deployment web");
+        assert!(crate::ownership::is_controlled_by(&controlled.metadata, Some("u-d")));
+        assert!(!crate::ownership::is_controlled_by(&controlled.metadata, Some("u-c")));
     }
 
     #[test]

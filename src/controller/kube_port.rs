@@ -12,12 +12,14 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
+    core::PartialObjectMeta,
     runtime::{
         events::{self, Recorder, Reporter},
-        reflector::Store,
+        reflector::{ObjectRef, Store},
     },
 };
 use serde_json::json;
+use tracing::warn;
 
 use super::{
     cache::{Cacheable, Cached},
@@ -42,9 +44,34 @@ pub struct Caches {
     pub config_maps: Store<Cached<ConfigMap>>,
     pub budgets: Store<Cached<PodDisruptionBudget>>,
     pub pods: Store<Cached<Pod>>,
+    /// What holds each name: every object of the kinds the operator writes, labelled or not.
+    pub names: NameCaches,
     /// Kubernetes Nodes (metadata and spec), when the operator watches them (`--watch-nodes`).
     pub nodes: Option<Store<Node>>,
 }
+
+/// Every Deployment, Service, ConfigMap and PodDisruptionBudget of the watched namespace(s),
+/// the operator's or anyone's, kept by metadata-only watches as only what a look-up by name
+/// reads (`cache::slim_look_up_entry`): [`KubePort::find`] answers from them, never by a request.
+#[derive(Clone)]
+pub struct NameCaches {
+    pub deployments: Store<PartialObjectMeta<Deployment>>,
+    pub services: Store<PartialObjectMeta<Service>>,
+    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    pub budgets: Store<PartialObjectMeta<PodDisruptionBudget>>,
+}
+
+/// The `resourceVersion` an apply carries when it must only create: no stored object can have
+/// it (it is the largest signed 64-bit number, where etcd's revisions count up from 1 by one
+/// per write), so the API server refuses the apply with 409 Conflict when anything holds the
+/// name, and creates the object when nothing does (on create the resourceVersion sent is
+/// dropped before the object is stored). Read in the API server's source (apiserver
+/// `registry/generic/registry/store.go` `Store.Update`: the version check is made only
+/// against an existing object; `storage/etcd3/store.go` `updateState` clears the version
+/// before storing), and reported by a user doing the same (kubernetes/kubernetes#106745);
+/// not observed here. Were it refused on create, [`KubePort::apply`] falls back to a plain
+/// apply.
+pub const CREATE_ONLY: &str = "9223372036854775807";
 
 #[derive(Clone)]
 pub struct KubePort {
@@ -70,6 +97,53 @@ impl KubePort {
     fn apply_params() -> PatchParams {
         PatchParams::apply(FIELD_MANAGER).force()
     }
+
+    /// One server-side apply of `child`, with `uid` as a precondition and, when `create_only`,
+    /// [`CREATE_ONLY`] as its resourceVersion.
+    async fn send_apply(
+        &self,
+        ns: &str,
+        child: Child<'_>,
+        uid: Option<&str>,
+        create_only: bool,
+    ) -> Result<(), kube::Error> {
+        let with_preconditions = |meta: &ObjectMeta| ObjectMeta {
+            uid: uid.map(Into::into),
+            resource_version: create_only.then(|| CREATE_ONLY.into()),
+            ..meta.clone()
+        };
+        let name = child.name();
+        match child {
+            Child::Deployment(d) => {
+                let body = Deployment { metadata: with_preconditions(&d.metadata), ..d.clone() };
+                self.api::<Deployment>(ns).patch(name, &Self::apply_params(), &Patch::Apply(body)).await?;
+            }
+            Child::Service(s) => {
+                let body = Service { metadata: with_preconditions(&s.metadata), ..s.clone() };
+                self.api::<Service>(ns).patch(name, &Self::apply_params(), &Patch::Apply(body)).await?;
+            }
+            Child::ConfigMap(c) => {
+                let body = ConfigMap { metadata: with_preconditions(&c.metadata), ..c.clone() };
+                self.api::<ConfigMap>(ns).patch(name, &Self::apply_params(), &Patch::Apply(body)).await?;
+            }
+            Child::PodDisruptionBudget(b) => {
+                let body = PodDisruptionBudget { metadata: with_preconditions(&b.metadata), ..b.clone() };
+                self.api::<PodDisruptionBudget>(ns)
+                    .patch(name, &Self::apply_params(), &Patch::Apply(body))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The look-up cache entry of `name` in namespace `ns`, if any: its metadata as kept.
+fn held<K: Resource<DynamicType = ()> + Clone>(
+    store: &Store<PartialObjectMeta<K>>,
+    ns: &str,
+    name: &str,
+) -> Option<ObjectMeta> {
+    store.get(&ObjectRef::new(name).within(ns)).map(|entry| entry.metadata.clone())
 }
 
 /// The object reference of what an Event is about.
@@ -151,48 +225,47 @@ impl ClusterPort for KubePort {
         })
     }
 
+    /// From the look-up caches (metadata-only watches of every object of the kind), never a
+    /// request. They can lag: an object created since the cache last heard of its name is not
+    /// seen here, the window a GET had between its answer and the apply, plus the watch's lag.
+    /// It is closed at the write: an apply of a name found free only creates ([`CREATE_ONLY`]),
+    /// so an object that took the name meanwhile, the operator's own or anyone's, is refused
+    /// by the API server and never written over. The other way round, an object deleted since
+    /// the cache last heard is still found: a foreign one is reported until the cache catches
+    /// up; one of the cluster's own is applied with its uid, which the API server refuses.
     async fn find(&self, ns: &str, kind: ChildKind, name: &str) -> Result<Option<ObjectMeta>, Error> {
-        // Metadata only: the owner references are all the question needs.
+        let names = &self.caches.names;
         Ok(match kind {
-            ChildKind::Deployment => {
-                self.api::<Deployment>(ns).get_metadata_opt(name).await?.map(|p| p.metadata)
-            }
-            ChildKind::Service => self.api::<Service>(ns).get_metadata_opt(name).await?.map(|p| p.metadata),
-            ChildKind::ConfigMap => {
-                self.api::<ConfigMap>(ns).get_metadata_opt(name).await?.map(|p| p.metadata)
-            }
-            ChildKind::PodDisruptionBudget => {
-                self.api::<PodDisruptionBudget>(ns).get_metadata_opt(name).await?.map(|p| p.metadata)
-            }
+            ChildKind::Deployment => held(&names.deployments, ns, name),
+            ChildKind::Service => held(&names.services, ns, name),
+            ChildKind::ConfigMap => held(&names.config_maps, ns, name),
+            ChildKind::PodDisruptionBudget => held(&names.budgets, ns, name),
         })
     }
 
     async fn apply(&self, ns: &str, child: Child<'_>, uid: Option<&str>) -> Result<(), Error> {
-        // The existing object's uid in the applied metadata is a precondition: the API server
-        // refuses the patch (409) if the name now belongs to another object.
-        let with_uid = |meta: &ObjectMeta| ObjectMeta { uid: uid.map(Into::into), ..meta.clone() };
-        let name = child.name().to_string();
-        match child {
-            Child::Deployment(d) => {
-                let body = Deployment { metadata: with_uid(&d.metadata), ..d.clone() };
-                self.api::<Deployment>(ns).patch(&name, &Self::apply_params(), &Patch::Apply(body)).await?;
+        // With the existing object's uid in the applied metadata, the API server refuses the
+        // patch if the name now belongs to another object. Without one (the name was found
+        // free) the apply only creates: [`CREATE_ONLY`].
+        let create_only = uid.is_none();
+        match self.send_apply(ns, child, uid, create_only).await {
+            Err(kube::Error::Api(e)) if create_only && e.code == 409 => {
+                Err(Error::NameTaken { kind: child.kind().as_str().into(), name: child.name().into() })
             }
-            Child::Service(s) => {
-                let body = Service { metadata: with_uid(&s.metadata), ..s.clone() };
-                self.api::<Service>(ns).patch(&name, &Self::apply_params(), &Patch::Apply(body)).await?;
+            // The API server refused the create-only version itself (not a taken name): one
+            // that does not take it on create, against what its source says. The plain apply
+            // leaves this object's window open, as wide as it was behind a look-up by GET.
+            Err(kube::Error::Api(e)) if create_only && e.message.contains("resourceVersion") => {
+                warn!(
+                    kind = child.kind().as_str(),
+                    child = child.name(),
+                    refused = %e.message,
+                    "the API server refused a create-only apply; applying without the precondition"
+                );
+                Ok(self.send_apply(ns, child, None, false).await?)
             }
-            Child::ConfigMap(c) => {
-                let body = ConfigMap { metadata: with_uid(&c.metadata), ..c.clone() };
-                self.api::<ConfigMap>(ns).patch(&name, &Self::apply_params(), &Patch::Apply(body)).await?;
-            }
-            Child::PodDisruptionBudget(b) => {
-                let body = PodDisruptionBudget { metadata: with_uid(&b.metadata), ..b.clone() };
-                self.api::<PodDisruptionBudget>(ns)
-                    .patch(&name, &Self::apply_params(), &Patch::Apply(body))
-                    .await?;
-            }
+            other => Ok(other?),
         }
-        Ok(())
     }
 
     async fn delete_child(&self, ns: &str, kind: ChildKind, name: &str, uid: &str) -> Result<(), Error> {

@@ -40,6 +40,7 @@ use k8s_openapi::{
 use kube::{
     Api, Client, ResourceExt,
     api::ListParams,
+    core::PartialObjectMeta,
     runtime::{
         Controller,
         controller::{self, Action},
@@ -230,11 +231,32 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
     let (config_map_cache, config_map_events, config_map_watch) = shared_watch(config_maps, ours.clone());
     let (budget_cache, budget_events, budget_watch) = shared_watch(budgets, ours.clone());
     let (pod_cache, pod_events, pod_watch) = shared_watch(pods, ours);
+    // What holds each name a cluster wants, whosever it is: every object of the kinds the
+    // operator writes, metadata only, kept as only what a look-up reads. They answer the
+    // look-ups before a create with no request; no reconcile starts on their changes.
+    let namespace = options.namespace.as_deref();
+    let (deployment_names, deployment_names_watch) =
+        name_watch(scoped::<PartialObjectMeta<Deployment>>(&client, namespace));
+    let (service_names, service_names_watch) =
+        name_watch(scoped::<PartialObjectMeta<Service>>(&client, namespace));
+    let (config_map_names, config_map_names_watch) =
+        name_watch(scoped::<PartialObjectMeta<ConfigMap>>(&client, namespace));
+    let (budget_names, budget_names_watch) =
+        name_watch(scoped::<PartialObjectMeta<PodDisruptionBudget>>(&client, namespace));
     let mut watches = vec![
         tokio::spawn(async move {
             futures::future::join4(deployment_watch, service_watch, config_map_watch, pod_watch).await;
         }),
         tokio::spawn(budget_watch),
+        tokio::spawn(async move {
+            futures::future::join4(
+                deployment_names_watch,
+                service_names_watch,
+                config_map_names_watch,
+                budget_names_watch,
+            )
+            .await;
+        }),
     ];
     // Nodes: cluster-scoped, all of them (a pod may land on any), metadata and spec only.
     let (node_cache, node_events) = if options.watch_nodes {
@@ -250,6 +272,12 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
         config_maps: config_map_cache,
         budgets: budget_cache,
         pods: pod_cache,
+        names: kube_port::NameCaches {
+            deployments: deployment_names,
+            services: service_names,
+            config_maps: config_map_names,
+            budgets: budget_names,
+        },
         nodes: node_cache,
     };
     let leadership = Leadership::start(lease);
@@ -270,6 +298,10 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
         caches.config_maps.wait_until_ready().await,
         caches.pods.wait_until_ready().await,
         caches.budgets.wait_until_ready().await,
+        caches.names.deployments.wait_until_ready().await,
+        caches.names.services.wait_until_ready().await,
+        caches.names.config_maps.wait_until_ready().await,
+        caches.names.budgets.wait_until_ready().await,
     ] {
         ready.map_err(|e| Error::CacheClosed(e.to_string()))?;
     }
@@ -448,6 +480,49 @@ fn shared_watch<K: cache::Cacheable + Send + Sync + 'static>(
         }
     });
     (cache, events, drive)
+}
+
+/// `K` in `namespace`, or in every namespace.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A metadata-only watch of every object of one kind, with no label selector: its cache, each
+/// entry slimmed to what a look-up by name reads (`cache::slim_look_up_entry`), and the future
+/// that drives it (restarting with backoff on errors).
+fn name_watch<K>(
+    api: Api<PartialObjectMeta<K>>,
+) -> (
+    kube::runtime::reflector::Store<PartialObjectMeta<K>>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use kube::runtime::{WatchStreamExt, reflector};
+    let (cache, writer) = reflector::store();
+    // An `Api` of `PartialObjectMeta` lists and watches with kube's metadata-only requests
+    // (`Accept: ...;as=PartialObjectMetadataList`): the API server sends no spec or status.
+    let events =
+        watcher(api, watcher::Config::default()).default_backoff().modify(cache::slim_look_up_entry::<K>);
+    let drive = reflector(writer, events).for_each(|event| async move {
+        if let Err(error) = event {
+            warn!(%error, kind = %K::kind(&()), "metadata watch error; retrying with backoff");
+        }
+    });
+    (cache, drive)
 }
 
 /// A watch of every Kubernetes Node, kept without status and managed fields (heartbeats and

@@ -83,7 +83,8 @@ pub async fn observe<P: ClusterPort, O: OmeroPort>(
 }
 
 /// Looks up by name each name the cluster wants that `children` (the objects carrying its
-/// labels) lack: an object without the labels may hold it, and must not be written over.
+/// labels) lack: an object without the labels may hold it, and must not be written over. The
+/// real port answers from its look-up caches, with no request.
 async fn look_up<P: ClusterPort>(
     port: &P,
     ns: &str,

@@ -160,7 +160,8 @@ pub trait ClusterPort: Send + Sync + 'static {
     /// The cluster's children and pods (by the cluster label), as they are now.
     fn children(&self, cluster: &OmeroCluster) -> impl Future<Output = Result<Children, Error>> + Send;
     /// The metadata of whatever object of this kind has this name, the operator's or not:
-    /// `children` only sees objects carrying the cluster's labels.
+    /// `children` only sees objects carrying the cluster's labels. At least the name, the uid,
+    /// the controller owner reference and the `app.kubernetes.io/managed-by` label.
     fn find(
         &self,
         ns: &str,
@@ -170,6 +171,8 @@ pub trait ClusterPort: Send + Sync + 'static {
     /// Server-side apply with the operator's field manager and `force`. Only ever called for
     /// an object that does not exist or that this cluster controls; `uid` is the existing
     /// object's, sent as a precondition so that an object replaced meanwhile is not taken over.
+    /// Without a `uid` the apply only creates: when the name is held by then, nothing is
+    /// written and the answer is [`Error::NameTaken`].
     fn apply(
         &self,
         ns: &str,

@@ -13,20 +13,20 @@ compares). Adding a permission is one rule there and one here, each with its rea
 - apiGroups: [omero.openmicroscopy.org]
   resources: [omeroclusters/status]
   verbs: [update]
-# One per node: watched into a cache, a name looked up before creating (get), server-side
-# apply (patch; an apply that creates is authorized as create too), deleted once its node
-# left the spec and is drained.
+# One per node: watched into a cache (the operator's whole, every one's metadata, where a
+# name is looked up before creating), server-side apply (patch; an apply that creates is
+# authorized as create too), deleted once its node left the spec and is drained.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 # One per node and the entry Service: as for deployments.
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 # The session counter's script, one per cluster that has sessionCounter: as for services.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 # The nodes' pods, watched into a cache; the routable label is patched on the pod (drains);
 # a drained node's pod is deleted to move it off a cordoned Kubernetes node.
 - apiGroups: [""]
@@ -35,7 +35,7 @@ compares). Adding a permission is one rule there and one here, each with its rea
 # One PodDisruptionBudget per node: as for services.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 # The database password named by spec.database, read by GET for the session probe and the
 # grid redirect. Never list or watch: the operator does not cache Secrets.
 - apiGroups: [""]
