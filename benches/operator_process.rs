@@ -3,7 +3,13 @@
 //! resource, counts its LISTs and its concurrent connections, and reads its memory. Prints the
 //! operator process's own memory (idle, and with every cluster cached), the time until all are
 //! reconciled, after a restart facing N reconciled and N new clusters, its requests per
-//! cluster by verb, its LIST requests, and its most concurrent connections.
+//! cluster by verb, its LIST requests, and its most concurrent connections. Between the two
+//! runs the fleet idles: every read-only node's sessions are counted by a metrics probe of an exporter this
+//! benchmark serves on 127.0.0.1:9449 (the same count at every probe), and the operator's
+//! writes over `OMERO_BENCH_IDLE_SECONDS` (default 180, three serving probe intervals; `0`:
+//! no idle phase) are counted and given per hour. Against a real API server it also measures
+//! that server's own write rate first (3,300 ConfigMap creates from 8 and from 32 clients),
+//! the limit the operator's writes are set against.
 //!
 //! The API the operator talks to is either played here over real HTTP (the default: the
 //! operator creates Deployments and Services by server-side apply, and gets them back with
@@ -23,10 +29,14 @@
 //!     OMERO_BENCH_WRAPPER="valgrind --tool=massif" cargo bench --bench operator_process
 //!         # the operator's heap over the first run, then stop (use a dev build for symbols)
 //!     OMERO_BENCH_OPERATOR_LOG=1 ...                          # the operator's warnings on stderr
+//!     OMERO_BENCH_OPERATOR_ARGS="--concurrency 8" ...         # more arguments for the operator
 //!
 //! The played API is not a real API server (no etcd, no admission, no real ReplicaSets): its
 //! costs are this program's, so only the operator's side is measured. Against a real API
-//! server no pod runs unless its cluster has kubelets, and "reconciled" needs none.
+//! server no pod runs unless its cluster has kubelets, and "reconciled" needs none; for the
+//! idle fleet the benchmark plays scheduler and kubelet itself (binds each pod to a Node
+//! `omero-bench-node` it makes, writes it Running and Ready at 127.0.0.1) with its own client,
+//! whose writes are not counted as the operator's.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -384,6 +394,40 @@ fn managed_fields(resource: &str, object: &Value) -> Value {
     Value::Array(entries)
 }
 
+/// The read-only nodes' session probe: the exporter this benchmark serves on every pod's
+/// address (127.0.0.1), which always counts [`SESSIONS`] people.
+static EXPORTER_PROBE: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
+    || json!({"type": "metrics", "port": EXPORTER_PORT, "exporterUser": "exporter"}),
+);
+const EXPORTER_PORT: u16 = 9449;
+const SESSIONS: u64 = 3;
+
+/// The sessions exporter of every read-only node: the same [`SESSIONS`] people at every
+/// probe, as on a quiet afternoon. Counts the probes it answers.
+async fn serve_exporter(probes: Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", EXPORTER_PORT))
+        .await
+        .unwrap_or_else(|e| panic!("the exporter's port 127.0.0.1:{EXPORTER_PORT}: {e}"));
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let probes = probes.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_request: Request<Incoming>| {
+                    let n = probes.fetch_add(1, Ordering::SeqCst);
+                    let text = format!(
+                        "omero_sessions_active{{username=\"alice\"}} {SESSIONS}\nomero_sessions_processing_seconds_count {n}\n"
+                    );
+                    async move { Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(text)))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
 /// An OmeroCluster as `kubectl apply` leaves it: with the applied spec kept again in the
 /// last-applied annotation.
 fn cluster(i: usize) -> Value {
@@ -395,8 +439,8 @@ fn cluster(i: usize) -> Value {
                  "database": {"host": "db", "passwordSecret": {"name": "omero-db", "key": "password"}},
                  "repository": {"claimName": "omero-data"},
                  "nodes": [{"name": "rw", "sessionProbe": {"type": "none"}},
-                           {"name": "ro-1", "readOnly": {"db": true, "repo": true}},
-                           {"name": "ro-2", "readOnly": {"db": true, "repo": true}}]}
+                           {"name": "ro-1", "readOnly": {"db": true, "repo": true}, "sessionProbe": EXPORTER_PROBE.clone()},
+                           {"name": "ro-2", "readOnly": {"db": true, "repo": true}, "sessionProbe": EXPORTER_PROBE.clone()}]}
     });
     let applied = cluster.to_string();
     cluster["metadata"]["annotations"] = json!({"kubectl.kubernetes.io/last-applied-configuration": applied});
@@ -424,6 +468,11 @@ impl Server {
         let clusters: Vec<&Value> =
             api.objects.get("omeroclusters").into_iter().flatten().map(|(_, c)| c).collect();
         count_reconciled(clusters, &names("deployments"), &names("services"), NS)
+    }
+
+    fn counted(&self) -> usize {
+        let api = self.api.lock().unwrap();
+        count_counted(api.objects.get("omeroclusters").into_iter().flatten().map(|(_, c)| c))
     }
 
     /// Serves this API on `listener` (each connection on its own task).
@@ -462,6 +511,15 @@ fn count_reconciled<'a>(
                 .all(|n| has(deployments, format!("{name}-{n}")) && has(services, format!("{name}-{n}")))
                 && has(services, name.to_string())
         })
+        .count()
+}
+
+/// Of `clusters`' read-only nodes, those whose status holds the exporter's count.
+fn count_counted<'a>(clusters: impl IntoIterator<Item = &'a Value>) -> usize {
+    clusters
+        .into_iter()
+        .flat_map(|c| c["status"]["nodes"].as_array().into_iter().flatten())
+        .filter(|n| n["name"] != "rw" && n["sessions"] == SESSIONS)
         .count()
 }
 
@@ -575,6 +633,105 @@ impl RealApi {
         count_reconciled(&clusters, &names(deployments, &self.ns), &names(services, &self.ns), &self.ns)
     }
 
+    async fn counted(&self) -> usize {
+        match self.api::<omero_operator::api::OmeroCluster>().list(&kube::api::ListParams::default()).await {
+            Ok(list) => count_counted(
+                &list.items.iter().map(|c| serde_json::to_value(c).unwrap()).collect::<Vec<_>>(),
+            ),
+            Err(error) => {
+                eprintln!("looking at the counts failed (tried again): {error}");
+                0
+            }
+        }
+    }
+
+    /// The scheduler and kubelet this API server has none of: binds each pod of the namespace
+    /// to the benchmark's Node and writes it Running and Ready at 127.0.0.1 (where the
+    /// exporter answers), until `want` pods are. Its own writes, not the operator's.
+    async fn play_kubelet(&self, want: usize) {
+        use futures::StreamExt;
+        use k8s_openapi::api::core::v1::{Node, Pod};
+        use kube::api::{Patch, PatchParams, PostParams};
+        let nodes = kube::Api::<Node>::all(self.client.clone());
+        if nodes.get_opt(BENCH_NODE).await.expect("reading the Node").is_none() {
+            let node: Node = serde_json::from_value(json!({"metadata": {"name": BENCH_NODE}})).unwrap();
+            nodes.create(&PostParams::default(), &node).await.expect("the benchmark's Node");
+        }
+        let pods = self.api::<Pod>();
+        loop {
+            let list = pods.list(&kube::api::ListParams::default()).await.expect("listing pods");
+            let ready = |p: &Pod| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready"))
+            };
+            if list.items.iter().filter(|p| ready(p)).count() >= want {
+                return;
+            }
+            let waiting: Vec<Pod> = list.items.into_iter().filter(|p| !ready(p)).collect();
+            futures::stream::iter(waiting)
+                .for_each_concurrent(8, |pod| {
+                    let pods = pods.clone();
+                    async move {
+                        let name = pod.metadata.name.clone().unwrap_or_default();
+                        if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none() {
+                            let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+                                                 "target": {"apiVersion": "v1", "kind": "Node", "name": BENCH_NODE}});
+                            if let Err(e) = pods.create_subresource::<_, Value>("binding", &name, &PostParams::default(), &binding).await {
+                                eprintln!("binding {name}: {e}");
+                                return;
+                            }
+                        }
+                        let containers: Vec<Value> = pod.spec.iter().flat_map(|s| &s.containers).map(|c| json!({
+                            "name": c.name, "ready": true, "restartCount": 0, "started": true, "image": c.image,
+                            "imageID": "bench", "containerID": format!("containerd://{name}-{}", c.name),
+                            "state": {"running": {"startedAt": "2026-12-01T00:00:00Z"}}})).collect();
+                        let status = json!({"status": {"phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+                            "hostIP": "127.0.0.1", "startTime": "2026-12-01T00:00:00Z",
+                            "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"},
+                                           {"type": "Initialized", "status": "True"}, {"type": "PodScheduled", "status": "True"}],
+                            "containerStatuses": containers}});
+                        if let Err(e) = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await {
+                            eprintln!("status of {name}: {e}");
+                        }
+                    }
+                })
+                .await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// The API server's own write rate, the limit the operator's writes are measured
+    /// against: `writes` ConfigMap creates from `clients` concurrent clients (then deleted).
+    async fn raw_write_rate(&self, clients: usize, writes: usize) -> f64 {
+        use futures::StreamExt;
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let config_maps = self.api::<ConfigMap>();
+        let start = Instant::now();
+        futures::stream::iter(0..writes)
+            .for_each_concurrent(clients, |i| {
+                let config_maps = config_maps.clone();
+                async move {
+                    let cm: ConfigMap = serde_json::from_value(json!({
+                        "metadata": {"name": format!("raw-{clients}-{i}"), "labels": {"omero-bench": "raw"}},
+                        "data": {"k": "v"}}))
+                    .unwrap();
+                    config_maps.create(&kube::api::PostParams::default(), &cm).await.expect("a ConfigMap");
+                }
+            })
+            .await;
+        let rate = writes as f64 / start.elapsed().as_secs_f64();
+        config_maps
+            .delete_collection(
+                &kube::api::DeleteParams::default(),
+                &kube::api::ListParams::default().labels("omero-bench=raw"),
+            )
+            .await
+            .expect("deleting the ConfigMaps");
+        rate
+    }
+
     async fn leading(&self) -> bool {
         let lease = self.api::<k8s_openapi::api::coordination::v1::Lease>().get_opt(LEASE).await;
         lease.ok().flatten().and_then(|l| l.spec?.holder_identity).is_some()
@@ -587,7 +744,18 @@ impl RealApi {
     }
 
     async fn tear_down(&self) {
-        use k8s_openapi::api::core::v1::Namespace;
+        use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+        // No kubelet confirms a bound pod's deletion: delete them at once.
+        let _ = self
+            .api::<Pod>()
+            .delete_collection(
+                &kube::api::DeleteParams::default().grace_period(0),
+                &kube::api::ListParams::default(),
+            )
+            .await;
+        let _ = kube::Api::<Node>::all(self.client.clone())
+            .delete(BENCH_NODE, &kube::api::DeleteParams::default())
+            .await;
         let namespaces = kube::Api::<Namespace>::all(self.client.clone());
         let _ = namespaces.delete(&self.ns, &kube::api::DeleteParams::default()).await;
     }
@@ -595,6 +763,8 @@ impl RealApi {
 
 /// The Lease the operator leads by (its default name).
 const LEASE: &str = "omero-operator";
+/// The Node the benchmark binds pods to on a real API server (made if missing, deleted at the end).
+const BENCH_NODE: &str = "omero-bench-node";
 /// The field manager of what the benchmark itself applies.
 const BENCH_MANAGER: &str = "omero-operator-bench";
 
@@ -624,6 +794,14 @@ impl Upstream {
         match self {
             Upstream::Played(server) => server.reconciled(),
             Upstream::Real(real) => real.reconciled().await,
+        }
+    }
+
+    /// Read-only nodes whose status holds the exporter's count.
+    async fn counted(&self) -> usize {
+        match self {
+            Upstream::Played(server) => server.counted(),
+            Upstream::Real(real) => real.counted().await,
         }
     }
 
@@ -813,6 +991,7 @@ fn start_operator(kubeconfig: &std::path::Path, http: &str, ns: &str) -> Child {
             "--lease-namespace",
             ns,
         ])
+        .args(std::env::var("OMERO_BENCH_OPERATOR_ARGS").unwrap_or_default().split_whitespace())
         .env("KUBECONFIG", kubeconfig)
         .stdout(Stdio::null())
         .stderr(if std::env::var_os("OMERO_BENCH_OPERATOR_LOG").is_some() {
@@ -860,6 +1039,20 @@ async fn main() {
             Upstream::Real(real)
         }
     };
+    // The API server's own write rate, measured first, before the operator loads it.
+    let raw_rates = match &upstream {
+        Upstream::Real(real) => {
+            eprintln!("the API server's own write rate");
+            let mut rates = Vec::new();
+            for clients in [8, 32] {
+                rates.push((clients, real.raw_write_rate(clients, 3_300).await));
+            }
+            rates
+        }
+        Upstream::Played(_) => Vec::new(),
+    };
+    let probes = Arc::new(AtomicUsize::new(0));
+    serve_exporter(probes.clone()).await;
     let ns = upstream.ns();
     let proxy = Proxy::new(upstream.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -897,6 +1090,36 @@ async fn main() {
         (counts.requests.clone(), counts.lists)
     };
     let most = proxy.most_connections.load(Ordering::SeqCst);
+    let seconds: u64 =
+        std::env::var("OMERO_BENCH_IDLE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(180);
+    let idle_fleet = if std::env::var_os("OMERO_BENCH_WRAPPER").is_none() && seconds > 0 {
+        // The fleet serving, every read-only node probed and counted; then idle for a while.
+        if let Upstream::Real(real) = &upstream {
+            eprintln!("playing the kubelet for {} pods", 3 * n);
+            real.play_kubelet(3 * n).await;
+        }
+        eprintln!("waiting for every read-only node's count");
+        wait_for("every count", Duration::from_secs(600), every, || async {
+            upstream.counted().await == 2 * n
+        })
+        .await;
+        eprintln!("{n} clusters idle for {seconds} s");
+        proxy.reset();
+        let probed = probes.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let writes: BTreeMap<String, usize> = proxy
+            .counts
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|(k, _)| !k.starts_with("GET "))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        Some((seconds, probes.load(Ordering::SeqCst) - probed, writes))
+    } else {
+        None
+    };
     // SIGTERM, as Kubernetes stops it (a profiler then writes its report).
     let _ = Command::new("kill").args(["-TERM", &operator.id().to_string()]).status();
     operator.wait().unwrap();
@@ -941,6 +1164,23 @@ async fn main() {
         "  restart facing {n} reconciled + {n} new: caught up in {caught_up:.2?} (peak RSS {:.1} MiB, at most {restart_most} connections)",
         restart_peak as f64 / 1024.0
     );
+    let writes: usize = requests.iter().filter(|(k, _)| !k.starts_with("GET ")).map(|(_, v)| v).sum();
+    for (clients, rate) in &raw_rates {
+        println!(
+            "  the API server's own write rate: {rate:.0} ConfigMap creates/s from {clients} clients \
+             (the operator's {writes} writes of the first run would take {:.1} s at that rate)",
+            writes as f64 / rate
+        );
+    }
+    if let Some((seconds, probed, idle_writes)) = &idle_fleet {
+        let total: usize = idle_writes.values().sum();
+        println!(
+            "  idle fleet of {n} clusters ({} read-only nodes counted, every probe answering {SESSIONS}): \
+             {probed} probes and {total} writes in {seconds} s ({:.0} writes per hour) {idle_writes:?}",
+            2 * n,
+            total as f64 * 3600.0 / *seconds as f64
+        );
+    }
     println!("  LIST requests over the first run: {lists} (the watches' own starts)");
     println!("  most concurrent connections over the first run: {most}");
     let per: HashMap<&str, f64> = requests.iter().map(|(k, v)| (k.as_str(), *v as f64 / n as f64)).collect();

@@ -875,6 +875,38 @@ async fn a_stale_copy_acts_on_nothing_and_requeues_at_once() {
     assert!(!fake.pod_routable("ro-1"));
 }
 
+/// What a reconcile from a stale copy learned of its probes is not kept: its status write
+/// was refused, so the next reconcile (from the current copy) probes again rather than trusting
+/// bookkeeping that went with a record nobody wrote.
+#[tokio::test(start_paused = true)]
+async fn a_refused_status_write_keeps_nothing_of_its_probes_in_memory() {
+    let (fake, sessions, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    sessions.set("10.0.0.2", Ok(2));
+    fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
+    run_until(&fake, &ctx, 5, |f| f.node("ro-1").phase == NodePhase::Draining).await;
+    // A new count is written: the copy before that write is a draining one, and stale.
+    sessions.set("10.0.0.2", Ok(1));
+    run_until(&fake, &ctx, 5, |f| f.node("ro-1").sessions == Some(1)).await;
+    let stale = fake.state().history.last().cloned().expect("a copy before the last status write");
+    let before = fake.remembered_node(&ctx, "ro-1");
+    tokio::time::advance(time(&before.next_probe_at).duration_since(ctx.clock.now()).unsigned_abs()).await;
+    sessions.set("10.0.0.2", Err("connection refused"));
+    let requeue =
+        omero_operator::controller::reconcile(std::sync::Arc::new(stale), ctx.clone()).await.unwrap();
+    assert_eq!(requeue, omero_operator::controller::STALE_RETRY);
+    assert_eq!(fake.state().stale_writes, 1, "the failure's record was refused");
+    assert_eq!(
+        fake.remembered_node(&ctx, "ro-1"),
+        before,
+        "nothing of the refused reconcile's probe is kept"
+    );
+    // The current copy probes again at once (its probe is due) and records the failure.
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.remembered_node(&ctx, "ro-1").probe_failures, 1);
+    assert_eq!(fake.node("ro-1").probe_error.as_deref(), Some("connection refused"));
+}
+
 /// The status write that records a drain's start succeeds, the refusal it then records finds
 /// the cluster changed (someone else wrote it): the Events of the recorded transition are
 /// published all the same, once, and the refusal is recorded by the next reconcile.

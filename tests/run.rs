@@ -176,10 +176,15 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
     panic!("timed out waiting for {what}");
 }
 
-#[tokio::test]
-async fn a_standby_is_ready_and_writes_nothing_the_leader_reconciles_and_a_lost_lease_stops_it() {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let client = api_server(seen.clone());
+/// The operator running against `client`, its lease held only while `grant` says so, and
+/// the port of its HTTP endpoints.
+struct Running {
+    grant: watch::Sender<bool>,
+    port: u16,
+    operator: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+fn start(client: Client, max_api_requests: u16, watch_nodes: bool) -> Running {
     let (grant, granted) = watch::channel(false);
     let lease = GrantedLease { granted, reported: Mutex::new(false) };
     // A free port for the HTTP endpoints.
@@ -187,13 +192,19 @@ async fn a_standby_is_ready_and_writes_nothing_the_leader_reconciles_and_a_lost_
     let options = RunOptions {
         namespace: Some(NS.into()),
         concurrency: 2,
-        max_api_requests: 8,
+        max_api_requests,
         http_address: format!("127.0.0.1:{port}"),
         apply_crd: false,
-        watch_nodes: true,
+        watch_nodes,
     };
-    let omero = omero_operator::omero::Client::default();
-    let operator = tokio::spawn(run(client, lease, omero, options));
+    let operator = tokio::spawn(run(client, lease, omero_operator::omero::Client::default(), options));
+    Running { grant, port, operator }
+}
+
+#[tokio::test]
+async fn a_standby_is_ready_and_writes_nothing_the_leader_reconciles_and_a_lost_lease_stops_it() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let Running { grant, port, operator } = start(api_server(seen.clone()), 8, true);
 
     assert_eq!(eventually("/healthz", async || get(port, "/healthz").await).await.0, 200);
     eventually("/readyz 200 as a standby", async || get(port, "/readyz").await.filter(|(c, _)| *c == 200))
@@ -260,18 +271,7 @@ async fn a_standby_is_ready_and_writes_nothing_the_leader_reconciles_and_a_lost_
 async fn with_the_node_watch_readyz_waits_for_the_node_cache() {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let client = api_server_withholding(seen.clone(), |path, _| path == "/api/v1/nodes");
-    let (_grant, granted) = watch::channel(false);
-    let lease = GrantedLease { granted, reported: Mutex::new(false) };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let options = RunOptions {
-        namespace: Some(NS.into()),
-        concurrency: 2,
-        max_api_requests: 8,
-        http_address: format!("127.0.0.1:{port}"),
-        apply_crd: false,
-        watch_nodes: true,
-    };
-    let operator = tokio::spawn(run(client, lease, omero_operator::omero::Client::default(), options));
+    let Running { port, operator, .. } = start(client, 8, true);
     assert_eq!(eventually("/healthz", async || get(port, "/healthz").await).await.0, 200);
     // Every namespaced cache has listed; the Nodes have been asked for and never answered.
     eventually("the other caches listed and the Nodes asked for", async || {
@@ -300,18 +300,7 @@ async fn readyz_waits_for_the_look_up_caches() {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let client =
         api_server_withholding(seen.clone(), |path, metadata| metadata && path.ends_with("/configmaps"));
-    let (_grant, granted) = watch::channel(false);
-    let lease = GrantedLease { granted, reported: Mutex::new(false) };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let options = RunOptions {
-        namespace: Some(NS.into()),
-        concurrency: 2,
-        max_api_requests: 16,
-        http_address: format!("127.0.0.1:{port}"),
-        apply_crd: false,
-        watch_nodes: false,
-    };
-    let operator = tokio::spawn(run(client, lease, omero_operator::omero::Client::default(), options));
+    let Running { port, operator, .. } = start(client, 16, false);
     assert_eq!(eventually("/healthz", async || get(port, "/healthz").await).await.0, 200);
     eventually("every cache listed, the ConfigMaps' metadata asked for", async || {
         let seen = seen.lock().unwrap();

@@ -380,16 +380,14 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
         controller
             .run(reconcile_and_reset::<LeaderOnly<kube_port::KubePort>, LeaderOnly<O>>, error_policy, ctx)
             .for_each(|result| {
-                // The series of a cluster that was deleted go with it.
-                for (ns, name) in metrics.clusters() {
-                    if store.get(&ObjectRef::new(&name).within(&ns)).is_none() {
-                        metrics.forget_cluster(&ns, &name);
-                    }
+                // The series and probe memory of a cluster that was deleted go with it.
+                let gone =
+                    |(ns, name): &(String, String)| store.get(&ObjectRef::new(name).within(ns)).is_none();
+                for (ns, name) in metrics.clusters().iter().filter(|c| gone(c)) {
+                    metrics.forget_cluster(ns, name);
                 }
-                for (ns, name) in probe_memory_of.probe_memory.clusters() {
-                    if store.get(&ObjectRef::new(&name).within(&ns)).is_none() {
-                        probe_memory_of.probe_memory.forget(&ns, &name);
-                    }
+                for (ns, name) in probe_memory_of.probe_memory.clusters().iter().filter(|c| gone(c)) {
+                    probe_memory_of.probe_memory.forget(ns, name);
                 }
                 match result {
                     Ok((obj, _)) => tracing::debug!(cluster = %obj.name, "reconciled"),

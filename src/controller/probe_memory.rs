@@ -41,6 +41,14 @@ impl Remembered {
         }
     }
 
+    /// Writes this bookkeeping into a node's status (the default clears it).
+    fn put_into(self, status: &mut NodeStatus) {
+        status.next_probe_at = self.next_probe_at;
+        status.probe_failures = self.probe_failures;
+        status.probe_sample = self.probe_sample;
+        status.zero_session_probes = self.zero_session_probes;
+    }
+
     fn is_empty(&self) -> bool {
         *self == Self::default()
     }
@@ -104,11 +112,7 @@ impl ProbeMemory {
 pub fn recalled(status: Option<&OmeroClusterStatus>, memory: &ClusterMemory) -> OmeroClusterStatus {
     let mut status = status.cloned().unwrap_or_default();
     for node in &mut status.nodes {
-        let remembered = memory.get(&node.name).cloned().unwrap_or_default();
-        node.next_probe_at = remembered.next_probe_at;
-        node.probe_failures = remembered.probe_failures;
-        node.probe_sample = remembered.probe_sample;
-        node.zero_session_probes = remembered.zero_session_probes;
+        memory.get(&node.name).cloned().unwrap_or_default().put_into(node);
     }
     status
 }
@@ -119,10 +123,7 @@ pub fn same_record(a: &OmeroClusterStatus, b: &OmeroClusterStatus) -> bool {
     let forgotten = |status: &OmeroClusterStatus| {
         let mut status = status.clone();
         for node in &mut status.nodes {
-            node.next_probe_at = None;
-            node.probe_failures = 0;
-            node.probe_sample = None;
-            node.zero_session_probes = 0;
+            Remembered::default().put_into(node);
         }
         status
     };
