@@ -743,21 +743,37 @@ impl RealApi {
         let _ = leases.delete(LEASE, &kube::api::DeleteParams::default()).await;
     }
 
+    /// Deletes everything the run made, and waits until the namespace is gone: the namespace
+    /// controller alone takes minutes over thousands of objects, loading the API server
+    /// through whatever runs next.
     async fn tear_down(&self) {
-        use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-        // No kubelet confirms a bound pod's deletion: delete them at once.
-        let _ = self
-            .api::<Pod>()
-            .delete_collection(
-                &kube::api::DeleteParams::default().grace_period(0),
-                &kube::api::ListParams::default(),
-            )
-            .await;
-        let _ = kube::Api::<Node>::all(self.client.clone())
-            .delete(BENCH_NODE, &kube::api::DeleteParams::default())
-            .await;
+        use k8s_openapi::api::{
+            apps::v1::{Deployment, ReplicaSet},
+            core::v1::{ConfigMap, Event, Namespace, Node, Pod, Service},
+            policy::v1::PodDisruptionBudget,
+        };
+        use kube::api::{DeleteParams, ListParams};
+        eprintln!("deleting namespace {}", self.ns);
+        let all = ListParams::default();
+        let delete = DeleteParams::default();
+        // Clusters first, so the operator's children are not made again; no kubelet confirms a
+        // bound pod's deletion: pods go at once.
+        let _ = self.api::<omero_operator::api::OmeroCluster>().delete_collection(&delete, &all).await;
+        let _ = self.api::<Deployment>().delete_collection(&delete, &all).await;
+        let _ = self.api::<ReplicaSet>().delete_collection(&delete, &all).await;
+        let _ = self.api::<Pod>().delete_collection(&DeleteParams::default().grace_period(0), &all).await;
+        let _ = self.api::<Service>().delete_collection(&delete, &all).await;
+        let _ = self.api::<PodDisruptionBudget>().delete_collection(&delete, &all).await;
+        let _ = self.api::<ConfigMap>().delete_collection(&delete, &all).await;
+        let _ = self.api::<Event>().delete_collection(&delete, &all).await;
+        let _ = kube::Api::<Node>::all(self.client.clone()).delete(BENCH_NODE, &delete).await;
         let namespaces = kube::Api::<Namespace>::all(self.client.clone());
-        let _ = namespaces.delete(&self.ns, &kube::api::DeleteParams::default()).await;
+        let _ = namespaces.delete(&self.ns, &delete).await;
+        wait_for("the namespace to go", Duration::from_secs(900), Duration::from_secs(2), || {
+            let namespaces = namespaces.clone();
+            async move { matches!(namespaces.get_opt(&self.ns).await, Ok(None)) }
+        })
+        .await;
     }
 }
 
@@ -956,6 +972,16 @@ fn kubeconfig_for(
     path
 }
 
+/// The CPU time a process has used so far (user and system), from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks: u64 = fields.get(11..13).into_iter().flatten().filter_map(|f| f.parse::<u64>().ok()).sum();
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
 fn rss_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -993,6 +1019,8 @@ fn start_operator(kubeconfig: &std::path::Path, http: &str, ns: &str) -> Child {
         ])
         .args(std::env::var("OMERO_BENCH_OPERATOR_ARGS").unwrap_or_default().split_whitespace())
         .env("KUBECONFIG", kubeconfig)
+        // As the chart runs it.
+        .env("MALLOC_ARENA_MAX", "2")
         .stdout(Stdio::null())
         .stderr(if std::env::var_os("OMERO_BENCH_OPERATOR_LOG").is_some() {
             Stdio::inherit()
@@ -1085,6 +1113,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let cached = rss_kib(operator.id(), "VmRSS:");
     let peak = rss_kib(operator.id(), "VmHWM:");
+    let cpu = cpu_time(operator.id());
     let (requests, lists) = {
         let counts = proxy.counts.lock().unwrap();
         (counts.requests.clone(), counts.lists)
@@ -1140,7 +1169,10 @@ async fn main() {
         upstream.reconciled().await == 2 * n
     })
     .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let restart_cached = rss_kib(operator.id(), "VmRSS:");
     let restart_peak = rss_kib(operator.id(), "VmHWM:");
+    let restart_cpu = cpu_time(operator.id());
     let restart_most = proxy.most_connections.load(Ordering::SeqCst);
     operator.kill().unwrap();
     operator.wait().unwrap();
@@ -1154,14 +1186,18 @@ async fn main() {
     };
     println!("omero-operator process against {against}, {n} clusters x 3 nodes:");
     println!("  RSS idle (leading, no cluster): {:.1} MiB", idle as f64 / 1024.0);
-    println!("  {n} clusters created in {created:.2?}; all reconciled {took:.2?} after the operator started");
+    println!(
+        "  {n} clusters created in {created:.2?}; all reconciled {took:.2?} after the operator started (operator CPU time by then, 3 s later: {cpu:.2?})"
+    );
     println!(
         "  RSS with {n} clusters cached: {:.1} MiB (peak {:.1} MiB)",
         cached as f64 / 1024.0,
         peak as f64 / 1024.0
     );
     println!(
-        "  restart facing {n} reconciled + {n} new: caught up in {caught_up:.2?} (peak RSS {:.1} MiB, at most {restart_most} connections)",
+        "  restart facing {n} reconciled + {n} new: caught up in {caught_up:.2?} (operator CPU time {restart_cpu:.2?}; RSS then {:.1} MiB with {} clusters cached, peak {:.1} MiB; at most {restart_most} connections)",
+        restart_cached as f64 / 1024.0,
+        2 * n,
         restart_peak as f64 / 1024.0
     );
     let writes: usize = requests.iter().filter(|(k, _)| !k.starts_with("GET ")).map(|(_, v)| v).sum();
@@ -1173,12 +1209,18 @@ async fn main() {
         );
     }
     if let Some((seconds, probed, idle_writes)) = &idle_fleet {
-        let total: usize = idle_writes.values().sum();
+        // The leader's lease renewals go on whatever the fleet does: counted apart.
+        let renewals: usize =
+            idle_writes.iter().filter(|(k, _)| k.ends_with(" leases")).map(|(_, v)| v).sum();
+        let total = idle_writes.values().sum::<usize>() - renewals;
+        let per_hour = |writes: usize| writes as f64 * 3600.0 / *seconds as f64;
         println!(
             "  idle fleet of {n} clusters ({} read-only nodes counted, every probe answering {SESSIONS}): \
-             {probed} probes and {total} writes in {seconds} s ({:.0} writes per hour) {idle_writes:?}",
+             {probed} probes and {total} writes in {seconds} s ({:.0} writes per hour), besides {renewals} \
+             lease renewals ({:.0} per hour); all writes: {idle_writes:?}",
             2 * n,
-            total as f64 * 3600.0 / *seconds as f64
+            per_hour(total),
+            per_hour(renewals)
         );
     }
     println!("  LIST requests over the first run: {lists} (the watches' own starts)");

@@ -99,6 +99,40 @@ async fn first_reconcile_creates_every_object_and_reports_pending_nodes() {
     assert_eq!(status.condition(conditions::READY).unwrap().status, "False");
 }
 
+/// A new cluster is created, not rolled out: its nodes' Deployments are made at their target
+/// revision, so status is written once, nothing is pending, and no rollout "completes" on the
+/// next look (which wrote status a second time and announced RolloutCompleted before any pod ran).
+#[tokio::test(start_paused = true)]
+async fn a_new_cluster_is_created_in_one_status_write_and_no_rollout() {
+    let (fake, _, ctx) = setup(CLUSTER);
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.take_writes().iter().filter(|w| **w == Write::Status).count(), 1);
+    let rollout = fake.status().rollout.unwrap_or_default();
+    assert!(rollout.pending.is_empty(), "{rollout:?}");
+    // The watch brings the new objects back: nothing to write, nothing to announce.
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(fake.take_writes(), []);
+    assert!(!fake.event_reasons().iter().any(|r| r == "RolloutCompleted"), "{:?}", fake.event_reasons());
+}
+
+/// Deployments an older operator made carry no revision: each node is rolled out once.
+#[tokio::test(start_paused = true)]
+async fn deployments_without_a_revision_are_rolled_out_once() {
+    let (fake, _, ctx) = setup(CLUSTER);
+    bring_up(&fake, &ctx).await;
+    fake.edit(|c| {
+        for node in &mut c.status.as_mut().unwrap().nodes {
+            node.deployment_revision = None;
+        }
+    });
+    for deployment in fake.state().deployments.values_mut() {
+        deployment.metadata.annotations.as_mut().unwrap().remove("omero.openmicroscopy.org/revision");
+    }
+    reconcile_once(&fake, &ctx).await.unwrap();
+    let rollout = fake.status().rollout.unwrap_or_default();
+    assert_eq!(rollout.pending, ["ro-1", "ro-2", "rw"], "{rollout:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn ready_pods_become_routable_and_an_unchanged_reconcile_writes_nothing() {
     let (fake, _, ctx) = setup(CLUSTER);

@@ -173,13 +173,17 @@ impl NodeFacts<'_> {
     pub fn view(&self, cluster: &OmeroCluster) -> NodeView {
         let previous = self.previous.cloned().unwrap_or_default();
         let released = previous.deployment_revision.as_deref().or(self.deployment_revision());
+        // A node that has never had a Deployment gets one at its target revision now: it is
+        // created, not rolled out (a new cluster is no rollout, and completes none). A
+        // Deployment without a revision (an older operator's) is rolled out once.
+        let created_now = self.deployment.is_none() && previous.deployment_revision.is_none();
         NodeView {
             name: self.name.clone(),
             role: self.role(cluster),
             phase: previous.phase,
             ready: self.pod.is_some_and(|p| p.ready),
             drain_reason: previous.drain_reason,
-            out_of_date: self.target_revision.is_some() && released != self.target_revision,
+            out_of_date: self.target_revision.is_some() && !created_now && released != self.target_revision,
         }
     }
 }
