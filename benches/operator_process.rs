@@ -146,14 +146,30 @@ impl Api {
                          "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{name}-h"),
                                               "uid": format!("rs-{name}"), "controller": true}]},
             "spec": deployment["spec"]["template"]["spec"],
-            "status": {"phase": "Running", "podIP": "127.0.0.1", "startTime": "2026-11-30T00:00:00Z",
-                       "conditions": [{"type": "Ready", "status": "True"}],
-                       "containerStatuses": [{"name": "omero-server", "ready": true, "restartCount": 0, "started": true,
-                                              "image": "x", "imageID": "x", "containerID": format!("containerd://{name}"),
-                                              "state": {"running": {"startedAt": "2026-11-30T00:00:00Z"}}}]}
+            "status": running_status(&name, &deployment["spec"]["template"]["spec"]["containers"]),
         });
         self.store("pods", format!("{ns}/{name}-h-x"), pod, true);
     }
+}
+
+/// A pod's status as a kubelet writes it once every container runs and is ready, at
+/// 127.0.0.1 (where the exporter answers); `containers` is the pod spec's list.
+fn running_status(pod: &str, containers: &Value) -> Value {
+    let statuses: Vec<Value> = containers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            json!({"name": c["name"], "ready": true, "restartCount": 0, "started": true, "image": c["image"],
+                   "imageID": "bench", "containerID": format!("containerd://{pod}-{}", c["name"].as_str().unwrap_or_default()),
+                   "state": {"running": {"startedAt": "2026-12-01T00:00:00Z"}}})
+        })
+        .collect();
+    json!({"phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}], "hostIP": "127.0.0.1",
+           "startTime": "2026-12-01T00:00:00Z",
+           "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"},
+                          {"type": "Initialized", "status": "True"}, {"type": "PodScheduled", "status": "True"}],
+           "containerStatuses": statuses})
 }
 
 /// `(resource, namespace, name, subresource)` of an API path.
@@ -651,7 +667,7 @@ impl RealApi {
     async fn play_kubelet(&self, want: usize) {
         use futures::StreamExt;
         use k8s_openapi::api::core::v1::{Node, Pod};
-        use kube::api::{Patch, PatchParams, PostParams};
+        use kube::api::PostParams;
         let nodes = kube::Api::<Node>::all(self.client.clone());
         if nodes.get_opt(BENCH_NODE).await.expect("reading the Node").is_none() {
             let node: Node = serde_json::from_value(json!({"metadata": {"name": BENCH_NODE}})).unwrap();
@@ -670,34 +686,7 @@ impl RealApi {
                 return;
             }
             let waiting: Vec<Pod> = list.items.into_iter().filter(|p| !ready(p)).collect();
-            futures::stream::iter(waiting)
-                .for_each_concurrent(8, |pod| {
-                    let pods = pods.clone();
-                    async move {
-                        let name = pod.metadata.name.clone().unwrap_or_default();
-                        if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none() {
-                            let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
-                                                 "target": {"apiVersion": "v1", "kind": "Node", "name": BENCH_NODE}});
-                            if let Err(e) = pods.create_subresource::<_, Value>("binding", &name, &PostParams::default(), &binding).await {
-                                eprintln!("binding {name}: {e}");
-                                return;
-                            }
-                        }
-                        let containers: Vec<Value> = pod.spec.iter().flat_map(|s| &s.containers).map(|c| json!({
-                            "name": c.name, "ready": true, "restartCount": 0, "started": true, "image": c.image,
-                            "imageID": "bench", "containerID": format!("containerd://{name}-{}", c.name),
-                            "state": {"running": {"startedAt": "2026-12-01T00:00:00Z"}}})).collect();
-                        let status = json!({"status": {"phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
-                            "hostIP": "127.0.0.1", "startTime": "2026-12-01T00:00:00Z",
-                            "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"},
-                                           {"type": "Initialized", "status": "True"}, {"type": "PodScheduled", "status": "True"}],
-                            "containerStatuses": containers}});
-                        if let Err(e) = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await {
-                            eprintln!("status of {name}: {e}");
-                        }
-                    }
-                })
-                .await;
+            futures::stream::iter(waiting).for_each_concurrent(8, |pod| run_pod(&pods, pod)).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
@@ -774,6 +763,28 @@ impl RealApi {
             async move { matches!(namespaces.get_opt(&self.ns).await, Ok(None)) }
         })
         .await;
+    }
+}
+
+/// One pod through the played scheduler and kubelet: bound to the benchmark's Node if it is
+/// not yet, then written running and ready. A refusal is printed and the next pass retries.
+async fn run_pod(pods: &kube::Api<k8s_openapi::api::core::v1::Pod>, pod: k8s_openapi::api::core::v1::Pod) {
+    use kube::api::{Patch, PatchParams, PostParams};
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none() {
+        let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+                             "target": {"apiVersion": "v1", "kind": "Node", "name": BENCH_NODE}});
+        if let Err(e) =
+            pods.create_subresource::<_, Value>("binding", &name, &PostParams::default(), &binding).await
+        {
+            eprintln!("binding {name}: {e}");
+            return;
+        }
+    }
+    let containers = serde_json::to_value(pod.spec.map(|s| s.containers).unwrap_or_default()).unwrap();
+    let status = json!({"status": running_status(&name, &containers)});
+    if let Err(e) = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await {
+        eprintln!("status of {name}: {e}");
     }
 }
 

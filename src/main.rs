@@ -24,8 +24,7 @@ enum Command {
         #[arg(long, env = "OMERO_OPERATOR_NAMESPACE")]
         namespace: Option<String>,
         /// Most reconciles at once; bounds API connections when many clusters need work. The
-        /// default was measured on a real API server (README: 300 clusters came up in 36 s at
-        /// 16, 47 s at 8 and 44 s at 4; a restart facing 600 caught up in 49, 78 and 85 s).
+        /// default is the fastest measured on a real API server (README, "How it is tested").
         #[arg(long, env = "OMERO_OPERATOR_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
         concurrency: u16,
         /// Most API requests waiting for their response at once (watches hold none while they

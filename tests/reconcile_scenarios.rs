@@ -103,7 +103,7 @@ async fn first_reconcile_creates_every_object_and_reports_pending_nodes() {
 /// revision, so status is written once, nothing is pending, and no rollout "completes" on the
 /// next look (which wrote status a second time and announced RolloutCompleted before any pod ran).
 #[tokio::test(start_paused = true)]
-async fn a_new_cluster_is_created_in_one_status_write_and_no_rollout() {
+async fn a_new_cluster_or_node_is_created_in_one_status_write_and_no_rollout() {
     let (fake, _, ctx) = setup(CLUSTER);
     reconcile_once(&fake, &ctx).await.unwrap();
     assert_eq!(fake.take_writes().iter().filter(|w| **w == Write::Status).count(), 1);
@@ -112,6 +112,20 @@ async fn a_new_cluster_is_created_in_one_status_write_and_no_rollout() {
     // The watch brings the new objects back: nothing to write, nothing to announce.
     reconcile_once(&fake, &ctx).await.unwrap();
     assert_eq!(fake.take_writes(), []);
+    assert!(!fake.event_reasons().iter().any(|r| r == "RolloutCompleted"), "{:?}", fake.event_reasons());
+
+    // So is a node added to a running cluster: the others are not held behind it.
+    bring_up(&fake, &ctx).await;
+    fake.edit(|c| {
+        let mut ro3 = c.spec.nodes[1].clone();
+        ro3.name = "ro-3".into();
+        c.spec.nodes.push(ro3);
+    });
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert!(fake.state().deployments.contains_key("omero-ro-3"));
+    let rollout = fake.status().rollout.unwrap_or_default();
+    assert!(rollout.pending.is_empty(), "{rollout:?}");
+    reconcile_once(&fake, &ctx).await.unwrap();
     assert!(!fake.event_reasons().iter().any(|r| r == "RolloutCompleted"), "{:?}", fake.event_reasons());
 }
 
