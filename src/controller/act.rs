@@ -47,6 +47,10 @@ pub async fn act<P: ClusterPort, O: OmeroPort>(
         }))
         .await;
         for (apply, result) in results {
+            if apply.uid.is_none() && result.is_ok() {
+                let child = apply.object.as_child();
+                ctx.awaited.created(cluster, child.kind(), child.name(), ctx.clock.now());
+            }
             if let Some(problem) = refusal_of(ctx, ns, uid.as_deref(), apply, result).await? {
                 outcome.refusals.push(problem);
             }

@@ -7,6 +7,7 @@
 //! (`leader`); `crd` applies the operator's own CRD at start.
 
 mod act;
+pub mod awaited;
 pub mod cache;
 pub mod crd;
 pub mod decide;
@@ -94,6 +95,8 @@ pub struct Context<P, O> {
     failures: Mutex<HashMap<ObjectRef<OmeroCluster>, u32>>,
     /// What changes at every session probe, kept here rather than in status.
     pub probe_memory: probe_memory::ProbeMemory,
+    /// The names this operator created that its watches have not delivered yet.
+    pub awaited: awaited::Awaited,
 }
 
 impl<P, O> Context<P, O> {
@@ -105,6 +108,7 @@ impl<P, O> Context<P, O> {
             metrics: Arc::default(),
             failures: Mutex::default(),
             probe_memory: probe_memory::ProbeMemory::default(),
+            awaited: awaited::Awaited::default(),
         }
     }
 
@@ -376,18 +380,21 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
             None => controller,
         };
         let store = controller.store();
-        let probe_memory_of = ctx.clone();
+        let memories_of = ctx.clone();
         controller
             .run(reconcile_and_reset::<LeaderOnly<kube_port::KubePort>, LeaderOnly<O>>, error_policy, ctx)
             .for_each(|result| {
-                // The series and probe memory of a cluster that was deleted go with it.
+                // The series and memories of a cluster that was deleted go with it.
                 let gone =
                     |(ns, name): &(String, String)| store.get(&ObjectRef::new(name).within(ns)).is_none();
                 for (ns, name) in metrics.clusters().iter().filter(|c| gone(c)) {
                     metrics.forget_cluster(ns, name);
                 }
-                for (ns, name) in probe_memory_of.probe_memory.clusters().iter().filter(|c| gone(c)) {
-                    probe_memory_of.probe_memory.forget(ns, name);
+                for (ns, name) in memories_of.probe_memory.clusters().iter().filter(|c| gone(c)) {
+                    memories_of.probe_memory.forget(ns, name);
+                }
+                for (ns, name) in memories_of.awaited.clusters().iter().filter(|c| gone(c)) {
+                    memories_of.awaited.forget(ns, name);
                 }
                 match result {
                     Ok((obj, _)) => tracing::debug!(cluster = %obj.name, "reconciled"),

@@ -1,10 +1,10 @@
 //! What one reconcile reads before it decides anything: the cluster's children (from the
 //! caches), what holds the names the cluster wants that its children lack (looked up by
-//! name), the session counts that are due, and the database credentials the probes and the
+//! name, except those the operator just created itself: [`super::awaited`]), the session counts that are due, and the database credentials the probes and the
 //! grid's redirect need. It decides nothing: what it reads follows from the spec and the
 //! last status alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, jiff::Timestamp};
 use kube::{Resource, ResourceExt};
@@ -27,7 +27,8 @@ use crate::{
 pub struct Observation {
     pub children: Children,
     /// What holds each name the cluster wants that `children` lack, looked up by name, by
-    /// kind (`None`: nothing holds it). Only these names may be created.
+    /// kind (`None`: nothing holds it). Only these names may be created. A name the operator
+    /// created and its watches have not delivered yet is not looked up, so not written.
     pub found: BTreeMap<ChildKind, BTreeMap<String, Option<ObjectMeta>>>,
     /// The counts of the nodes whose probe was due, by node name, each with the exporter
     /// sample it was read from.
@@ -58,7 +59,8 @@ pub async fn observe<P: ClusterPort, O: OmeroPort>(
     if api::validate(cluster).is_err() {
         return Ok(Observation { children, remembered, ..Observation::default() });
     }
-    let found = look_up(&ctx.port, &ns, cluster, &children).await?;
+    let awaited = ctx.awaited.still_awaited(cluster, &children, now);
+    let found = look_up(&ctx.port, &ns, cluster, &children, &awaited).await?;
 
     let old = probe_memory::recalled(cluster.status.as_ref(), &remembered);
     let uid = cluster.uid();
@@ -83,13 +85,14 @@ pub async fn observe<P: ClusterPort, O: OmeroPort>(
 }
 
 /// Looks up by name each name the cluster wants that `children` (the objects carrying its
-/// labels) lack: an object without the labels may hold it, and must not be written over. The
-/// real port answers from its look-up caches, with no request.
+/// labels) lack and that is not `awaited`: an object without the labels may hold it, and must
+/// not be written over. The real port answers from its look-up caches, with no request.
 async fn look_up<P: ClusterPort>(
     port: &P,
     ns: &str,
     cluster: &OmeroCluster,
     children: &Children,
+    awaited: &BTreeSet<(ChildKind, String)>,
 ) -> Result<BTreeMap<ChildKind, BTreeMap<String, Option<ObjectMeta>>>, Error> {
     fn names<K: Resource>(objects: &[K]) -> Vec<&str> {
         objects.iter().filter_map(|o| o.meta().name.as_deref()).collect()
@@ -103,7 +106,8 @@ async fn look_up<P: ClusterPort>(
     ];
     let mut found: BTreeMap<ChildKind, BTreeMap<String, Option<ObjectMeta>>> = BTreeMap::new();
     for (kind, wanted, seen) in kinds {
-        for name in wanted.into_iter().filter(|n| !seen.contains(&n.as_str())) {
+        let unseen = wanted.into_iter().filter(|n| !seen.contains(&n.as_str()));
+        for name in unseen.filter(|n| !awaited.contains(&(kind, n.clone()))) {
             let meta = port.find(ns, kind, &name).await?;
             found.entry(kind).or_default().insert(name, meta);
         }
