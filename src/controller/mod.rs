@@ -144,6 +144,15 @@ pub fn retry_delay(failures: u32) -> Duration {
     Duration::from_secs(secs.min(300))
 }
 
+/// How long a cluster's reconcile waits for more of its watch events (kube's trailing-edge
+/// debounce: each event within it restarts it). A new cluster's objects and pods arrive as a
+/// burst of events, one per object and per pod status; looked at once per burst, the cluster's
+/// status records its pods in one write instead of one per pod (on a real API server: 2.17
+/// status writes per new cluster without it). A second is short beside what a reconcile waits
+/// for (a pod's start, a probe interval, a drain), and no child of a cluster changes every
+/// second for long, so a reconcile is never held back for good.
+pub const RECONCILE_DEBOUNCE: Duration = Duration::from_secs(1);
+
 /// A client to the API server that has at most `max_requests` requests waiting for their
 /// response at once, whatever the load: a restart facing hundreds of clusters neither opens
 /// hundreds of connections nor queues hundreds of responses in memory; the rest wait, in
@@ -370,7 +379,9 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
                 let ns = pod.namespace();
                 cluster.map(|c| ObjectRef::<OmeroCluster>::new(&c).within(ns.as_deref().unwrap_or_default()))
             })
-            .with_config(controller::Config::default().concurrency(options.concurrency))
+            .with_config(
+                controller::Config::default().concurrency(options.concurrency).debounce(RECONCILE_DEBOUNCE),
+            )
             .graceful_shutdown_on(shutdown);
         // A Node whose cordon or taints changed: every cluster with a pod on it looks again.
         let controller = match node_events {
