@@ -1,8 +1,7 @@
 //! omero-operator: runs OMERO.server clusters on Kubernetes.
 //!
-//! `api` is the resource; `render`, `request`, `ownership`, `rollout`, `maintenance` and
-//! `lifecycle` are pure
-//! decisions; `omero` and `controller`
+//! `api` is the resource; `render`, `request`, `ownership`, `rollout`, `maintenance`,
+//! `stopping`, `departures` and `lifecycle` are pure decisions; `omero` and `controller`
 //! are the adapters to OMERO and to the API server.
 
 pub mod api;
@@ -21,6 +20,7 @@ pub mod rbac;
 pub mod render;
 pub mod request;
 pub mod rollout;
+pub mod stopping;
 pub mod telemetry;
 
 pub use error::{Error, Refusal, Result};

@@ -42,7 +42,7 @@ pub const METRICS: &[(&str, &[&str])] = &[
 ];
 
 /// Every phase a node can be in, for the one-hot `node_phase` gauge.
-const PHASES: [NodePhase; 7] = [
+const PHASES: [NodePhase; 8] = [
     NodePhase::Pending,
     NodePhase::Starting,
     NodePhase::Serving,
@@ -50,6 +50,7 @@ const PHASES: [NodePhase; 7] = [
     NodePhase::Drained,
     NodePhase::Restarting,
     NodePhase::Failed,
+    NodePhase::Stopped,
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
@@ -380,6 +381,7 @@ fn drain_reason(reason: DrainReason) -> &'static str {
         DrainReason::Rollout => "Rollout",
         DrainReason::Removal => "Removal",
         DrainReason::Maintenance => "Maintenance",
+        DrainReason::Stop => "Stop",
     }
 }
 

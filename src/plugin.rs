@@ -96,6 +96,7 @@ fn phase(phase: NodePhase) -> &'static str {
         NodePhase::Drained => "Drained",
         NodePhase::Restarting => "Restarting",
         NodePhase::Failed => "Failed",
+        NodePhase::Stopped => "Stopped",
     }
 }
 

@@ -186,6 +186,7 @@ fn check(case: &Case) -> Result<bool, TestCaseError> {
             leaving: false,
             force: force_nodes.contains(&names[i]),
             maintenance: decided.moves.moves.get(&names[i]).map(String::as_str),
+            power: omero_operator::stopping::Power::Run,
         })
         .collect();
     let policy = Policy {

@@ -220,6 +220,7 @@ impl Cluster {
                 leaving: false,
                 force: self.forced.contains(name),
                 maintenance: self.moving.get(name).map(String::as_str),
+                power: omero_operator::stopping::Power::Run,
             })
             .collect();
         let decisions = step(&inputs, &self.policy, self.now);
@@ -1473,6 +1474,7 @@ fn a_serving_count_is_news_only_when_it_changes() {
             leaving: false,
             force: false,
             maintenance: None,
+            power: omero_operator::stopping::Power::Run,
         };
         let decision = step(std::slice::from_ref(&input), &cluster.policy, cluster.now).swap_remove(0);
         assert_eq!(decision.status.sessions_since, time(since), "at {t}s, sample {sample}");
@@ -2346,6 +2348,7 @@ fn run_scenario(scenario: &Scenario) -> Result<(), TestCaseError> {
                 leaving: false,
                 force: false,
                 maintenance: None,
+                power: omero_operator::stopping::Power::Run,
             })
             .collect();
         let decisions = step(&inputs, &policy, now);
@@ -2721,10 +2724,12 @@ fn check_step(v: &StepView<'_>, decisions: &[Decision], models: &mut [Model]) ->
                 | NodeEvent::RestartFailed { .. }
                 | NodeEvent::MovingOff { .. }
                 | NodeEvent::PodReplaced { .. }
-                | NodeEvent::Moved { .. } => {
+                | NodeEvent::Moved { .. }
+                | NodeEvent::Stopped { .. }
+                | NodeEvent::Starting { .. } => {
                     prop_assert!(
                         false,
-                        "nothing restarts or moves without a rollout or maintenance: {}",
+                        "nothing restarts, moves, stops or starts without a rollout, maintenance or a stop: {}",
                         ctx(i)
                     );
                 }
@@ -2902,6 +2907,7 @@ fn run_rollout_scenario(scenario: &RolloutScenario) -> Result<(), TestCaseError>
                 leaving: false,
                 force: false,
                 maintenance: None,
+                power: omero_operator::stopping::Power::Run,
             })
             .collect();
         let decisions = step(&inputs, &policy, now);

@@ -690,3 +690,97 @@ async fn an_image_rollout_of_3_nodes_writes_its_transitions_not_its_probes() {
     );
     assert_eq!(busy.world().killed, 0);
 }
+
+/// Every node of the spec is recorded Stopped, its Deployment at zero replicas and no pod left.
+fn stopped(sim: &Sim) -> bool {
+    let status = sim.fake.status();
+    let state = sim.fake.state();
+    status.nodes.iter().all(|n| n.phase == NodePhase::Stopped)
+        && state.deployments.values().all(|d| d.spec.as_ref().unwrap().replicas == Some(0))
+        && state.pods.all().next().is_none()
+}
+
+/// The nodes each Event of `reason` was about, in the order they were published.
+fn nodes_in_events(fake: &FakeCluster, reason: &str) -> Vec<String> {
+    event_counts_in_order(fake).into_iter().filter(|(r, _)| r == reason).map(|(_, node)| node).collect()
+}
+
+fn event_counts_in_order(fake: &FakeCluster) -> Vec<(String, String)> {
+    fake.state()
+        .events
+        .iter()
+        .map(|e| {
+            let node = e
+                .note
+                .split("node ")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .unwrap_or("")
+                .to_string();
+            (e.reason.clone(), node.trim_end_matches(':').to_string())
+        })
+        .collect()
+}
+
+/// `spec.stopped: true` is a downtime asked for: every node leaves service at once (no new
+/// session anywhere from the first reconcile, the last serving node included), each is scaled
+/// to zero only once its own sessions have ended, and nothing else goes. `false` starts the
+/// read-only nodes first and the read-write node once they serve. With stale reads and with
+/// lagging caches the outcome is the same.
+#[tokio::test(start_paused = true)]
+async fn a_stopped_cluster_drains_every_node_at_once_scales_each_to_zero_once_drained_and_starts_read_write_last()
+ {
+    for mode in [StepMode::Plain, StepMode::Stale, StepMode::LaggingCache] {
+        let (sim, mut ctx) = running(&cluster_yaml(2)).await;
+        let objects = |sim: &Sim| {
+            let state = sim.fake.state();
+            (state.services.len(), state.budgets.len(), state.config_maps.len())
+        };
+        let before = objects(&sim);
+        sim.fake.edit(|c| c.spec.stopped = true);
+        omero_operator::controller::reconcile(Arc::new(sim.fake.cluster()), ctx.clone()).await.unwrap();
+        sim.kubelet();
+        assert_eq!(sim.serving(), 0, "no new session anywhere once the stop is recorded");
+        let status = sim.fake.status();
+        assert!(status.nodes.iter().all(|n| n.phase == NodePhase::Draining), "{:#?}", status.nodes);
+        assert_eq!(status.condition(conditions::PROGRESSING).unwrap().reason, "Stopping");
+
+        let run = drive(&sim, &mut ctx, 5_000, mode, stopped).await;
+        assert_eq!(sim.world().killed, 0, "a node is scaled to zero only once its sessions ended");
+        // Sessions of 2, 5 and 8 minutes, and the 3-minute ones that arrived before the stop:
+        // the stop takes as long as the longest, not the drain deadline (30 minutes).
+        assert!(run.elapsed < Duration::from_secs(9 * 60), "{:?}", run.elapsed);
+        assert_eq!(objects(&sim), before, "Services, budgets and the counter's ConfigMap are kept");
+        let status = sim.fake.status();
+        let ready = status.condition(conditions::READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "Stopped"));
+        assert_eq!(status.condition(conditions::PROGRESSING).unwrap().status, "False");
+        let mut stopped_nodes = nodes_in_events(&sim.fake, "NodeStopped");
+        stopped_nodes.sort();
+        assert_eq!(stopped_nodes, ["ro-1", "ro-2", "rw"], "one NodeStopped per node");
+
+        // Started again: read-only nodes first, the read-write node once they serve.
+        sim.fake.state().events.clear();
+        sim.fake.edit(|c| c.spec.stopped = false);
+        drive(&sim, &mut ctx, 5_000, mode, |s| s.serving() == 3).await;
+        assert_eq!(nodes_in_events(&sim.fake, "NodeStarting").last().map(String::as_str), Some("rw"));
+        let status = sim.fake.status();
+        assert!(
+            status.nodes.iter().all(|n| n.phase == NodePhase::Serving && n.routable),
+            "{:#?}",
+            status.nodes
+        );
+        assert_eq!(status.condition(conditions::READY).unwrap().status, "True");
+        // The read-write node's pod was made only once both read-only nodes' pods were ready
+        // (a pod is ready `ready_after` after it is made).
+        let created = |node: &str| {
+            let pod = sim.pod_of(node).unwrap();
+            let state = sim.fake.state();
+            let pod = state.pods.all().find(|(_, name, _)| *name == pod).unwrap().2.clone();
+            pod.metadata.creation_timestamp.unwrap().0
+        };
+        let read_only_ready = created("ro-1").max(created("ro-2")) + sim.ready_after;
+        assert!(created("rw") >= read_only_ready, "rw {} before ro ready {read_only_ready}", created("rw"));
+        assert_eq!(sim.world().killed, 0);
+    }
+}

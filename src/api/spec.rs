@@ -110,6 +110,14 @@ pub struct OmeroClusterSpec {
     /// OMERO nodes off a Kubernetes node (needs the operator's `--watch-nodes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<MaintenanceSpec>,
+    /// `true` stops the whole cluster, a downtime asked for (an OMERO upgrade that migrates the
+    /// database, a restore, a storage move): every serving node is drained at once (no new
+    /// sessions anywhere; open ones end by `drain.timeout`, then per `drain.onDeadline`), and
+    /// each drained node's Deployment is scaled to zero. Services, budgets, claims and status
+    /// are kept. `false` again starts the nodes: the grid master first, then read-only nodes,
+    /// the read-write node last, each group once the one before it serves (or failed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
 }
 
 /// Kubernetes node maintenance. A cordoned Kubernetes node (`spec.unschedulable`, which

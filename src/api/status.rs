@@ -125,6 +125,9 @@ pub enum DrainReason {
     /// The Kubernetes node its pod runs on is cordoned (or carries a maintenance taint): once
     /// drained, its pod is deleted so the Deployment's new pod is scheduled elsewhere.
     Maintenance,
+    /// The cluster is being stopped (`spec.stopped`): once drained, the node's Deployment is
+    /// scaled to zero.
+    Stop,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
@@ -145,12 +148,14 @@ pub enum NodePhase {
     Restarting,
     /// The pod cannot start (crash loop, image pull failure, rollout deadline).
     Failed,
+    /// The cluster is stopped (`spec.stopped`): drained, its Deployment scaled to zero.
+    Stopped,
 }
 
 impl NodePhase {
     /// Out of service for new sessions on purpose.
     pub fn is_out_of_service(self) -> bool {
-        matches!(self, Self::Draining | Self::Drained | Self::Restarting)
+        matches!(self, Self::Draining | Self::Drained | Self::Restarting | Self::Stopped)
     }
 }
 

@@ -28,7 +28,7 @@ use crate::{
     },
     departures,
     lifecycle::{self, NodeInput, PodObservation, Policy},
-    maintenance, render, request, rollout,
+    maintenance, render, request, rollout, stopping,
 };
 
 /// Reconcile at least this often, so drift is corrected even without watch events.
@@ -158,7 +158,6 @@ pub fn decide(cluster: &OmeroCluster, observation: &Observation, now: Timestamp)
 
     // Which writes are ours to make at all.
     let owner = uid.as_deref();
-    let deployments = plan_writes(&desired.deployments, &children.deployments, observation, owner)?;
     let services = plan_writes(&desired.services, &children.services, observation, owner)?;
     let config_maps = plan_writes(&desired.config_maps, &children.config_maps, observation, owner)?;
 
@@ -185,9 +184,23 @@ pub fn decide(cluster: &OmeroCluster, observation: &Observation, now: Timestamp)
     let departures::Departures { moves, rollout: restarts, .. } =
         departures::decide(&placements, &hosts, requests, &limits);
 
-    // Each node's step.
-    let inputs: Vec<NodeInput<'_>> =
-        facts.iter().map(|f| node_input(cluster, f, observation, &request, &restarts, &moves)).collect();
+    // Each node's step, with what the cluster's `spec.stopped` asks of it.
+    let states: Vec<stopping::NodeState<'_>> = facts
+        .iter()
+        .map(|f| stopping::NodeState {
+            name: &f.name,
+            role: f.role(cluster),
+            phase: f.previous.map(|s| s.phase).unwrap_or_default(),
+        })
+        .collect();
+    let mut powers = stopping::decide(cluster.spec.stopped, &states);
+    let inputs: Vec<NodeInput<'_>> = facts
+        .iter()
+        .map(|f| {
+            let power = powers.remove(&f.name).unwrap_or(stopping::Power::Run);
+            node_input(cluster, f, observation, &request, (&restarts, &moves), power)
+        })
+        .collect();
     let policy = Policy {
         timeout: cluster.spec.drain_timeout(),
         on_deadline: cluster.spec.on_deadline(),
@@ -200,6 +213,9 @@ pub fn decide(cluster: &OmeroCluster, observation: &Observation, now: Timestamp)
     nodes::record_session_probes(cluster, &facts, &mut statuses);
     let maintenance_events = status::maintenance_waits(&old, &mut statuses, &moves.waiting);
 
+    // Each node's Deployment runs its pod unless the node is recorded Stopped.
+    let desired_deployments = nodes::scaled(&desired.deployments, &statuses);
+    let deployments = plan_writes(&desired_deployments, &children.deployments, observation, owner)?;
     // Each node's budget follows the phase just decided: open once drained or not serving.
     let desired_budgets = render::budget::budgets(cluster, &statuses);
     let budgets = plan_writes(&desired_budgets, &children.budgets, observation, owner)?;
@@ -232,6 +248,7 @@ pub fn decide(cluster: &OmeroCluster, observation: &Observation, now: Timestamp)
         object_problems: Vec::new(),
         rollout: Some(rollout_status),
         requests: request::observed(cluster.annotations()),
+        stopped: cluster.spec.stopped && !request.paused,
     };
 
     // The writes these decisions call for.
@@ -239,7 +256,7 @@ pub fn decide(cluster: &OmeroCluster, observation: &Observation, now: Timestamp)
     let writes = nodes::writes(
         (deployments, services, config_maps),
         (&children.deployments, &children.services, &children.config_maps),
-        (&desired.deployments, &desired.services, &desired.config_maps),
+        (&desired_deployments, &desired.services, &desired.config_maps),
         (budgets, &children.budgets, &desired_budgets),
         &children.pods,
         uid.as_deref(),
@@ -283,6 +300,7 @@ fn invalid(
         nodes: old.nodes.clone(),
         invalid: errors,
         requests: request::observed(cluster.annotations()),
+        stopped: cluster.spec.stopped,
         ..Default::default()
     };
     let next = status::next_status(&old, &assessment, now);
@@ -318,8 +336,8 @@ fn node_input<'a>(
     fact: &'a NodeFacts<'a>,
     observation: &Observation,
     request: &request::Request,
-    restarts: &rollout::Plan,
-    moves: &'a maintenance::Plan,
+    (restarts, moves): (&rollout::Plan, &'a maintenance::Plan),
+    power: stopping::Power,
 ) -> NodeInput<'a> {
     let probe = observation.probes.get(&fact.name);
     NodeInput {
@@ -338,6 +356,7 @@ fn node_input<'a>(
         leaving: fact.spec.is_none(),
         force: request.force_nodes.contains(&fact.name),
         maintenance: moves.moves.get(&fact.name).map(String::as_str),
+        power,
     }
 }
 

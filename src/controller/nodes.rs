@@ -354,12 +354,36 @@ fn releasable<'a>(writes: Vec<Write<'a, Deployment>>, statuses: &[NodeStatus]) -
         .collect()
 }
 
-/// Whether the objects of a node that left the spec may be deleted: it is drained, or it never
-/// served (nothing to protect).
+/// Whether the objects of a node that left the spec may be deleted: it is drained or stopped,
+/// or it never served (nothing to protect).
 pub fn removable(node: Option<&NodeStatus>) -> bool {
     node.is_none_or(|s| {
-        s.leaving && matches!(s.phase, NodePhase::Drained | NodePhase::Pending | NodePhase::Failed)
+        s.leaving
+            && matches!(
+                s.phase,
+                NodePhase::Drained | NodePhase::Pending | NodePhase::Failed | NodePhase::Stopped
+            )
     })
+}
+
+/// The rendered Deployments with the replicas the decided statuses call for: none for a node
+/// recorded Stopped (its drain for the cluster's stop has ended), one for every other. The
+/// status is recorded before the write, so a node is scaled to zero only once it is drained.
+pub fn scaled(desired: &[Deployment], statuses: &[NodeStatus]) -> Vec<Deployment> {
+    desired
+        .iter()
+        .map(|deployment| {
+            let node = deployment.labels().get(keys::NODE_LABEL);
+            let stopped = node
+                .and_then(|n| statuses.iter().find(|s| &s.name == n))
+                .is_some_and(|s| s.phase == NodePhase::Stopped);
+            let mut deployment = deployment.clone();
+            if let Some(spec) = deployment.spec.as_mut() {
+                spec.replicas = Some(if stopped { 0 } else { 1 });
+            }
+            deployment
+        })
+        .collect()
 }
 
 /// Probes due this reconcile, by node name.

@@ -34,6 +34,8 @@ pub struct Assessment {
     pub rollout: Option<RolloutStatus>,
     /// The request annotations read (`status.observedRequests`).
     pub requests: std::collections::BTreeMap<String, String>,
+    /// The spec stops the cluster (`spec.stopped`).
+    pub stopped: bool,
 }
 
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
@@ -42,6 +44,8 @@ pub const REASON_DRAIN_REFUSED: &str = "DrainRefused";
 pub const REASON_INVALID_DRAIN_REQUEST: &str = "InvalidDrainRequest";
 pub const REASON_PROBE_FAILING: &str = "SessionProbeFailing";
 pub const REASON_REDIRECT_FAILING: &str = "RedirectFailing";
+/// Ready's and Progressing's reason once every node is stopped (`spec.stopped`).
+pub const REASON_STOPPED: &str = "Stopped";
 
 pub fn next_status(old: &OmeroClusterStatus, a: &Assessment, now: Timestamp) -> OmeroClusterStatus {
     // Counts are of the spec's nodes; a node leaving the spec shows in `nodes` until it is gone.
@@ -97,7 +101,15 @@ pub fn next_status(old: &OmeroClusterStatus, a: &Assessment, now: Timestamp) -> 
         None => c.set(conditions::DEGRADED, false, "AsExpected", "no problems"),
     }
     let summary = format!("{ready_nodes} of {node_count} nodes ready, {serving_nodes} serving");
-    if serving_nodes == 0 {
+    let stopped_nodes = count(&|n| n.phase == NodePhase::Stopped);
+    if node_count > 0 && stopped_nodes == node_count {
+        c.set(
+            conditions::READY,
+            false,
+            REASON_STOPPED,
+            "the cluster is stopped: every node's Deployment is scaled to zero (spec.stopped)",
+        );
+    } else if serving_nodes == 0 {
         c.set(
             conditions::READY,
             false,
@@ -116,8 +128,38 @@ pub fn next_status(old: &OmeroClusterStatus, a: &Assessment, now: Timestamp) -> 
         .map(|n| n.name.as_str())
         .collect();
     let rollout = if a.invalid.is_empty() { a.rollout.clone() } else { old.rollout.clone() };
+    let stopped: Vec<&str> =
+        a.nodes.iter().filter(|n| n.phase == NodePhase::Stopped).map(|n| n.name.as_str()).collect();
     match progress(&a.nodes, rollout.as_ref()) {
+        _ if a.stopped && stopped_nodes < node_count => {
+            let left: Vec<String> = a
+                .nodes
+                .iter()
+                .filter(|n| !n.leaving && n.phase != NodePhase::Stopped)
+                .map(|n| match n.phase {
+                    NodePhase::Draining => format!(
+                        "{} draining ({})",
+                        n.name,
+                        n.sessions.map_or("count unknown".to_string(), |s| format!("{s} sessions left"))
+                    ),
+                    phase => format!("{} {phase:?}", n.name),
+                })
+                .collect();
+            c.set(
+                conditions::PROGRESSING,
+                true,
+                "Stopping",
+                &format!("stopping ({stopped_nodes} of {node_count} stopped): {}", left.join(", ")),
+            )
+        }
+        _ if a.stopped => c.set(conditions::PROGRESSING, false, REASON_STOPPED, "every node is stopped"),
         Some((reason, message)) => c.set(conditions::PROGRESSING, true, reason, &message),
+        None if !stopped.is_empty() => c.set(
+            conditions::PROGRESSING,
+            true,
+            "Starting",
+            &format!("starting: {} still stopped, waiting for their turn", stopped.join(", ")),
+        ),
         None if !starting.is_empty() => c.set(
             conditions::PROGRESSING,
             true,
@@ -161,6 +203,7 @@ fn progress(nodes: &[NodeStatus], rollout: Option<&RolloutStatus>) -> Option<(&'
                         Some(DrainReason::Rollout) => "to restart it",
                         Some(DrainReason::Removal) => "to remove it",
                         Some(DrainReason::Maintenance) => "to move it off its Kubernetes node",
+                        Some(DrainReason::Stop) => "to stop it",
                         _ => "as requested",
                     };
                     let sessions = n.sessions.map_or("count unknown".to_string(), |s| format!("{s} left"));
@@ -359,7 +402,9 @@ pub fn node_event(e: &NodeEvent) -> Event {
         | NodeEvent::RestartFailed { node, .. }
         | NodeEvent::MovingOff { node, .. }
         | NodeEvent::PodReplaced { node, .. }
-        | NodeEvent::Moved { node, .. } => node,
+        | NodeEvent::Moved { node, .. }
+        | NodeEvent::Stopped { node }
+        | NodeEvent::Starting { node } => node,
     };
     node_event_text(e).about_node(node)
 }
@@ -372,6 +417,7 @@ fn node_event_text(e: &NodeEvent) -> Event {
                 DrainReason::Rollout => "to restart it with a new revision",
                 DrainReason::Removal => "before removing it (it left the spec)",
                 DrainReason::Maintenance => "to move it off its Kubernetes node for maintenance",
+                DrainReason::Stop => "to stop it with its cluster (spec.stopped)",
             };
             event(
                 EventType::Normal,
@@ -452,6 +498,18 @@ fn node_event_text(e: &NodeEvent) -> Event {
                 "node {node} moved off node {kube_node}: its new pod is ready, answers its session probe and \
                  serves"
             ),
+        ),
+        NodeEvent::Stopped { node } => event(
+            EventType::Normal,
+            "NodeStopped",
+            "Stop",
+            format!("node {node} is drained and stopped: its Deployment is scaled to zero (spec.stopped)"),
+        ),
+        NodeEvent::Starting { node } => event(
+            EventType::Normal,
+            "NodeStarting",
+            "Start",
+            format!("node {node} starts again: its Deployment is scaled up (spec.stopped is false)"),
         ),
     }
 }

@@ -27,6 +27,7 @@ use crate::{
 mod drain;
 mod probing;
 mod restart;
+mod stop;
 
 use drain::{clear_drain, continue_drain, start_drain};
 use probing::count_while_serving;
@@ -34,6 +35,9 @@ pub use probing::{
     MAX_PROBE_BACKOFF, ZERO_CONFIRMATIONS, next_wakeup, probe_backoff, probe_due, serving_probe_due,
 };
 use restart::{continue_restart, move_off, release};
+use stop::{stop_when_drained, while_stopped};
+
+use crate::stopping::Power;
 
 /// How a refused drain's message starts: status keeps it first while the request stands, and
 /// `kubectl omero drain --wait` reads it to end with the refusal.
@@ -159,6 +163,8 @@ pub struct NodeInput<'a> {
     /// node: it leaves service, and once drained its pod is deleted so that a new one is
     /// scheduled elsewhere.
     pub maintenance: Option<&'a str>,
+    /// What the node does about the cluster's `spec.stopped` (see [`crate::stopping`]).
+    pub power: Power,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -221,6 +227,15 @@ pub enum NodeEvent {
     Moved {
         node: String,
         kube_node: String,
+    },
+    /// Drained for the cluster's stop: its Deployment is scaled to zero now.
+    Stopped {
+        node: String,
+    },
+    /// The cluster is no longer stopped and it is this node's turn: its Deployment is scaled
+    /// up again.
+    Starting {
+        node: String,
     },
 }
 
@@ -331,6 +346,9 @@ fn wanted_out(
         let go = node.selected || continuing(DrainReason::Removal) || !matches!(state, Serving::Running);
         return go.then_some(DrainReason::Removal);
     }
+    if node.power == Power::Stop {
+        return Some(DrainReason::Stop);
+    }
     if node.drain_requested {
         return Some(DrainReason::Requested);
     }
@@ -356,8 +374,15 @@ fn step_node(node: &NodeInput<'_>, policy: &Policy, now: Timestamp, serving: usi
     let state = serving_state(node.pod, now, policy.ready_timeout);
     let mut events = Vec::new();
 
-    if previous.phase == NodePhase::Restarting {
+    if previous.phase == NodePhase::Stopped {
+        while_stopped(node, &mut status, &mut events);
+        return Decision { status, set_routable: None, events };
+    }
+    if previous.phase == NodePhase::Restarting && node.power != Power::Stop {
         continue_restart(node, policy, now, &state, &mut status, &mut events);
+    } else if previous.phase == NodePhase::Restarting {
+        // Stopping: nothing to protect, see `stop_when_drained`.
+        status.phase = NodePhase::Restarting;
     } else {
         match wanted_out(node, &previous, &status, &state) {
             None => {
@@ -385,8 +410,11 @@ fn step_node(node: &NodeInput<'_>, policy: &Policy, now: Timestamp, serving: usi
             },
         }
     }
+    stop_when_drained(node, &mut status, &mut events);
     move_off(node, now, &mut status, &mut events);
-    release(node, now, &state, &mut status, &mut events);
+    if status.phase != NodePhase::Stopped {
+        release(node, now, &state, &mut status, &mut events);
+    }
     if status.phase == NodePhase::Restarting {
         // A restarting node is ready once its new pod is: the old pod's readiness, ending
         // with it, is not the node's (and recording it would be one more status write).

@@ -66,7 +66,9 @@ pub(crate) fn deployment(cluster: &OmeroCluster, node: &NodeSpec, restart_token:
     Deployment {
         metadata,
         spec: Some(DeploymentSpec {
-            replicas: Some(1),
+            // A stopped cluster's nodes end at zero; the controller sets each node's replicas
+            // from its recorded phase, so a node is scaled down only once it is drained.
+            replicas: Some(if cluster.spec.stopped { 0 } else { 1 }),
             selector: LabelSelector {
                 match_labels: Some(labels::node_selector_labels(&cluster_name, &node.name)),
                 match_expressions: None,

@@ -173,6 +173,15 @@ impl Sim {
                     .map(|(n, p)| (n.clone(), p.clone()))
                     .collect()
             };
+            // Scaled to zero: the ReplicaSet deletes its pods and makes none.
+            if deployment.spec.as_ref().unwrap().replicas == Some(0) {
+                for (name, pod) in pods_of_node(&state) {
+                    if !terminating(&pod) {
+                        state.delete_pod_gracefully(&ns, &name);
+                    }
+                }
+                continue;
+            }
             // Recreate: a new template scales the old ReplicaSet to zero first, which deletes
             // its pods (they terminate, their server's sessions gone with them)...
             for (name, pod) in pods_of_node(&state) {
