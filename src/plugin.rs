@@ -253,6 +253,22 @@ pub fn acknowledged(cluster: &OmeroCluster, edit: &AnnotationChange) -> bool {
     edit.iter().all(|(key, value)| status.observed_requests.get(key) == value.as_ref())
 }
 
+/// The operator has reconciled the cluster's spec as of `generation` (`status.observedGeneration`).
+pub fn observed(cluster: &OmeroCluster, generation: i64) -> bool {
+    cluster.status.as_ref().and_then(|s| s.observed_generation).is_some_and(|seen| seen >= generation)
+}
+
+/// Sets `spec.stopped` (a merge patch of that field alone) and returns the cluster's generation
+/// after it: what the operator acknowledges by observing it.
+pub async fn set_stopped(api: &Api<OmeroCluster>, name: &str, stopped: bool) -> Result<i64, String> {
+    let patch = serde_json::json!({ "spec": { "stopped": stopped } });
+    let patched = api
+        .patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .map_err(|e| describe(name, &e))?;
+    Ok(patched.metadata.generation.unwrap_or_default())
+}
+
 /// What `--wait` (and `kubectl omero wait`) follows until it ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Operation {
@@ -262,6 +278,10 @@ pub enum Operation {
     /// of the spec when empty) run the revision the spec asks for and serve, or stay drained
     /// when asked to.
     Settle(Vec<String>),
+    /// `spec.stopped: true`: until every node of the spec is Stopped and its pod gone.
+    Stop,
+    /// `spec.stopped: false`: until every node of the spec serves.
+    Start,
 }
 
 /// Where an operation stands.
@@ -290,10 +310,10 @@ pub fn progress(cluster: &OmeroCluster, op: &Operation, now: Timestamp) -> (Vec<
     let status = cluster.status.clone().unwrap_or_default();
     let names: Vec<String> = match op {
         Operation::Drain(nodes) => nodes.clone(),
-        Operation::Settle(nodes) if nodes.is_empty() => {
+        Operation::Settle(nodes) if !nodes.is_empty() => nodes.clone(),
+        Operation::Settle(_) | Operation::Stop | Operation::Start => {
             cluster.spec.nodes.iter().map(|n| n.name.clone()).collect()
         }
-        Operation::Settle(nodes) => nodes.clone(),
     };
     let asked_to_drain =
         crate::request::parse(cluster.annotations(), &crate::request::nameable_nodes(cluster)).drain;
@@ -315,6 +335,9 @@ pub fn progress(cluster: &OmeroCluster, op: &Operation, now: Timestamp) -> (Vec<
                 node.phase == NodePhase::Drained && node.up_to_date
             }
             Operation::Settle(_) => node.phase == NodePhase::Serving && node.ready && node.up_to_date,
+            // Its pod gone too: the OMERO server has stopped, not only been told to.
+            Operation::Stop => node.phase == NodePhase::Stopped && node.pod.is_none(),
+            Operation::Start => node.phase == NodePhase::Serving && node.ready,
         };
         let refused = node.phase == NodePhase::Serving
             && matches!(op, Operation::Drain(_))
@@ -359,6 +382,8 @@ pub fn progress(cluster: &OmeroCluster, op: &Operation, now: Timestamp) -> (Vec<
         Outcome::Done(match op {
             Operation::Drain(_) => format!("drained {}", list.join(", ")),
             Operation::Settle(_) => format!("{} up to date", list.join(", ")),
+            Operation::Stop => format!("stopped {}", list.join(", ")),
+            Operation::Start => format!("started {}", list.join(", ")),
         })
     } else if let Some(rollout) = status.rollout.as_ref().filter(|r| r.paused || r.waiting_for_consent)
         && matches!(op, Operation::Settle(_))
@@ -490,6 +515,9 @@ pub enum Ending {
 pub struct FollowOptions {
     /// The edit made: wait until the operator shows it read it.
     pub ack: Option<AnnotationChange>,
+    /// A spec change made, by the cluster's generation after it: wait until the operator's
+    /// status has observed that generation.
+    pub ack_generation: Option<i64>,
     pub ack_timeout: std::time::Duration,
     /// Follow the operation until it ends (else stop once acknowledged).
     pub wait: bool,
@@ -525,7 +553,7 @@ pub async fn follow(
     let far = started + std::time::Duration::from_secs(100 * 365 * 24 * 3600);
     let deadline = options.timeout.map_or(far, |t| started + t);
     let mut redraw = tokio::time::interval(options.redraw.unwrap_or(std::time::Duration::from_secs(3600)));
-    let mut acknowledged_yet = options.ack.is_none();
+    let mut acknowledged_yet = options.ack.is_none() && options.ack_generation.is_none();
     let mut follower = Follower::new(op);
     let mut latest: Option<OmeroCluster> = None;
     loop {
@@ -565,7 +593,9 @@ pub async fn follow(
                     }
                 };
                 if !acknowledged_yet {
-                    if !options.ack.as_ref().is_some_and(|edit| acknowledged(&cluster, edit)) {
+                    let seen = options.ack.as_ref().is_none_or(|edit| acknowledged(&cluster, edit))
+                        && options.ack_generation.is_none_or(|generation| observed(&cluster, generation));
+                    if !seen {
                         continue;
                     }
                     acknowledged_yet = true;

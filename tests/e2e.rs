@@ -45,7 +45,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 use omero_operator::{
-    api::{NodePhase, OmeroCluster},
+    api::{NodePhase, OmeroCluster, conditions},
     request::{DRAIN_ANNOTATION, RESTART_ANNOTATION},
 };
 use serde_json::json;
@@ -901,6 +901,64 @@ async fn kubectl_omero_on_a_real_cluster() {
         plugin(&admin, &suite.ns, &["restart", "omero", "--all", "--wait", "--timeout", "300s"]).await;
     assert_eq!(code, Some(0), "{restart}");
     assert!(restart.contains("rw, ro-1, ro-2 up to date in"), "{restart}");
+    suite.finish().await;
+}
+
+/// `kubectl omero stop --wait` and `start --wait` against a real API server, the suite playing
+/// kubelet: every node leaves service at once and is scaled to zero once drained (here at its
+/// 10 s deadline: no probe), Services and budgets stay, the cluster says Stopped; started
+/// again, the read-write node's pod is made only after the read-only nodes' pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_omero_stop_and_start_on_a_real_cluster() {
+    let Some(mut suite) = Suite::start("stop", Install::OneNamespace).await else { return };
+    suite.play_kubelet(1).await;
+    three_nodes(&suite).await;
+    let clusters = suite.clusters();
+    eventually(120, "3 nodes serving", || async {
+        let c = clusters.get("omero").await.ok()?;
+        (c.status?.serving_nodes == 3).then_some(())
+    })
+    .await;
+    let admin = PathBuf::from(&suite.path);
+    let (stop, code) = plugin(&admin, &suite.ns, &["stop", "omero", "--wait", "--timeout", "120s"]).await;
+    assert_eq!(code, Some(0), "{stop}");
+    assert!(
+        stop.contains("acknowledged by the operator") && stop.contains("stopped rw, ro-1, ro-2 in"),
+        "{stop}"
+    );
+    let deployments = suite.api::<Deployment>().list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(deployments.len(), 3);
+    assert!(deployments.iter().all(|d| d.spec.as_ref().unwrap().replicas == Some(0)), "{deployments:?}");
+    let pods: Api<Pod> = suite.api();
+    eventually(60, "every pod gone", || async {
+        pods.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
+    })
+    .await;
+    let services = suite.api::<Service>().list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(services.len(), 4, "3 node Services and the entry Service stay");
+    let budgets = suite.api::<PodDisruptionBudget>().list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(budgets.len(), 3, "the budgets stay");
+    let status = clusters.get("omero").await.unwrap().status.unwrap();
+    let ready = status.condition(conditions::READY).unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "Stopped"), "{status:#?}");
+
+    let (start, code) = plugin(&admin, &suite.ns, &["start", "omero", "--wait", "--timeout", "180s"]).await;
+    assert_eq!(code, Some(0), "{start}");
+    assert!(start.contains("started rw, ro-1, ro-2 in"), "{start}");
+    let created = |pods: &[Pod], node: &str| {
+        pods.iter()
+            .find(|p| p.labels().get(NODE_LABEL).map(String::as_str) == Some(node))
+            .and_then(|p| p.metadata.creation_timestamp.clone())
+            .unwrap_or_else(|| panic!("a pod of {node}"))
+            .0
+    };
+    let running = pods.list(&ListParams::default()).await.unwrap().items;
+    let read_only = created(&running, "ro-1").max(created(&running, "ro-2"));
+    assert!(created(&running, "rw") >= read_only, "the read-write node's pod came last: {running:?}");
+    let events = cluster_events(&suite.client, &suite.ns, "omero").await;
+    for reason in ["NodeStopped", "NodeStarting"] {
+        assert_eq!(events.iter().filter(|(r, _)| r == reason).count(), 3, "{reason}: {events:?}");
+    }
     suite.finish().await;
 }
 

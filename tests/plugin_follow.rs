@@ -68,7 +68,14 @@ impl Display for Recorded {
 }
 
 fn options(edit: Option<plugin::AnnotationChange>, wait: bool) -> FollowOptions {
-    FollowOptions { ack: edit, ack_timeout: Duration::from_secs(30), wait, timeout: None, redraw: None }
+    FollowOptions {
+        ack: edit,
+        ack_generation: None,
+        ack_timeout: Duration::from_secs(30),
+        wait,
+        timeout: None,
+        redraw: None,
+    }
 }
 
 fn names(v: &[&str]) -> Vec<String> {
@@ -440,4 +447,59 @@ async fn drain_wait_gives_up_on_a_watch_that_keeps_failing_and_says_so() {
         error.contains("gave up following after 10 failed watches") && error.contains("kubectl omero wait"),
         "{error}"
     );
+}
+
+/// `kubectl omero stop --wait`: a merge patch of `spec.stopped` (a new generation), taken in
+/// once the operator's status observed that generation (an older status, even one showing
+/// nodes draining for another reason, is not the acknowledgement), then followed until every
+/// node is Stopped.
+#[tokio::test]
+async fn stop_wait_is_acknowledged_by_the_generation_and_follows_every_node_to_stopped() {
+    let mut start = cluster();
+    start["status"]["observedGeneration"] = json!(1);
+    let server = WatchApi::new(start);
+    operator_after_watch(
+        &server,
+        vec![
+            // A status write of the old generation: not the acknowledgement.
+            Box::new(|c| set_node(c, "rw", json!({"sessions": 2}))),
+            Box::new(|c| {
+                c["status"]["observedGeneration"] = c["metadata"]["generation"].clone();
+                for name in ["rw", "ro-1", "ro-2"] {
+                    set_node(c, name, json!({"phase": "Draining", "routable": false}));
+                }
+            }),
+            Box::new(|c| {
+                for name in ["ro-1", "ro-2"] {
+                    set_node(c, name, json!({"phase": "Stopped", "ready": false, "message": "stopped"}));
+                }
+            }),
+            Box::new(|c| {
+                set_node(
+                    c,
+                    "rw",
+                    json!({"phase": "Stopped", "ready": false, "sessions": null, "message": "stopped"}),
+                )
+            }),
+        ],
+    );
+    let api: Api<OmeroCluster> = Api::namespaced(server.client(), "omero");
+    let generation = plugin::set_stopped(&api, "omero", true).await.unwrap();
+    assert_eq!(generation, 2, "a spec change is a new generation");
+    let patch = server.0.lock().unwrap().patches.last().cloned().unwrap();
+    assert_eq!(patch, json!({"spec": {"stopped": true}}), "only spec.stopped, with no precondition");
+
+    let mut shown = Recorded::default();
+    let stop = FollowOptions { ack_generation: Some(generation), ..options(None, true) };
+    let ending = plugin::follow(api, "omero", Operation::Stop, &stop, &mut shown, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(ending, Ending::Done("stopped rw, ro-1, ro-2".into()));
+    assert_eq!(shown.said, ["acknowledged by the operator"]);
+    assert!(
+        !shown.changed.iter().any(|l| l.contains("Serving")),
+        "nothing shown before the acknowledgement: {:?}",
+        shown.changed
+    );
+    assert_eq!(shown.changed.last().map(String::as_str), Some("rw: Stopped: stopped"), "{:?}", shown.changed);
 }

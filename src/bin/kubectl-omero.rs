@@ -98,6 +98,25 @@ enum Command {
         #[arg(long, value_parser = parse_duration)]
         timeout: Option<std::time::Duration>,
     },
+    /// Stop the whole cluster (spec.stopped: true), a downtime: every node leaves service at
+    /// once, and each is scaled to zero once its sessions end (or at its drain deadline).
+    /// Services, budgets, volumes and status stay.
+    ///
+    /// Example: kubectl omero stop omero --wait
+    Stop {
+        cluster: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Start a stopped cluster (spec.stopped: false): read-only nodes first, the read-write
+    /// node last (a grid's master first).
+    ///
+    /// Example: kubectl omero start omero --wait
+    Start {
+        cluster: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Stop every change to the cluster's running objects.
     ///
     /// Example: kubectl omero pause omero
@@ -184,19 +203,26 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Drain { cluster, nodes, force, wait } => {
             let edit = plugin::edit_annotations(&api, &cluster, |c| plugin::drain(c, &nodes, force)).await?;
             report(&cluster, &edit);
-            follow(&api, ack_timeout, &cluster, Some(&edit), Operation::Drain(nodes), wait).await
+            follow(&api, ack_timeout, &cluster, Ack::Annotations(&edit), Operation::Drain(nodes), wait).await
         }
         Command::Undrain { cluster, nodes } => {
             let edit = plugin::edit_annotations(&api, &cluster, |c| plugin::undrain(c, &nodes)).await?;
             report(&cluster, &edit);
-            follow(&api, ack_timeout, &cluster, Some(&edit), Operation::Settle(nodes), WaitArgs::default())
-                .await
+            follow(
+                &api,
+                ack_timeout,
+                &cluster,
+                Ack::Annotations(&edit),
+                Operation::Settle(nodes),
+                WaitArgs::default(),
+            )
+            .await
         }
         Command::Wait { cluster, nodes, drained, timeout } => {
             let found = plugin::get(&api, &cluster).await?;
             plugin::unknown_nodes(&found, &nodes)?;
             let op = if drained { Operation::Drain(nodes) } else { Operation::Settle(nodes) };
-            follow(&api, ack_timeout, &cluster, None, op, WaitArgs { wait: true, timeout }).await
+            follow(&api, ack_timeout, &cluster, Ack::Nothing, op, WaitArgs { wait: true, timeout }).await
         }
         Command::Restart { cluster, nodes, all: _, allow_downtime, wait } => {
             let token =
@@ -221,8 +247,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                      and later changes ask again"
                 );
             }
-            follow(&api, ack_timeout, &cluster, Some(&edit), Operation::Settle(nodes), wait).await
+            follow(&api, ack_timeout, &cluster, Ack::Annotations(&edit), Operation::Settle(nodes), wait).await
         }
+        Command::Stop { cluster, wait } => stop(&api, ack_timeout, &cluster, true, wait).await,
+        Command::Start { cluster, wait } => stop(&api, ack_timeout, &cluster, false, wait).await,
         Command::Pause { cluster } => pause(&api, ack_timeout, &cluster, true).await,
         Command::Resume { cluster } => pause(&api, ack_timeout, &cluster, false).await,
     }
@@ -242,22 +270,49 @@ async fn pause(
     .await?;
     report(cluster, &edit);
     let op = Operation::Settle(Vec::new());
-    follow(api, ack_timeout, cluster, Some(&edit), op, WaitArgs::default()).await
+    follow(api, ack_timeout, cluster, Ack::Annotations(&edit), op, WaitArgs::default()).await
 }
 
-/// Waits for the operator to acknowledge `edit`, then with `--wait` follows `op` until it ends.
+/// Sets `spec.stopped`, waits for the operator to observe it, and with `--wait` follows the
+/// stop (or start) until every node is stopped (or serves).
+async fn stop(
+    api: &Api<OmeroCluster>,
+    ack_timeout: std::time::Duration,
+    cluster: &str,
+    stopped: bool,
+    wait: WaitArgs,
+) -> Result<ExitCode, String> {
+    let generation = plugin::set_stopped(api, cluster, stopped).await?;
+    println!("omerocluster/{cluster}: spec.stopped={stopped}");
+    let op = if stopped { Operation::Stop } else { Operation::Start };
+    follow(api, ack_timeout, cluster, Ack::Generation(generation), op, wait).await
+}
+
+/// What the operator must show it has read before a command says its request was taken.
+enum Ack<'a> {
+    /// Nothing was asked (`kubectl omero wait`).
+    Nothing,
+    /// These annotations, in `status.observedRequests`.
+    Annotations(&'a plugin::AnnotationChange),
+    /// This generation of the spec, in `status.observedGeneration`.
+    Generation(i64),
+}
+
+/// Waits for the operator to acknowledge what was asked (`ack`), then with `--wait` follows
+/// `op` until it ends.
 async fn follow(
     api: &Api<OmeroCluster>,
     ack_timeout: std::time::Duration,
     cluster: &str,
-    edit: Option<&plugin::AnnotationChange>,
+    ack: Ack<'_>,
     op: Operation,
     wait: WaitArgs,
 ) -> Result<ExitCode, String> {
     let options = plugin::FollowOptions {
-        ack: edit.cloned(),
+        ack: if let Ack::Annotations(edit) = ack { Some(edit.clone()) } else { None },
+        ack_generation: if let Ack::Generation(generation) = ack { Some(generation) } else { None },
         ack_timeout,
-        wait: wait.wait || edit.is_none(),
+        wait: wait.wait || matches!(ack, Ack::Nothing),
         timeout: wait.timeout,
         redraw: std::io::stdout().is_terminal().then_some(std::time::Duration::from_secs(1)),
     };
@@ -266,6 +321,8 @@ async fn follow(
         Operation::Settle(nodes) => {
             format!("kubectl omero wait {cluster} {}", nodes.join(" ")).trim_end().to_string()
         }
+        Operation::Stop => format!("kubectl omero stop {cluster} --wait"),
+        Operation::Start => format!("kubectl omero start {cluster} --wait"),
     };
     let started = std::time::Instant::now();
     let interrupt = async {

@@ -5,6 +5,9 @@
 use super::*;
 use crate::stopping::Power;
 
+/// How a stopped node's message starts.
+const STOPPED: &str = "stopped (spec.stopped)";
+
 /// The step of a node recorded Stopped: it stays so (the cluster is stopped, or the node waits
 /// for its turn to start), or starts. Its Deployment takes any new revision at once: nothing
 /// runs to protect.
@@ -16,7 +19,11 @@ pub(super) fn while_stopped(node: &NodeInput<'_>, status: &mut NodeStatus, event
     match &node.power {
         Power::Stop => {
             status.phase = NodePhase::Stopped;
-            status.message = Some("stopped (spec.stopped): its Deployment is scaled to zero".into());
+            // How its drain ended, recorded when it stopped, stays: rewriting it would be one
+            // more status write per node and lose what a reader wants to know.
+            if !status.message.as_deref().is_some_and(|m| m.starts_with(STOPPED)) {
+                status.message = Some(format!("{STOPPED}: its Deployment is scaled to zero"));
+            }
         }
         Power::StayStopped { after } if after.is_empty() => {
             status.phase = NodePhase::Stopped;
@@ -46,8 +53,8 @@ pub(super) fn stop_when_drained(node: &NodeInput<'_>, status: &mut NodeStatus, e
         return;
     }
     let message = match &status.message {
-        Some(how) if drained => format!("stopped (spec.stopped) once {how}"),
-        _ => "stopped (spec.stopped)".to_string(),
+        Some(how) if drained => format!("{STOPPED} once {how}"),
+        _ => STOPPED.to_string(),
     };
     clear_drain(status);
     status.restart_started_at = None;

@@ -147,19 +147,32 @@ impl WatchApi {
                         let patch: Value = serde_json::from_slice(&bytes).unwrap();
                         state.patches.push(patch.clone());
                         let cluster = state.cluster.as_mut().unwrap();
-                        if patch["metadata"]["resourceVersion"] != cluster["metadata"]["resourceVersion"] {
+                        // A merge patch carries a precondition only when it names a resourceVersion.
+                        let precondition = &patch["metadata"]["resourceVersion"];
+                        if !precondition.is_null() && *precondition != cluster["metadata"]["resourceVersion"]
+                        {
                             (StatusCode::CONFLICT, status(409, "Conflict", "the object has been modified"))
                         } else {
                             if cluster["metadata"]["annotations"].is_null() {
                                 cluster["metadata"]["annotations"] = json!({});
                             }
                             let annotations = cluster["metadata"]["annotations"].as_object_mut().unwrap();
-                            for (k, v) in patch["metadata"]["annotations"].as_object().unwrap() {
+                            for (k, v) in patch["metadata"]["annotations"].as_object().into_iter().flatten() {
                                 if v.is_null() {
                                     annotations.remove(k);
                                 } else {
                                     annotations.insert(k.clone(), v.clone());
                                 }
+                            }
+                            // A change of the spec is a new generation, as the API server counts them.
+                            let mut spec_changed = false;
+                            for (k, v) in patch["spec"].as_object().into_iter().flatten() {
+                                spec_changed |= cluster["spec"][k] != *v;
+                                cluster["spec"][k] = v.clone();
+                            }
+                            if spec_changed {
+                                let generation = cluster["metadata"]["generation"].as_i64().unwrap_or(1);
+                                cluster["metadata"]["generation"] = json!(generation + 1);
                             }
                             bump(cluster);
                             let patched = cluster.clone();
