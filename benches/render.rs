@@ -37,7 +37,7 @@ spec:
         write!(
             yaml,
             "    - name: ro-{i}\n      readOnly: {{db: true, repo: true}}\n      \
-             sessionProbe: {{type: metrics, port: 9449, exporterUser: monitor}}\n      config: {{omero.jvmcfg.percent.blitz: \"60\"}}\n"
+             sessionProbe: {{type: Metrics, port: 9449, exporterUser: monitor}}\n      config: {{omero.jvmcfg.percent.blitz: \"60\"}}\n"
         )
         .unwrap();
     }

@@ -32,7 +32,7 @@ fn yaml(name: &str, nodes: usize) -> String {
     );
     for i in 1..nodes {
         yaml.push_str(&format!(
-            "  - name: ro-{i}\n    readOnly: {{db: true, repo: true}}\n    sessionProbe: {{type: none}}\n"
+            "  - name: ro-{i}\n    readOnly: {{db: true, repo: true}}\n    sessionProbe: {{type: None}}\n"
         ));
     }
     yaml

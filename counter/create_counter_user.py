@@ -12,7 +12,7 @@ not needed; a plain user is made with the CLI, e.g.::
     omero user add monitor Session Counter session-counter
 
 (read from OMERO's source, not observed). Run this script only when the counter also counts the
-read-write node (``spec.sessionCounter.defaultFor: all``, or ``sessionProbe: {type: counter}``).
+read-write node (``spec.sessionCounter.defaultFor: All``, or ``sessionProbe: {type: Counter}``).
 
 Why a script. OMERO.web's admin pages show any administrator holding ``ReadSession`` as a full
 "administrator" and give every privilege to the account when its form is saved (omero-web

@@ -348,6 +348,8 @@ pub const PLUGIN_COMMANDS: &[PluginCommand] = &[
     PluginCommand { name: "drain", needs: &[GET, LIST, PATCH, WATCH], role: UserRole::Edit },
     PluginCommand { name: "undrain", needs: &[GET, LIST, PATCH, WATCH], role: UserRole::Edit },
     PluginCommand { name: "restart", needs: &[GET, LIST, PATCH, WATCH], role: UserRole::Edit },
+    PluginCommand { name: "stop", needs: &[LIST, PATCH, WATCH], role: UserRole::Edit },
+    PluginCommand { name: "start", needs: &[LIST, PATCH, WATCH], role: UserRole::Edit },
     PluginCommand { name: "pause", needs: &[GET, LIST, PATCH, WATCH], role: UserRole::Edit },
     PluginCommand { name: "resume", needs: &[GET, LIST, PATCH, WATCH], role: UserRole::Edit },
 ];

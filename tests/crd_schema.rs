@@ -93,6 +93,9 @@ fn group_version_kind_and_names() {
     assert_eq!(names["plural"], "omeroclusters");
     assert_eq!(names["singular"], "omerocluster");
     assert_eq!(names["shortNames"], json!(["omc"]));
+    assert_eq!(names["categories"], json!(["omero"]), "kubectl get omero");
+    let description = version()["schema"]["openAPIV3Schema"]["description"].as_str().unwrap().to_string();
+    assert!(description.starts_with("An OMERO.server cluster"), "the kind's own description: {description}");
     let version = version();
     assert_eq!(version["name"], "v1alpha1");
     assert_eq!(version["served"], true);
@@ -106,34 +109,42 @@ fn status_is_a_subresource() {
 }
 
 #[test]
-fn printer_columns_show_nodes_ready_serving_draining_and_age() {
-    let columns: Vec<(String, String, String)> = version()["additionalPrinterColumns"]
-        .as_array()
-        .expect("printer columns")
+fn printer_columns_show_what_goes_on_what_is_wrong_and_the_counts() {
+    let printer_columns = version()["additionalPrinterColumns"].as_array().expect("printer columns").clone();
+    let columns: Vec<(String, String, String)> = printer_columns
         .iter()
         .map(|c| {
             let field = |k: &str| c[k].as_str().unwrap_or_default().to_string();
             (field("name"), field("type"), field("jsonPath"))
         })
         .collect();
+    let condition = |type_: &str, field: &str| format!(".status.conditions[?(@.type==\"{type_}\")].{field}");
     let expected = [
-        ("Nodes", "integer", ".status.nodeCount"),
-        ("Ready", "integer", ".status.readyNodes"),
-        ("Serving", "integer", ".status.servingNodes"),
-        ("Draining", "integer", ".status.drainingNodes"),
-        ("Age", "date", ".metadata.creationTimestamp"),
+        ("Ready", "string", condition("Ready", "status")),
+        ("Status", "string", condition("Progressing", "reason")),
+        ("Problem", "string", condition("Degraded", "reason")),
+        ("Serving", "integer", ".status.servingNodes".into()),
+        ("Nodes", "integer", ".status.nodeCount".into()),
+        ("Up-To-Date", "integer", ".status.rollout.upToDateNodes".into()),
+        ("Age", "date", ".metadata.creationTimestamp".into()),
+        ("Image", "string", ".spec.image".into()),
+        ("Draining", "integer", ".status.drainingNodes".into()),
     ];
+    for column in printer_columns.iter().filter(|c| c["name"] != "Age") {
+        assert!(column["description"].as_str().is_some_and(|d| !d.is_empty()), "{column}");
+    }
     assert_eq!(
         columns,
         expected.map(|(n, t, p)| (n.to_string(), t.to_string(), p.to_string())),
         "printer columns"
     );
-    // Every status column points at a field the status schema has.
-    let status = &version()["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
-    for (_, _, path) in &columns {
-        if let Some(field) = path.strip_prefix(".status.") {
-            assert_eq!(status[field]["type"], "integer", "status.{field}");
-        }
+    // Every column of a field points at one the schema has, of the column's type.
+    let schema = &version()["schema"]["openAPIV3Schema"];
+    for (name, type_, path) in
+        columns.iter().filter(|(_, _, p)| !p.contains('[') && !p.starts_with(".metadata"))
+    {
+        let field = path.trim_start_matches('.').split('.').fold(schema, |s, part| &s["properties"][part]);
+        assert_eq!(field["type"], type_.as_str(), "column {name}: {path}");
     }
 }
 
@@ -209,10 +220,10 @@ fn the_users_lifetime_cap_needs_max_lifetime_and_is_no_shorter() {
 
 #[test]
 fn independent_topology_allows_at_most_one_read_write_node() {
-    let rule = rule_containing(&spec_schema(""), "self.topology != 'independent'");
+    let rule = rule_containing(&spec_schema(""), "self.topology != 'Independent'");
     assert_eq!(
         rule["rule"],
-        "self.topology != 'independent' || self.nodes.filter(n, !has(n.readOnly) || !n.readOnly.db || !n.readOnly.repo).size() <= 1"
+        "self.topology != 'Independent' || self.nodes.filter(n, !has(n.readOnly) || !n.readOnly.db || !n.readOnly.repo).size() <= 1"
     );
     assert_eq!(rule["fieldPath"], ".nodes");
     assert!(rule["message"].as_str().unwrap().contains("at most one read-write node"), "{rule:#?}");
@@ -220,10 +231,10 @@ fn independent_topology_allows_at_most_one_read_write_node() {
 
 #[test]
 fn grid_topology_needs_exactly_one_master() {
-    let rule = rule_containing(&spec_schema(""), "self.topology != 'grid' || self.nodes.filter");
+    let rule = rule_containing(&spec_schema(""), "self.topology != 'Grid' || self.nodes.filter");
     assert_eq!(
         rule["rule"],
-        "self.topology != 'grid' || self.nodes.filter(n, has(n.master) && n.master).size() == 1"
+        "self.topology != 'Grid' || self.nodes.filter(n, has(n.master) && n.master).size() == 1"
     );
     assert_eq!(rule["fieldPath"], ".nodes");
     assert!(rule["message"].as_str().unwrap().contains("exactly one node with master: true"), "{rule:#?}");
@@ -234,12 +245,12 @@ fn grid_topology_needs_exactly_one_master() {
 #[test]
 fn a_grid_leaves_room_for_the_masters_dns_service() {
     let rule = rule_containing(&spec_schema(""), "n.name != 'icegrid'");
-    assert_eq!(rule["rule"], "self.topology != 'grid' || self.nodes.all(n, n.name != 'icegrid')");
+    assert_eq!(rule["rule"], "self.topology != 'Grid' || self.nodes.all(n, n.name != 'icegrid')");
     assert_eq!(rule["fieldPath"], ".nodes");
     assert!(rule["message"].as_str().unwrap().contains("no node may be named icegrid"), "{rule:#?}");
     let root = version()["schema"]["openAPIV3Schema"].clone();
     let rule = rule_containing(&root, "size(self.metadata.name) <= 55");
-    assert_eq!(rule["rule"], "self.spec.topology != 'grid' || size(self.metadata.name) <= 55");
+    assert_eq!(rule["rule"], "self.spec.topology != 'Grid' || size(self.metadata.name) <= 55");
     assert!(rule["message"].as_str().unwrap().contains("at most 55 characters"), "{rule:#?}");
     assert_eq!(55 + "-".len() + omero_operator::api::GRID_DNS_SUFFIX.len(), 63, "the Rust check's bound");
 }
@@ -265,15 +276,15 @@ fn a_nodes_servers_are_a_set_of_omero_server_names() {
     let rule = rule_containing(&spec_schema(""), "!has(n.servers)");
     assert_eq!(
         rule["rule"],
-        "self.topology != 'grid' || self.nodes.all(n, !has(n.servers) || size(n.servers) == 0)"
+        "self.topology != 'Grid' || self.nodes.all(n, !has(n.servers) || size(n.servers) == 0)"
     );
     assert!(rule["message"].as_str().unwrap().contains("servers is for independent topology"), "{rule:#?}");
 }
 
 #[test]
 fn master_is_refused_outside_grid_topology() {
-    let rule = rule_containing(&spec_schema(""), "self.topology == 'grid'");
-    assert_eq!(rule["rule"], "self.topology == 'grid' || self.nodes.all(n, !has(n.master) || !n.master)");
+    let rule = rule_containing(&spec_schema(""), "self.topology == 'Grid'");
+    assert_eq!(rule["rule"], "self.topology == 'Grid' || self.nodes.all(n, !has(n.master) || !n.master)");
     assert_eq!(rule["fieldPath"], ".nodes");
     assert!(rule["message"].as_str().unwrap().contains("only meaningful in grid topology"), "{rule:#?}");
 }
@@ -283,14 +294,14 @@ fn the_session_counter_needs_credentials_and_is_not_offered_in_grid_topology() {
     let grid = rule_containing(&spec_schema(""), "!has(self.sessionCounter) &&");
     assert_eq!(
         grid["rule"],
-        "self.topology != 'grid' || (!has(self.sessionCounter) && self.nodes.all(n, !has(n.sessionProbe) || n.sessionProbe.type != 'counter'))"
+        "self.topology != 'Grid' || (!has(self.sessionCounter) && self.nodes.all(n, !has(n.sessionProbe) || n.sessionProbe.type != 'Counter'))"
     );
     assert_eq!(grid["fieldPath"], ".sessionCounter");
     assert!(grid["message"].as_str().unwrap().contains("not offered in grid topology"), "{grid:#?}");
     let credentials = rule_containing(&spec_schema(""), "has(self.sessionCounter) ||");
     assert_eq!(
         credentials["rule"],
-        "has(self.sessionCounter) || self.nodes.all(n, !has(n.sessionProbe) || n.sessionProbe.type != 'counter')"
+        "has(self.sessionCounter) || self.nodes.all(n, !has(n.sessionProbe) || n.sessionProbe.type != 'Counter')"
     );
     assert!(credentials["message"].as_str().unwrap().contains("spec.sessionCounter.credentialsSecret"));
     assert_eq!(spec_schema("sessionCounter")["required"], json!(["credentialsSecret"]));
@@ -299,22 +310,22 @@ fn the_session_counter_needs_credentials_and_is_not_offered_in_grid_topology() {
 
 #[test]
 fn metrics_probe_needs_a_port() {
-    let rule = rule_containing(&spec_schema("nodes[].sessionProbe"), "'metrics'");
-    assert_eq!(rule["rule"], "self.type != 'metrics' || has(self.port)");
+    let rule = rule_containing(&spec_schema("nodes[].sessionProbe"), "'Metrics'");
+    assert_eq!(rule["rule"], "self.type != 'Metrics' || has(self.port)");
     assert_eq!(rule["fieldPath"], ".port");
     assert!(rule["message"].as_str().unwrap().contains("needs port"), "{rule:#?}");
 }
 
 #[test]
 fn database_probe_is_refused_on_a_read_only_database_node() {
-    let rule = rule_containing(&spec_schema("nodes[]"), "'database'");
+    let rule = rule_containing(&spec_schema("nodes[]"), "'Database'");
     assert_eq!(
         rule["rule"],
-        "!has(self.sessionProbe) || self.sessionProbe.type != 'database' || !has(self.readOnly) || !self.readOnly.db"
+        "!has(self.sessionProbe) || self.sessionProbe.type != 'Database' || !has(self.readOnly) || !self.readOnly.db"
     );
     assert_eq!(rule["fieldPath"], ".sessionProbe.type");
     assert!(
-        rule["message"].as_str().unwrap().contains("use sessionProbe.type counter, metrics or none"),
+        rule["message"].as_str().unwrap().contains("use sessionProbe.type Counter, Metrics or None"),
         "{rule:#?}"
     );
 }
@@ -325,8 +336,8 @@ fn database_probe_is_refused_on_a_read_only_database_node() {
 /// that leaves one out would fail with "no such key" instead of passing.
 #[test]
 fn fields_the_rules_read_without_has_have_defaults() {
-    assert_eq!(spec_schema("topology")["default"], "independent");
-    assert_eq!(spec_schema("topology")["enum"], json!(["independent", "grid"]));
+    assert_eq!(spec_schema("topology")["default"], "Independent");
+    assert_eq!(spec_schema("topology")["enum"], json!(["Independent", "Grid"]));
     assert_eq!(spec_schema("nodes[].readOnly.db")["default"], false);
     assert_eq!(spec_schema("nodes[].readOnly.repo")["default"], false);
     // A probe names its type: the default depends on the node (database, or none on a
@@ -334,7 +345,7 @@ fn fields_the_rules_read_without_has_have_defaults() {
     assert_eq!(spec_schema("nodes[].sessionProbe")["required"], json!(["type"]));
     assert_eq!(
         spec_schema("nodes[].sessionProbe.type")["enum"],
-        json!(["database", "counter", "metrics", "none"])
+        json!(["Database", "Counter", "Metrics", "None"])
     );
 }
 

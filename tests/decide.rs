@@ -32,10 +32,10 @@ spec:
   drain: {timeout: 30m, maxUnavailable: 1}
   nodes:
   - name: rw
-    sessionProbe: {type: database, interval: 10s}
+    sessionProbe: {type: Database, interval: 10s}
   - name: ro-1
     readOnly: {db: true, repo: true}
-    sessionProbe: {type: metrics, port: 9449, interval: 10s, exporterUser: monitor}
+    sessionProbe: {type: Metrics, port: 9449, interval: 10s, exporterUser: monitor}
 "#;
 
 /// A grid: the master and one worker.
@@ -45,15 +45,15 @@ kind: OmeroCluster
 metadata: {name: omero, namespace: omero, uid: 4f7e1c2a-0000-4000-8000-000000000001, generation: 1, resourceVersion: "1"}
 spec:
   image: openmicroscopy/omero-server:5.6
-  topology: grid
+  topology: Grid
   database: {host: db, passwordSecret: {name: omero-db, key: password}}
   repository: {claimName: omero-data}
   nodes:
   - name: main
     master: true
-    sessionProbe: {type: database, interval: 10s}
+    sessionProbe: {type: Database, interval: 10s}
   - name: worker
-    sessionProbe: {type: database, interval: 10s}
+    sessionProbe: {type: Database, interval: 10s}
 "#;
 
 struct World {

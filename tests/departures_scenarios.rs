@@ -29,10 +29,10 @@ spec:
   drain: {timeout: 30m, maxUnavailable: 1}
   nodes:
   - name: rw
-    sessionProbe: {type: database, interval: 10s}
+    sessionProbe: {type: Database, interval: 10s}
   - name: ro-1
     readOnly: {db: true, repo: true}
-    sessionProbe: {type: metrics, port: 9449, interval: 10s, exporterUser: monitor}
+    sessionProbe: {type: Metrics, port: 9449, interval: 10s, exporterUser: monitor}
 "#;
 
 /// Both nodes serving on two Kubernetes nodes, with sessions of 2 and 5 minutes each.

@@ -685,7 +685,7 @@ async fn operator_on_a_real_cluster() {
     let clusters = suite.clusters();
     let nodes = json!([
         {"name": "rw"},
-        {"name": "ro-1", "readOnly": {"db": true, "repo": true}, "sessionProbe": {"type": "none"}}
+        {"name": "ro-1", "readOnly": {"db": true, "repo": true}, "sessionProbe": {"type": "None"}}
     ]);
     clusters.patch("omero", &ssa, &Patch::Apply(cluster_manifest(&ns, &image, nodes.clone()))).await.unwrap();
 
@@ -752,7 +752,7 @@ async fn operator_on_a_real_cluster() {
 /// A 3-node cluster whose probes are all `none` (each drain ends at its 10 s deadline),
 /// applied; returns the manifest.
 async fn three_nodes(suite: &Suite) -> serde_json::Value {
-    let none = json!({"type": "none"});
+    let none = json!({"type": "None"});
     let nodes = json!([
         {"name": "rw", "sessionProbe": none},
         {"name": "ro-1", "readOnly": {"db": true, "repo": true}, "sessionProbe": none},
@@ -1302,7 +1302,7 @@ async fn annotate(clusters: &Api<OmeroCluster>, annotations: serde_json::Value) 
 /// `rw` and `ro-1`, probes `none` (each drain ends at its 10 s deadline), applied; returns the
 /// manifest once both serve.
 async fn two_nodes_serving(suite: &Suite) -> serde_json::Value {
-    let none = json!({"type": "none"});
+    let none = json!({"type": "None"});
     let nodes = json!([
         {"name": "rw", "sessionProbe": none},
         {"name": "ro-1", "readOnly": {"db": true, "repo": true}, "sessionProbe": none}

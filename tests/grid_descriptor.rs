@@ -24,7 +24,7 @@ kind: OmeroCluster
 metadata: {name: omc, namespace: imaging, uid: 0a1b2c3d-0000-4000-8000-000000000001}
 spec:
   image: openmicroscopy/omero-server:5.6
-  topology: grid
+  topology: Grid
   database:
     host: db.example
     passwordSecret: {name: omero-db, key: password}

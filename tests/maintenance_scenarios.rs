@@ -35,12 +35,12 @@ spec:
   drain: {{timeout: 30m, maxUnavailable: 1}}
 {extra}  nodes:
   - name: rw
-    sessionProbe: {{type: database, interval: 10s}}
+    sessionProbe: {{type: Database, interval: 10s}}
 "#
     );
     for i in 1..=replicas {
         yaml.push_str(&format!(
-            "  - name: ro-{i}\n    readOnly: {{db: true, repo: true}}\n    sessionProbe: {{type: metrics, port: 9449, interval: 10s, exporterUser: monitor}}\n"
+            "  - name: ro-{i}\n    readOnly: {{db: true, repo: true}}\n    sessionProbe: {{type: Metrics, port: 9449, interval: 10s, exporterUser: monitor}}\n"
         ));
     }
     yaml

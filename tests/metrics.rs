@@ -30,10 +30,10 @@ spec:
   drain: {timeout: 30m}
   nodes:
   - name: rw
-    sessionProbe: {type: database, interval: 10s}
+    sessionProbe: {type: Database, interval: 10s}
   - name: ro-1
     readOnly: {db: true, repo: true}
-    sessionProbe: {type: metrics, port: 9449, interval: 10s, exporterUser: monitor}
+    sessionProbe: {type: Metrics, port: 9449, interval: 10s, exporterUser: monitor}
 "#;
 
 async fn reconcile(fake: &FakeCluster, ctx: &Arc<Ctx>) -> bool {

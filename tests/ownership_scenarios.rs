@@ -228,7 +228,7 @@ kind: OmeroCluster
 metadata: {name: omero}
 spec:
   image: openmicroscopy/omero-server:5.6
-  topology: grid
+  topology: Grid
   database: {host: db, passwordSecret: {name: omero-db, key: password}}
   repository: {claimName: omero-data}
   nodes:

@@ -39,13 +39,13 @@ spec:
   drain: {timeout: 10m}
   nodes:
   - name: rw
-    sessionProbe: {type: database, interval: 1s, servingInterval: 2s}
+    sessionProbe: {type: Database, interval: 1s, servingInterval: 2s}
   - name: ro-1
     readOnly: {db: true, repo: true}
-    sessionProbe: {type: metrics, port: 9449, interval: 1s, servingInterval: 2s, exporterUser: monitor}
+    sessionProbe: {type: Metrics, port: 9449, interval: 1s, servingInterval: 2s, exporterUser: monitor}
   - name: ro-2
     readOnly: {db: true, repo: true}
-    sessionProbe: {type: metrics, port: 9449, interval: 1s, servingInterval: 2s, exporterUser: monitor}
+    sessionProbe: {type: Metrics, port: 9449, interval: 1s, servingInterval: 2s, exporterUser: monitor}
 "#;
 
 type Reply = Response<BoxBody<Bytes, Infallible>>;

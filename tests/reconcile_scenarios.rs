@@ -28,13 +28,13 @@ spec:
   drain: {timeout: 30m}
   nodes:
   - name: rw
-    sessionProbe: {type: database, interval: 10s}
+    sessionProbe: {type: Database, interval: 10s}
   - name: ro-1
     readOnly: {db: true, repo: true}
-    sessionProbe: {type: metrics, port: 9449, interval: 10s, exporterUser: monitor}
+    sessionProbe: {type: Metrics, port: 9449, interval: 10s, exporterUser: monitor}
   - name: ro-2
     readOnly: {db: true, repo: true}
-    sessionProbe: {type: metrics, port: 9449, interval: 10s, exporterUser: monitor}
+    sessionProbe: {type: Metrics, port: 9449, interval: 10s, exporterUser: monitor}
 "#;
 
 const IPS: [(&str, &str); 3] = [("rw", "10.0.0.1"), ("ro-1", "10.0.0.2"), ("ro-2", "10.0.0.3")];
@@ -366,6 +366,34 @@ async fn a_removal_held_under_hold_can_be_forced_by_name() {
         status.conditions
     );
     assert!(fake.event_reasons().contains(&"NodeRemoved".to_string()));
+}
+
+/// kstatus (what Flux, kpt and cli-utils read): a new cluster is Reconciling until its nodes
+/// serve, then Reconciled; a problem only a person can fix (here an invalid spec) is Stalled,
+/// with the generation it describes, until it is fixed.
+#[tokio::test(start_paused = true)]
+async fn kstatus_reconciling_and_stalled_follow_progress_and_problems_a_person_must_fix() {
+    let (fake, _, ctx) = setup(CLUSTER);
+    let condition = |fake: &FakeCluster, type_: &str| {
+        let c = fake.status().condition(type_).cloned().unwrap_or_else(|| panic!("no {type_}"));
+        (c.status, c.reason, c.observed_generation)
+    };
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(condition(&fake, conditions::RECONCILING), ("True".into(), "NodesStarting".into(), Some(1)));
+    assert_eq!(condition(&fake, conditions::STALLED), ("False".into(), "NotStalled".into(), Some(1)));
+    bring_up(&fake, &ctx).await;
+    assert_eq!(condition(&fake, conditions::RECONCILING), ("False".into(), "Reconciled".into(), Some(1)));
+
+    let valid = fake.cluster().spec.clone();
+    fake.edit(|c| {
+        c.spec.nodes[1].read_only = None; // a second read-write node
+        c.spec.nodes[1].session_probe = None;
+    });
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(condition(&fake, conditions::STALLED), ("True".into(), "InvalidSpec".into(), Some(2)));
+    fake.edit(|c| c.spec = valid);
+    reconcile_once(&fake, &ctx).await.unwrap();
+    assert_eq!(condition(&fake, conditions::STALLED), ("False".into(), "NotStalled".into(), Some(3)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -719,17 +747,17 @@ kind: OmeroCluster
 metadata: {name: omero}
 spec:
   image: openmicroscopy/omero-server:5.6
-  topology: grid
+  topology: Grid
   database: {host: db, passwordSecret: {name: omero-db, key: password}}
   repository: {claimName: omero-data}
   nodes:
   - name: rw
     master: true
-    sessionProbe: {type: database, interval: 10s}
+    sessionProbe: {type: Database, interval: 10s}
   - name: ro-1
-    sessionProbe: {type: database, interval: 10s}
+    sessionProbe: {type: Database, interval: 10s}
   - name: ro-2
-    sessionProbe: {type: database, interval: 10s}
+    sessionProbe: {type: Database, interval: 10s}
 "#;
 
 #[tokio::test(start_paused = true)]
@@ -1111,7 +1139,7 @@ spec:
   service: {type: NodePort}
   nodes:
   - name: rw
-    sessionProbe: {type: database, interval: 10s}
+    sessionProbe: {type: Database, interval: 10s}
     resources:
       requests: {cpu: "0.5", memory: "4294967296"}
       limits: {cpu: 2000m, memory: 4.5Gi}

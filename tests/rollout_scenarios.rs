@@ -29,12 +29,12 @@ spec:
   drain: {timeout: 30m}
   nodes:
   - name: rw
-    sessionProbe: {type: database, interval: 10s}
+    sessionProbe: {type: Database, interval: 10s}
 "#,
     );
     for i in 1..=replicas {
         yaml.push_str(&format!(
-            "  - name: ro-{i}\n    readOnly: {{db: true, repo: true}}\n    sessionProbe: {{type: metrics, port: 9449, interval: 10s, exporterUser: monitor}}\n"
+            "  - name: ro-{i}\n    readOnly: {{db: true, repo: true}}\n    sessionProbe: {{type: Metrics, port: 9449, interval: 10s, exporterUser: monitor}}\n"
         ));
     }
     yaml
@@ -513,14 +513,14 @@ kind: OmeroCluster
 metadata: {name: omero}
 spec:
   image: openmicroscopy/omero-server:5.6
-  topology: grid
+  topology: Grid
   database: {host: db, passwordSecret: {name: omero-db, key: password}}
   repository: {claimName: omero-data}
   drain: {timeout: 30m}
   nodes:
-  - {name: master, master: true, sessionProbe: {type: database, interval: 10s}}
-  - {name: w1, sessionProbe: {type: database, interval: 10s}}
-  - {name: w2, sessionProbe: {type: database, interval: 10s}}
+  - {name: master, master: true, sessionProbe: {type: Database, interval: 10s}}
+  - {name: w1, sessionProbe: {type: Database, interval: 10s}}
+  - {name: w2, sessionProbe: {type: Database, interval: 10s}}
 "#;
     let (sim, mut ctx) = running(yaml).await;
     sim.fake.set_annotation(RESTART_ANNOTATION, Some("t1"));

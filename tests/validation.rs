@@ -301,9 +301,9 @@ fn drain_timeout_must_be_positive() {
 
 #[test]
 fn probe_interval_must_be_positive() {
-    assert_valid("spec: {nodes: [{name: main, sessionProbe: {type: database, interval: 15s}}]}");
+    assert_valid("spec: {nodes: [{name: main, sessionProbe: {type: Database, interval: 15s}}]}");
     assert_error(
-        "spec: {nodes: [{name: main, sessionProbe: {type: database, interval: 0s}}]}",
+        "spec: {nodes: [{name: main, sessionProbe: {type: Database, interval: 0s}}]}",
         "spec.nodes[0].sessionProbe.interval",
         &["must be a positive duration, e.g. 15s"],
     );
@@ -315,8 +315,8 @@ fn malformed_durations_are_refused_when_deserialising() {
         ("spec: {sessions: {idleTimeout: 10 minutes}}", "10 minutes"),
         ("spec: {sessions: {maxLifetime: '1.5h'}}", "1.5h"),
         ("spec: {drain: {timeout: 1d}}", "1d"),
-        ("spec: {nodes: [{name: main, sessionProbe: {type: database, interval: '-15s'}}]}", "-15s"),
-        ("spec: {nodes: [{name: main, sessionProbe: {type: database, interval: '15'}}]}", "15"),
+        ("spec: {nodes: [{name: main, sessionProbe: {type: Database, interval: '-15s'}}]}", "-15s"),
+        ("spec: {nodes: [{name: main, sessionProbe: {type: Database, interval: '15'}}]}", "15"),
     ] {
         let err = parse(patch).expect_err(patch).to_string();
         assert!(
@@ -394,7 +394,7 @@ fn master_outside_grid_is_refused() {
     assert_error(
         "spec: {nodes: [{name: main, master: true}]}",
         "spec.nodes[0].master",
-        &["only meaningful in grid topology", "remove it or set spec.topology: grid"],
+        &["only meaningful in grid topology", "remove it or set spec.topology: Grid"],
     );
 }
 
@@ -414,7 +414,7 @@ fn independent_allows_one_read_write_node_beside_read_only_ones() {
 #[test]
 fn independent_refuses_two_read_write_nodes_and_names_them() {
     assert_error(
-        "spec: {topology: independent, nodes: [{name: main}, {name: second}]}",
+        "spec: {topology: Independent, nodes: [{name: main}, {name: second}]}",
         "spec.nodes",
         &[
             "independent topology allows at most one read-write node, found 2 (main, second)",
@@ -437,15 +437,15 @@ fn a_node_read_only_in_one_respect_still_counts_as_read_write() {
 #[test]
 fn grid_needs_exactly_one_master_and_allows_several_read_write_nodes() {
     assert_valid(
-        "spec: {topology: grid, nodes: [{name: master, master: true}, {name: worker-1}, {name: worker-2}]}",
+        "spec: {topology: Grid, nodes: [{name: master, master: true}, {name: worker-1}, {name: worker-2}]}",
     );
     assert_error(
-        "spec: {topology: grid, nodes: [{name: worker-1}, {name: worker-2}]}",
+        "spec: {topology: Grid, nodes: [{name: worker-1}, {name: worker-2}]}",
         "spec.nodes",
         &["grid topology needs exactly one node with master: true, found 0"],
     );
     assert_error(
-        "spec: {topology: grid, nodes: [{name: a, master: true}, {name: b, master: true}]}",
+        "spec: {topology: Grid, nodes: [{name: a, master: true}, {name: b, master: true}]}",
         "spec.nodes",
         &["grid topology needs exactly one node with master: true, found 2"],
     );
@@ -456,10 +456,10 @@ fn grid_needs_exactly_one_master_and_allows_several_read_write_nodes() {
 #[test]
 fn metrics_probe_needs_a_port() {
     assert_valid(
-        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449, exporterUser: monitor}}]}",
+        "spec: {nodes: [{name: main, sessionProbe: {type: Metrics, port: 9449, exporterUser: monitor}}]}",
     );
     assert_error(
-        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, exporterUser: monitor}}]}",
+        "spec: {nodes: [{name: main, sessionProbe: {type: Metrics, exporterUser: monitor}}]}",
         "spec.nodes[0].sessionProbe.port",
         &["is required for a metrics probe", "set the port of the node's Prometheus endpoint"],
     );
@@ -468,12 +468,12 @@ fn metrics_probe_needs_a_port() {
 #[test]
 fn database_probe_on_a_read_only_database_node_is_refused() {
     let fix = [
-        "database cannot count sessions of a read-only database node",
-        "use counter (with spec.sessionCounter), metrics",
-        "or none",
+        "Database cannot count sessions of a read-only database node",
+        "use Counter (with spec.sessionCounter), Metrics",
+        "or None",
     ];
     assert_error(
-        "spec: {nodes: [{name: main}, {name: ro, readOnly: {db: true, repo: true}, sessionProbe: {type: database}}]}",
+        "spec: {nodes: [{name: main}, {name: ro, readOnly: {db: true, repo: true}, sessionProbe: {type: Database}}]}",
         "spec.nodes[1].sessionProbe.type",
         &fix,
     );
@@ -484,22 +484,22 @@ fn database_probe_on_a_read_only_database_node_is_refused() {
 
 #[test]
 fn read_only_database_node_may_omit_the_probe_or_use_none_or_metrics() {
-    for probe in ["null", "{type: none}", "{type: metrics, port: 9449, exporterUser: monitor}"] {
+    for probe in ["null", "{type: None}", "{type: Metrics, port: 9449, exporterUser: monitor}"] {
         assert_valid(&format!(
             "spec: {{nodes: [{{name: main}}, {{name: ro, readOnly: {{db: true, repo: true}}, sessionProbe: {probe}}}]}}"
         ));
     }
     // Only a read-only *database* rules the database probe out.
-    assert_valid("spec: {nodes: [{name: main, readOnly: {repo: true}, sessionProbe: {type: database}}]}");
+    assert_valid("spec: {nodes: [{name: main, readOnly: {repo: true}, sessionProbe: {type: Database}}]}");
 }
 
 #[test]
 fn probe_path_must_start_with_a_slash() {
     assert_valid(
-        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449, exporterUser: monitor, path: /metrics}}]}",
+        "spec: {nodes: [{name: main, sessionProbe: {type: Metrics, port: 9449, exporterUser: monitor, path: /metrics}}]}",
     );
     assert_error(
-        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449, exporterUser: monitor, path: metrics}}]}",
+        "spec: {nodes: [{name: main, sessionProbe: {type: Metrics, port: 9449, exporterUser: monitor, path: metrics}}]}",
         "spec.nodes[0].sessionProbe.path",
         &["'metrics' must start with '/'"],
     );
@@ -519,7 +519,7 @@ fn every_problem_is_reported_together_in_field_order() {
           config: {omero.db.pass: secret}
           nodes:
             - {name: Main}
-            - {name: b, sessionProbe: {type: metrics, exporterUser: monitor, path: metrics}}
+            - {name: b, sessionProbe: {type: Metrics, exporterUser: monitor, path: metrics}}
             - {name: b}
         "#,
     );
@@ -593,7 +593,7 @@ fn port_zero_is_refused_wherever_a_port_is_given() {
         &["from 1 to 65535"],
     );
     assert_error(
-        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 0, exporterUser: monitor}}]}",
+        "spec: {nodes: [{name: main, sessionProbe: {type: Metrics, port: 0, exporterUser: monitor}}]}",
         "spec.nodes[0].sessionProbe.port",
         &["from 1 to 65535"],
     );
@@ -633,16 +633,16 @@ fn more_nodes_than_the_schema_allows_are_refused() {
 #[test]
 fn grid_workers_may_not_take_the_masters_icegrid_names() {
     assert_error(
-        "spec: {topology: grid, nodes: [{name: main, master: true}, {name: master}]}",
+        "spec: {topology: Grid, nodes: [{name: main, master: true}, {name: master}]}",
         "spec.nodes[1].name",
         &["pick another worker name"],
     );
     assert_error(
-        "spec: {topology: grid, nodes: [{name: main, master: true}, {name: internal}]}",
+        "spec: {topology: Grid, nodes: [{name: main, master: true}, {name: internal}]}",
         "spec.nodes[1].name",
         &["IceGrid"],
     );
-    assert_valid("spec: {topology: grid, nodes: [{name: master, master: true}, {name: worker}]}");
+    assert_valid("spec: {topology: Grid, nodes: [{name: master, master: true}, {name: worker}]}");
 }
 
 /// A grid has one more Service, `<cluster>-icegrid`, which gives the master's pod a DNS name
@@ -651,17 +651,17 @@ fn grid_workers_may_not_take_the_masters_icegrid_names() {
 #[test]
 fn a_grid_leaves_room_for_the_masters_dns_service() {
     assert_error(
-        "spec: {topology: grid, nodes: [{name: main, master: true}, {name: icegrid}]}",
+        "spec: {topology: Grid, nodes: [{name: main, master: true}, {name: icegrid}]}",
         "spec.nodes[1].name",
         &["'omero-icegrid'", "grid master's DNS Service", "pick another node name"],
     );
     assert_error(
-        "spec: {topology: grid, nodes: [{name: icegrid, master: true}]}",
+        "spec: {topology: Grid, nodes: [{name: icegrid, master: true}]}",
         "spec.nodes[0].name",
         &["pick another node name"],
     );
     assert_valid("spec: {nodes: [{name: icegrid}]}");
-    let grid = "spec: {topology: grid, nodes: [{name: m, master: true}]}";
+    let grid = "spec: {topology: Grid, nodes: [{name: m, master: true}]}";
     assert_error(
         &format!("metadata: {{name: a{}}}\n{grid}", "b".repeat(55)),
         "metadata.name",
@@ -718,7 +718,7 @@ fn a_nodes_servers_are_omero_servers_with_blitz_0() {
         "spec: {config: {omero.server.nodedescriptors: 'master:Blitz-0,Tables-0'}, nodes: [{name: main, servers: [Blitz-0]}]}",
     );
     assert_error(
-        "spec: {topology: grid, nodes: [{name: main, master: true, servers: [Blitz-0]}]}",
+        "spec: {topology: Grid, nodes: [{name: main, master: true, servers: [Blitz-0]}]}",
         "spec.nodes[0].servers",
         &["is for independent topology", "remove it"],
     );
@@ -738,7 +738,7 @@ fn hold_at_the_deadline_needs_a_probe_on_every_node() {
 fn grid_only_properties_are_the_users_in_independent_topology() {
     assert_valid("spec: {config: {omero.server.nodedescriptors: 'master:Blitz-0,Indexer-0'}}");
     assert_error(
-        "spec: {topology: grid, config: {omero.server.nodedescriptors: x}, nodes: [{name: main, master: true}]}",
+        "spec: {topology: Grid, config: {omero.server.nodedescriptors: x}, nodes: [{name: main, master: true}]}",
         "spec.config[omero.server.nodedescriptors]",
         &["is set by the operator"],
     );
@@ -808,7 +808,7 @@ fn two_grid_workers_whose_names_give_one_blitz_index_are_refused() {
         })
         .expect("a colliding pair");
     let errors = errors(&format!(
-        "spec: {{topology: grid, nodes: [{{name: main, master: true}}, {{name: {a}}}, {{name: {b}}}]}}"
+        "spec: {{topology: Grid, nodes: [{{name: main, master: true}}, {{name: {a}}}, {{name: {b}}}]}}"
     ));
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert_message(
@@ -821,12 +821,12 @@ fn two_grid_workers_whose_names_give_one_blitz_index_are_refused() {
 #[test]
 fn a_metrics_probe_names_the_exporters_user_which_is_not_guest() {
     assert_error(
-        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449}}]}",
+        "spec: {nodes: [{name: main, sessionProbe: {type: Metrics, port: 9449}}]}",
         "spec.nodes[0].sessionProbe.exporterUser",
         &["is required for a metrics probe", "its own sessions are then not counted", "not guest"],
     );
     assert_error(
-        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449, exporterUser: guest}}]}",
+        "spec: {nodes: [{name: main, sessionProbe: {type: Metrics, port: 9449, exporterUser: guest}}]}",
         "spec.nodes[0].sessionProbe.exporterUser",
         &["guest sees only its own session"],
     );
@@ -835,7 +835,7 @@ fn a_metrics_probe_names_the_exporters_user_which_is_not_guest() {
 #[test]
 fn ignored_sessions_is_refused_with_what_to_write_instead() {
     assert_error(
-        "spec: {nodes: [{name: main, sessionProbe: {type: metrics, port: 9449, exporterUser: monitor, ignoredSessions: 1}}]}",
+        "spec: {nodes: [{name: main, sessionProbe: {type: Metrics, port: 9449, exporterUser: monitor, ignoredSessions: 1}}]}",
         "spec.nodes[0].sessionProbe.ignoredSessions",
         &["is no longer supported", "write exporterUser", "root's sessions are left out"],
     );
@@ -852,9 +852,9 @@ fn the_session_counter_is_the_default_of_read_only_nodes_once_it_has_credentials
     assert_eq!(kinds, [SessionProbeKind::Database, SessionProbeKind::Counter]);
     // Read-write nodes too when asked, per node or for all.
     assert_valid(
-        "{spec: {sessionCounter: {credentialsSecret: {name: m}}, nodes: [{name: main, sessionProbe: {type: counter}}]}}",
+        "{spec: {sessionCounter: {credentialsSecret: {name: m}}, nodes: [{name: main, sessionProbe: {type: Counter}}]}}",
     );
-    let all = cluster("{spec: {sessionCounter: {credentialsSecret: {name: m}, defaultFor: all}}}");
+    let all = cluster("{spec: {sessionCounter: {credentialsSecret: {name: m}, defaultFor: All}}}");
     assert_eq!(all.spec.session_probe_of(&all.spec.nodes[0]).kind, SessionProbeKind::Counter);
     // Without credentials nothing changes: read-only nodes have no probe.
     let none = cluster("{spec: {nodes: [{name: main}, {name: ro, readOnly: {db: true, repo: true}}]}}");
@@ -864,7 +864,7 @@ fn the_session_counter_is_the_default_of_read_only_nodes_once_it_has_credentials
 #[test]
 fn a_counter_probe_without_credentials_is_refused_naming_the_field() {
     assert_error(
-        "{spec: {nodes: [{name: main, sessionProbe: {type: counter}}]}}",
+        "{spec: {nodes: [{name: main, sessionProbe: {type: Counter}}]}}",
         "spec.nodes[0].sessionProbe.type",
         &["spec.sessionCounter.credentialsSecret", "ReadSession"],
     );
@@ -874,7 +874,7 @@ fn a_counter_probe_without_credentials_is_refused_naming_the_field() {
         &["Secret"],
     );
     assert_error(
-        "{spec: {sessionCounter: {credentialsSecret: {name: m}}, nodes: [{name: main, sessionProbe: {type: counter, port: 9449}}]}}",
+        "{spec: {sessionCounter: {credentialsSecret: {name: m}}, nodes: [{name: main, sessionProbe: {type: Counter, port: 9449}}]}}",
         "spec.nodes[0].sessionProbe.port",
         &["remove it"],
     );
@@ -882,13 +882,13 @@ fn a_counter_probe_without_credentials_is_refused_naming_the_field() {
 
 #[test]
 fn the_counter_is_not_offered_in_grid_topology() {
-    let grid = "{spec: {topology: grid, nodes: [{name: main, master: true}, {name: w1, sessionProbe: {type: counter}}]}}";
+    let grid = "{spec: {topology: Grid, nodes: [{name: main, master: true}, {name: w1, sessionProbe: {type: Counter}}]}}";
     let found = errors(grid);
     let probe =
         found.iter().find(|e| e.field == "spec.nodes[1].sessionProbe.type").expect("the worker's probe");
-    assert_message(probe, "spec.nodes[1].sessionProbe.type", &["grid topology", "no Glacier2", "database"]);
+    assert_message(probe, "spec.nodes[1].sessionProbe.type", &["grid topology", "no Glacier2", "Database"]);
     assert_error(
-        "{spec: {topology: grid, sessionCounter: {credentialsSecret: {name: m}}, nodes: [{name: main, master: true}, {name: w1}]}}",
+        "{spec: {topology: Grid, sessionCounter: {credentialsSecret: {name: m}}, nodes: [{name: main, master: true}, {name: w1}]}}",
         "spec.sessionCounter",
         &["grid topology", "remove it"],
     );
@@ -1103,7 +1103,7 @@ fn two_servers_of_a_pod_may_not_listen_on_one_port() {
         &["Glacier2's ws port 4063"],
     );
     // The session counter listens beside the server.
-    let counter = "sessionCounter: {credentialsSecret: {name: m}, defaultFor: all}";
+    let counter = "sessionCounter: {credentialsSecret: {name: m}, defaultFor: All}";
     assert_valid(&format!("spec: {{{counter}}}"));
     assert_error(
         &format!("spec: {{{counter}, config: {{omero.ports.tcp: '9450'}}}}"),
@@ -1134,7 +1134,7 @@ fn independent_topology_refuses_every_redirector_but_omeros_default() {
         );
     }
     assert_error(
-        "spec: {topology: grid, config: {omero.cluster.redirector: nullRedirector}, nodes: [{name: main, master: true}]}",
+        "spec: {topology: Grid, config: {omero.cluster.redirector: nullRedirector}, nodes: [{name: main, master: true}]}",
         "spec.config[omero.cluster.redirector]",
         &["is set by the operator"],
     );
@@ -1144,7 +1144,7 @@ fn independent_topology_refuses_every_redirector_but_omeros_default() {
 
 #[test]
 fn an_official_image_built_before_omero_py_5_9_is_refused_where_node_descriptors_matter() {
-    let grid = "topology: grid, nodes: [{name: main, master: true}, {name: w1}]";
+    let grid = "topology: Grid, nodes: [{name: main, master: true}, {name: w1}]";
     assert_error(
         &format!("spec: {{image: 'openmicroscopy/omero-server:5.6.2', {grid}}}"),
         "spec.image",

@@ -36,11 +36,28 @@ pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::
             node["resources"]["properties"][map]["additionalProperties"]["pattern"] = QUANTITY_PATTERN.into();
         }
     }
+    // An optional enum is nullable, but null is not one of its values (schemars lists it).
+    drop_null_from_enums(&mut crd);
     // Which operator release wrote it: an operator applying its own CRD at start never
     // replaces a newer one (a rollback, or an old replica beside a new one in a rolling upgrade).
     crd["metadata"]["annotations"] =
         serde_json::json!({ keys::CRD_VERSION_ANNOTATION: env!("CARGO_PKG_VERSION") });
     serde_json::from_value(crd).expect("the patched CRD deserialises")
+}
+
+/// Removes `null` from every `enum` list of the schema: `nullable: true` already says a field
+/// may be null, and `kubectl explain` would print null as one of the values.
+fn drop_null_from_enums(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::Array(values)) = map.get_mut("enum") {
+                values.retain(|v| !v.is_null());
+            }
+            map.values_mut().for_each(drop_null_from_enums);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_null_from_enums),
+        _ => {}
+    }
 }
 
 /// Label and annotation keys shared by every object the operator creates or reads.

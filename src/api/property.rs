@@ -64,7 +64,7 @@ pub fn refused_value(key: &str, value: &str, topology: Topology) -> Option<Strin
             "'{value}' is refused in independent topology, where every node is an OMERO.server of its own with one \
              Blitz: there is no other Blitz to redirect to, and a redirector would look for the redirect row \
              (omero.cluster.redirect) that only grid topology maintains, so every node would fail at start; remove it \
-             (OMERO's default is {DEFAULT_REDIRECTOR}), or use topology: grid for a cluster that redirects"
+             (OMERO's default is {DEFAULT_REDIRECTOR}), or use topology: Grid for a cluster that redirects"
         ));
     }
     None

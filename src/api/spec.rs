@@ -33,24 +33,34 @@ use super::{Duration, OmeroClusterStatus};
     kind = "OmeroCluster",
     namespaced,
     shortname = "omc",
+    category = "omero",
+    doc = "An OMERO.server cluster: one Deployment per OMERO node behind one entry Service. \
+           The operator drains a node (no new sessions; open ones end) before it restarts, \
+           upgrades, moves or leaves, and stops the whole cluster when spec.stopped is true. \
+           Drains and restarts are asked for with annotations (see spec); status says what \
+           goes on, node by node, before the operator acts on it.",
     status = "OmeroClusterStatus",
-    printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.nodeCount"}"#,
-    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyNodes"}"#,
-    printcolumn = r#"{"name":"Serving","type":"integer","jsonPath":".status.servingNodes"}"#,
-    printcolumn = r#"{"name":"Draining","type":"integer","jsonPath":".status.drainingNodes"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"The Ready condition: every node ready and at least one serving"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Progressing\")].reason","description":"What is going on (Progressing's reason): Stable, NodesStarting, RollingOut, Draining, RolloutWaiting, Paused, Stopping, Stopped or Starting"}"#,
+    printcolumn = r#"{"name":"Problem","type":"string","jsonPath":".status.conditions[?(@.type==\"Degraded\")].reason","description":"What is wrong (Degraded's reason): AsExpected when nothing is"}"#,
+    printcolumn = r#"{"name":"Serving","type":"integer","jsonPath":".status.servingNodes","description":"Nodes that take new sessions"}"#,
+    printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.nodeCount","description":"Nodes in the spec"}"#,
+    printcolumn = r#"{"name":"Up-To-Date","type":"integer","jsonPath":".status.rollout.upToDateNodes","description":"Nodes whose pod runs the revision the spec asks for"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Image","type":"string","priority":1,"jsonPath":".spec.image","description":"The OMERO.server image the spec asks for"}"#,
+    printcolumn = r#"{"name":"Draining","type":"integer","priority":1,"jsonPath":".status.drainingNodes","description":"Nodes waiting for their sessions to end"}"#,
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("the cluster name prefixes Service names: use lower-case letters, digits and '-', starting with a letter"),
     validation = Rule::new("self.spec.nodes.all(n, size(self.metadata.name) + size(n.name) < 63)").message("'<cluster>-<node>' names a Service and must be at most 63 characters: shorten the cluster or node name").field_path(".spec.nodes"),
-    validation = Rule::new("self.spec.topology != 'grid' || size(self.metadata.name) <= 55").message("in grid topology '<cluster>-icegrid' names the Service that gives the grid master's pod a DNS name and must be at most 63 characters: shorten the cluster name to at most 55 characters")
+    validation = Rule::new("self.spec.topology != 'Grid' || size(self.metadata.name) <= 55").message("in grid topology '<cluster>-icegrid' names the Service that gives the grid master's pod a DNS name and must be at most 63 characters: shorten the cluster name to at most 55 characters")
 )]
 #[x_kube(
-    validation = Rule::new("self.topology != 'independent' || self.nodes.filter(n, !has(n.readOnly) || !n.readOnly.db || !n.readOnly.repo).size() <= 1").message("independent topology allows at most one read-write node: two read-write OMERO servers on one database close each other's sessions; set readOnly.db and readOnly.repo on the others").field_path(".nodes"),
-    validation = Rule::new("self.topology != 'grid' || self.nodes.filter(n, has(n.master) && n.master).size() == 1").message("grid topology needs exactly one node with master: true").field_path(".nodes"),
-    validation = Rule::new("self.topology == 'grid' || self.nodes.all(n, !has(n.master) || !n.master)").message("master is only meaningful in grid topology; remove it or set topology: grid").field_path(".nodes"),
-    validation = Rule::new("self.topology != 'grid' || (!has(self.sessionCounter) && self.nodes.all(n, !has(n.sessionProbe) || n.sessionProbe.type != 'counter'))").message("the session counter is not offered in grid topology: a worker has no Glacier2 of its own, and a login through the master's is steered by configRedirector to another node; grid nodes write session rows, so use sessionProbe.type database").field_path(".sessionCounter"),
-    validation = Rule::new("has(self.sessionCounter) || self.nodes.all(n, !has(n.sessionProbe) || n.sessionProbe.type != 'counter')").message("a counter session probe needs spec.sessionCounter.credentialsSecret: the OMERO user the counter logs in as").field_path(".nodes"),
-    validation = Rule::new("self.topology != 'grid' || self.nodes.all(n, !has(n.servers) || size(n.servers) == 0)").message("servers is for independent topology: in grid topology the operator places every server (the master runs OMERO's set, each worker one Blitz); remove it").field_path(".nodes"),
-    validation = Rule::new("self.topology != 'grid' || self.nodes.all(n, n.name != 'icegrid')").message("in grid topology '<cluster>-icegrid' names the Service that gives the grid master's pod a DNS name: no node may be named icegrid").field_path(".nodes"),
+    validation = Rule::new("self.topology != 'Independent' || self.nodes.filter(n, !has(n.readOnly) || !n.readOnly.db || !n.readOnly.repo).size() <= 1").message("independent topology allows at most one read-write node: two read-write OMERO servers on one database close each other's sessions; set readOnly.db and readOnly.repo on the others").field_path(".nodes"),
+    validation = Rule::new("self.topology != 'Grid' || self.nodes.filter(n, has(n.master) && n.master).size() == 1").message("grid topology needs exactly one node with master: true").field_path(".nodes"),
+    validation = Rule::new("self.topology == 'Grid' || self.nodes.all(n, !has(n.master) || !n.master)").message("master is only meaningful in grid topology; remove it or set topology: Grid").field_path(".nodes"),
+    validation = Rule::new("self.topology != 'Grid' || (!has(self.sessionCounter) && self.nodes.all(n, !has(n.sessionProbe) || n.sessionProbe.type != 'Counter'))").message("the session counter is not offered in grid topology: a worker has no Glacier2 of its own, and a login through the master's is steered by configRedirector to another node; grid nodes write session rows, so use sessionProbe.type Database").field_path(".sessionCounter"),
+    validation = Rule::new("has(self.sessionCounter) || self.nodes.all(n, !has(n.sessionProbe) || n.sessionProbe.type != 'Counter')").message("a counter session probe needs spec.sessionCounter.credentialsSecret: the OMERO user the counter logs in as").field_path(".nodes"),
+    validation = Rule::new("self.topology != 'Grid' || self.nodes.all(n, !has(n.servers) || size(n.servers) == 0)").message("servers is for independent topology: in grid topology the operator places every server (the master runs OMERO's set, each worker one Blitz); remove it").field_path(".nodes"),
+    validation = Rule::new("self.topology != 'Grid' || self.nodes.all(n, n.name != 'icegrid')").message("in grid topology '<cluster>-icegrid' names the Service that gives the grid master's pod a DNS name: no node may be named icegrid").field_path(".nodes"),
     validation = Rule::new("self.topology == oldSelf.topology").message("topology cannot change on an existing cluster (a per-node Service's clusterIP is immutable, and every node would have to restart at once): create a new OmeroCluster with the other topology and move to it").field_path(".topology")
 )]
 #[serde(rename_all = "camelCase")]
@@ -68,8 +78,8 @@ pub struct OmeroClusterSpec {
     /// Secrets used to pull the image.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
-    /// `independent` (default): every node is a full OMERO.server, at most one read-write.
-    /// `grid`: one IceGrid application, a master plus workers.
+    /// `Independent` (default): every node is a full OMERO.server, at most one read-write.
+    /// `Grid`: one IceGrid application, a master plus workers.
     #[serde(default)]
     pub topology: Topology,
     /// The OMERO database (PostgreSQL).
@@ -103,7 +113,7 @@ pub struct OmeroClusterSpec {
     /// that server and counts the sessions of people on it, which the `counter` session probe
     /// reads during a drain. With this set, it is the default probe of read-only database nodes
     /// (whose sessions the database cannot see); other nodes use it with `sessionProbe.type:
-    /// counter` (or `defaultFor: all`). Not offered in grid topology.
+    /// counter` (or `defaultFor: All`). Not offered in grid topology.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_counter: Option<SessionCounterSpec>,
     /// Kubernetes node maintenance: which taints, besides a cordon, make the operator move
@@ -133,7 +143,7 @@ pub struct MaintenanceSpec {
     pub taint_keys: Vec<String>,
 }
 
-/// The built-in session counter (`sessionProbe.type: counter`).
+/// The built-in session counter (`sessionProbe.type: Counter`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionCounterSpec {
@@ -145,8 +155,8 @@ pub struct SessionCounterSpec {
     /// other users' names, so every session of another user is counted, shares included, and
     /// `guest` sees only itself.
     pub credentials_secret: CounterCredentials,
-    /// Which nodes use the counter when their `sessionProbe` is not set: `readOnly` (default:
-    /// read-only database nodes, whose sessions no database query sees) or `all` (every node;
+    /// Which nodes use the counter when their `sessionProbe` is not set: `ReadOnly` (default:
+    /// read-only database nodes, whose sessions no database query sees) or `All` (every node;
     /// on a read-write node it also sees expired-but-unswept sessions as gone, which the
     /// database does not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,7 +195,6 @@ impl CounterCredentials {
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
 pub enum CounterDefault {
     /// Read-only database nodes.
     #[default]
@@ -212,7 +221,6 @@ impl PullPolicy {
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
 pub enum Topology {
     /// Every node is its own OMERO.server (as IDR runs them); the entry Service spreads new
     /// sessions over routable nodes with client-IP affinity.
@@ -268,15 +276,19 @@ pub struct DatabaseSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReadOnlyDatabaseSpec {
+    /// Host of the read-only nodes' database (e.g. a streaming replica); default: `database.host`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub host: Option<String>,
+    /// Its port; default: `database.port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<u16>,
+    /// Its database name; default: `database.name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub name: Option<String>,
+    /// The role read-only nodes log in as (e.g. one with SELECT only); default: `database.user`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub user: Option<String>,
@@ -394,7 +406,7 @@ impl SessionsSpec {
 /// One OMERO node: one Deployment, one pod, one per-node Service.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(
-    validation = Rule::new("!has(self.sessionProbe) || self.sessionProbe.type != 'database' || !has(self.readOnly) || !self.readOnly.db").message("a read-only database node writes no session rows, so the database probe cannot count its sessions; use sessionProbe.type counter, metrics or none").field_path(".sessionProbe.type"),
+    validation = Rule::new("!has(self.sessionProbe) || self.sessionProbe.type != 'Database' || !has(self.readOnly) || !self.readOnly.db").message("a read-only database node writes no session rows, so the database probe cannot count its sessions; use sessionProbe.type Counter, Metrics or None").field_path(".sessionProbe.type"),
     validation = Rule::new("!has(self.servers) || size(self.servers) == 0 || 'Blitz-0' in self.servers").message("servers must include Blitz-0: every client of the node is served through it").field_path(".servers")
 )]
 #[serde(rename_all = "camelCase")]
@@ -436,8 +448,10 @@ pub struct NodeSpec {
     /// Compute resources of the OMERO container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Labels of the Kubernetes nodes the node's pod may run on (the pod's `nodeSelector`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Taints the node's pod tolerates (the pod's `tolerations`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -455,12 +469,12 @@ pub struct NodeSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
     /// Extra containers in the node's pod, e.g. a sessions exporter (omero-prometheus-tools)
-    /// for a `metrics` session probe on a read-only node.
+    /// for a `Metrics` session probe on a read-only node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sidecars: Vec<Container>,
-    /// How this node's open sessions are counted during a drain. Default: `counter` where
-    /// `spec.sessionCounter` says so (read-only database nodes, or all), else `database` for
-    /// nodes that write to the database and `none` for read-only database nodes.
+    /// How this node's open sessions are counted during a drain. Default: `Counter` where
+    /// `spec.sessionCounter` says so (read-only database nodes, or all), else `Database` for
+    /// nodes that write to the database and `None` for read-only database nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_probe: Option<SessionProbe>,
 }
@@ -513,14 +527,14 @@ pub struct ReadOnlySpec {
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[x_kube(
-    validation = Rule::new("self.type != 'metrics' || has(self.port)").message("a metrics probe needs port: the port of the node's Prometheus endpoint").field_path(".port")
+    validation = Rule::new("self.type != 'Metrics' || has(self.port)").message("a metrics probe needs port: the port of the node's Prometheus endpoint").field_path(".port")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SessionProbe {
-    /// `database` (SQL on the OMERO database; read-write nodes), `counter` (the built-in
+    /// `Database` (SQL on the OMERO database; read-write nodes), `Counter` (the built-in
     /// session counter beside the server: any node of an independent topology; needs
-    /// `spec.sessionCounter`), `metrics` (a Prometheus text endpoint on the node's pod, e.g. a
-    /// home-built exporter) or `none` (only the drain deadline ends a drain).
+    /// `spec.sessionCounter`), `Metrics` (a Prometheus text endpoint on the node's pod, e.g. a
+    /// home-built exporter) or `None` (only the drain deadline ends a drain).
     #[serde(rename = "type")]
     pub kind: SessionProbeKind,
     /// metrics: port on the pod.
@@ -581,7 +595,6 @@ impl SessionProbe {
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
 pub enum SessionProbeKind {
     #[default]
     Database,
@@ -695,7 +708,7 @@ impl OmeroClusterSpec {
 
     /// The probe in force for `node`, with the default filled in: its own `sessionProbe`, else
     /// the session counter where `sessionCounter` makes it the default (never in grid
-    /// topology), else `database` for nodes that write to the database and `none` for
+    /// topology), else `Database` for nodes that write to the database and `None` for
     /// read-only database nodes.
     pub fn session_probe_of(&self, node: &NodeSpec) -> SessionProbe {
         if let Some(probe) = &node.session_probe {
@@ -715,7 +728,7 @@ impl OmeroClusterSpec {
         SessionProbe { kind, ..SessionProbe::default() }
     }
 
-    /// The master of a `grid` topology; none in `independent` (where `master` is refused).
+    /// The master of a `Grid` topology; none in `Independent` (where `master` is refused).
     pub fn grid_master(&self) -> Option<&NodeSpec> {
         (self.topology == Topology::Grid).then(|| self.nodes.iter().find(|n| n.is_master())).flatten()
     }

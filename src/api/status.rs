@@ -8,13 +8,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// What the operator observed and decided, written before it acts.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OmeroClusterStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Progressing`, `Degraded`.
+    /// `Ready`, `Progressing`, `Degraded`, and kstatus's `Reconciling` and `Stalled` (what
+    /// Flux, kpt and cli-utils read), each with the generation it describes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -22,12 +24,16 @@ pub struct OmeroClusterStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub nodes: Vec<NodeStatus>,
+    /// Nodes in the spec.
     #[serde(default)]
     pub node_count: i32,
+    /// Nodes of the spec whose pod is ready.
     #[serde(default)]
     pub ready_nodes: i32,
+    /// Nodes of the spec that take new sessions (phase Serving).
     #[serde(default)]
     pub serving_nodes: i32,
+    /// Nodes of the spec waiting for their sessions to end (phase Draining).
     #[serde(default)]
     pub draining_nodes: i32,
     /// The rollout: what every node should run, how far it got, why it waits.
@@ -58,7 +64,9 @@ pub struct OmeroClusterStatus {
 pub struct ObjectProblem {
     /// `Deployment`, `Service`, ...
     pub kind: String,
+    /// The object's name.
     pub name: String,
+    /// Why it is not written.
     pub reason: ObjectProblemReason,
     /// What is wrong and what to do about it.
     pub message: String,
@@ -162,7 +170,10 @@ impl NodePhase {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatus {
+    /// The node's name (`spec.nodes[].name`).
     pub name: String,
+    /// Where the node is in its life: Pending, Starting, Serving, Draining, Drained,
+    /// Restarting, Failed or Stopped.
     #[serde(default)]
     pub phase: NodePhase,
     /// The node's pod is ready.
@@ -297,4 +308,8 @@ pub mod conditions {
     pub const READY: &str = "Ready";
     pub const PROGRESSING: &str = "Progressing";
     pub const DEGRADED: &str = "Degraded";
+    /// kstatus (Flux, kpt, cli-utils): True while anything is under way (as Progressing).
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus: True while a problem only a person can end holds the cluster back.
+    pub const STALLED: &str = "Stalled";
 }

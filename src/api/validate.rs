@@ -222,7 +222,7 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
         if node.master == Some(true) && spec.topology != Topology::Grid {
             errors.push(
                 at("master"),
-                "is only meaningful in grid topology: remove it or set spec.topology: grid",
+                "is only meaningful in grid topology: remove it or set spec.topology: Grid",
             );
         }
         check_config(errors, &at("config"), &node.config, spec.topology, ConfigLevel::Node);
@@ -304,15 +304,15 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
                 ),
                 SessionProbeKind::Database if node.read_only_db() => errors.push(
                     at("sessionProbe.type"),
-                    "database cannot count sessions of a read-only database node (it writes no session rows): use counter (with spec.sessionCounter), metrics or none",
+                    "Database cannot count sessions of a read-only database node (it writes no session rows): use Counter (with spec.sessionCounter), Metrics or None",
                 ),
                 SessionProbeKind::Counter if spec.topology == Topology::Grid => errors.push(
                     at("sessionProbe.type"),
-                    "counter is not offered in grid topology: a worker has no Glacier2 of its own to log in through, and a login through the master's is steered by configRedirector to whichever node new sessions go to, so it could count another node; grid nodes write session rows: use database",
+                    "Counter is not offered in grid topology: a worker has no Glacier2 of its own to log in through, and a login through the master's is steered by configRedirector to whichever node new sessions go to, so it could count another node; grid nodes write session rows: use Database",
                 ),
                 SessionProbeKind::Counter if spec.session_counter.is_none() => errors.push(
                     at("sessionProbe.type"),
-                    "counter needs spec.sessionCounter.credentialsSecret: the Secret with the OMERO user the counter logs in as (a plain user for read-only database nodes; a light admin with only the ReadSession privilege where it counts a read-write node, made by counter/create_counter_user.py)",
+                    "Counter needs spec.sessionCounter.credentialsSecret: the Secret with the OMERO user the counter logs in as (a plain user for read-only database nodes; a light admin with only the ReadSession privilege where it counts a read-write node, made by counter/create_counter_user.py)",
                 ),
                 SessionProbeKind::Counter if probe.port.is_some() => errors.push(
                     at("sessionProbe.port"),

@@ -8,8 +8,8 @@ use k8s_openapi::{
 use super::port::{Event, EventType, Related};
 use crate::{
     api::{
-        DrainReason, NodePhase, NodeStatus, ObjectProblem, OmeroClusterStatus, RolloutStatus,
-        ValidationError, conditions,
+        DrainReason, NodePhase, NodeStatus, ObjectProblem, ObjectProblemReason, OmeroClusterStatus,
+        RolloutStatus, ValidationError, conditions,
     },
     lifecycle::NodeEvent,
 };
@@ -169,6 +169,24 @@ pub fn next_status(old: &OmeroClusterStatus, a: &Assessment, now: Timestamp) -> 
         None => c.set(conditions::PROGRESSING, false, "Stable", "nothing in progress"),
     }
 
+    // kstatus: Reconciling says what Progressing says; Stalled holds while a problem that only
+    // a person can end (a spec or object to fix, a failed node, consent to give) stands.
+    let progressing = c.new.iter().find(|x| x.type_ == conditions::PROGRESSING).cloned();
+    match progressing.filter(|p| p.status == "True") {
+        Some(p) => c.set(conditions::RECONCILING, true, &p.reason, &p.message),
+        None => c.set(conditions::RECONCILING, false, "Reconciled", "nothing in progress"),
+    }
+    let stalling: Vec<&(&str, String)> = problems.iter().filter(|(reason, _)| stalls(reason)).collect();
+    let consent = a.rollout.as_ref().filter(|r| r.waiting_for_consent).and_then(|r| r.waiting.clone());
+    match (stalling.first(), consent) {
+        (Some((reason, _)), _) => {
+            let message: Vec<&str> = stalling.iter().map(|(_, m)| m.as_str()).collect();
+            c.set(conditions::STALLED, true, reason, &message.join("; "))
+        }
+        (None, Some(waiting)) => c.set(conditions::STALLED, true, "WaitingForConsent", &waiting),
+        (None, None) => c.set(conditions::STALLED, false, "NotStalled", "nothing needs a person to act"),
+    }
+
     OmeroClusterStatus {
         observed_generation: a.generation,
         conditions: c.new,
@@ -188,6 +206,21 @@ pub fn next_status(old: &OmeroClusterStatus, a: &Assessment, now: Timestamp) -> 
         },
         observed_requests: a.requests.clone(),
     }
+}
+
+/// Whether a Degraded reason holds the cluster back until a person acts: the spec, an object
+/// in the way or a failed node. The others (a failing probe or redirect, a refused drain
+/// request) leave the rest going, or clear by themselves.
+fn stalls(reason: &str) -> bool {
+    [
+        REASON_INVALID_SPEC,
+        REASON_NODE_FAILED,
+        ObjectProblemReason::NotOwned.as_str(),
+        ObjectProblemReason::ImmutableField.as_str(),
+        ObjectProblemReason::Refused.as_str(),
+        ObjectProblemReason::Forbidden.as_str(),
+    ]
+    .contains(&reason)
 }
 
 /// What is moving, in words a person reads: e.g. "rolling out: restarting ro-2 (2 of 3 up to

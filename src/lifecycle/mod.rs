@@ -126,7 +126,7 @@ pub fn serving_state(pod: Option<&PodObservation>, now: Timestamp, allowance: Du
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProbeOutcome {
     Count(u64),
-    /// The node has no probe (`sessionProbe.type: none`): only the deadline ends its drain.
+    /// The node has no probe (`sessionProbe.type: None`): only the deadline ends its drain.
     NoProbe,
     Failed(String),
 }

@@ -120,7 +120,7 @@ impl Client {
         Self { inner: Arc::new(Inner::new(timeouts)) }
     }
 
-    /// Open sessions on the target's node: `Ok(None)` for `type: none`, an error whenever the
+    /// Open sessions on the target's node: `Ok(None)` for `type: None`, an error whenever the
     /// count is unknown.
     pub async fn count(&self, target: &ProbeTarget<'_>) -> Result<Option<SessionCount>, ProbeError> {
         let inner = &*self.inner;

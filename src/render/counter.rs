@@ -263,7 +263,7 @@ mod tests {
         // Credentials alone with every node choosing its probe: no counter anywhere.
         let chosen = with_counter("").replace(
             "      readOnly: {db: true, repo: true}\n",
-            "      readOnly: {db: true, repo: true}\n      sessionProbe: {type: none}\n",
+            "      readOnly: {db: true, repo: true}\n      sessionProbe: {type: None}\n",
         );
         let desired = render(&cluster(&chosen));
         assert!(desired.config_maps.is_empty() && counter_of(&desired, "ro").is_none());
@@ -271,7 +271,7 @@ mod tests {
 
     #[test]
     fn every_node_when_asked_and_over_ssl_when_tcp_is_off() {
-        let yaml = with_counter("    defaultFor: all\n    resources: {requests: {cpu: 5m, memory: 48Mi}}\n")
+        let yaml = with_counter("    defaultFor: All\n    resources: {requests: {cpu: 5m, memory: 48Mi}}\n")
             + "  config: {omero.client.icetransports: ssl}\n";
         let desired = render(&cluster(&yaml));
         for node in ["rw", "ro"] {

@@ -310,7 +310,7 @@ mod tests {
     fn every_node_creates_var_tmp_before_the_server_starts() {
         let grid = cluster(
             "apiVersion: omero.openmicroscopy.org/v1alpha1\nkind: OmeroCluster\nmetadata: {name: omc, namespace: imaging}\n\
-             spec:\n  image: openmicroscopy/omero-server:5.6.17\n  topology: grid\n  database: {host: db, passwordSecret: {name: s, key: k}}\n\
+             spec:\n  image: openmicroscopy/omero-server:5.6.17\n  topology: Grid\n  database: {host: db, passwordSecret: {name: s, key: k}}\n\
              \x20 repository: {claimName: repo}\n  nodes: [{name: main, master: true}, {name: w1}]\n",
         );
         let renders = [(render(&cluster(BASE)), ["rw", "ro"]), (render(&grid), ["main", "w1"])];

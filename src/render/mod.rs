@@ -370,7 +370,7 @@ spec:
         let grid = BASE.replace(
             "  nodes:\n    - name: rw\n    - name: ro\n      readOnly: {db: true, repo: true}\n",
             "",
-        ) + "  topology: grid\n  nodes:\n    - {name: main, master: true}\n    - {name: worker}\n"
+        ) + "  topology: Grid\n  nodes:\n    - {name: main, master: true}\n    - {name: worker}\n"
             + moved;
         let desired = render(&cluster(&grid));
         assert_eq!(container_ports(&desired, "main"), [24061, 24063, 25064, 24065, 24066]);

@@ -178,7 +178,7 @@ mod tests {
         // A read-only grid worker hosts one Blitz, which the master's descriptors place.
         let c = cluster(
             &BASE
-                .replace("  database:", "  topology: grid\n  database:")
+                .replace("  database:", "  topology: Grid\n  database:")
                 .replace("    - name: rw\n", "    - name: rw\n      master: true\n"),
         );
         assert!(!c.spec.nodes[1].is_read_write());
