@@ -22,24 +22,38 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::api::{DrainReason, NodePhase, NodeStatus, OmeroClusterStatus};
+use crate::api::{DrainReason, NodePhase, NodeStatus, OmeroClusterStatus, conditions};
 
 /// Every metric the operator exports, as it appears in `/metrics` (counters with their
 /// `_total`, histograms by their base name), with its labels. The README lists the same.
 pub const METRICS: &[(&str, &[&str])] = &[
     ("omero_operator_reconciles_total", &["result"]),
     ("omero_operator_reconcile_duration_seconds", &[]),
-    ("omero_operator_node_sessions", &["namespace", "cluster", "node"]),
-    ("omero_operator_node_phase", &["namespace", "cluster", "node", "phase"]),
-    ("omero_operator_drains_started_total", &["namespace", "cluster", "reason"]),
-    ("omero_operator_drains_finished_total", &["namespace", "cluster", "reason", "outcome"]),
+    ("omero_operator_node_sessions", &["namespace", "omerocluster", "node"]),
+    ("omero_operator_node_phase", &["namespace", "omerocluster", "node", "phase"]),
+    ("omero_operator_drains_started_total", &["namespace", "omerocluster", "reason"]),
+    ("omero_operator_drains_finished_total", &["namespace", "omerocluster", "reason", "outcome"]),
     ("omero_operator_drain_duration_seconds", &["reason", "outcome"]),
-    ("omero_operator_rollout_nodes", &["namespace", "cluster"]),
-    ("omero_operator_rollout_up_to_date_nodes", &["namespace", "cluster"]),
-    ("omero_operator_rollout_pending_nodes", &["namespace", "cluster"]),
-    ("omero_operator_session_probe_failures_total", &["namespace", "cluster", "node"]),
+    ("omero_operator_rollout_nodes", &["namespace", "omerocluster"]),
+    ("omero_operator_rollout_up_to_date_nodes", &["namespace", "omerocluster"]),
+    ("omero_operator_rollout_pending_nodes", &["namespace", "omerocluster"]),
+    ("omero_operator_session_probe_failures_total", &["namespace", "omerocluster", "node"]),
     ("omero_operator_leader", &[]),
+    ("omero_operator_cluster_condition", &["namespace", "omerocluster", "condition", "status"]),
+    ("omero_operator_node_drain_deadline_timestamp_seconds", &["namespace", "omerocluster", "node"]),
+    ("omero_operator_node_sessions_since_timestamp_seconds", &["namespace", "omerocluster", "node"]),
+    ("omero_operator_build_info", &["version"]),
 ];
+
+/// The conditions `cluster_condition` reports, each as true, false or unknown.
+const CONDITIONS: [&str; 5] = [
+    conditions::READY,
+    conditions::PROGRESSING,
+    conditions::DEGRADED,
+    conditions::RECONCILING,
+    conditions::STALLED,
+];
+const CONDITION_STATUSES: [&str; 3] = ["true", "false", "unknown"];
 
 /// Every phase a node can be in, for the one-hot `node_phase` gauge.
 const PHASES: [NodePhase; 8] = [
@@ -61,35 +75,48 @@ struct ResultLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct ClusterLabels {
     namespace: String,
-    cluster: String,
+    omerocluster: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct NodeLabels {
     namespace: String,
-    cluster: String,
+    omerocluster: String,
     node: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct PhaseLabels {
     namespace: String,
-    cluster: String,
+    omerocluster: String,
     node: String,
     phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct ConditionLabels {
+    namespace: String,
+    omerocluster: String,
+    condition: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DrainLabels {
     namespace: String,
-    cluster: String,
+    omerocluster: String,
     reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DrainEndLabels {
     namespace: String,
-    cluster: String,
+    omerocluster: String,
     reason: String,
     outcome: String,
 }
@@ -122,6 +149,9 @@ pub struct Metrics {
     rollout_pending: Family<ClusterLabels, Gauge>,
     probe_failures: Family<NodeLabels, Counter>,
     leader: Gauge<i64, AtomicI64>,
+    cluster_condition: Family<ConditionLabels, Gauge>,
+    drain_deadline: Family<NodeLabels, Gauge>,
+    sessions_since: Family<NodeLabels, Gauge>,
     /// The nodes each cluster's gauges were last set for, so a node that left is removed.
     nodes_of: Mutex<BTreeMap<ClusterLabels, BTreeSet<String>>>,
 }
@@ -204,6 +234,28 @@ impl Metrics {
         registry.register("session_probe_failures", "Session probes that failed", probe_failures.clone());
         let leader = Gauge::<i64, AtomicI64>::default();
         registry.register("leader", "1 while this replica holds the leader lease and acts", leader.clone());
+        let cluster_condition = Family::<ConditionLabels, Gauge>::default();
+        registry.register(
+            "cluster_condition",
+            "1 for each condition's status (true, false, unknown), 0 for the others: Ready, Progressing, \
+             Degraded, Reconciling, Stalled",
+            cluster_condition.clone(),
+        );
+        let drain_deadline = Family::<NodeLabels, Gauge>::default();
+        registry.register(
+            "node_drain_deadline_timestamp_seconds",
+            "When a draining node's drain deadline falls (Unix time), while it drains",
+            drain_deadline.clone(),
+        );
+        let sessions_since = Family::<NodeLabels, Gauge>::default();
+        registry.register(
+            "node_sessions_since_timestamp_seconds",
+            "Since when (Unix time) every probe has counted the node's current number of sessions",
+            sessions_since.clone(),
+        );
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        registry.register("build_info", "1, labelled with the operator's version", build_info.clone());
+        build_info.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         Self {
             registry,
             reconciles,
@@ -218,6 +270,9 @@ impl Metrics {
             rollout_pending,
             probe_failures,
             leader,
+            cluster_condition,
+            drain_deadline,
+            sessions_since,
             nodes_of: Mutex::default(),
         }
     }
@@ -252,10 +307,10 @@ impl Metrics {
         next: &OmeroClusterStatus,
         now: Timestamp,
     ) {
-        let key = ClusterLabels { namespace: namespace.into(), cluster: cluster.into() };
+        let key = ClusterLabels { namespace: namespace.into(), omerocluster: cluster.into() };
         let node_key = |node: &str| NodeLabels {
             namespace: namespace.into(),
-            cluster: cluster.into(),
+            omerocluster: cluster.into(),
             node: node.into(),
         };
         let mut nodes_of = self.nodes_of.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -277,6 +332,13 @@ impl Metrics {
                 let value = i64::from(node.phase == phase);
                 self.node_phase.get_or_create(&phase_labels(&labels, phase)).set(value);
             }
+            let deadline = node.drain_deadline.as_ref().filter(|_| node.phase == NodePhase::Draining);
+            set_or_remove(&self.drain_deadline, &labels, deadline.map(|t| t.0.as_second()));
+            set_or_remove(
+                &self.sessions_since,
+                &labels,
+                node.sessions_since.as_ref().map(|t| t.0.as_second()),
+            );
             self.count_transitions(&key, &labels, old.node(&node.name), node, now);
         }
         let rollout = next.rollout.as_ref();
@@ -286,29 +348,43 @@ impl Metrics {
         self.rollout_pending
             .get_or_create(&key)
             .set(rollout.map_or(0, |r| i64::try_from(r.pending.len()).unwrap_or(i64::MAX)));
+        for condition in CONDITIONS {
+            let status = next.condition(condition).map_or("unknown".to_string(), |c| c.status.to_lowercase());
+            for value in CONDITION_STATUSES {
+                let labels = condition_labels(&key, condition, value);
+                self.cluster_condition.get_or_create(&labels).set(i64::from(status == value));
+            }
+        }
         nodes_of.insert(key, now_present);
     }
 
     /// Removes every series of a cluster that no longer exists.
     pub fn forget_cluster(&self, namespace: &str, cluster: &str) {
-        let key = ClusterLabels { namespace: namespace.into(), cluster: cluster.into() };
+        let key = ClusterLabels { namespace: namespace.into(), omerocluster: cluster.into() };
         let mut nodes_of = self.nodes_of.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for node in nodes_of.remove(&key).into_iter().flatten() {
-            self.forget_node(&NodeLabels { namespace: namespace.into(), cluster: cluster.into(), node });
+            self.forget_node(&NodeLabels { namespace: namespace.into(), omerocluster: cluster.into(), node });
         }
         self.rollout_nodes.remove(&key);
         self.rollout_up_to_date.remove(&key);
         self.rollout_pending.remove(&key);
+        for condition in CONDITIONS {
+            for value in CONDITION_STATUSES {
+                self.cluster_condition.remove(&condition_labels(&key, condition, value));
+            }
+        }
     }
 
     /// The clusters whose series are held, as (namespace, name).
     pub fn clusters(&self) -> Vec<(String, String)> {
         let nodes_of = self.nodes_of.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        nodes_of.keys().map(|k| (k.namespace.clone(), k.cluster.clone())).collect()
+        nodes_of.keys().map(|k| (k.namespace.clone(), k.omerocluster.clone())).collect()
     }
 
     fn forget_node(&self, labels: &NodeLabels) {
         self.node_sessions.remove(labels);
+        self.drain_deadline.remove(labels);
+        self.sessions_since.remove(labels);
         self.probe_failures.remove(labels);
         for phase in PHASES {
             self.node_phase.remove(&phase_labels(labels, phase));
@@ -329,18 +405,22 @@ impl Metrics {
             self.drains_started
                 .get_or_create(&DrainLabels {
                     namespace: cluster.namespace.clone(),
-                    cluster: cluster.cluster.clone(),
+                    omerocluster: cluster.omerocluster.clone(),
                     reason: reason.into(),
                 })
                 .inc();
         }
         let was_drained = old.is_some_and(|o| o.phase == NodePhase::Drained);
-        if next.phase == NodePhase::Drained && !was_drained {
+        // A drain for the cluster's stop ends in Stopped, in the same step as it is drained.
+        let stopped_now = next.phase == NodePhase::Stopped
+            && next.drain_reason == Some(DrainReason::Stop)
+            && old.is_some_and(|o| o.phase == NodePhase::Draining);
+        if (next.phase == NodePhase::Drained && !was_drained) || stopped_now {
             let outcome = if next.deadline_reached { "deadline" } else { "sessions_ended" };
             self.drains_finished
                 .get_or_create(&DrainEndLabels {
                     namespace: cluster.namespace.clone(),
-                    cluster: cluster.cluster.clone(),
+                    omerocluster: cluster.omerocluster.clone(),
                     reason: reason.into(),
                     outcome: outcome.into(),
                 })
@@ -366,10 +446,31 @@ impl Metrics {
     }
 }
 
+fn condition_labels(cluster: &ClusterLabels, condition: &str, status: &str) -> ConditionLabels {
+    ConditionLabels {
+        namespace: cluster.namespace.clone(),
+        omerocluster: cluster.omerocluster.clone(),
+        condition: condition.into(),
+        status: status.into(),
+    }
+}
+
+/// Sets a node's gauge to `value`, or removes the series when there is none.
+fn set_or_remove(family: &Family<NodeLabels, Gauge>, labels: &NodeLabels, value: Option<i64>) {
+    match value {
+        Some(value) => {
+            family.get_or_create(labels).set(value);
+        }
+        None => {
+            family.remove(labels);
+        }
+    }
+}
+
 fn phase_labels(node: &NodeLabels, phase: NodePhase) -> PhaseLabels {
     PhaseLabels {
         namespace: node.namespace.clone(),
-        cluster: node.cluster.clone(),
+        omerocluster: node.omerocluster.clone(),
         node: node.node.clone(),
         phase: format!("{phase:?}"),
     }
@@ -420,22 +521,45 @@ mod tests {
         metrics.observe_status("ns", "omero", &drained, &drained, now);
         let text = metrics.encode();
         assert!(
-            text.contains("omero_operator_drains_started_total{namespace=\"ns\",cluster=\"omero\",reason=\"Rollout\"} 1\n"),
+            text.contains("omero_operator_drains_started_total{namespace=\"ns\",omerocluster=\"omero\",reason=\"Rollout\"} 1\n"),
             "{text}"
         );
         assert!(text.contains(
-            "omero_operator_drains_finished_total{namespace=\"ns\",cluster=\"omero\",reason=\"Rollout\",outcome=\"sessions_ended\"} 1\n"
+            "omero_operator_drains_finished_total{namespace=\"ns\",omerocluster=\"omero\",reason=\"Rollout\",outcome=\"sessions_ended\"} 1\n"
         ));
         assert!(text.contains("omero_operator_drain_duration_seconds_sum{reason=\"Rollout\",outcome=\"sessions_ended\"} 600.0\n"), "{text}");
-        assert!(
-            text.contains("omero_operator_node_sessions{namespace=\"ns\",cluster=\"omero\",node=\"ro\"} 0\n")
-        );
         assert!(text.contains(
-            "omero_operator_node_phase{namespace=\"ns\",cluster=\"omero\",node=\"ro\",phase=\"Drained\"} 1\n"
+            "omero_operator_node_sessions{namespace=\"ns\",omerocluster=\"omero\",node=\"ro\"} 0\n"
         ));
         assert!(text.contains(
-            "omero_operator_node_phase{namespace=\"ns\",cluster=\"omero\",node=\"ro\",phase=\"Serving\"} 0\n"
+            "omero_operator_node_phase{namespace=\"ns\",omerocluster=\"omero\",node=\"ro\",phase=\"Drained\"} 1\n"
         ));
+        assert!(text.contains(
+            "omero_operator_node_phase{namespace=\"ns\",omerocluster=\"omero\",node=\"ro\",phase=\"Serving\"} 0\n"
+        ));
+    }
+
+    #[test]
+    fn a_drain_for_the_stop_finishes_when_the_node_is_stopped() {
+        let metrics = Metrics::new();
+        let mut draining =
+            OmeroClusterStatus { nodes: vec![node("rw", NodePhase::Draining)], ..Default::default() };
+        draining.nodes[0].drain_reason = Some(DrainReason::Stop);
+        draining.nodes[0].drain_started_at = Some(Time(at("2026-01-01T00:00:00Z")));
+        draining.nodes[0].drain_deadline = Some(Time(at("2026-01-01T01:00:00Z")));
+        let mut stopped = draining.clone();
+        stopped.nodes[0].phase = NodePhase::Stopped;
+        let now = at("2026-01-01T00:05:00Z");
+        metrics.observe_status("ns", "c", &OmeroClusterStatus::default(), &draining, now);
+        let text = metrics.encode();
+        assert!(text.contains("omero_operator_node_drain_deadline_timestamp_seconds{namespace=\"ns\",omerocluster=\"c\",node=\"rw\"} 1767229200\n"), "{text}");
+        metrics.observe_status("ns", "c", &draining, &stopped, now);
+        metrics.observe_status("ns", "c", &stopped, &stopped, now);
+        let text = metrics.encode();
+        assert!(text.contains(
+            "omero_operator_drains_finished_total{namespace=\"ns\",omerocluster=\"c\",reason=\"Stop\",outcome=\"sessions_ended\"} 1\n"
+        ), "{text}");
+        assert!(!text.contains("drain_deadline_timestamp_seconds{"), "{text}");
     }
 
     #[test]
@@ -453,7 +577,7 @@ mod tests {
         let text = metrics.encode();
         assert!(
             text.contains(
-                "omero_operator_session_probe_failures_total{namespace=\"ns\",cluster=\"c\",node=\"rw\"} 3\n"
+                "omero_operator_session_probe_failures_total{namespace=\"ns\",omerocluster=\"c\",node=\"rw\"} 3\n"
             ),
             "{text}"
         );
@@ -475,10 +599,13 @@ mod tests {
         metrics.observe_status("ns", "c", &two, &one, now);
         let text = metrics.encode();
         assert!(!text.contains("node=\"b\""), "{text}");
-        assert!(text.contains("omero_operator_rollout_nodes{namespace=\"ns\",cluster=\"c\"} 1\n"), "{text}");
+        assert!(
+            text.contains("omero_operator_rollout_nodes{namespace=\"ns\",omerocluster=\"c\"} 1\n"),
+            "{text}"
+        );
         assert_eq!(metrics.clusters(), [("ns".to_string(), "c".to_string())]);
         metrics.forget_cluster("ns", "c");
         let text = metrics.encode();
-        assert!(!text.contains("cluster=\"c\""), "{text}");
+        assert!(!text.contains("omerocluster=\"c\""), "{text}");
     }
 }

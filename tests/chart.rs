@@ -548,6 +548,10 @@ fn a_service_monitor_scrapes_the_metrics_service() {
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], "http");
     assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
     assert_eq!(monitor["spec"]["endpoints"][0]["interval"], "15s");
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["honorLabels"], true,
+        "the series' own namespace label is kept"
+    );
     let service = one(&docs, "Service");
     assert_eq!(service["spec"]["ports"][0]["port"], 9090);
     assert_eq!(monitor["spec"]["selector"]["matchLabels"], service["spec"]["selector"]);

@@ -88,6 +88,13 @@ async fn a_reconcile_produces_every_declared_metric_with_its_labels() {
     fake.set_annotation(DRAIN_ANNOTATION, Some("ro-1"));
     sessions.set("10.0.0.2", Err("connection refused"));
     assert!(reconcile(&fake, &ctx).await);
+    let while_draining = ctx.metrics.encode();
+    assert!(
+        while_draining.contains(
+            "omero_operator_node_drain_deadline_timestamp_seconds{namespace=\"omero\",omerocluster=\"omero\",node=\"ro-1\"}"
+        ),
+        "{while_draining}"
+    );
     let mut rounds = 0;
     while fake.node("ro-1").phase != NodePhase::Drained {
         rounds += 1;
@@ -109,20 +116,24 @@ async fn a_reconcile_produces_every_declared_metric_with_its_labels() {
     println!("/metrics after the scenario:\n{text}");
     assert!(text.contains("omero_operator_reconciles_total{result=\"error\"} 1\n"), "{text}");
     assert!(text.contains(
-        "omero_operator_drains_started_total{namespace=\"omero\",cluster=\"omero\",reason=\"Requested\"} 1\n"
+        "omero_operator_drains_started_total{namespace=\"omero\",omerocluster=\"omero\",reason=\"Requested\"} 1\n"
     ));
     assert!(text.contains(
-        "omero_operator_node_phase{namespace=\"omero\",cluster=\"omero\",node=\"ro-1\",phase=\"Drained\"} 1\n"
+        "omero_operator_node_phase{namespace=\"omero\",omerocluster=\"omero\",node=\"ro-1\",phase=\"Drained\"} 1\n"
     ));
     assert!(
         text.contains(
-            "omero_operator_session_probe_failures_total{namespace=\"omero\",cluster=\"omero\",node=\"ro-1\"}"
+            "omero_operator_session_probe_failures_total{namespace=\"omero\",omerocluster=\"omero\",node=\"ro-1\"}"
         ),
         "{text}"
     );
     assert!(text.contains("omero_operator_leader 1\n"));
 
-    let produced = samples(&text);
+    assert!(!text.contains("drain_deadline_timestamp_seconds{"), "no deadline once drained: {text}");
+    assert!(text.contains(
+        "omero_operator_cluster_condition{namespace=\"omero\",omerocluster=\"omero\",condition=\"Ready\",status=\"true\"} 1\n"
+    ), "{text}");
+    let produced: BTreeSet<_> = samples(&text).union(&samples(&while_draining)).cloned().collect();
     let declared: BTreeSet<(String, Vec<String>)> = METRICS
         .iter()
         .map(|(name, labels)| (name.to_string(), labels.iter().map(|l| l.to_string()).collect()))

@@ -12,7 +12,6 @@ const STOPPED: &str = "stopped (spec.stopped)";
 /// for its turn to start), or starts. Its Deployment takes any new revision at once: nothing
 /// runs to protect.
 pub(super) fn while_stopped(node: &NodeInput<'_>, status: &mut NodeStatus, events: &mut Vec<NodeEvent>) {
-    clear_drain(status);
     if let Some(target) = &status.target_revision {
         status.deployment_revision = Some(target.clone());
     }
@@ -34,6 +33,7 @@ pub(super) fn while_stopped(node: &NodeInput<'_>, status: &mut NodeStatus, event
             status.message = Some(format!("stopped: starts once {} serve (or fail)", after.join(", ")));
         }
         Power::Run => {
+            clear_drain(status);
             status.phase = NodePhase::Pending;
             status.message = Some("starting: the cluster is no longer stopped".into());
             events.push(NodeEvent::Starting { node: node.name.into() });
@@ -56,7 +56,21 @@ pub(super) fn stop_when_drained(node: &NodeInput<'_>, status: &mut NodeStatus, e
         Some(how) if drained => format!("{STOPPED} once {how}"),
         _ => STOPPED.to_string(),
     };
+    // How the drain went (its reason, start, deadline, whether the deadline ended it) stays
+    // until the node starts again; what only a running pod has goes now.
+    let kept = drained.then(|| {
+        (
+            status.drain_reason,
+            status.drain_started_at.clone(),
+            status.drain_deadline.clone(),
+            status.deadline_reached,
+        )
+    });
     clear_drain(status);
+    if let Some((reason, started, deadline, reached)) = kept {
+        (status.drain_reason, status.drain_started_at, status.drain_deadline, status.deadline_reached) =
+            (reason, started, deadline, reached);
+    }
     status.restart_started_at = None;
     if let Some(target) = &status.target_revision {
         status.deployment_revision = Some(target.clone());
