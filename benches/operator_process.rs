@@ -11,7 +11,10 @@
 //! that server's own write rate first (3,300 ConfigMap creates from 8 and from 32 clients),
 //! the limit the operator's writes are set against.
 //!
-//! The API the operator talks to is either played here over real HTTP (the default: the
+//! The operator reaches this benchmark as it reaches an API server: over TLS (a certificate made
+//! at start, its CA in the operator's kubeconfig), HTTP/2 or HTTP/1.1 as ALPN chooses, so the
+//! connections counted are those it would hold to a real one. The API behind is either played
+//! here over real HTTP (the default: the
 //! operator creates Deployments and Services by server-side apply, and gets them back with
 //! an API server's defaults and managed fields; a pod per Deployment appears ready as the
 //! ReplicaSet controller and kubelet would make it; watch events for every change), or a real
@@ -49,6 +52,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
@@ -57,7 +61,7 @@ use http_body_util::{
     combinators::{BoxBody, UnsyncBoxBody},
 };
 use hyper::{body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 
 type Reply = Response<BoxBody<Bytes, Infallible>>;
@@ -413,7 +417,7 @@ fn managed_fields(resource: &str, object: &Value) -> Value {
 /// The read-only nodes' session probe: the exporter this benchmark serves on every pod's
 /// address (127.0.0.1), which always counts [`SESSIONS`] people.
 static EXPORTER_PROBE: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
-    || json!({"type": "metrics", "port": EXPORTER_PORT, "exporterUser": "exporter"}),
+    || json!({"type": "Metrics", "port": EXPORTER_PORT, "exporterUser": "exporter"}),
 );
 const EXPORTER_PORT: u16 = 9449;
 const SESSIONS: u64 = 3;
@@ -454,7 +458,7 @@ fn cluster(i: usize) -> Value {
         "spec": {"image": "openmicroscopy/omero-server:5.6",
                  "database": {"host": "db", "passwordSecret": {"name": "omero-db", "key": "password"}},
                  "repository": {"claimName": "omero-data"},
-                 "nodes": [{"name": "rw", "sessionProbe": {"type": "none"}},
+                 "nodes": [{"name": "rw", "sessionProbe": {"type": "None"}},
                            {"name": "ro-1", "readOnly": {"db": true, "repo": true}, "sessionProbe": EXPORTER_PROBE.clone()},
                            {"name": "ro-2", "readOnly": {"db": true, "repo": true}, "sessionProbe": EXPORTER_PROBE.clone()}]}
     });
@@ -916,26 +920,49 @@ impl Proxy {
         }
     }
 
-    fn serve_on(self, listener: tokio::net::TcpListener) {
+    /// Serves the operator on `listener` over TLS, each TCP connection counted from its accept.
+    fn serve_on(self, listener: tokio::net::TcpListener, tls: tokio_rustls::TlsAcceptor) {
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
                 let proxy = self.clone();
                 let open = proxy.connections.fetch_add(1, Ordering::SeqCst) + 1;
                 proxy.most_connections.fetch_max(open, Ordering::SeqCst);
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = service_fn({
-                        let proxy = proxy.clone();
-                        move |request| proxy.clone().handle(request)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    if let Ok(stream) = tls.accept(stream).await {
+                        let service = service_fn({
+                            let proxy = proxy.clone();
+                            move |request| proxy.clone().handle(request)
+                        });
+                        // HTTP/2 or HTTP/1.1, whichever ALPN chose (the client's first bytes say).
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
                     proxy.connections.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
     }
+}
+
+/// The proxy's TLS, as an API server's: a self-signed certificate for 127.0.0.1 made now, h2
+/// and HTTP/1.1 offered by ALPN. Returns the acceptor and the certificate as PEM, which the
+/// operator's kubeconfig trusts.
+fn proxy_tls() -> (tokio_rustls::TlsAcceptor, String) {
+    use tokio_rustls::rustls;
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key.into())
+            .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), certified.cert.pem())
 }
 
 /// Hands a request to a real API server with the kubeconfig's credentials (the client adds
@@ -964,18 +991,27 @@ async fn forward(client: &kube::Client, request: Request<Incoming>) -> Forwarded
     }
 }
 
-/// A kubeconfig for the operator: plain HTTP to `address`, default namespace `ns`.
+/// A kubeconfig for `address`, default namespace `ns`: HTTPS trusting `certificate_authority`
+/// (PEM) when given, else plain HTTP.
 fn kubeconfig_for(
     dir: &std::path::Path,
     name: &str,
     address: std::net::SocketAddr,
+    certificate_authority: Option<&str>,
     ns: &str,
 ) -> std::path::PathBuf {
+    let cluster = match certificate_authority {
+        Some(pem) => format!(
+            "{{server: \"https://{address}\", certificate-authority-data: {}}}",
+            base64::engine::general_purpose::STANDARD.encode(pem)
+        ),
+        None => format!("{{server: \"http://{address}\"}}"),
+    };
     let path = dir.join(name);
     std::fs::write(
         &path,
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster: {{server: \"http://{address}\"}}\nusers:\n- name: b\n  user: {{}}\n\
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster: {cluster}\nusers:\n- name: b\n  user: {{}}\n\
              contexts:\n- name: b\n  context: {{cluster: b, user: b, namespace: {ns}}}\ncurrent-context: b\n"
         ),
     )
@@ -1068,7 +1104,7 @@ async fn main() {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let address = listener.local_addr().unwrap();
                 Server::default().serve_on(listener);
-                kubeconfig_for(&dir, "played-kubeconfig", address, "default")
+                kubeconfig_for(&dir, "played-kubeconfig", address, None, "default")
             } else {
                 std::path::PathBuf::from(kubeconfig)
             };
@@ -1095,8 +1131,10 @@ async fn main() {
     let ns = upstream.ns();
     let proxy = Proxy::new(upstream.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let kubeconfig = kubeconfig_for(&dir, "kubeconfig", listener.local_addr().unwrap(), &ns);
-    proxy.clone().serve_on(listener);
+    let (tls, certificate) = proxy_tls();
+    let kubeconfig =
+        kubeconfig_for(&dir, "kubeconfig", listener.local_addr().unwrap(), Some(&certificate), &ns);
+    proxy.clone().serve_on(listener, tls);
     let http_port = |p: u16| format!("127.0.0.1:{p}");
     let every = upstream.poll();
 

@@ -5,6 +5,7 @@
 //! are the adapters to OMERO and to the API server.
 
 pub mod api;
+pub mod api_client;
 pub mod controller;
 pub mod departures;
 mod error;

@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use omero_operator::{
     api::{self, OmeroCluster, keys},
+    api_client,
     controller::{self, RunOptions, leader},
     omero, render, telemetry,
 };
@@ -28,8 +29,8 @@ enum Command {
         #[arg(long, env = "OMERO_OPERATOR_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
         concurrency: u16,
         /// Most API requests waiting for their response at once (watches hold none while they
-        /// stream); the rest queue in order. kube's client speaks HTTP/1.1: each request in
-        /// flight holds a connection of its own.
+        /// stream); the rest queue in order. Over HTTP/2 they share one connection with the
+        /// watches; against a server that speaks only HTTP/1.1 each holds a connection of its own.
         #[arg(long, env = "OMERO_OPERATOR_MAX_API_REQUESTS", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
         max_api_requests: u16,
         /// Log level or tracing filter, e.g. `info` or `omero_operator=debug,kube=info`.
@@ -121,12 +122,14 @@ async fn run(options: RunOptions, lease: LeaseOptions) -> ExitCode {
     let lease_namespace = lease.namespace.unwrap_or_else(|| config.default_namespace.clone());
     // The lease has its own client, outside the request limit (a renewal must never queue
     // behind reconciles) and with short timeouts (a renewal that hangs fails before the lease
-    // expires, so this replica steps down before another can take over).
+    // expires, so this replica steps down before another can take over). It is kube's own, on a
+    // connection of its own: a renewal does not wait behind the reconciles' responses on the
+    // shared HTTP/2 connection, and its read timeout is its request's alone.
     let mut lease_config = config.clone();
     lease_config.connect_timeout = Some(leader::LEASE_REQUEST_TIMEOUT);
     lease_config.read_timeout = Some(leader::LEASE_REQUEST_TIMEOUT);
     lease_config.write_timeout = Some(leader::LEASE_REQUEST_TIMEOUT);
-    let clients = kube::client::ClientBuilder::try_from(config).and_then(|builder| {
+    let clients = api_client::client_builder(&config).and_then(|builder| {
         let lease_client = kube::Client::try_from(lease_config)?;
         Ok((controller::limited_client(builder, usize::from(options.max_api_requests)), lease_client))
     });
