@@ -45,6 +45,11 @@ pub const METRICS: &[(&str, &[&str])] = &[
     ("omero_operator_build_info", &["version"]),
 ];
 
+/// The metrics of [`METRICS`] that are histograms: exported as `_bucket` (with `le`), `_sum`
+/// and `_count` series (what the chart's dashboard reads).
+pub const HISTOGRAMS: &[&str] =
+    &["omero_operator_reconcile_duration_seconds", "omero_operator_drain_duration_seconds"];
+
 /// The conditions `cluster_condition` reports, each as true, false or unknown.
 const CONDITIONS: [&str; 5] = [
     conditions::READY,
@@ -528,6 +533,9 @@ mod tests {
             "omero_operator_drains_finished_total{namespace=\"ns\",omerocluster=\"omero\",reason=\"Rollout\",outcome=\"sessions_ended\"} 1\n"
         ));
         assert!(text.contains("omero_operator_drain_duration_seconds_sum{reason=\"Rollout\",outcome=\"sessions_ended\"} 600.0\n"), "{text}");
+        let histograms: Vec<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" histogram")).collect();
+        assert_eq!(histograms, HISTOGRAMS, "HISTOGRAMS lists every histogram");
         assert!(text.contains(
             "omero_operator_node_sessions{namespace=\"ns\",omerocluster=\"omero\",node=\"ro\"} 0\n"
         ));

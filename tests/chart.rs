@@ -675,3 +675,141 @@ fn the_readme_lists_every_plugin_commands_verbs_and_role() {
         .collect();
     assert_eq!(listed, code, "README's plugin RBAC table and src/rbac.rs PLUGIN_COMMANDS differ");
 }
+
+/// What `/metrics` can hold: every series name of `metrics::METRICS` with its labels, a
+/// histogram (`metrics::HISTOGRAMS`) as its `_bucket` (with `le`), `_sum` and `_count`.
+fn exported_series() -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    let histogram = |name: &str| omero_operator::metrics::HISTOGRAMS.contains(&name);
+    let mut series = std::collections::BTreeMap::new();
+    for (name, labels) in omero_operator::metrics::METRICS {
+        let labels: BTreeSet<String> = labels.iter().map(|l| l.to_string()).collect();
+        if histogram(name) {
+            let mut bucket = labels.clone();
+            bucket.insert("le".into());
+            series.insert(format!("{name}_bucket"), bucket);
+            series.insert(format!("{name}_sum"), labels.clone());
+            series.insert(format!("{name}_count"), labels);
+        } else {
+            series.insert(name.to_string(), labels);
+        }
+    }
+    series
+}
+
+/// The series names and the labels an expression reads: those its selectors match on and those
+/// it groups or matches by (`by`, `without`, `on`, `ignoring`).
+#[derive(Default)]
+struct Reads {
+    series: BTreeSet<String>,
+    matched: BTreeSet<String>,
+    grouped: BTreeSet<String>,
+}
+
+impl promql_parser::util::ExprVisitor for Reads {
+    type Error = String;
+
+    fn pre_visit(&mut self, expr: &promql_parser::parser::Expr) -> Result<bool, String> {
+        use promql_parser::parser::{Expr, LabelModifier};
+        let mut modifier = |m: &Option<LabelModifier>| match m {
+            Some(LabelModifier::Include(l) | LabelModifier::Exclude(l)) => {
+                self.grouped.extend(l.labels.iter().cloned())
+            }
+            None => {}
+        };
+        match expr {
+            Expr::Aggregate(a) => modifier(&a.modifier),
+            Expr::Binary(b) => modifier(&b.modifier.as_ref().and_then(|m| m.matching.clone())),
+            _ => {}
+        }
+        let selector = match expr {
+            Expr::VectorSelector(vs) => Some(vs),
+            Expr::MatrixSelector(ms) => Some(&ms.vs),
+            _ => None,
+        };
+        if let Some(vs) = selector {
+            let name = vs.name.clone().ok_or_else(|| format!("a selector without a series name: {vs}"))?;
+            self.series.insert(name);
+            self.matched.extend(vs.matchers.matchers.iter().map(|m| m.name.clone()));
+        }
+        Ok(true)
+    }
+}
+
+/// Parses `expr` as PromQL and checks that it reads only series the operator exports, and only
+/// labels those series have (`le` where it reads a histogram's buckets).
+fn reads_only_exported(expr: &str, exported: &std::collections::BTreeMap<String, BTreeSet<String>>) {
+    let ast = promql_parser::parser::parse(expr).unwrap_or_else(|e| panic!("not PromQL: {e}\n{expr}"));
+    let mut reads = Reads::default();
+    promql_parser::util::walk_expr(&mut reads, &ast).unwrap_or_else(|e| panic!("{e}: {expr}"));
+    assert!(!reads.series.is_empty(), "reads no series: {expr}");
+    let mut labels: BTreeSet<String> = BTreeSet::new();
+    for series in &reads.series {
+        let have = exported
+            .get(series)
+            .unwrap_or_else(|| panic!("{series} is not exported by the operator: {expr}"));
+        labels.extend(have.iter().cloned());
+    }
+    for label in reads.matched.iter().chain(&reads.grouped) {
+        assert!(labels.contains(label), "label {label} is on none of {:?}: {expr}", reads.series);
+    }
+}
+
+#[test]
+fn the_alerts_and_the_dashboard_read_only_what_the_operator_exports() {
+    let docs = rendered(Some("charts/omero-operator/ci/alerts-and-dashboard-values.yaml"));
+    let exported = exported_series();
+
+    let rule = one(&docs, "PrometheusRule");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    let rules = rule["spec"]["groups"][0]["rules"].as_array().expect("rules");
+    let alerts: BTreeSet<&str> = rules.iter().map(|r| r["alert"].as_str().unwrap()).collect();
+    let expected = [
+        "OmeroOperatorNoLeader",
+        "OmeroOperatorReconcileErrors",
+        "OmeroNodeFailed",
+        "OmeroClusterNoServingNode",
+        "OmeroClusterStalled",
+        "OmeroDrainDeadlineReached",
+        "OmeroRolloutStuck",
+        "OmeroSessionProbeFailing",
+    ];
+    assert_eq!(alerts, BTreeSet::from(expected));
+    for rule in rules {
+        assert!(rule["labels"]["severity"].is_string(), "{rule}");
+        assert!(rule["annotations"]["summary"].is_string() && rule["annotations"]["description"].is_string());
+        reads_only_exported(rule["expr"].as_str().unwrap(), &exported);
+    }
+
+    let config_map = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == format!("{RELEASE}-dashboard"))
+        .expect("the dashboard's ConfigMap");
+    assert_eq!(config_map["metadata"]["labels"]["grafana_dashboard"], "1", "Grafana's sidecar loads it");
+    let dashboard: Value =
+        serde_json::from_str(config_map["data"]["omero-operator.json"].as_str().unwrap()).expect("JSON");
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            reads_only_exported(target["expr"].as_str().unwrap(), &exported);
+            queries += 1;
+        }
+    }
+    assert!(queries >= 12, "{queries} queries");
+    // The variables' label_values(SELECTOR, LABEL): the selector read as PromQL, the label one
+    // of its series'.
+    for variable in
+        dashboard["templating"]["list"].as_array().unwrap().iter().filter(|v| v["type"] == "query")
+    {
+        let query = variable["query"].as_str().unwrap();
+        let inner = query.strip_prefix("label_values(").and_then(|q| q.strip_suffix(')')).expect(query);
+        let (selector, label) = inner.rsplit_once(',').expect(query);
+        reads_only_exported(selector, &exported);
+        let series = selector.split('{').next().unwrap().trim();
+        assert!(exported[series].contains(label.trim()), "{query}");
+    }
+
+    // Off by default: no PrometheusRule CRD is needed unless asked for.
+    let defaults = rendered(None);
+    assert!(!defaults.iter().any(|d| d["kind"] == "PrometheusRule" || d["metadata"]["name"] == format!("{RELEASE}-dashboard")));
+}
