@@ -73,6 +73,83 @@ pub fn client_builder(config: &kube::Config) -> Result<ClientBuilder<ApiService>
     Ok(ClientBuilder::new(service, config.default_namespace.clone()))
 }
 
+/// Counts each request the client makes in `crate::metrics::ApiRequests`, by verb and the
+/// status code answered: 409s (stale reads, names taken) and 429s (the API server's priority and
+/// fairness) show there.
+#[derive(Clone)]
+pub struct CountRequestsLayer(pub crate::metrics::ApiRequests);
+
+impl<S> tower::Layer<S> for CountRequestsLayer {
+    type Service = CountRequests<S>;
+
+    fn layer(&self, inner: S) -> CountRequests<S> {
+        CountRequests { inner, requests: self.0.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct CountRequests<S> {
+    inner: S,
+    requests: crate::metrics::ApiRequests,
+}
+
+impl<S, B> Service<Request<Body>> for CountRequests<S>
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<B>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let verb = verb_of(request.method(), request.uri());
+        let answer = self.inner.call(request);
+        let requests = self.requests.clone();
+        Box::pin(async move {
+            let result = answer.await;
+            let code =
+                result.as_ref().map_or_else(|_| "error".to_string(), |r| r.status().as_u16().to_string());
+            requests.count(verb, &code);
+            result
+        })
+    }
+}
+
+/// The Kubernetes verb of a request, from its method and path: a GET of a collection is a list
+/// (a watch with `watch=true`), of one object a get; a DELETE of a collection is deletecollection.
+pub fn verb_of(method: &http::Method, uri: &Uri) -> &'static str {
+    // /api/v1/... or /apis/GROUP/VERSION/..., then [namespaces/NS/]RESOURCE[/NAME[/SUBRESOURCE]].
+    let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+    let rest = match segments.first() {
+        Some(&"api") => segments.get(2..),
+        Some(&"apis") => segments.get(3..),
+        _ => None,
+    }
+    .unwrap_or_default();
+    let rest = match rest {
+        ["namespaces", _, resource, more @ ..] => [&[*resource][..], more].concat(),
+        other => other.to_vec(),
+    };
+    let collection = rest.len() <= 1;
+    let watch = uri.query().unwrap_or_default().split('&').any(|q| q == "watch=true" || q == "watch=1");
+    match *method {
+        http::Method::GET if watch => "watch",
+        http::Method::GET if collection => "list",
+        http::Method::GET => "get",
+        http::Method::POST => "create",
+        http::Method::PUT => "update",
+        http::Method::PATCH => "patch",
+        http::Method::DELETE if collection => "deletecollection",
+        http::Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
 /// kube's connector: TCP, then TLS as the kubeconfig says, within kube's timeouts.
 type Connector = hyper_timeout::TimeoutConnector<hyper_rustls::HttpsConnector<HttpConnector>>;
 
@@ -308,5 +385,29 @@ fn on_failure(failure: ServerErrorsFailureClass, _: Duration, span: &Span) {
             tracing::error!("failed with status {status}")
         }
         ServerErrorsFailureClass::Error(error) => tracing::error!("failed with error {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs_follow_the_method_and_whether_the_path_names_one_object() {
+        let verb = |method: &str, uri: &str| verb_of(&method.parse().unwrap(), &uri.parse().unwrap());
+        assert_eq!(verb("GET", "/api/v1/namespaces/ns/pods"), "list");
+        assert_eq!(verb("GET", "/api/v1/namespaces/ns/pods?watch=true&resourceVersion=5"), "watch");
+        assert_eq!(verb("GET", "/api/v1/namespaces/ns/pods/p"), "get");
+        assert_eq!(verb("GET", "/api/v1/namespaces"), "list");
+        assert_eq!(verb("GET", "/api/v1/namespaces/ns"), "get");
+        assert_eq!(verb("GET", "/apis/apps/v1/deployments"), "list");
+        assert_eq!(verb("PATCH", "/apis/apps/v1/namespaces/ns/deployments/d?fieldManager=x"), "patch");
+        assert_eq!(
+            verb("PUT", "/apis/omero.openmicroscopy.org/v1alpha1/namespaces/ns/omeroclusters/c/status"),
+            "update"
+        );
+        assert_eq!(verb("POST", "/apis/events.k8s.io/v1/namespaces/ns/events"), "create");
+        assert_eq!(verb("DELETE", "/api/v1/namespaces/ns/pods/p"), "delete");
+        assert_eq!(verb("DELETE", "/api/v1/namespaces/ns/pods"), "deletecollection");
     }
 }

@@ -129,9 +129,11 @@ async fn run(options: RunOptions, lease: LeaseOptions) -> ExitCode {
     lease_config.connect_timeout = Some(leader::LEASE_REQUEST_TIMEOUT);
     lease_config.read_timeout = Some(leader::LEASE_REQUEST_TIMEOUT);
     lease_config.write_timeout = Some(leader::LEASE_REQUEST_TIMEOUT);
+    let metrics = std::sync::Arc::new(omero_operator::metrics::Metrics::new());
     let clients = api_client::client_builder(&config).and_then(|builder| {
         let lease_client = kube::Client::try_from(lease_config)?;
-        Ok((controller::limited_client(builder, usize::from(options.max_api_requests)), lease_client))
+        let counted = builder.with_layer(&api_client::CountRequestsLayer(metrics.api_requests()));
+        Ok((controller::limited_client(counted, usize::from(options.max_api_requests)), lease_client))
     });
     let (client, lease_client) = match clients {
         Ok(clients) => clients,
@@ -164,7 +166,7 @@ async fn run(options: RunOptions, lease: LeaseOptions) -> ExitCode {
         }
     };
     tracing::info!(namespace = %lease_namespace, lease = %lease.name, %identity, "leader election");
-    match controller::run(client, manager, omero::Client::default(), options).await {
+    match controller::run(client, manager, omero::Client::default(), options, metrics).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "controller failed");

@@ -43,6 +43,7 @@ pub const METRICS: &[(&str, &[&str])] = &[
     ("omero_operator_node_drain_deadline_timestamp_seconds", &["namespace", "omerocluster", "node"]),
     ("omero_operator_node_sessions_since_timestamp_seconds", &["namespace", "omerocluster", "node"]),
     ("omero_operator_build_info", &["version"]),
+    ("omero_operator_api_requests_total", &["verb", "code"]),
 ];
 
 /// The metrics of [`METRICS`] that are histograms: exported as `_bucket` (with `le`), `_sum`
@@ -107,6 +108,25 @@ struct ConditionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiRequestLabels {
+    verb: String,
+    code: String,
+}
+
+/// The operator's API requests, by verb and answer: a handle the client's counting layer
+/// (`crate::api_client::CountRequestsLayer`) holds, sharing the registry's series.
+#[derive(Clone, Debug, Default)]
+pub struct ApiRequests(Family<ApiRequestLabels, Counter>);
+
+impl ApiRequests {
+    /// Counts one request: its verb (`get`, `list`, `watch`, `create`, `patch`, `update`,
+    /// `delete`, `deletecollection`) and the status code answered, or `error` when none was.
+    pub fn count(&self, verb: &str, code: &str) {
+        self.0.get_or_create(&ApiRequestLabels { verb: verb.into(), code: code.into() }).inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: String,
 }
@@ -157,6 +177,7 @@ pub struct Metrics {
     cluster_condition: Family<ConditionLabels, Gauge>,
     drain_deadline: Family<NodeLabels, Gauge>,
     sessions_since: Family<NodeLabels, Gauge>,
+    api_requests: ApiRequests,
     /// The nodes each cluster's gauges were last set for, so a node that left is removed.
     nodes_of: Mutex<BTreeMap<ClusterLabels, BTreeSet<String>>>,
 }
@@ -261,6 +282,13 @@ impl Metrics {
         let build_info = Family::<VersionLabels, Gauge>::default();
         registry.register("build_info", "1, labelled with the operator's version", build_info.clone());
         build_info.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION").into() }).set(1);
+        let api_requests = ApiRequests::default();
+        registry.register(
+            "api_requests",
+            "Requests to the Kubernetes API by the operator's client (the leader election's aside), \
+             by verb and status code (error: no answer)",
+            api_requests.0.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -278,8 +306,14 @@ impl Metrics {
             cluster_condition,
             drain_deadline,
             sessions_since,
+            api_requests,
             nodes_of: Mutex::default(),
         }
+    }
+
+    /// What the API client's counting layer counts into.
+    pub fn api_requests(&self) -> ApiRequests {
+        self.api_requests.clone()
     }
 
     /// The metrics in the OpenMetrics text format.

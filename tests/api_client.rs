@@ -136,6 +136,16 @@ impl TlsApiServer {
     /// A client for this server, made by the operator's builder from a kubeconfig that trusts
     /// only the server's certificate (`certificate-authority-data`, as a cluster's CA is given).
     async fn client(&self) -> kube::Client {
+        omero_operator::api_client::client_builder(&self.config().await).unwrap().build()
+    }
+
+    /// The same, counting its requests as the operator's client does.
+    async fn counted_client(&self, requests: omero_operator::metrics::ApiRequests) -> kube::Client {
+        let builder = omero_operator::api_client::client_builder(&self.config().await).unwrap();
+        builder.with_layer(&omero_operator::api_client::CountRequestsLayer(requests)).build()
+    }
+
+    async fn config(&self) -> kube::Config {
         let ca = base64::engine::general_purpose::STANDARD.encode(&self.certificate);
         let kubeconfig = kube::config::Kubeconfig::from_yaml(&format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{server: \"https://{}\", certificate-authority-data: {ca}}}\n\
@@ -143,8 +153,7 @@ impl TlsApiServer {
             self.address
         ))
         .unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
-        omero_operator::api_client::client_builder(&config).unwrap().build()
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap()
     }
 
     fn versions(&self) -> Vec<Version> {
@@ -284,4 +293,22 @@ async fn falls_back_to_http1_when_the_server_offers_only_http1() {
         1 + 8,
         "the connection that learned the protocol, then one per request in flight"
     );
+}
+
+/// Every request is counted by verb and the status code answered (`/metrics`:
+/// `omero_operator_api_requests_total`), a refusal as its code.
+#[tokio::test]
+async fn requests_are_counted_by_verb_and_answer() {
+    let server = TlsApiServer::start(&[b"h2", b"http/1.1"]).await;
+    let metrics = omero_operator::metrics::Metrics::new();
+    let client = server.counted_client(metrics.api_requests()).await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for name in ["a", "b", "c"] {
+        config_maps.get(name).await.unwrap();
+    }
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client, "default");
+    assert!(secrets.get("missing").await.is_err(), "answered 404");
+    let text = metrics.encode();
+    assert!(text.contains("omero_operator_api_requests_total{verb=\"get\",code=\"200\"} 3\n"), "{text}");
+    assert!(text.contains("omero_operator_api_requests_total{verb=\"get\",code=\"404\"} 1\n"), "{text}");
 }

@@ -767,6 +767,7 @@ fn the_alerts_and_the_dashboard_read_only_what_the_operator_exports() {
     let expected = [
         "OmeroOperatorNoLeader",
         "OmeroOperatorReconcileErrors",
+        "OmeroOperatorThrottled",
         "OmeroNodeFailed",
         "OmeroClusterNoServingNode",
         "OmeroClusterStalled",

@@ -197,7 +197,9 @@ fn start(client: Client, max_api_requests: u16, watch_nodes: bool) -> Running {
         apply_crd: false,
         watch_nodes,
     };
-    let operator = tokio::spawn(run(client, lease, omero_operator::omero::Client::default(), options));
+    let metrics = std::sync::Arc::new(omero_operator::metrics::Metrics::new());
+    let operator =
+        tokio::spawn(run(client, lease, omero_operator::omero::Client::default(), options, metrics));
     Running { grant, port, operator }
 }
 

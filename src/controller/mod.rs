@@ -188,7 +188,8 @@ pub struct RunOptions {
     pub watch_nodes: bool,
 }
 
-/// Runs the operator until SIGTERM or SIGINT: the HTTP endpoints at once, then the watches
+/// Runs the operator until SIGTERM or SIGINT, reporting into `metrics` (which its client's
+/// request counter shares): the HTTP endpoints at once, then the watches
 /// (ready once their caches are filled), and the controller only while `lease` is held. Ends
 /// with [`Error::LeaseLost`] when the lease is lost, so the process restarts as a standby.
 pub async fn run<O: OmeroPort, L: LeaderLease>(
@@ -196,9 +197,9 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
     lease: L,
     omero: O,
     options: RunOptions,
+    metrics: Arc<Metrics>,
 ) -> Result<(), Error> {
     use futures::FutureExt;
-    let metrics = Arc::new(Metrics::new());
     let endpoints = crate::http::Endpoints::new(metrics.clone());
     let shutdown = shutdown_signal().shared();
     let listener = tokio::net::TcpListener::bind(&options.http_address)
