@@ -33,6 +33,9 @@
 //!         # the operator's heap over the first run, then stop (use a dev build for symbols)
 //!     OMERO_BENCH_OPERATOR_LOG=1 ...                          # the operator's warnings on stderr
 //!     OMERO_BENCH_OPERATOR_ARGS="--concurrency 8" ...         # more arguments for the operator
+//!     OMERO_BENCH_DIRECT=1 OMERO_BENCH_KUBECONFIG=... ...     # the operator talks to the real
+//!         # API server itself, not through the counting proxy: times, memory, and its TCP
+//!         # connections to the server (read from /proc), but no request counts
 //!
 //! The played API is not a real API server (no etcd, no admission, no real ReplicaSets): its
 //! costs are this program's, so only the operator's side is measured. Against a real API
@@ -1019,6 +1022,33 @@ fn kubeconfig_for(
     path
 }
 
+/// The established TCP connections of process `pid` to a server on `port`: its sockets (from
+/// `/proc/PID/fd`) that `/proc/net/tcp` and `tcp6` show connected to that remote port.
+fn tcp_connections_to(pid: u32, port: u16) -> usize {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
+    let sockets: BTreeSet<String> = fds
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let port = format!("{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| text.lines().skip(1).map(str::to_string).collect::<Vec<_>>())
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // remote address HEXIP:PORT, state 01 = established, inode.
+            fields.len() > 9
+                && fields[2].rsplit(':').next() == Some(port.as_str())
+                && fields[3] == "01"
+                && sockets.contains(fields[9])
+        })
+        .count()
+}
+
 /// The CPU time a process has used so far (user and system), from `/proc/PID/stat`.
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -1097,6 +1127,7 @@ async fn main() {
     let n: usize = std::env::var("OMERO_BENCH_CLUSTERS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
     let dir = std::env::temp_dir().join(format!("omero-operator-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let mut direct_to: Option<std::path::PathBuf> = None;
     let upstream = match std::env::var("OMERO_BENCH_KUBECONFIG") {
         Err(_) => Upstream::Played(Server::default()),
         Ok(kubeconfig) => {
@@ -1108,6 +1139,9 @@ async fn main() {
             } else {
                 std::path::PathBuf::from(kubeconfig)
             };
+            if std::env::var_os("OMERO_BENCH_DIRECT").is_some() {
+                direct_to = Some(kubeconfig.clone());
+            }
             let real = RealApi::connect(&kubeconfig).await;
             eprintln!("setting up namespace {} (CRD, Secret)", real.ns);
             real.set_up().await;
@@ -1135,6 +1169,29 @@ async fn main() {
     let kubeconfig =
         kubeconfig_for(&dir, "kubeconfig", listener.local_addr().unwrap(), Some(&certificate), &ns);
     proxy.clone().serve_on(listener, tls);
+    // Direct: the operator uses the real API server's kubeconfig; its connections to it are
+    // counted from /proc (the proxy sees nothing).
+    let operator_pid = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let kubeconfig = match &direct_to {
+        Some(real) => {
+            let server = kube::config::Kubeconfig::read_from(real).unwrap().clusters[0]
+                .cluster
+                .as_ref()
+                .and_then(|c| c.server.clone())
+                .expect("a server in the kubeconfig");
+            let port = server.parse::<http::Uri>().unwrap().port_u16().unwrap_or(443);
+            let (pid, most) = (operator_pid.clone(), proxy.most_connections.clone());
+            tokio::spawn(async move {
+                loop {
+                    let open = tcp_connections_to(pid.load(Ordering::SeqCst), port);
+                    most.fetch_max(open, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+            real.clone()
+        }
+        None => kubeconfig,
+    };
     let http_port = |p: u16| format!("127.0.0.1:{p}");
     let every = upstream.poll();
 
@@ -1155,6 +1212,7 @@ async fn main() {
     upstream.forget_lease().await;
     proxy.reset();
     let mut operator = start_operator(&kubeconfig, &http_port(18432), &ns);
+    operator_pid.store(operator.id(), Ordering::SeqCst);
     let took = wait_for("all reconciled", Duration::from_secs(600), every, || async {
         upstream.reconciled().await == n
     })
@@ -1214,6 +1272,7 @@ async fn main() {
     upstream.forget_lease().await;
     proxy.reset();
     let mut operator = start_operator(&kubeconfig, &http_port(18433), &ns);
+    operator_pid.store(operator.id(), Ordering::SeqCst);
     let caught_up = wait_for("caught up", Duration::from_secs(600), every, || async {
         upstream.reconciled().await == 2 * n
     })
@@ -1231,6 +1290,10 @@ async fn main() {
 
     let against = match &upstream {
         Upstream::Played(_) => "an HTTP API played by this benchmark".to_string(),
+        Upstream::Real(real) if direct_to.is_some() => format!(
+            "the API server of OMERO_BENCH_KUBECONFIG directly (namespace {}; no request counted, connections from /proc)",
+            real.ns
+        ),
         Upstream::Real(real) => format!("the API server of OMERO_BENCH_KUBECONFIG (namespace {})", real.ns),
     };
     println!("omero-operator process against {against}, {n} clusters x 3 nodes:");
