@@ -874,20 +874,26 @@ async fn plugin(kubeconfig: &std::path::Path, ns: &str, args: &[&str]) -> (Strin
     (text, output.status.code())
 }
 
-/// `kubectl omero` against a real API server, the suite playing kubelet: `status`, a drain
-/// followed with `--wait` until it ends, and a restart of every node followed to its end.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_omero_on_a_real_cluster() {
-    let Some(mut suite) = Suite::start("plugin", Install::OneNamespace).await else { return };
+/// The suite playing kubelet, [`three_nodes`] applied and all three serving; the admin's
+/// kubeconfig, for the plugin.
+async fn three_nodes_serving(suite: &mut Suite) -> PathBuf {
     suite.play_kubelet(1).await;
-    three_nodes(&suite).await;
+    three_nodes(suite).await;
     let clusters = suite.clusters();
     eventually(120, "3 nodes serving", || async {
         let c = clusters.get("omero").await.ok()?;
         (c.status?.serving_nodes == 3).then_some(())
     })
     .await;
-    let admin = PathBuf::from(&suite.path);
+    PathBuf::from(&suite.path)
+}
+
+/// `kubectl omero` against a real API server, the suite playing kubelet: `status`, a drain
+/// followed with `--wait` until it ends, and a restart of every node followed to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_omero_on_a_real_cluster() {
+    let Some(mut suite) = Suite::start("plugin", Install::OneNamespace).await else { return };
+    let admin = three_nodes_serving(&mut suite).await;
     let (status, code) = plugin(&admin, &suite.ns, &["status", "omero"]).await;
     assert_eq!(code, Some(0), "{status}");
     assert!(status.contains("ro-1  read-only"), "{status}");
@@ -911,15 +917,8 @@ async fn kubectl_omero_on_a_real_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_omero_stop_and_start_on_a_real_cluster() {
     let Some(mut suite) = Suite::start("stop", Install::OneNamespace).await else { return };
-    suite.play_kubelet(1).await;
-    three_nodes(&suite).await;
+    let admin = three_nodes_serving(&mut suite).await;
     let clusters = suite.clusters();
-    eventually(120, "3 nodes serving", || async {
-        let c = clusters.get("omero").await.ok()?;
-        (c.status?.serving_nodes == 3).then_some(())
-    })
-    .await;
-    let admin = PathBuf::from(&suite.path);
     let (stop, code) = plugin(&admin, &suite.ns, &["stop", "omero", "--wait", "--timeout", "120s"]).await;
     assert_eq!(code, Some(0), "{stop}");
     assert!(
@@ -1034,7 +1033,7 @@ fn read_only_replicas_example(ns: &str) -> Vec<serde_json::Value> {
         doc["metadata"]["namespace"] = json!(ns);
         if doc["kind"] == "OmeroCluster" {
             doc["spec"]["drain"]["timeout"] = json!("10m");
-            doc["spec"]["sessionCounter"]["defaultFor"] = json!("all");
+            doc["spec"]["sessionCounter"]["defaultFor"] = json!("All");
             // No load balancer here: a LoadBalancer Service would wait for one for ever.
             doc["spec"]["service"]["type"] = json!("ClusterIP");
         }
