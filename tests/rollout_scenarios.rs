@@ -185,10 +185,8 @@ fn restart_order(fake: &FakeCluster) -> Vec<String> {
 /// Events by (reason, node), for comparing runs.
 fn event_counts(fake: &FakeCluster) -> BTreeMap<(String, String), usize> {
     let mut counts = BTreeMap::new();
-    for e in &fake.state().events {
-        let node =
-            e.note.split("node ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or("").to_string();
-        *counts.entry((e.reason.clone(), node.trim_end_matches(':').to_string())).or_default() += 1;
+    for key in event_counts_in_order(fake) {
+        *counts.entry(key).or_default() += 1;
     }
     counts
 }
@@ -705,6 +703,7 @@ fn nodes_in_events(fake: &FakeCluster, reason: &str) -> Vec<String> {
     event_counts_in_order(fake).into_iter().filter(|(r, _)| r == reason).map(|(_, node)| node).collect()
 }
 
+/// Each Event's reason and the node its note names, in the order they were published.
 fn event_counts_in_order(fake: &FakeCluster) -> Vec<(String, String)> {
     fake.state()
         .events

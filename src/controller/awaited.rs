@@ -20,7 +20,7 @@ use std::{
 };
 
 use k8s_openapi::jiff::Timestamp;
-use kube::{Resource, ResourceExt, runtime::reflector::ObjectRef};
+use kube::{ResourceExt, runtime::reflector::ObjectRef};
 
 use super::port::{ChildKind, Children};
 use crate::api::OmeroCluster;
@@ -90,21 +90,6 @@ impl Awaited {
     /// Clusters with names awaited, as (namespace, name).
     pub fn clusters(&self) -> Vec<(String, String)> {
         self.lock().keys().map(|k| (k.namespace.clone().unwrap_or_default(), k.name.clone())).collect()
-    }
-}
-
-impl Children {
-    /// Whether the caches hold an object of `kind` named `name`.
-    pub fn holds(&self, kind: ChildKind, name: &str) -> bool {
-        fn named<K: Resource>(objects: &[K], name: &str) -> bool {
-            objects.iter().any(|o| o.meta().name.as_deref() == Some(name))
-        }
-        match kind {
-            ChildKind::Deployment => named(&self.deployments, name),
-            ChildKind::Service => named(&self.services, name),
-            ChildKind::ConfigMap => named(&self.config_maps, name),
-            ChildKind::PodDisruptionBudget => named(&self.budgets, name),
-        }
     }
 }
 

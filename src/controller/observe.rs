@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, jiff::Timestamp};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use tracing::debug;
 
 use super::{
@@ -94,19 +94,16 @@ async fn look_up<P: ClusterPort>(
     children: &Children,
     awaited: &BTreeSet<(ChildKind, String)>,
 ) -> Result<BTreeMap<ChildKind, BTreeMap<String, Option<ObjectMeta>>>, Error> {
-    fn names<K: Resource>(objects: &[K]) -> Vec<&str> {
-        objects.iter().filter_map(|o| o.meta().name.as_deref()).collect()
-    }
     let wanted = render::object_names(cluster);
     let kinds = [
-        (ChildKind::Deployment, wanted.deployments, names(&children.deployments)),
-        (ChildKind::Service, wanted.services, names(&children.services)),
-        (ChildKind::ConfigMap, wanted.config_maps, names(&children.config_maps)),
-        (ChildKind::PodDisruptionBudget, wanted.budgets, names(&children.budgets)),
+        (ChildKind::Deployment, wanted.deployments),
+        (ChildKind::Service, wanted.services),
+        (ChildKind::ConfigMap, wanted.config_maps),
+        (ChildKind::PodDisruptionBudget, wanted.budgets),
     ];
     let mut found: BTreeMap<ChildKind, BTreeMap<String, Option<ObjectMeta>>> = BTreeMap::new();
-    for (kind, wanted, seen) in kinds {
-        let unseen = wanted.into_iter().filter(|n| !seen.contains(&n.as_str()));
+    for (kind, wanted) in kinds {
+        let unseen = wanted.into_iter().filter(|n| !children.holds(kind, n));
         for name in unseen.filter(|n| !awaited.contains(&(kind, n.clone()))) {
             let meta = port.find(ns, kind, &name).await?;
             found.entry(kind).or_default().insert(name, meta);

@@ -31,6 +31,21 @@ pub struct Children {
     pub kube_nodes: Option<Vec<Node>>,
 }
 
+impl Children {
+    /// Whether the caches hold an object of `kind` named `name`.
+    pub fn holds(&self, kind: ChildKind, name: &str) -> bool {
+        fn named<K: kube::Resource>(objects: &[K], name: &str) -> bool {
+            objects.iter().any(|o| o.meta().name.as_deref() == Some(name))
+        }
+        match kind {
+            ChildKind::Deployment => named(&self.deployments, name),
+            ChildKind::Service => named(&self.services, name),
+            ChildKind::ConfigMap => named(&self.config_maps, name),
+            ChildKind::PodDisruptionBudget => named(&self.budgets, name),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ChildKind {
     Deployment,
