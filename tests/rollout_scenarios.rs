@@ -783,3 +783,27 @@ async fn a_stopped_cluster_drains_every_node_at_once_scales_each_to_zero_once_dr
         assert_eq!(sim.world().killed, 0);
     }
 }
+
+/// Killed after any one port call of a stop (the record of a node Stopped written, its
+/// Deployment not yet scaled down, or any other point), the restarted operator ends the stop
+/// the same: every node stopped, no session killed, no NodeStopped twice.
+#[tokio::test(start_paused = true)]
+async fn a_stop_killed_anywhere_ends_the_same() {
+    let mut interrupted = 0;
+    for kill_at in 1..=45 {
+        let (sim, mut ctx) = running(&cluster_yaml(2)).await;
+        sim.fake.edit(|c| c.spec.stopped = true);
+        {
+            let mut state = sim.fake.state();
+            state.calls = 0;
+            state.crash_after = Some(kill_at);
+        }
+        let run = drive(&sim, &mut ctx, 5_000, StepMode::Plain, stopped).await;
+        interrupted += run.kills;
+        assert_eq!(sim.world().killed, 0, "killed after call {kill_at}");
+        for (key, n) in event_counts(&sim.fake).into_iter().filter(|((r, _), _)| r == "NodeStopped") {
+            assert_eq!(n, 1, "killed after call {kill_at}: {key:?}");
+        }
+    }
+    assert!(interrupted >= 40, "{interrupted} of 45 runs interrupted");
+}
