@@ -13,10 +13,14 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY benches ./benches
 COPY src ./src
-RUN cargo build --release --locked --bin omero-operator --bin kubectl-omero
+# The scripts the operator ships in pod templates and ConfigMaps (include_str! in src/render).
+COPY counter ./counter
+COPY logs ./logs
+RUN cargo build --release --locked --bin omero-operator --bin kubectl-omero --bin kubectl_complete-omero
 
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /src/target/release/omero-operator /src/target/release/kubectl-omero /usr/local/bin/
+COPY --from=build /src/target/release/omero-operator /src/target/release/kubectl-omero \
+     /src/target/release/kubectl_complete-omero /usr/local/bin/
 USER 65532:65532
 # /metrics, /healthz, /readyz
 EXPOSE 8080

@@ -50,6 +50,28 @@ Answer (``Content-Type: application/json``; HTTP 200 when ``ok``, 503 otherwise)
     {"format": "omero-session-counter/1", "ok": false, "error": "login refused: ...",
      "sample": "1a2b3c4d-18", "takenAt": "...", "ageSeconds": 0.4}
 
+``GET /sessions/list`` answers who those sessions are, from the same samples (a list request
+inside the floor reads the last sample again, with its id and age: it adds no load on OMERO) in
+format ``omero-session-counter-list/1``: the counted sessions, oldest first, at most
+``MAX_LISTED`` of them (``truncated`` says when there were more; ``count`` is the whole count),
+each with what an admin needs before a drain and nothing that identifies a person beyond OMERO's
+user name: never the session's UUID (it is the login's credential: whoever holds it joins the
+session) nor the client's address. Times are ISO 8601 UTC; ``idleSeconds`` is as of ``takenAt``;
+``timeToIdleSeconds`` and ``timeToLiveSeconds`` are the session's own limits (0: none); fields
+the server did not return (``restricted`` sessions, see below) are null::
+
+    {"format": "omero-session-counter-list/1", "ok": true, "count": 2, "truncated": false,
+     "sample": "1a2b3c4d-17", "takenAt": "2026-01-01T00:00:00.000Z", "ageSeconds": 1.2,
+     "excluded": {"own": 1, "counter": 0, "service": 2, "share": 0, "expired": 0},
+     "restricted": 0,
+     "sessions": [{"user": "alice", "agent": "OMERO.web", "started": "2025-12-31T23:00:00.000Z",
+                   "lastAccess": "2025-12-31T23:59:58.000Z", "idleSeconds": 2.0,
+                   "timeToIdleSeconds": 600.0, "timeToLiveSeconds": 0.0, "restricted": false},
+                  ...]}
+
+A failure is the same failure as ``/sessions``'s (HTTP 503, ``ok: false``, ``error``), in this
+format.
+
 ``restricted``: sessions whose session object the server did not return (on a read-write node,
 when the counter's user lacks the ``ReadSession`` privilege): they are counted unless their user
 is root or the counter's user, since their user agent and share status cannot be seen. On a
@@ -76,6 +98,11 @@ import time
 import uuid as uuidlib
 
 FORMAT = "omero-session-counter/1"
+# The answer of /sessions/list: who the counted sessions are.
+LIST_FORMAT = "omero-session-counter-list/1"
+# The most sessions /sessions/list shows, and so the most a sample keeps in memory for it (a few
+# hundred bytes each): a drain decision needs the count, a person reads a list of this size.
+MAX_LISTED = 1000
 # The user agent of the counter's own logins, so that they can be told apart.
 AGENT = "omero-operator session counter"
 # OMERO's administrator: Processor-0 and Tables-0 log in as root ("Python service").
@@ -123,29 +150,32 @@ def expired(session, now_ms):
     return False
 
 
+def left_out(session, own_uuid, own_user, now_ms):
+    """Why ``session`` is not a session of a person, or None when it is one: the first reason
+    that applies, in this order: own (the counter's current login), counter (an earlier login of
+    the counter: its user and agent), service (owner root), share, expired."""
+    s = session
+    if s.uuid is not None and s.uuid == own_uuid:
+        return "own"
+    if s.user == own_user and s.agent == AGENT:
+        return "counter"
+    if s.user == ROOT:
+        return "service"
+    if s.share:
+        return "share"
+    if expired(s, now_ms):
+        return "expired"
+    return None
+
+
 def count_sessions(sessions, own_uuid, own_user, now_ms):
     """The sessions of people among ``sessions``: (count, excluded by reason, restricted).
-
-    Each session is left out for the first reason that applies, in this order: own (the
-    counter's current login), counter (an earlier login of the counter: its user and agent),
-    service (owner root), share, expired.
-    """
+    Each session is left out for the reason ``left_out`` gives."""
     excluded = {"own": 0, "counter": 0, "service": 0, "share": 0, "expired": 0}
     counted = 0
     restricted = 0
     for s in sessions:
-        if s.uuid is not None and s.uuid == own_uuid:
-            reason = "own"
-        elif s.user == own_user and s.agent == AGENT:
-            reason = "counter"
-        elif s.user == ROOT:
-            reason = "service"
-        elif s.share:
-            reason = "share"
-        elif expired(s, now_ms):
-            reason = "expired"
-        else:
-            reason = None
+        reason = left_out(s, own_uuid, own_user, now_ms)
         if reason is not None:
             excluded[reason] += 1
             continue
@@ -155,9 +185,46 @@ def count_sessions(sessions, own_uuid, own_user, now_ms):
     return counted, excluded, restricted
 
 
+def listed_sessions(sessions, own_uuid, own_user, now_ms, limit=MAX_LISTED):
+    """The sessions ``count_sessions`` counts, oldest first, as ``/sessions/list`` shows them:
+    (at most ``limit`` entries, whether there were more). Each entry is built field by field
+    from what a person needs before a drain, so nothing else reaches it: never the session's
+    UUID (the login's credential) nor where the client connects from."""
+    people = [s for s in sessions if left_out(s, own_uuid, own_user, now_ms) is None]
+    people.sort(key=lambda s: (s.started is None, s.started or 0, s.user or ""))
+    return [public_entry(s, now_ms) for s in people[:limit]], len(people) > limit
+
+
+def public_entry(session, now_ms):
+    """What ``/sessions/list`` shows of one session (see the module's docstring)."""
+    s = session
+    idle = None
+    if iso_ms(s.last_access) is not None:
+        idle = round(max(0, now_ms - s.last_access) / 1000.0, 1)
+    return {
+        "user": s.user,
+        "agent": s.agent if s.detailed else None,
+        "started": iso_ms(s.started),
+        "lastAccess": iso_ms(s.last_access),
+        "idleSeconds": idle,
+        # The server returned no limits for a session it would not show: unknown, not "none".
+        "timeToIdleSeconds": s.time_to_idle / 1000.0 if s.detailed else None,
+        "timeToLiveSeconds": s.time_to_live / 1000.0 if s.detailed else None,
+        "restricted": not s.detailed,
+    }
+
+
 def iso(epoch_seconds):
     moment = datetime.datetime.fromtimestamp(epoch_seconds, tz=datetime.timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (moment.microsecond // 1000)
+
+
+def iso_ms(epoch_ms):
+    """``iso`` of milliseconds since the epoch, as OMERO keeps times; None (and anything that is
+    not a number: the response's shape is read from OMERO's source, not observed) stays None."""
+    if isinstance(epoch_ms, bool) or not isinstance(epoch_ms, (int, float)):
+        return None
+    return iso(epoch_ms / 1000.0)
 
 
 class Sampler:
@@ -182,23 +249,33 @@ class Sampler:
         self.cond = threading.Condition()
         self.taking_since = None  # monotonic time the sample under way began; None: none is
         self.last = None  # (answer without age, monotonic time it began)
+        # What /sessions/list shows of the last sample: (entries, truncated), or the error that
+        # kept it from being listed. Replaced with ``last``, under the same lock, so a list
+        # always belongs to the sample whose id it carries; at most MAX_LISTED entries.
+        self.listing = None
 
     def sample(self):
         """Takes one sample now, in the calling thread, and keeps it."""
         began = self.monotonic()
         taken = self.clock()
         answer = {"format": FORMAT}
+        listing = None
         try:
             sessions, own_uuid, own_user = self.source()
-            count, excluded, restricted = count_sessions(
-                sessions, own_uuid, own_user, int(taken * 1000))
+            now_ms = int(taken * 1000)
+            count, excluded, restricted = count_sessions(sessions, own_uuid, own_user, now_ms)
             answer.update(ok=True, sessions=count, excluded=excluded, restricted=restricted)
+            try:
+                listing = listed_sessions(sessions, own_uuid, own_user, now_ms)
+            except Exception as e:  # the count stands whatever the list's fields hold
+                listing = RuntimeError("listing the sessions failed: %s" % describe(e))
         except Exception as e:  # every failure is reported, never turned into a count
             answer.update(ok=False, error=describe(e))
         with self.cond:
             self.number += 1
             answer.update(sample="%s-%d" % (self.run, self.number), takenAt=iso(taken))
             self.last = (answer, began)
+            self.listing = listing
             self.cond.notify_all()
         return answer
 
@@ -213,9 +290,10 @@ class Sampler:
                 self.taking_since = None
                 self.cond.notify_all()
 
-    def answer(self):
+    def answer(self, listing=False):
         """The answer to one request (see the class): never a sample that began ``min_interval``
-        or more before the request, unless it finished after the request arrived."""
+        or more before the request, unless it finished after the request arrived. With
+        ``listing``, the ``/sessions/list`` answer of that same sample."""
         give_up = time.monotonic() + self.wait
         with self.cond:
             seen = self.number
@@ -224,17 +302,36 @@ class Sampler:
                     answer, began = self.last
                     age = max(0.0, self.monotonic() - began)
                     if self.number > seen or age < self.min_interval:
-                        return dict(answer, ageSeconds=round(age, 3))
+                        answer = dict(answer, ageSeconds=round(age, 3))
+                        return self.listed(answer) if listing else answer
                 if self.taking_since is None:
                     self.taking_since = self.monotonic()
                     threading.Thread(target=self.take, daemon=True).start()
                 remaining = give_up - time.monotonic()
                 if remaining <= 0:
                     under_way = max(0.0, self.monotonic() - self.taking_since)
-                    return {"format": FORMAT, "ok": False, "sample": None,
+                    return {"format": LIST_FORMAT if listing else FORMAT, "ok": False, "sample": None,
                             "error": "no sample within %gs: the one under way for %.1fs is still "
                                      "waiting for the server" % (self.wait, under_way)}
                 self.cond.wait(remaining)
+
+    def listed(self, answer):
+        """The ``/sessions/list`` answer of the sample ``answer`` reports (called with the lock
+        held, so ``self.listing`` is that sample's)."""
+        listed = {"format": LIST_FORMAT, "ok": answer["ok"]}
+        for key in ("sample", "takenAt", "ageSeconds", "error", "excluded", "restricted"):
+            if key in answer:
+                listed[key] = answer[key]
+        if not answer["ok"]:
+            return listed
+        if isinstance(self.listing, Exception):
+            listed.update(ok=False, error=describe(self.listing))
+            listed.pop("excluded", None)
+            listed.pop("restricted", None)
+            return listed
+        entries, truncated = self.listing
+        listed.update(count=answer["sessions"], sessions=entries, truncated=truncated)
+        return listed
 
 
 def describe(error):
@@ -253,10 +350,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     server_version = "omero-session-counter/1"
 
     def do_GET(self):
-        if self.path.split("?")[0] != "/sessions":
-            self.send_error(404, "only /sessions is served")
+        path = self.path.split("?")[0]
+        if path not in ("/sessions", "/sessions/list"):
+            self.send_error(404, "only /sessions and /sessions/list are served")
             return
-        answer = self.sampler.answer()
+        answer = self.sampler.answer(listing=path == "/sessions/list")
         body = json.dumps(answer, sort_keys=True).encode("utf-8")
         self.send_response(200 if answer["ok"] else 503)
         self.send_header("Content-Type", "application/json")
@@ -409,7 +507,8 @@ def main():
         omero_source = source = OmeroSource(server, user, password)
     sampler = Sampler(source, min_interval=min_interval)
     httpd = make_server(sampler, port)
-    log("serving /sessions on port %d; counting %s as %s when asked, at most once every %gs"
+    log("serving /sessions and /sessions/list on port %d; counting %s as %s when asked, at most "
+        "once every %gs"
         % (port, server, user, min_interval))
     try:
         httpd.serve_forever()

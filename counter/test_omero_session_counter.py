@@ -79,6 +79,112 @@ class CountingRule(unittest.TestCase):
         self.assertEqual(self.count([person("alice", last_access=None)])[0], 1)
 
 
+class Listing(unittest.TestCase):
+    """/sessions/list: the sessions the count counts, each with public fields only."""
+
+    KEYS = {"user", "agent", "started", "lastAccess", "idleSeconds", "timeToIdleSeconds",
+            "timeToLiveSeconds", "restricted"}
+
+    def sessions(self):
+        return [
+            person("bob", agent="OMERO.insight", started=NOW - 30_000, uuid="secret-bob"),
+            person("alice", started=NOW - 90_000, last_access=NOW - 12_000, uuid="secret-alice"),
+            Session(user="monitor", uuid=OWN, agent=AGENT),
+            person("monitor", agent=AGENT),
+            person("root", agent="Python service"),
+            person("carol", share=True, time_to_idle=0),
+            person("dave", last_access=NOW - 700_000),
+            Session(user="erin", uuid="secret-erin", detailed=False),
+        ]
+
+    def test_the_counted_sessions_oldest_first_with_what_a_person_needs_and_no_credential(self):
+        entries, truncated = counter.listed_sessions(self.sessions(), OWN, "monitor", NOW)
+        count = count_sessions(self.sessions(), OWN, "monitor", NOW)[0]
+        self.assertEqual(len(entries), count)
+        self.assertFalse(truncated)
+        self.assertEqual([e["user"] for e in entries], ["alice", "bob", "erin"],
+                         "oldest first; a restricted session (no start known) last")
+        alice = entries[0]
+        self.assertEqual(alice, {
+            "user": "alice", "agent": "OMERO.web",
+            "started": counter.iso((NOW - 90_000) / 1000), "lastAccess": counter.iso((NOW - 12_000) / 1000),
+            "idleSeconds": 12.0, "timeToIdleSeconds": 600.0, "timeToLiveSeconds": 0.0,
+            "restricted": False})
+        for entry in entries:
+            self.assertEqual(set(entry), self.KEYS)
+        text = json.dumps(entries)
+        self.assertNotIn("secret", text, "a session's UUID is its login's credential")
+        self.assertNotIn("uuid", text.lower())
+
+    def test_a_session_the_caller_may_not_read_shows_its_user_and_nothing_it_does_not_know(self):
+        entries, _ = counter.listed_sessions([Session(user="erin", detailed=False)], OWN, "monitor", NOW)
+        self.assertEqual(entries, [{
+            "user": "erin", "agent": None, "started": None, "lastAccess": None, "idleSeconds": None,
+            "timeToIdleSeconds": None, "timeToLiveSeconds": None, "restricted": True}])
+
+    def test_times_that_are_not_numbers_are_unknown_not_a_failure(self):
+        odd = person("alice", started="yesterday", last_access=object(), time_to_idle=0)
+        entries, _ = counter.listed_sessions([odd], OWN, "monitor", NOW)
+        self.assertEqual((entries[0]["started"], entries[0]["lastAccess"], entries[0]["idleSeconds"]),
+                         (None, None, None))
+
+    def test_the_list_is_bounded_and_says_so(self):
+        many = [person("u%04d" % i, started=NOW - 100_000 + i) for i in range(counter.MAX_LISTED + 5)]
+        entries, truncated = counter.listed_sessions(many, OWN, "monitor", NOW)
+        self.assertEqual((len(entries), truncated), (counter.MAX_LISTED, True))
+        self.assertEqual(entries[0]["user"], "u0000")
+        sampler = counter.Sampler(CountingSource(results=[(many, OWN, "monitor")]))
+        listed = sampler.answer(listing=True)
+        self.assertEqual((listed["count"], len(listed["sessions"]), listed["truncated"]),
+                         (counter.MAX_LISTED + 5, counter.MAX_LISTED, True))
+
+    def test_a_list_reads_the_samples_of_the_count_and_adds_none_inside_the_floor(self):
+        source = CountingSource(results=[(self.sessions(), OWN, "monitor"),
+                                         ([person("zoe")], OWN, "monitor")])
+        now = [0.0]
+        sampler = counter.Sampler(source, min_interval=5.0, clock=lambda: NOW / 1000,
+                                  monotonic=lambda: now[0])
+        count = sampler.answer()
+        now[0] = 2.0
+        listed = sampler.answer(listing=True)
+        self.assertEqual(source.calls, 1, "a list inside the floor takes no sample")
+        self.assertEqual(listed["format"], "omero-session-counter-list/1")
+        self.assertEqual((listed["sample"], listed["ageSeconds"], listed["takenAt"]),
+                         (count["sample"], 2.0, count["takenAt"]))
+        self.assertEqual((listed["count"], listed["excluded"], listed["restricted"]),
+                         (count["sessions"], count["excluded"], count["restricted"]))
+        self.assertEqual(len(listed["sessions"]), 3)
+        now[0] = 4.0
+        self.assertEqual(sampler.answer()["sample"], count["sample"], "nor does a count after it")
+        now[0] = 5.0
+        fresh = sampler.answer(listing=True)
+        self.assertEqual(source.calls, 2)
+        self.assertNotEqual(fresh["sample"], count["sample"])
+        self.assertEqual([e["user"] for e in fresh["sessions"]], ["zoe"],
+                         "the list of the new sample, never the old one's")
+        self.assertEqual(sampler.answer()["sessions"], 1, "the count of that same sample")
+
+    def test_a_failed_sample_is_a_failed_list(self):
+        sampler = counter.Sampler(CountingSource(results=[RuntimeError("login refused")]))
+        listed = sampler.answer(listing=True)
+        self.assertEqual((listed["format"], listed["ok"]), ("omero-session-counter-list/1", False))
+        self.assertIn("login refused", listed["error"])
+        self.assertNotIn("sessions", listed)
+
+    def test_a_list_that_cannot_be_made_fails_alone_and_the_count_stands(self):
+        original = counter.listed_sessions
+
+        def broken(*args, **kwargs):
+            raise TypeError("a field of an unexpected type")
+        counter.listed_sessions = broken
+        self.addCleanup(setattr, counter, "listed_sessions", original)
+        sampler = counter.Sampler(CountingSource())
+        self.assertEqual((sampler.answer()["ok"], sampler.answer()["sessions"]), (True, 1))
+        listed = sampler.answer(listing=True)
+        self.assertFalse(listed["ok"])
+        self.assertIn("listing the sessions failed: TypeError", listed["error"])
+
+
 class Sampling(unittest.TestCase):
     def test_each_sample_has_a_new_id_and_a_time_and_failures_are_failures(self):
         results = [
@@ -355,6 +461,21 @@ class HttpAnswer(unittest.TestCase):
         status, _, body = self.get(base + "/sessions")
         self.assertEqual((status, body["ok"]), (503, False))
         self.assertTrue(body["sample"].endswith("-3"))
+
+    def test_the_list_is_200_in_its_format_and_a_failure_503(self):
+        answers = [([person("alice", uuid="secret-1"), person("root", agent="Python service")], OWN,
+                    "monitor"),
+                   ConnectionRefusedError("[Errno 111] Connection refused")]
+        now = [0.0]
+        sampler, base = self.serve(CountingSource(results=answers), monotonic=lambda: now[0])
+        status, kind, body = self.get(base + "/sessions/list")
+        self.assertEqual((status, kind), (200, "application/json"))
+        self.assertEqual((body["format"], body["ok"], body["count"]), ("omero-session-counter-list/1", True, 1))
+        self.assertEqual([e["user"] for e in body["sessions"]], ["alice"])
+        self.assertEqual(self.get(base + "/sessions")[2]["sample"], body["sample"], "the same sample")
+        now[0] = 10.0
+        status, _, body = self.get(base + "/sessions/list?x=1")
+        self.assertEqual((status, body["ok"], body["format"]), (503, False, "omero-session-counter-list/1"))
 
     def test_other_paths_are_404_and_take_no_sample(self):
         source = CountingSource()

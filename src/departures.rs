@@ -1,7 +1,8 @@
 //! Which nodes leave service in this reconcile, decided together. Pure.
 //!
-//! Four things take a node out of service: a drain a person asked for, a move off a Kubernetes
-//! node under maintenance, a rollout's pick (a new revision), and a removal from the spec. Each
+//! Four things take a node out of service: a drain a person asked for, a removal from the spec
+//! (a node taken out of `nodes`, or a read-only pool scaled down), a move off a Kubernetes
+//! node under maintenance, and a rollout's pick (a new revision). Each
 //! used to be checked against the world as it was before this reconcile, so one edit that asked
 //! for two of them (a new image and `drain: rw` on a 2-node cluster) could take every node out
 //! at once. Here they are decided in one fixed order, each seeing the ones before it as out of
@@ -12,8 +13,13 @@
 //!    the reason. They are exempt from `drain.maxUnavailable`, which bounds the operator's own
 //!    automatic work, not a person's explicit request; but they count as out of service for
 //!    everything decided after them.
-//! 2. **Maintenance moves** ([`crate::maintenance`]), with the requested drains out.
-//! 3. **Rollout picks and removals** ([`crate::rollout`]), with both out.
+//! 2. **Removals**, in order: a person (or an autoscaler) took the node out of the spec, so
+//!    every leaving node stops taking new sessions at once, like a requested drain and exempt
+//!    from `drain.maxUnavailable` (a scale-down from 8 to 2 drains six nodes together, not one
+//!    session lifetime after another); but never the last serving node without consent
+//!    (`allow-downtime`), since nothing would take new sessions until the spec's others serve.
+//! 3. **Maintenance moves** ([`crate::maintenance`]), with the drains and removals out.
+//! 4. **Rollout picks** ([`crate::rollout`]), with all of those out.
 //!
 //! So after every departure decided here, at least one node serves unless a person consented
 //! (`allow-downtime`) or forced a drain, and the automatic departures never take more than
@@ -24,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::{
     api::{DrainReason, NodePhase},
     maintenance::{self, Placement},
-    rollout::{self, Limits},
+    rollout::{self, Limits, Role},
 };
 
 /// The drains people asked for.
@@ -49,6 +55,9 @@ pub struct Departures {
     /// Requested drains of serving nodes admitted now. A requested drain not admitted would
     /// take the last serving node: the lifecycle refuses it, saying so in status and an Event.
     pub drains_started: BTreeSet<String>,
+    /// Serving nodes that left the spec, taken out of service now to be removed. One that
+    /// would be the last serving node stays until consent: the rollout planner says so.
+    pub removals_started: BTreeSet<String>,
     /// The maintenance planner's decision, made with the requested drains out.
     pub moves: maintenance::Plan,
     /// The rollout planner's decision, made with the requested drains and the moves out.
@@ -60,6 +69,7 @@ impl Departures {
     pub fn leaving_now(&self) -> BTreeSet<&str> {
         self.drains_started
             .iter()
+            .chain(&self.removals_started)
             .chain(&self.moves.started)
             .chain(&self.rollout.selected)
             .map(String::as_str)
@@ -94,6 +104,17 @@ pub fn decide(
             placement.view.taken_out(DrainReason::Requested);
             departures.drains_started.insert(name);
         }
+        for placement in placements.iter_mut() {
+            if placement.view.role != Role::Leaving || !serving(placement) {
+                continue;
+            }
+            if serving_now <= 1 && !limits.allow_downtime {
+                continue;
+            }
+            serving_now -= 1;
+            placement.view.taken_out(DrainReason::Removal);
+            departures.removals_started.insert(placement.view.name.clone());
+        }
     }
     departures.moves = maintenance::plan_moves(&placements, hosts, limits);
     let views: Vec<rollout::NodeView> = placements.iter().map(|p| p.view.clone()).collect();
@@ -104,7 +125,7 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::{NodeView, Role};
+    use crate::rollout::NodeView;
 
     fn placed(name: &str, role: Role, out_of_date: bool) -> Placement {
         Placement {
@@ -194,6 +215,37 @@ mod tests {
         );
         assert_eq!(names(&d.drains_started), ["ro-1", "ro-2"], "a person asked for both");
         assert!(d.rollout.selected.is_empty(), "two out already: the rollout waits: {d:?}");
+    }
+
+    #[test]
+    fn removals_leave_at_once_beyond_max_unavailable_but_never_the_last_serving_node() {
+        // A pool scaled from 4 to 1: three nodes left the spec.
+        let nodes = [
+            placed("ro-0", Role::Replica, false),
+            placed("ro-1", Role::Leaving, false),
+            placed("ro-2", Role::Leaving, false),
+            placed("ro-3", Role::Leaving, false),
+        ];
+        let none = BTreeSet::new();
+        let requests = Requests { drain: &none, force: false, force_nodes: &none };
+        let d = decide(&nodes, &BTreeMap::new(), requests, &LIMITS);
+        assert_eq!(
+            names(&d.removals_started),
+            ["ro-1", "ro-2", "ro-3"],
+            "maxUnavailable 1 does not hold them"
+        );
+        assert!(d.rollout.selected.is_empty(), "{d:?}");
+
+        // Only leaving nodes serve: the last of them stays until consent.
+        let nodes = [placed("old-1", Role::Leaving, false), placed("old-2", Role::Leaving, false)];
+        let d = decide(&nodes, &BTreeMap::new(), requests, &LIMITS);
+        assert_eq!(names(&d.removals_started), ["old-1"]);
+        // Once old-1 is gone, the planner says what old-2 waits for.
+        let d = decide(&nodes[1..], &BTreeMap::new(), requests, &LIMITS);
+        assert!(d.removals_started.is_empty() && d.rollout.needs_consent, "{d:?}");
+        assert!(d.rollout.waiting.as_deref().is_some_and(|w| w.contains("last serving node")), "{d:?}");
+        let d = decide(&nodes, &BTreeMap::new(), requests, &Limits { allow_downtime: true, ..LIMITS });
+        assert_eq!(names(&d.removals_started), ["old-1", "old-2"]);
     }
 
     #[test]

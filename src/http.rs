@@ -1,5 +1,6 @@
 //! The operator's HTTP endpoints: `/metrics` (Prometheus), `/healthz` (the process serves),
-//! `/readyz` (the watch caches are filled).
+//! `/readyz` (the watch caches are filled), and `/sessions/{namespace}/{cluster}/{node}` (who is
+//! on a node counted by the database probe, for `kubectl omero sessions`: [`sessions`]).
 //!
 //! `/readyz` never depends on holding the leader lease: a standby replica runs its watches and
 //! is ready too, or a rolling `helm upgrade` would wait for ever on a new pod that cannot lead
@@ -14,17 +15,26 @@ use axum::{Router, extract::State, http::StatusCode, http::header, response::Int
 
 use crate::metrics::Metrics;
 
+pub mod sessions;
+
 /// What the endpoints report from.
 #[derive(Clone)]
 pub struct Endpoints {
     pub metrics: Arc<Metrics>,
     /// Set once every watch cache has been filled.
     pub caches_ready: Arc<AtomicBool>,
+    /// What answers `/sessions/...`; without it the route answers 404.
+    pub sessions: Option<sessions::SessionLister>,
 }
 
 impl Endpoints {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics, caches_ready: Arc::default() }
+        Self { metrics, caches_ready: Arc::default(), sessions: None }
+    }
+
+    /// Serves `/sessions/...` with `lister`.
+    pub fn with_sessions(self, lister: sessions::SessionLister) -> Self {
+        Self { sessions: Some(lister), ..self }
     }
 
     pub fn set_ready(&self) {
@@ -38,6 +48,7 @@ pub fn router(endpoints: Endpoints) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/sessions/{namespace}/{cluster}/{node}", get(sessions::list))
         .with_state(endpoints)
 }
 

@@ -17,6 +17,7 @@ pub mod omero;
 pub mod ownership;
 pub mod plugin;
 pub mod pod_security;
+pub mod pool;
 pub mod rbac;
 pub mod render;
 pub mod request;

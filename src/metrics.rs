@@ -44,6 +44,8 @@ pub const METRICS: &[(&str, &[&str])] = &[
     ("omero_operator_node_sessions_since_timestamp_seconds", &["namespace", "omerocluster", "node"]),
     ("omero_operator_build_info", &["version"]),
     ("omero_operator_api_requests_total", &["verb", "code"]),
+    ("omero_operator_pool_sessions", &["namespace", "omerocluster"]),
+    ("omero_operator_pool_nodes", &["namespace", "omerocluster", "state"]),
 ];
 
 /// The metrics of [`METRICS`] that are histograms: exported as `_bucket` (with `le`), `_sum`
@@ -98,6 +100,17 @@ struct PhaseLabels {
     node: String,
     phase: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct PoolNodeLabels {
+    namespace: String,
+    omerocluster: String,
+    /// `existing`, `serving` or `leaving` (see [`POOL_NODE_STATES`]).
+    state: String,
+}
+
+/// The states `pool_nodes` counts the read-only pool's nodes in.
+const POOL_NODE_STATES: [&str; 3] = ["existing", "serving", "leaving"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct ConditionLabels {
@@ -177,6 +190,8 @@ pub struct Metrics {
     cluster_condition: Family<ConditionLabels, Gauge>,
     drain_deadline: Family<NodeLabels, Gauge>,
     sessions_since: Family<NodeLabels, Gauge>,
+    pool_sessions: Family<ClusterLabels, Gauge>,
+    pool_nodes: Family<PoolNodeLabels, Gauge>,
     api_requests: ApiRequests,
     /// The nodes each cluster's gauges were last set for, so a node that left is removed.
     nodes_of: Mutex<BTreeMap<ClusterLabels, BTreeSet<String>>>,
@@ -279,6 +294,20 @@ impl Metrics {
             "Since when (Unix time) every probe has counted the node's current number of sessions",
             sessions_since.clone(),
         );
+        let pool_sessions = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "pool_sessions",
+            "Open sessions on the read-only pool's nodes, as their probes last counted them: the load \
+             signal for scaling the pool (e.g. KEDA's Prometheus scaler, sessions per node)",
+            pool_sessions.clone(),
+        );
+        let pool_nodes = Family::<PoolNodeLabels, Gauge>::default();
+        registry.register(
+            "pool_nodes",
+            "The read-only pool's nodes: existing (the scale subresource's status replicas, draining-out \
+             ones included), serving, leaving (scaled down, waiting for their sessions to end)",
+            pool_nodes.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         registry.register("build_info", "1, labelled with the operator's version", build_info.clone());
         build_info.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION").into() }).set(1);
@@ -306,6 +335,8 @@ impl Metrics {
             cluster_condition,
             drain_deadline,
             sessions_since,
+            pool_sessions,
+            pool_nodes,
             api_requests,
             nodes_of: Mutex::default(),
         }
@@ -387,6 +418,7 @@ impl Metrics {
         self.rollout_pending
             .get_or_create(&key)
             .set(rollout.map_or(0, |r| i64::try_from(r.pending.len()).unwrap_or(i64::MAX)));
+        self.observe_pool(&key, next.read_only_pool.as_ref());
         for condition in CONDITIONS {
             let status = next.condition(condition).map_or("unknown".to_string(), |c| c.status.to_lowercase());
             for value in CONDITION_STATUSES {
@@ -395,6 +427,35 @@ impl Metrics {
             }
         }
         nodes_of.insert(key, now_present);
+    }
+
+    /// The pool's gauges, or none without a pool.
+    fn observe_pool(&self, key: &ClusterLabels, pool: Option<&crate::api::ReadOnlyPoolStatus>) {
+        let Some(pool) = pool else {
+            self.forget_pool(key);
+            return;
+        };
+        match pool.sessions {
+            Some(sessions) => {
+                self.pool_sessions.get_or_create(key).set(sessions);
+            }
+            None => {
+                self.pool_sessions.remove(key);
+            }
+        }
+        let leaving = i32::try_from(pool.leaving.len()).unwrap_or(i32::MAX);
+        for (state, count) in
+            POOL_NODE_STATES.into_iter().zip([pool.replicas, pool.serving_replicas, leaving])
+        {
+            self.pool_nodes.get_or_create(&pool_node_labels(key, state)).set(i64::from(count));
+        }
+    }
+
+    fn forget_pool(&self, key: &ClusterLabels) {
+        self.pool_sessions.remove(key);
+        for state in POOL_NODE_STATES {
+            self.pool_nodes.remove(&pool_node_labels(key, state));
+        }
     }
 
     /// Removes every series of a cluster that no longer exists.
@@ -407,6 +468,7 @@ impl Metrics {
         self.rollout_nodes.remove(&key);
         self.rollout_up_to_date.remove(&key);
         self.rollout_pending.remove(&key);
+        self.forget_pool(&key);
         for condition in CONDITIONS {
             for value in CONDITION_STATUSES {
                 self.cluster_condition.remove(&condition_labels(&key, condition, value));
@@ -482,6 +544,14 @@ impl Metrics {
         if new_failures > 0 {
             self.probe_failures.get_or_create(labels).inc_by(u64::from(new_failures));
         }
+    }
+}
+
+fn pool_node_labels(cluster: &ClusterLabels, state: &str) -> PoolNodeLabels {
+    PoolNodeLabels {
+        namespace: cluster.namespace.clone(),
+        omerocluster: cluster.omerocluster.clone(),
+        state: state.into(),
     }
 }
 

@@ -6,6 +6,13 @@
 //! drops what someone else put in an annotation meanwhile) and `follow` (a watch of the
 //! cluster, shown through a `Display`).
 
+pub mod complete;
+pub mod connect;
+pub mod logs;
+pub mod sessions;
+pub mod status;
+pub mod version;
+
 use std::{collections::BTreeMap, io::Write};
 
 use k8s_openapi::jiff::Timestamp;
@@ -191,6 +198,8 @@ pub fn describe(name: &str, error: &kube::Error) -> String {
              command its edit (or admin) role (the chart aggregates OmeroCluster rights into both)",
             e.message
         ),
+        // `--request-timeout` passed: its own words, not kube's `ServiceError: ...`.
+        kube::Error::Service(e) if e.is::<connect::RequestTimedOut>() => e.to_string(),
         other => other.to_string(),
     }
 }
@@ -198,7 +207,8 @@ pub fn describe(name: &str, error: &kube::Error) -> String {
 /// Reads the cluster; when there is none by that name, says which ones there are.
 pub async fn get(api: &Api<OmeroCluster>, name: &str) -> Result<OmeroCluster, String> {
     match api.get(name).await {
-        Ok(cluster) => Ok(cluster),
+        // The read-only pool's nodes are nodes of the cluster to every command.
+        Ok(cluster) => Ok(crate::pool::resolved(&cluster).into_owned()),
         Err(kube::Error::Api(e))
             if e.code == 404 && !e.message.contains("could not find the requested resource") =>
         {
@@ -307,6 +317,7 @@ pub struct NodeProgress {
 
 /// The operation's progress as the cluster's status shows it now. Pure.
 pub fn progress(cluster: &OmeroCluster, op: &Operation, now: Timestamp) -> (Vec<NodeProgress>, Outcome) {
+    let cluster = &*crate::pool::resolved(cluster);
     let status = cluster.status.clone().unwrap_or_default();
     let names: Vec<String> = match op {
         Operation::Drain(nodes) => nodes.clone(),

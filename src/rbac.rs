@@ -320,7 +320,8 @@ const LIST: Need = Need {
     resource: CLUSTERS,
     verb: "list",
     why: "names the clusters there are when there is none by that name (`plugin::get`, metadata only); a \
-          watch starts by listing the one cluster (`plugin::follow`, kube's `watch_object`)",
+          watch starts by listing the one cluster (`plugin::follow`, kube's `watch_object`); completion \
+          offers the clusters' names (`plugin::complete`)",
 };
 /// `plugin::follow`.
 const WATCH: Need = Need {
@@ -339,11 +340,51 @@ const PATCH: Need = Need {
           (`plugin::edit_annotations`): only the request annotations the command owns, retried on conflict",
 };
 
+/// `plugin::status::read_objects`: the entry Service, for the address users log in to.
+const GET_ENTRY_SERVICE: Need = Need {
+    group: "",
+    resource: "services",
+    verb: "get",
+    why: "reads the entry Service (`plugin::status`): its cluster DNS name, ports and external address",
+};
+/// `plugin::status::read_objects`: the cluster's pods.
+const LIST_PODS: Need = Need {
+    group: "",
+    resource: "pods",
+    verb: "list",
+    why: "lists the cluster's pods by the operator's labels (`plugin::status`): each node's pod, Kubernetes \
+          node and image",
+};
+/// `plugin::status::read_objects`: the cluster's Warning Events.
+const LIST_EVENTS: Need = Need {
+    group: "",
+    resource: "events",
+    verb: "list",
+    why: "lists the Warning Events about the cluster (`plugin::status`, by field selector)",
+};
+/// `plugin::version::find_operators`.
+const LIST_DEPLOYMENTS: Need = Need {
+    group: "apps",
+    resource: "deployments",
+    verb: "list",
+    why: "finds the operator's Deployments by the chart's labels (`plugin::version`): in every namespace \
+          where allowed, else in --operator-namespace (default omero-system)",
+};
+
 /// Every `kubectl omero` subcommand: the same calls for every write command (read, patch the
-/// annotations, follow by a watch), and none that reads pods, events or Secrets: the plugin
-/// sees everything through the cluster's status.
+/// annotations, follow by a watch), and none that reads Secrets. `status` also reads the
+/// cluster's pods, entry Service and Events, and `version` the operator's Deployments: the
+/// built-in roles grant those reads themselves ([`BUILTIN_VIEW_READS`]); without them `status`
+/// shows the rest and says what it could not read, and `version` where it could not look.
+/// `completion` stands for what completing `kubectl omero` asks (`kubectl_complete-omero`);
+/// the script it prints asks nothing. The Kubernetes version (`/version`, for `version`) is no
+/// resource: every user may read it (the built-in `system:public-info-viewer`).
 pub const PLUGIN_COMMANDS: &[PluginCommand] = &[
-    PluginCommand { name: "status", needs: &[GET, LIST], role: UserRole::View },
+    PluginCommand {
+        name: "status",
+        needs: &[GET, LIST, GET_ENTRY_SERVICE, LIST_PODS, LIST_EVENTS],
+        role: UserRole::View,
+    },
     PluginCommand { name: "wait", needs: &[GET, LIST, WATCH], role: UserRole::View },
     PluginCommand { name: "drain", needs: &[GET, LIST, PATCH, WATCH], role: UserRole::Edit },
     PluginCommand { name: "undrain", needs: &[GET, LIST, PATCH, WATCH], role: UserRole::Edit },
@@ -352,12 +393,89 @@ pub const PLUGIN_COMMANDS: &[PluginCommand] = &[
     PluginCommand { name: "start", needs: &[LIST, PATCH, WATCH], role: UserRole::Edit },
     PluginCommand { name: "pause", needs: &[GET, LIST, PATCH, WATCH], role: UserRole::Edit },
     PluginCommand { name: "resume", needs: &[GET, LIST, PATCH, WATCH], role: UserRole::Edit },
+    PluginCommand { name: "version", needs: &[LIST_DEPLOYMENTS], role: UserRole::View },
+    PluginCommand { name: "completion", needs: &[GET, LIST], role: UserRole::View },
+    PluginCommand { name: "logs", needs: &[GET, LIST, LIST_NODE_PODS, GET_POD_LOG], role: UserRole::View },
+    PluginCommand {
+        name: "sessions",
+        needs: &[GET, LIST, GET_POD_PROXY, LIST_OPERATOR_SERVICES, GET_SERVICE_PROXY],
+        role: UserRole::Edit,
+    },
 ];
+
+/// `plugin::sessions`: the session counter's list, or an exporter's endpoint, on the node's pod.
+const GET_POD_PROXY: Need = Need {
+    group: "",
+    resource: "pods/proxy",
+    verb: "get",
+    why: "reads the session counter's /sessions/list (or the metrics exporter's endpoint) on the node's pod through the API server's pod proxy (`plugin::sessions`); the built-in edit and admin roles grant it, view does not (a proxy reaches whatever the pod serves)",
+};
+/// `plugin::sessions::operator_services`.
+const LIST_OPERATOR_SERVICES: Need = Need {
+    group: "",
+    resource: "services",
+    verb: "list",
+    why: "finds the operator's metrics Service by the chart's labels (`plugin::sessions`), for a database-probed node: in every namespace where allowed, else in --operator-namespace (default omero-system); where it may not list, it asks the default release's Service by name",
+};
+/// The chart value (`sessionReaders.groups`, `.users`) naming who the chart's
+/// `<fullname>-session-readers` Role is bound to: [`SESSION_READER_RULE`] in the release's
+/// namespace, on the metrics Service's `http` port alone.
+pub const SESSION_READERS: &str = "sessionReaders";
+
+/// What `<fullname>-session-readers` grants (`templates/session-readers.yaml`, compared by
+/// `tests/chart.rs`), with `resourceNames: ["<fullname>-metrics:http"]`: RBAC compares the
+/// service proxy's name as its path spells it, `<service>:<port>` (checked on a real 1.28 API
+/// server: the bare Service name does not match), so the plugin always asks through the port's
+/// name.
+pub const SESSION_READER_RULE: Need = GET_SERVICE_PROXY;
+
+/// `plugin::sessions`: the operator's `/sessions/...` route.
+const GET_SERVICE_PROXY: Need = Need {
+    group: "",
+    resource: "services/proxy",
+    verb: "get",
+    why: "asks the operator for a database-probed node's sessions through the API server's service proxy to its metrics Service (`plugin::sessions`): in the operator's namespace, where the chart's sessionReaders Role grants it for that one Service (edit and admin grant it only where they are bound)",
+};
+
+/// `plugin::logs`: the node's pods.
+const LIST_NODE_PODS: Need = Need {
+    group: "",
+    resource: "pods",
+    verb: "list",
+    why: "finds the node's current pod by the operator's labels (`plugin::logs`), again when a followed log \
+          ends (the node's next pod)",
+};
+/// `plugin::logs`: the log of the pod's `omero-logs` container (or `omero-server`'s).
+const GET_POD_LOG: Need = Need {
+    group: "",
+    resource: "pods/log",
+    verb: "get",
+    why: "reads the pod's log (`plugin::logs`): the omero-logs container's, or the server's when the pod has \
+          none; with --follow one long GET",
+};
+
+/// What Kubernetes' own `view` role grants, and so `edit` and `admin` which hold its rules
+/// too (the bootstrap roles): get, list and watch on these, of those the plugin reads. Not
+/// repeated in [`USER_RULES`]: the objects the operator makes are the built-in roles' own
+/// business.
+pub const BUILTIN_VIEW_READS: &[(&str, &str)] =
+    &[("", "pods"), ("", "pods/log"), ("", "services"), ("", "events"), ("apps", "deployments")];
+
+/// What the built-in `edit` and `admin` roles read beyond [`BUILTIN_VIEW_READS`], of what the
+/// plugin reads: the API server's proxies to pods and Services. Kubernetes leaves them out of
+/// `view` (a proxy reaches whatever the pod or Service serves), as checked on a real 1.28 API
+/// server (`kubectl get clusterrole view`).
+pub const BUILTIN_EDIT_READS: &[(&str, &str)] = &[("", "pods/proxy"), ("", "services/proxy")];
 
 impl PluginCommand {
     /// Whether the command writes (any verb beyond get, list and watch).
     pub fn writes(&self) -> bool {
         self.needs.iter().any(|n| !READ_VERBS.contains(&n.verb))
+    }
+
+    /// Whether the command reads through the API server's proxies, which `view` does not grant.
+    pub fn reads_through_proxies(&self) -> bool {
+        self.needs.iter().any(|n| BUILTIN_EDIT_READS.contains(&(n.group, n.resource)))
     }
 }
 
@@ -369,11 +487,24 @@ pub fn user_role_grants(role: UserRole, group: &str, resource: &str, verb: &str)
 }
 
 /// Whether the built-in role `builtin` (`view`, `edit`, `admin`) allows `verb` on
-/// `group`/`resource` through the aggregated roles (what it has of its own aside).
+/// `group`/`resource`: through the aggregated roles, or by its own rules as far as
+/// [`BUILTIN_VIEW_READS`] lists them.
 pub fn builtin_role_grants(builtin: &str, group: &str, resource: &str, verb: &str) -> bool {
-    UserRole::ALL.iter().any(|&role| {
+    let own = (["view", "edit", "admin"].contains(&builtin)
+        && READ_VERBS.contains(&verb)
+        && BUILTIN_VIEW_READS.contains(&(group, resource)))
+        || (["edit", "admin"].contains(&builtin)
+            && READ_VERBS.contains(&verb)
+            && BUILTIN_EDIT_READS.contains(&(group, resource)));
+    own || UserRole::ALL.iter().any(|&role| {
         role.aggregated_into().contains(&builtin) && user_role_grants(role, group, resource, verb)
     })
+}
+
+/// Whether `role`, given through the built-in role of its name (`view` for
+/// [`UserRole::View`], `edit` for [`UserRole::Edit`]), allows `need`.
+pub fn serves(role: UserRole, need: &Need) -> bool {
+    builtin_role_grants(role.suffix(), need.group, need.resource, need.verb)
 }
 
 #[cfg(test)]
@@ -475,14 +606,22 @@ mod tests {
             for need in command.needs {
                 assert!(!need.why.is_empty());
                 assert!(
-                    user_role_grants(UserRole::Edit, need.group, need.resource, need.verb),
+                    serves(UserRole::Edit, need),
                     "the edit role lacks {} on {} for `kubectl omero {}`",
                     need.verb,
                     need.resource,
                     command.name
                 );
+                // Beyond the built-in roles' own reads, the aggregated role of that name
+                // grants it by itself (bound directly, it serves the command).
+                if need.group == GROUP {
+                    assert!(
+                        user_role_grants(UserRole::Edit, need.group, need.resource, need.verb),
+                        "{need:?}"
+                    );
+                }
                 assert!(
-                    user_role_grants(command.role, need.group, need.resource, need.verb),
+                    serves(command.role, need),
                     "`kubectl omero {}` names {:?}, which lacks {} on {}",
                     command.name,
                     command.role,
@@ -496,16 +635,23 @@ mod tests {
         }
     }
 
-    /// View grants every need of the read-only commands and no write verb of the others; the
-    /// role each command names is the least that serves it.
+    /// View grants every need of the read-only commands that read through no proxy, and no
+    /// write verb of the others; the role each command names is the least that serves it.
     #[test]
     fn the_view_role_serves_exactly_the_read_only_commands() {
         let read_only: Vec<&str> = PLUGIN_COMMANDS.iter().filter(|c| !c.writes()).map(|c| c.name).collect();
-        assert_eq!(read_only, ["status", "wait"]);
+        assert_eq!(read_only, ["status", "wait", "version", "completion", "logs", "sessions"]);
+        let proxied: Vec<&str> =
+            PLUGIN_COMMANDS.iter().filter(|c| c.reads_through_proxies()).map(|c| c.name).collect();
+        assert_eq!(proxied, ["sessions"], "view grants no proxy");
         for command in PLUGIN_COMMANDS {
-            let view_serves =
-                command.needs.iter().all(|n| user_role_grants(UserRole::View, n.group, n.resource, n.verb));
-            assert_eq!(view_serves, !command.writes(), "{}", command.name);
+            let view_serves = command.needs.iter().all(|n| serves(UserRole::View, n));
+            assert_eq!(
+                view_serves,
+                !command.writes() && !command.reads_through_proxies(),
+                "{}",
+                command.name
+            );
             assert_eq!(
                 command.role == UserRole::View,
                 view_serves,

@@ -9,7 +9,8 @@
 //!   then the read-write node, then the grid master: a node waits until every node of an
 //!   earlier rank is done;
 //! - at most `maxUnavailable` nodes are out of service at once, counting every node that is not
-//!   serving for whatever reason (drained on request, starting, failed);
+//!   serving for whatever reason (drained on request, starting, failed); removals are exempt
+//!   (they are decided before, with requested drains: `crate::departures`);
 //! - never the last serving node, and never a grid master, without consent to downtime.
 //!
 //! Nodes that are not serving are not planned: they have nothing to protect and the lifecycle
@@ -149,7 +150,9 @@ pub fn plan_restarts(nodes: &[NodeView], limits: &Limits) -> Plan {
             ));
             break;
         }
-        if unavailable + plan.selected.len() >= limits.max_unavailable as usize {
+        // Removals are exempt (see `crate::departures`): one reaching here waits for consent.
+        if node.role != Role::Leaving && unavailable + plan.selected.len() >= limits.max_unavailable as usize
+        {
             let out: Vec<&str> = nodes.iter().filter(|n| !n.serving()).map(|n| n.name.as_str()).collect();
             blocked = Some(format!(
                 "at most {} node(s) may be out of service at once (drain.maxUnavailable); out now: {}",

@@ -6,7 +6,7 @@
 //! security context, probes and rollout strategy.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -60,14 +60,18 @@ fn option_sets() -> Vec<Option<String>> {
 }
 
 fn template(values: Option<&str>, set: &[&str]) -> Result<Vec<Value>, String> {
+    let flags: Vec<&str> = set.iter().flat_map(|s| ["--set", s]).collect();
+    template_chart(CHART, values, &flags)
+}
+
+/// `helm template` of the chart at `chart` with a values file and raw flags (`--set-json` ...).
+fn template_chart(chart: &str, values: Option<&str>, flags: &[&str]) -> Result<Vec<Value>, String> {
     let mut args =
-        vec!["template", RELEASE, CHART, "--namespace", RELEASE_NAMESPACE, "--kube-version", KUBE_VERSION];
+        vec!["template", RELEASE, chart, "--namespace", RELEASE_NAMESPACE, "--kube-version", KUBE_VERSION];
     if let Some(values) = values {
         args.extend(["--values", values]);
     }
-    for s in set {
-        args.extend(["--set", s]);
-    }
+    args.extend(flags);
     let text = run_helm(&args)?;
     let docs: Vec<Value> =
         serde_saphyr::from_multiple(&text).map_err(|e| format!("not YAML: {e}\n{text}"))?;
@@ -105,9 +109,17 @@ fn is_user_role(doc: &Value) -> bool {
         && UserRole::ALL.iter().any(|&r| doc["metadata"]["name"] == user_role_name(r))
 }
 
+/// The Role `sessionReaders` binds (`templates/session-readers.yaml`): people's, not the
+/// operator's.
+fn is_session_readers_role(doc: &Value) -> bool {
+    doc["kind"] == "Role" && doc["metadata"]["name"] == format!("{RELEASE}-session-readers")
+}
+
 /// The Roles and ClusterRoles the operator is bound to (every one but the users' roles).
 fn operator_roles(docs: &[Value]) -> impl Iterator<Item = &Value> {
-    docs.iter().filter(|d| (d["kind"] == "Role" || d["kind"] == "ClusterRole") && !is_user_role(d))
+    docs.iter().filter(|d| {
+        (d["kind"] == "Role" || d["kind"] == "ClusterRole") && !is_user_role(d) && !is_session_readers_role(d)
+    })
 }
 
 /// The rules the chart grants the operator, by the scope each object gives them.
@@ -353,6 +365,7 @@ fn default_values_render_a_working_install() {
             "ClusterRoleBinding/omero-operator",
             "ClusterRoleBinding/omero-operator-cluster",
             "Deployment/omero-operator",
+            "PodDisruptionBudget/omero-operator",
             "Role/omero-operator-leader-election",
             "RoleBinding/omero-operator-leader-election",
             "Service/omero-operator-metrics",
@@ -570,8 +583,11 @@ fn a_service_monitor_scrapes_the_metrics_service() {
 fn an_existing_account_is_used_without_rbac_or_service() {
     let docs = rendered(Some("charts/omero-operator/ci/own-account-values.yaml"));
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["Deployment"]);
-    assert_eq!(docs[0]["spec"]["template"]["spec"]["serviceAccountName"], "omero-operator-prebuilt");
+    assert_eq!(kinds, ["PodDisruptionBudget", "Deployment"]);
+    assert_eq!(
+        one(&docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"],
+        "omero-operator-prebuilt"
+    );
     let refused = template(None, &["serviceAccount.create=false"]).unwrap_err();
     assert!(refused.contains("serviceAccount.name: name the existing ServiceAccount"), "{refused}");
 }
@@ -585,10 +601,74 @@ fn bad_values_are_refused_naming_the_value() {
         ("watchNamespace=Not_A_Namespace", "watchNamespace"),
         ("metrics.port=70000", "metrics.port"),
         ("rbac.aggregateToDefaultRoles=maybe", "rbac.aggregateToDefaultRoles"),
+        // The schema is closed: a misspelt value is refused, not ignored.
+        ("replicas=3", "Additional property replicas is not allowed"),
+        ("image.tga=1.0", "Additional property tga is not allowed"),
+        ("image.digest=latest", "image.digest"),
+        ("nameOverride=Omero_Operator", "nameOverride"),
+        ("fullnameOverride=omero operator", "fullnameOverride"),
+        ("podDisruptionBudget.enabled=maybe", "podDisruptionBudget.enabled"),
+        ("topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname", "topologySpreadConstraints.0"),
+        ("topologySpreadConstraints[0].whenUnsatisfiable=Sometimes", "topologySpreadConstraints.0"),
+        ("extraEnv[0].value=x", "extraEnv.0: name is required"),
+        ("extraEnv[0].name=X,extraEnv[0].value=1", "extraEnv.0.value"),
+        ("extraArgs[0]=1", "extraArgs.0"),
+        ("sessionReaders.users[0]=", "sessionReaders.users.0"),
+        ("sessionReaders.group[0]=admins", "Additional property group is not allowed"),
+        ("metrics.prometheusRule.rolloutStuckAfter=3 hours", "metrics.prometheusRule.rolloutStuckAfter"),
     ] {
         let refused = template(None, &[set]).expect_err(set);
         assert!(refused.contains(field), "{set}: {refused}");
     }
+}
+
+/// `sessionReaders`: a Role granting exactly `src/rbac.rs` SESSION_READER_RULE on the metrics
+/// Service's `http` port (the name the plugin's service proxy path spells), bound to the groups
+/// and users listed; nothing when none is listed or without `rbac.create`; refused without the
+/// metrics Service.
+#[test]
+fn session_readers_may_ask_the_operators_service_for_sessions_and_nothing_else() {
+    use omero_operator::plugin::sessions::{DEFAULT_OPERATOR_SERVICE, OPERATOR_PORT_NAME};
+    let option_set = Some("charts/omero-operator/ci/session-readers-values.yaml");
+    let docs = rendered(option_set);
+    assert_rbac(&docs, option_set);
+    let roles: Vec<&Value> = docs.iter().filter(|d| is_session_readers_role(d)).collect();
+    assert_eq!(roles.len(), 1);
+    let role = roles[0];
+    assert_eq!(role["metadata"]["namespace"], RELEASE_NAMESPACE);
+    let service = find(&docs, "Service", &format!("{RELEASE}-metrics")).expect("the metrics Service");
+    assert_eq!(
+        service["metadata"]["name"], DEFAULT_OPERATOR_SERVICE,
+        "the plugin's default is the chart's name"
+    );
+    assert!(
+        service["spec"]["ports"].as_array().unwrap().iter().any(|p| p["name"] == OPERATOR_PORT_NAME),
+        "the port the plugin's proxy path names"
+    );
+    let rule = rbac::SESSION_READER_RULE;
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": [rule.group], "resources": [rule.resource], "verbs": [rule.verb],
+                            "resourceNames": [format!("{DEFAULT_OPERATOR_SERVICE}:{OPERATOR_PORT_NAME}")]}])
+    );
+    let binding = find(&docs, "RoleBinding", &format!("{RELEASE}-session-readers")).expect("its binding");
+    assert_eq!(binding["metadata"]["namespace"], RELEASE_NAMESPACE);
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    let values = values(option_set);
+    let mut expected: Vec<Value> = Vec::new();
+    for (kind, key) in [("Group", "groups"), ("User", "users")] {
+        for name in values[rbac::SESSION_READERS][key].as_array().unwrap() {
+            expected.push(
+                serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name}),
+            );
+        }
+    }
+    assert_eq!(binding["subjects"], Value::Array(expected));
+    // Nobody listed (the default), or no RBAC: no Role.
+    assert!(!rendered(None).iter().any(is_session_readers_role));
+    assert!(!template(option_set, &["rbac.create=false"]).unwrap().iter().any(is_session_readers_role));
+    let refused = template(option_set, &["metrics.service.enabled=false"]).unwrap_err();
+    assert!(refused.contains("set metrics.service.enabled=true"), "{refused}");
 }
 
 #[test]
@@ -813,4 +893,520 @@ fn the_alerts_and_the_dashboard_read_only_what_the_operator_exports() {
     // Off by default: no PrometheusRule CRD is needed unless asked for.
     let defaults = rendered(None);
     assert!(!defaults.iter().any(|d| d["kind"] == "PrometheusRule" || d["metadata"]["name"] == format!("{RELEASE}-dashboard")));
+}
+
+/// Whether a matchLabels map selects the operator's pods: it is the Deployment's own selector
+/// (which the API server checks against the pod template's labels), and those labels carry it.
+fn selects_the_operators_pods(docs: &[Value], match_labels: &Value) -> bool {
+    let deployment = one(docs, "Deployment");
+    let pod_labels = deployment["spec"]["template"]["metadata"]["labels"].as_object().expect("pod labels");
+    let selector = match_labels.as_object().expect("matchLabels");
+    !selector.is_empty()
+        && selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v))
+        && *match_labels == deployment["spec"]["selector"]["matchLabels"]
+}
+
+#[test]
+fn the_operators_budget_lets_one_replica_go_at_a_time_and_only_with_more_than_one() {
+    let budget_of = |docs: &[Value]| -> Option<Value> {
+        let all: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "PodDisruptionBudget").collect();
+        assert!(all.len() <= 1, "one budget at most: {all:?}");
+        all.first().map(|d| (*d).clone())
+    };
+    let docs = rendered(None);
+    let budget = budget_of(&docs).expect("a budget with the default two replicas");
+    assert_eq!(budget["apiVersion"], "policy/v1");
+    assert_eq!(budget["metadata"]["name"], RELEASE);
+    assert_eq!(budget["metadata"]["namespace"], RELEASE_NAMESPACE);
+    // maxUnavailable, never minAvailable: a Deployment scaled down by hand to one pod is still
+    // evictable.
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
+    assert!(budget["spec"].get("minAvailable").is_none(), "{budget}");
+    assert_eq!(budget["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
+    assert!(selects_the_operators_pods(&docs, &budget["spec"]["selector"]["matchLabels"]), "{budget}");
+    let three = template(None, &["replicaCount=3"]).unwrap();
+    assert_eq!(budget_of(&three).expect("a budget with three replicas")["spec"], budget["spec"]);
+    // Over one pod a budget could only allow its eviction or block every drain of its node.
+    for set in ["replicaCount=1", "podDisruptionBudget.enabled=false"] {
+        assert_eq!(budget_of(&template(None, &[set]).unwrap()), None, "{set}");
+    }
+    assert_eq!(budget_of(&rendered(Some("charts/omero-operator/ci/scheduling-values.yaml"))), None);
+}
+
+#[test]
+fn the_replicas_spread_over_nodes_by_default_and_the_spread_can_be_replaced_or_dropped() {
+    let constraints = |docs: &[Value]| -> Option<Vec<Value>> {
+        let pod = &one(docs, "Deployment")["spec"]["template"]["spec"];
+        pod.get("topologySpreadConstraints").map(|c| c.as_array().expect("a list").clone())
+    };
+    let docs = rendered(None);
+    let spread = constraints(&docs).expect("spread by default");
+    assert_eq!(spread.len(), 1);
+    assert_eq!(spread[0]["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(spread[0]["maxSkew"], 1);
+    assert_eq!(spread[0]["whenUnsatisfiable"], "ScheduleAnyway", "both replicas still start on one node");
+    assert!(selects_the_operators_pods(&docs, &spread[0]["labelSelector"]["matchLabels"]), "{spread:?}");
+
+    // Replaced: a constraint with its own selector keeps it; one without is given the chart's.
+    let docs = rendered(Some("charts/omero-operator/ci/operator-pod-values.yaml"));
+    let spread = constraints(&docs).unwrap();
+    assert_eq!(spread.len(), 2);
+    assert_eq!(spread[0]["topologyKey"], "topology.kubernetes.io/zone");
+    assert_eq!(spread[0]["whenUnsatisfiable"], "DoNotSchedule");
+    assert_eq!(
+        spread[0]["labelSelector"],
+        serde_json::json!({"matchLabels": {"app.kubernetes.io/name": "omero-operator"}})
+    );
+    assert_eq!(spread[1]["topologyKey"], "kubernetes.io/hostname");
+    assert!(selects_the_operators_pods(&docs, &spread[1]["labelSelector"]["matchLabels"]), "{spread:?}");
+
+    for dropped in ["topologySpreadConstraints=[]", "topologySpreadConstraints=null"] {
+        let docs = template_chart(CHART, None, &["--set-json", dropped]).unwrap();
+        assert_eq!(constraints(&docs), None, "{dropped}");
+    }
+}
+
+/// Values that render every optional object, so that every template is named.
+const EVERY_OBJECT: [&str; 4] = [
+    "metrics.serviceMonitor.enabled=true",
+    "metrics.prometheusRule.enabled=true",
+    "metrics.grafanaDashboard.enabled=true",
+    "sessionReaders.users[0]=alice@example.org",
+];
+
+/// The name an object named `default` with the default values has when the full name is
+/// `fullname`: the full name itself, or `<fullname>-<suffix>` with the full name shortened so
+/// that the whole is 63 characters at most.
+fn renamed(default: &str, fullname: &str) -> String {
+    match default.strip_prefix(RELEASE) {
+        Some("") => fullname.to_string(),
+        Some(rest) => {
+            let suffix = rest.strip_prefix('-').unwrap_or_else(|| panic!("{default}"));
+            let keep = fullname.len().min(62 - suffix.len());
+            format!("{}-{suffix}", fullname[..keep].trim_end_matches('-'))
+        }
+        None => panic!("{default} is not named after the release"),
+    }
+}
+
+fn kind_and_name(doc: &Value) -> (String, String) {
+    (doc["kind"].as_str().unwrap().to_string(), doc["metadata"]["name"].as_str().unwrap().to_string())
+}
+
+/// What refers to what by name in one render holds: each binding names a rendered role and, when
+/// it binds a ServiceAccount, the rendered one, the pod runs as that account, the Lease is `fullname`, and every
+/// selector selects the operator's pods (the ServiceMonitor's, the metrics Service).
+fn assert_wired(docs: &[Value], fullname: &str) {
+    let account = one(docs, "ServiceAccount")["metadata"]["name"].clone();
+    assert_eq!(account, fullname);
+    let pod = &one(docs, "Deployment")["spec"]["template"];
+    assert_eq!(pod["spec"]["serviceAccountName"], account);
+    for binding in docs.iter().filter(|d| d["kind"].as_str().unwrap().ends_with("Binding")) {
+        let role = &binding["roleRef"];
+        assert!(
+            find(docs, role["kind"].as_str().unwrap(), role["name"].as_str().unwrap()).is_some(),
+            "{binding}"
+        );
+        for subject in
+            binding["subjects"].as_array().unwrap().iter().filter(|s| s["kind"] == "ServiceAccount")
+        {
+            assert_eq!(subject["name"], account, "{binding}");
+        }
+    }
+    let env = pod["spec"]["containers"][0]["env"].as_array().unwrap();
+    assert!(
+        env.iter().any(|e| e["name"] == "OMERO_OPERATOR_LEASE_NAME" && e["value"] == fullname),
+        "{env:?}"
+    );
+    let service = one(docs, "Service");
+    for selector in [
+        &service["spec"]["selector"],
+        &one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        &pod["spec"]["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"],
+    ] {
+        assert!(selects_the_operators_pods(docs, selector), "{selector}");
+    }
+    let service_labels = service["metadata"]["labels"].as_object().unwrap();
+    let monitor = &one(docs, "ServiceMonitor")["spec"]["selector"]["matchLabels"];
+    assert!(monitor.as_object().unwrap().iter().all(|(k, v)| service_labels.get(k) == Some(v)), "{monitor}");
+}
+
+#[test]
+fn name_overrides_name_every_object() {
+    let with = |set: &[&str]| template(None, &[&EVERY_OBJECT[..], set].concat()).unwrap();
+    let defaults = with(&[]);
+    // Every template renders an object here, so none escapes the comparison below.
+    let mut args = vec!["template", RELEASE, CHART, "--kube-version", KUBE_VERSION];
+    args.extend(EVERY_OBJECT.iter().flat_map(|s| ["--set", s]));
+    let sources = run_helm(&args).unwrap();
+    for entry in std::fs::read_dir(root().join(CHART).join("templates")).unwrap() {
+        let file = entry.unwrap().file_name().into_string().unwrap();
+        if file.ends_with(".yaml") {
+            assert!(
+                sources.contains(&format!("# Source: omero-operator/templates/{file}\n")),
+                "{file} rendered nothing"
+            );
+        }
+    }
+
+    // A full name past 63 characters whose cut ends in a dash (left out, as helm create does).
+    let long = format!("{}-omero", "a".repeat(62));
+    let long_cut = "a".repeat(62);
+    for (set, fullname) in [
+        ("fullnameOverride=imaging".to_string(), "imaging"),
+        ("nameOverride=imaging-operator".to_string(), "omero-operator-imaging-operator"),
+        // The release's name holds the name: the release's name alone.
+        ("nameOverride=operator".to_string(), RELEASE),
+        (format!("fullnameOverride={long}"), long_cut.as_str()),
+    ] {
+        let docs = with(&[&set]);
+        let expected: BTreeSet<(String, String)> =
+            defaults.iter().map(kind_and_name).map(|(kind, name)| (kind, renamed(&name, fullname))).collect();
+        let names: BTreeSet<(String, String)> = docs.iter().map(kind_and_name).collect();
+        assert_eq!(names, expected, "{set}");
+        assert!(names.iter().all(|(_, name)| name.len() <= 63), "{set}: {names:?}");
+        assert_wired(&docs, fullname);
+    }
+    // nameOverride is also the app.kubernetes.io/name label of every object and of the pods.
+    let docs = with(&["nameOverride=imaging-operator"]);
+    for doc in &docs {
+        assert_eq!(doc["metadata"]["labels"]["app.kubernetes.io/name"], "imaging-operator", "{doc}");
+    }
+    let pod = &one(&docs, "Deployment")["spec"]["template"];
+    assert_eq!(pod["metadata"]["labels"]["app.kubernetes.io/name"], "imaging-operator");
+}
+
+#[test]
+fn a_digest_pins_the_image_whatever_the_tag() {
+    let image = |docs: &[Value]| {
+        one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"].clone()
+    };
+    assert_eq!(
+        image(&rendered(Some("charts/omero-operator/ci/operator-pod-values.yaml"))),
+        "registry.example.org/omero-operator@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    );
+    assert_eq!(image(&template(None, &["image.digest=sha256:abc"]).unwrap()), "omero-operator@sha256:abc");
+    assert_eq!(image(&template(None, &["image.tag=1.2.3"]).unwrap()), "omero-operator:1.2.3");
+}
+
+#[test]
+fn extra_env_and_args_reach_the_operators_container_after_the_charts() {
+    let container =
+        |docs: &[Value]| one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0].clone();
+    let chart_only = container(&rendered(None));
+    let extended = container(&rendered(Some("charts/omero-operator/ci/operator-pod-values.yaml")));
+    assert_eq!(extended["args"], serde_json::json!(["run", "--log-level=omero_operator=debug"]));
+    let (chart_env, env) = (chart_only["env"].as_array().unwrap(), extended["env"].as_array().unwrap());
+    assert_eq!(env[..chart_env.len()], chart_env[..], "the chart's own first, unchanged");
+    assert_eq!(
+        env[chart_env.len()..],
+        [
+            serde_json::json!({"name": "RUST_BACKTRACE", "value": "1"}),
+            serde_json::json!({"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}),
+        ]
+    );
+    // Each variable the chart sets (watching one namespace sets them all) is refused, by name,
+    // and so is any other of the operator's own.
+    let namespaced = container(&rendered(Some("charts/omero-operator/ci/namespaced-values.yaml")));
+    for variable in namespaced["env"].as_array().unwrap() {
+        let name = variable["name"].as_str().unwrap();
+        let refused =
+            template(None, &[&format!("extraEnv[0].name={name}"), "extraEnv[0].value=x"]).unwrap_err();
+        assert!(refused.contains(&format!("extraEnv: {name} is the chart's to set")), "{name}: {refused}");
+    }
+    let refused =
+        template(None, &["extraEnv[0].name=OMERO_OPERATOR_NAMESPACE", "extraEnv[0].value=x"]).unwrap_err();
+    assert!(refused.contains("set that value instead"), "{refused}");
+}
+
+/// A directory of this test process under the system's temporary directory, empty.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("omero-operator-chart-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// The chart as `helm package` makes it, unpacked into `dir` (a `tar` as a user would).
+fn packaged_chart(dir: &Path) -> PathBuf {
+    run_helm(&["package", CHART, "--destination", dir.to_str().unwrap()]).unwrap();
+    let archive = dir.join(format!("omero-operator-{}.tgz", env!("CARGO_PKG_VERSION")));
+    let status = Command::new("tar").arg("-xzf").arg(&archive).arg("-C").arg(dir).status().expect("tar runs");
+    assert!(status.success(), "tar -xzf {}", archive.display());
+    dir.join("omero-operator")
+}
+
+/// The chart's NOTES.txt as `helm install` prints it, offline: `helm template` leaves NOTES out
+/// (and `install --dry-run` needs a cluster), so a copy of the chart in `dir` renders the same
+/// text, with the same values, through a template of its own.
+fn render_notes(chart: &Path, dir: &Path, values: Option<&str>) -> String {
+    let copy = dir.join("chart");
+    let _ = std::fs::remove_dir_all(&copy);
+    copy_dir(chart, &copy);
+    let notes = std::fs::read_to_string(copy.join("templates/NOTES.txt")).unwrap();
+    std::fs::write(
+        copy.join("templates/_notes_under_test.tpl"),
+        format!("{{{{- define \"notes-under-test\" -}}}}\n{notes}\n{{{{- end -}}}}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        copy.join("templates/notes-under-test.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes-under-test\ndata:\n  notes: {{ include \
+         \"notes-under-test\" . | toJson }}\n",
+    )
+    .unwrap();
+    let docs =
+        template_chart(copy.to_str().unwrap(), values, &["--show-only", "templates/notes-under-test.yaml"])
+            .unwrap_or_else(|e| panic!("NOTES with {values:?}: {e}"));
+    docs[0]["data"]["notes"].as_str().unwrap().to_string()
+}
+
+/// The relative paths a text names (with a file's extension, or under one of the project's
+/// directories) that `chart` does not hold. The chart's own directory, as `helm pull --untar`
+/// leaves it, counts as the chart.
+fn paths_outside(text: &str, chart: &Path) -> Vec<String> {
+    const EXTENSIONS: [&str; 11] =
+        [".yaml", ".yml", ".json", ".md", ".txt", ".tpl", ".rs", ".sh", ".toml", ".py", ".tgz"];
+    const DIRECTORIES: [&str; 11] = [
+        "examples",
+        "src",
+        "tests",
+        "scripts",
+        "benches",
+        "counter",
+        "crds",
+        "charts",
+        "templates",
+        "ci",
+        "dashboards",
+    ];
+    text.split(|c: char| c.is_whitespace() || "`'\"()[]{}<>,;=".contains(c))
+        .map(|token| token.trim_end_matches(['.', ':']))
+        .filter(|token| token.contains('/') && !token.contains("://") && !token.starts_with('/'))
+        .filter(|token| {
+            EXTENSIONS.iter().any(|e| token.ends_with(e))
+                || DIRECTORIES.contains(&token.split('/').next().unwrap())
+        })
+        .filter(|token| {
+            let path = token.strip_prefix("./").unwrap_or(token);
+            let path = path.strip_prefix("omero-operator/").unwrap_or(path);
+            // A glob (`ci/*.yaml`) is checked by its directory.
+            !chart.join(path.split('*').next().unwrap()).exists()
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The OmeroCluster of `examples/minimal.yaml`, which the project's tests check is valid.
+fn minimal_cluster() -> Value {
+    let text = std::fs::read_to_string(root().join("examples/minimal.yaml")).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    docs.into_iter().find(|d| d["kind"] == "OmeroCluster").expect("examples/minimal.yaml has an OmeroCluster")
+}
+
+#[test]
+fn the_packaged_chart_names_no_file_outside_itself_and_shows_a_first_cluster() {
+    let dir = scratch("package");
+    let chart = packaged_chart(&dir);
+    for file in
+        ["README.md", "values.schema.json", "crds/omerocluster.yaml", "dashboards/omero-operator.json"]
+    {
+        assert!(chart.join(file).is_file(), "the packaged chart has no {file}");
+    }
+    let lint = run_helm(&["lint", "--strict", chart.to_str().unwrap()]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+
+    let minimal = minimal_cluster();
+    for values in option_sets() {
+        let notes = render_notes(&chart, &dir, values.as_deref());
+        let outside = paths_outside(&notes, &chart);
+        assert!(
+            outside.is_empty(),
+            "NOTES ({values:?}) name files the chart does not hold: {outside:?}\n{notes}"
+        );
+        // The cluster it shows, between `<<'EOF'` and `EOF`, is the project's minimal example.
+        let shown: String = notes
+            .lines()
+            .skip_while(|l| !l.ends_with("<<'EOF'"))
+            .skip(1)
+            .take_while(|l| *l != "EOF")
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let shown: Value = serde_saphyr::from_str(&shown).unwrap_or_else(|e| panic!("{e}\n{notes}"));
+        assert_eq!(shown, minimal, "NOTES ({values:?}) show another cluster than examples/minimal.yaml");
+    }
+    for file in ["README.md", "values.yaml", "Chart.yaml"] {
+        let text = std::fs::read_to_string(chart.join(file)).unwrap();
+        let outside = paths_outside(&text, &chart);
+        assert!(outside.is_empty(), "the packaged chart's {file} names files it does not hold: {outside:?}");
+    }
+    let readme = std::fs::read_to_string(chart.join("README.md")).unwrap();
+    let shown: Vec<Value> = readme
+        .split("```yaml\n")
+        .skip(1)
+        .map(|block| serde_saphyr::from_str(block.split("```").next().unwrap()).unwrap())
+        .filter(|doc: &Value| doc["kind"] == "OmeroCluster")
+        .collect();
+    assert_eq!(shown, [minimal], "the chart's README shows the project's minimal example");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every value of `values.yaml` as a dotted path with its default, down to where the schema
+/// stops describing properties (`resources`, say, is one value); each one the schema describes.
+fn described_values(values: &Value, schema: &Value, prefix: &str, out: &mut BTreeMap<String, Value>) {
+    for (key, value) in values.as_object().expect("a map") {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        let described = &schema["properties"][key];
+        assert!(described.is_object(), "values.schema.json does not describe {path}");
+        if described.get("properties").is_some() {
+            described_values(value, described, &path, out);
+        } else {
+            out.insert(path, value.clone());
+        }
+    }
+}
+
+/// Every value the schema describes, as a dotted path (`global` aside: Helm's, for parent charts).
+fn schema_values(schema: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+    for (key, described) in schema["properties"].as_object().expect("properties") {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        if path == "global" {
+            continue;
+        }
+        if described.get("properties").is_some() {
+            schema_values(described, &path, out);
+        } else {
+            out.insert(path);
+        }
+    }
+}
+
+fn chart_values() -> (Value, BTreeMap<String, Value>) {
+    let values = values(None);
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join(CHART).join("values.schema.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(schema["additionalProperties"], false, "the schema refuses values it does not know");
+    let mut described = BTreeMap::new();
+    described_values(&values, &schema, "", &mut described);
+    (schema, described)
+}
+
+#[test]
+fn the_schema_describes_every_value_and_no_other() {
+    let (schema, described) = chart_values();
+    let mut in_schema = BTreeSet::new();
+    schema_values(&schema, "", &mut in_schema);
+    let in_values: BTreeSet<String> = described.into_keys().collect();
+    assert_eq!(in_values, in_schema, "values.yaml and values.schema.json name different values");
+}
+
+#[test]
+fn the_charts_readme_lists_every_value_with_its_default() {
+    let (_, described) = chart_values();
+    let readme = std::fs::read_to_string(root().join(CHART).join("README.md")).unwrap();
+    let section = readme.split("\n## Values\n").nth(1).expect("the chart's README has a '## Values' section");
+    let section = section.split("\n## ").next().unwrap();
+    let mut listed = BTreeMap::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let value = cells[1].trim_matches('`').to_string();
+        assert!(cells.len() == 5 && !cells[3].is_empty(), "a row is value, default, what: {row}");
+        assert!(listed.insert(value.clone(), cells[2].to_string()).is_none(), "{value} listed twice");
+    }
+    let missing: Vec<&String> = described.keys().filter(|k| !listed.contains_key(*k)).collect();
+    let unknown: Vec<&String> = listed.keys().filter(|k| !described.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty() && unknown.is_empty(),
+        "the chart's README and values.yaml differ:\n  not in the README: {missing:?}\n  not in values.yaml: {unknown:?}"
+    );
+    // A default shown as code is the value's own (JSON); a list or map that is not empty may be
+    // told in words instead.
+    for (value, default) in &described {
+        let cell = &listed[value];
+        let expected = format!("`{}`", serde_json::to_string(default).unwrap());
+        let in_words = match default {
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+            _ => false,
+        };
+        if !in_words || (cell.starts_with('`') && cell.ends_with('`') && cell.matches('`').count() == 2) {
+            assert_eq!(cell, &expected, "the README's default of {value}");
+        }
+    }
+}
+
+#[test]
+fn artifact_hub_annotations_describe_this_chart() {
+    let chart: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(root().join(CHART).join("Chart.yaml")).unwrap())
+            .unwrap();
+    let annotations = &chart["annotations"];
+    let yaml = |key: &str| -> Value {
+        let text = annotations[key].as_str().unwrap_or_else(|| panic!("no annotation {key}"));
+        serde_saphyr::from_str(text).unwrap_or_else(|e| panic!("{key} is not YAML: {e}"))
+    };
+    assert_eq!(annotations["artifacthub.io/license"], env!("CARGO_PKG_LICENSE"));
+    assert_eq!(annotations["artifacthub.io/operator"], "true");
+    assert!(["true", "false"].contains(&annotations["artifacthub.io/prerelease"].as_str().unwrap()));
+    let capabilities =
+        ["Basic Install", "Seamless Upgrades", "Full Lifecycle", "Deep Insights", "Auto Pilot"];
+    assert!(capabilities.contains(&annotations["artifacthub.io/operatorCapabilities"].as_str().unwrap()));
+    let categories = [
+        "ai-machine-learning",
+        "database",
+        "integration-delivery",
+        "monitoring-logging",
+        "networking",
+        "security",
+        "storage",
+        "streaming-messaging",
+    ];
+    assert!(categories.contains(&annotations["artifacthub.io/category"].as_str().unwrap()));
+    for field in ["kubeVersion", "home", "keywords", "description"] {
+        assert!(!chart[field].is_null(), "Chart.yaml has no {field}");
+    }
+
+    let crd: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(root().join(CHART).join("crds/omerocluster.yaml")).unwrap(),
+    )
+    .unwrap();
+    let storage_version =
+        crd["spec"]["versions"].as_array().unwrap().iter().find(|v| v["storage"] == true).unwrap();
+    let crds = yaml("artifacthub.io/crds");
+    assert_eq!(crds.as_array().map(Vec::len), Some(1), "{crds}");
+    assert_eq!(crds[0]["kind"], crd["spec"]["names"]["kind"]);
+    assert_eq!(crds[0]["version"], storage_version["name"]);
+    assert_eq!(crds[0]["name"], crd["metadata"]["name"]);
+    assert!(crds[0]["displayName"].is_string() && crds[0]["description"].is_string());
+    assert_eq!(yaml("artifacthub.io/crdsExamples"), serde_json::json!([minimal_cluster()]));
+
+    let image =
+        one(&rendered(None), "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+    let images = yaml("artifacthub.io/images");
+    assert_eq!(images.as_array().map(Vec::len), Some(1), "{images}");
+    assert_eq!(images[0]["image"], image, "the image the default values render");
+    for link in yaml("artifacthub.io/links").as_array().unwrap() {
+        assert!(link["name"].is_string() && link["url"].as_str().unwrap().starts_with("https://"), "{link}");
+    }
+    let kinds = ["added", "changed", "deprecated", "removed", "fixed", "security"];
+    for change in yaml("artifacthub.io/changes").as_array().unwrap() {
+        assert!(
+            kinds.contains(&change["kind"].as_str().unwrap()) && change["description"].is_string(),
+            "{change}"
+        );
+    }
 }

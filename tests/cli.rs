@@ -177,12 +177,17 @@ fn kubectl_omero_arguments_are_checked_and_every_command_has_an_example() {
         (&["wait", "omero", "--drained"], "<NODES>"),
         (&["drain", "omero", "ro-1", "--wait", "--timeout", "soon"], "not a duration"),
         (&["status", "omero", "-o", "table"], "possible values: json, yaml"),
+        (&["status", "omero", "--request-timeout", "soon"], "not a duration"),
+        (&["status", "omero", "--as-group", "staff"], "--as <USER>"),
+        (&["completion", "tcsh"], "possible values: bash, elvish, fish, powershell, zsh"),
     ] {
         let out = kubectl_omero(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
     }
-    for command in ["status", "drain", "undrain", "restart", "wait", "pause", "resume"] {
+    for command in
+        ["status", "drain", "undrain", "restart", "wait", "pause", "resume", "version", "completion"]
+    {
         let out = kubectl_omero(&[command, "--help"]);
         assert!(out.status.success(), "{command}");
         assert!(stdout(&out).contains("Example: kubectl omero"), "{command}: {}", stdout(&out));

@@ -103,8 +103,19 @@ fn group_version_kind_and_names() {
 }
 
 #[test]
-fn status_is_a_subresource() {
-    assert_eq!(version()["subresources"], json!({"status": {}}));
+fn status_and_scale_are_subresources() {
+    // The scale subresource sets the read-only pool's replicas: `kubectl scale`, HPA, KEDA.
+    assert_eq!(
+        version()["subresources"],
+        json!({
+            "status": {},
+            "scale": {
+                "specReplicasPath": ".spec.readOnlyPool.replicas",
+                "statusReplicasPath": ".status.readOnlyPool.replicas",
+                "labelSelectorPath": ".status.readOnlyPool.selector",
+            }
+        })
+    );
     assert!(version()["schema"]["openAPIV3Schema"]["properties"]["status"].is_object());
 }
 
@@ -126,6 +137,7 @@ fn printer_columns_show_what_goes_on_what_is_wrong_and_the_counts() {
         ("Serving", "integer", ".status.servingNodes".into()),
         ("Nodes", "integer", ".status.nodeCount".into()),
         ("Up-To-Date", "integer", ".status.rollout.upToDateNodes".into()),
+        ("Pool", "integer", ".spec.readOnlyPool.replicas".into()),
         ("Age", "date", ".metadata.creationTimestamp".into()),
         ("Image", "string", ".spec.image".into()),
         ("Draining", "integer", ".status.drainingNodes".into()),
@@ -384,8 +396,9 @@ fn every_rule_has_a_message_and_a_field_path_that_exists() {
             }
         }
     });
-    // 3 on the root (names), 8 on the spec, 1 on sessions, 2 on a node, 1 on a probe, 7 durations.
-    assert_eq!(count, 22, "rules in the CRD (none in status)");
+    // 4 on the root (names), 13 on the spec, 1 on sessions, 2 on a node, 1 on the pool, 1 on
+    // each of the two probes (a node's, the pool template's), 9 durations.
+    assert_eq!(count, 32, "rules in the CRD (none in status)");
 }
 
 /// Switching topology would need a per-node Service's immutable clusterIP changed and every
@@ -434,4 +447,41 @@ fn schema_is_structural() {
             assert!(schema.get(forbidden).is_none(), "{path} has {forbidden}");
         }
     });
+}
+
+#[test]
+fn the_read_only_pool_is_read_only_independent_and_named_apart_from_nodes() {
+    let pool = spec_schema("readOnlyPool");
+    assert_eq!(pool["required"], json!(["replicas"]));
+    let replicas = &pool["properties"]["replicas"];
+    assert_eq!((replicas["minimum"].as_f64(), replicas["maximum"].as_f64()), (Some(0.0), Some(64.0)));
+    assert!(
+        pool["properties"]["template"]["properties"].get("name").is_none(),
+        "the operator names pool nodes"
+    );
+    assert!(
+        pool["properties"]["template"]["properties"].get("varClaimName").is_none(),
+        "one claim cannot serve many pods"
+    );
+    rule_containing(&pool, "self.replicas >= self.minReplicas");
+    let spec = version()["schema"]["openAPIV3Schema"]["properties"]["spec"].clone();
+    for text in [
+        "self.topology == 'Independent'",
+        "self.readOnlyPool.template.readOnly.db && self.readOnlyPool.template.readOnly.repo",
+        "n.name.matches('^' + ",
+        "size(self.nodes) + self.readOnlyPool.replicas <= 64",
+    ] {
+        rule_containing(&spec, text);
+    }
+    let root = version()["schema"]["openAPIV3Schema"].clone();
+    rule_containing(&root, "size(self.spec.readOnlyPool.namePrefix)");
+    let columns = version()["additionalPrinterColumns"].clone();
+    assert!(
+        columns
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "Pool" && c["jsonPath"] == ".spec.readOnlyPool.replicas"),
+        "{columns:#?}"
+    );
 }

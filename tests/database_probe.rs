@@ -584,3 +584,96 @@ async fn a_null_redirect_row_is_pointed_at_the_serving_node() {
     assert_eq!(redirect_row(&db).await.as_deref(), Some("node-uuid-1"));
     db.drop().await;
 }
+
+/// `kubectl omero sessions` on a database-probed node: the operator lists exactly the sessions
+/// the probe counts (the same rule, from the same text), each with the owner's OMERO user name
+/// and nothing that identifies a person further; oldest first; bounded, saying so.
+#[tokio::test]
+async fn the_listing_shows_the_counted_sessions_with_user_names_only() {
+    let Some(mut db) = OmeroDb::create().await else { return };
+    let probes = OmeroClient::default();
+    db.client
+        .batch_execute(
+            "INSERT INTO experimenter (id, omename, firstname, lastname, email) VALUES \
+             (2, 'alice', 'Alice', 'Liddell', 'alice@example.org'), (3, 'bob', 'Bob', 'Ross', 'bob@example.org')",
+        )
+        .await
+        .unwrap();
+    db.add_node(1, POD_A, false).await;
+    db.add_node(2, POD_B, false).await;
+    db.service_sessions(1).await;
+    let insight = db.open_session_of(1, Some("OMERO.insight"), 2).await;
+    let web = db.open_session_of(1, Some("OMERO.web"), 3).await;
+    let admin = db.open_session_of(1, Some("OMERO.insight"), 0).await;
+    let closed = db.open_session_of(1, Some("OMERO.web"), 2).await;
+    db.close_session(closed).await;
+    db.share(1).await;
+    db.open_session_of(2, Some("OMERO.py"), 3).await;
+    let no_owner_row = db.open_session_of(1, None, 99).await;
+    for (id, started) in
+        [(insight, "2026-01-01 09:00:00"), (web, "2026-01-01 10:30:00"), (admin, "2026-01-01 11:00:00")]
+    {
+        db.client
+            .execute(
+                &format!("UPDATE session SET started = '{started}', timetolive = 7200000 WHERE id = $1"),
+                &[&id],
+            )
+            .await
+            .unwrap();
+    }
+    db.client
+        .execute("UPDATE session SET started = '2026-01-01 12:00:00' WHERE id = $1", &[&no_owner_row])
+        .await
+        .unwrap();
+
+    let list = probes.list_database_sessions(&db.credentials(), POD_A).await.unwrap();
+    assert_eq!(count(&probes, POD_A, db.credentials()).await, Ok(Some(list.count)), "the count's rule");
+    assert_eq!((list.count, list.truncated, list.sample.as_deref()), (4, false, None));
+    let shown: Vec<(Option<&str>, Option<&str>, Option<&str>)> =
+        list.sessions.iter().map(|s| (s.user.as_deref(), s.agent.as_deref(), s.started.as_deref())).collect();
+    assert_eq!(
+        shown,
+        [
+            (Some("alice"), Some("OMERO.insight"), Some("2026-01-01T09:00:00Z")),
+            (Some("bob"), Some("OMERO.web"), Some("2026-01-01T10:30:00Z")),
+            (Some("root"), Some("OMERO.insight"), Some("2026-01-01T11:00:00Z")),
+            (None, None, Some("2026-01-01T12:00:00Z")),
+        ],
+        "oldest first; a person working as root shows; the services' sessions, shares, closed sessions and \
+         other nodes' do not"
+    );
+    let alice = &list.sessions[0];
+    assert_eq!((alice.time_to_idle_seconds, alice.time_to_live_seconds), (Some(600.0), Some(7200.0)));
+    assert_eq!(
+        (alice.last_access.as_deref(), alice.idle_seconds),
+        (None, None),
+        "OMERO's table keeps no access"
+    );
+    let text = serde_json::to_string(&list).unwrap();
+    for private in ["session-uuid", "Liddell", "example.org", "Alice"] {
+        assert!(!text.contains(private), "{private} left the database: {text}");
+    }
+    let b = probes.list_database_sessions(&db.credentials(), POD_B).await.unwrap();
+    assert_eq!(b.sessions.iter().map(|s| s.user.as_deref()).collect::<Vec<_>>(), [Some("bob")]);
+
+    // More than the bound: the first ones, the whole count, and truncated.
+    let limit = omero_operator::omero::session_list::MAX_DATABASE_LISTED;
+    db.client
+        .execute(
+            "INSERT INTO session (id, uuid, node, useragent, owner, started) \
+             SELECT 10000 + g, 'bulk-' || g, 1, 'OMERO.web', 2, timestamp '2026-01-02' + g * interval '1 second' \
+             FROM generate_series(1, $1::bigint) g",
+            &[&limit],
+        )
+        .await
+        .unwrap();
+    let many = probes.list_database_sessions(&db.credentials(), POD_A).await.unwrap();
+    assert_eq!((many.count, many.truncated), (4 + limit as u64, true));
+    assert_eq!(many.sessions.len() as i64, limit);
+    assert_eq!(many.sessions[0].user.as_deref(), Some("alice"), "the oldest first");
+
+    // A pod with no live node: the probe's error, not an empty list.
+    let error = probes.list_database_sessions(&db.credentials(), "10.9.9.9").await.unwrap_err();
+    assert!(matches!(error, ProbeError::NodeNotRegistered { .. }), "{error}");
+    db.drop().await;
+}

@@ -304,6 +304,10 @@ impl Suite {
                     self.made.lock().unwrap().cluster_role_bindings.push(name.clone());
                     Api::<ClusterRoleBinding>::all(client.clone()).patch(&name, &ssa, &apply).await.map(drop)
                 }
+                "PodDisruptionBudget" => Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace)
+                    .patch(&name, &ssa, &apply)
+                    .await
+                    .map(drop),
                 other => panic!("the chart rendered a {other} here"),
             }
             .unwrap_or_else(|e| panic!("applying {} {name}: {e}", doc["kind"]));
@@ -567,9 +571,25 @@ async fn serve_counter(listener: tokio::net::TcpListener, node: String, sessions
         }
         sample += 1;
         let count = sessions.lock().unwrap().get(&node).copied().unwrap_or(0);
-        let body = json!({"format": omero_operator::omero::COUNTER_FORMAT, "ok": true, "sessions": count,
-                          "sample": format!("{node}-{sample}"), "ageSeconds": 0.5,
-                          "takenAt": k8s_openapi::jiff::Timestamp::now().to_string()})
+        let now = k8s_openapi::jiff::Timestamp::now();
+        // `/sessions/list` (what `kubectl omero sessions` reads through the pod proxy): the
+        // count's sessions, `<node>-person-<i>`, each i minutes old and idle i seconds.
+        let body = if request.starts_with(b"GET /sessions/list ") {
+            let ago = |secs: u64| (now - std::time::Duration::from_secs(secs)).to_string();
+            let listed: Vec<serde_json::Value> = (1..=count)
+                .map(|i| {
+                    json!({"user": format!("{node}-person-{i}"), "agent": "OMERO.web", "started": ago(60 * i),
+                           "lastAccess": ago(i), "idleSeconds": i, "timeToIdleSeconds": 600.0,
+                           "timeToLiveSeconds": 0.0, "restricted": false})
+                })
+                .collect();
+            json!({"format": omero_operator::omero::session_list::COUNTER_LIST_FORMAT, "ok": true, "count": count,
+                   "truncated": false, "sessions": listed, "sample": format!("{node}-{sample}"), "ageSeconds": 0.5,
+                   "takenAt": now.to_string()})
+        } else {
+            json!({"format": omero_operator::omero::COUNTER_FORMAT, "ok": true, "sessions": count,
+                   "sample": format!("{node}-{sample}"), "ageSeconds": 0.5, "takenAt": now.to_string()})
+        }
         .to_string();
         let answer = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -910,6 +930,286 @@ async fn kubectl_omero_on_a_real_cluster() {
     suite.finish().await;
 }
 
+/// The chart's operator Deployment (`templates/deployment.yaml`, rendered by `bin/helm` for
+/// this release as [`Suite::apply_chart`] renders the rest) created in the suite's namespace
+/// with no replica: what `kubectl omero version` finds by the chart's own labels. Returns its
+/// name and image.
+async fn chart_operator_deployment(suite: &Suite) -> (String, String) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let helm = std::env::var_os("HELM").map_or_else(|| root.join("bin/helm"), PathBuf::from);
+    let out = Command::new(helm)
+        .current_dir(root)
+        .args(["template", &suite.ns, "charts/omero-operator", "--namespace", &suite.ns])
+        .args(["--kube-version", "1.28.0", "--show-only", "templates/deployment.yaml"])
+        .output()
+        .expect("helm runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut deployment: serde_json::Value =
+        serde_saphyr::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    deployment["spec"]["replicas"] = json!(0);
+    let created = suite
+        .api::<Deployment>()
+        .create(&PostParams::default(), &serde_json::from_value(deployment).unwrap())
+        .await
+        .unwrap();
+    let image = created.spec.unwrap().template.spec.unwrap().containers[0].image.clone().unwrap();
+    (created.metadata.name.unwrap(), image)
+}
+
+/// Runs `kubectl_complete-omero ARGS` as kubectl would (the plugin's arguments, the word being
+/// completed last); its output, with nothing on stderr.
+async fn complete(args: &[&str]) -> String {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl_complete-omero"))
+        .args(args)
+        .output()
+        .await
+        .expect("kubectl_complete-omero runs");
+    let (out, err) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    println!("$ kubectl_complete-omero {}\n{out}", args.join(" "));
+    assert!(output.status.success() && err.is_empty(), "{err}");
+    out.into_owned()
+}
+
+/// `kubectl omero version` (the chart's Deployment found by its labels), `status` with the
+/// address users log in to, the image, each node's pod and Kubernetes node, a problem and its
+/// Warning Event, `--as` a user of the namespace's built-in `view` role (and one of none), and
+/// completion of cluster and node names through `kubectl_complete-omero`, on a real API server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_omero_version_status_as_and_completion_on_a_real_cluster() {
+    let Some(mut suite) = Suite::start("basics", Install::OneNamespace).await else { return };
+    suite.apply_chart(&[], &["user-roles.yaml"]).await;
+    let admin = three_nodes_serving(&mut suite).await;
+    let ns = suite.ns.clone();
+    let (deployment, image) = chart_operator_deployment(&suite).await;
+    let version = env!("CARGO_PKG_VERSION");
+
+    let (out, code) = plugin(&admin, &ns, &["version"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with(&format!("Plugin Version: {version}")), "{out}");
+    assert!(out.contains("Kubernetes Version: v1.28.7\n"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "Operator Version: {version} ({ns}/{deployment}, 0 of 0 ready, image {image})"
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("WARNING"), "the chart's appVersion is the plugin's: {out}");
+
+    // A drain request naming no node: a problem and a Warning Event.
+    let clusters = suite.clusters();
+    annotate(&clusters, json!({DRAIN_ANNOTATION: "ro-9"})).await;
+    eventually(60, "an InvalidDrainRequest Warning Event", || async {
+        let events = cluster_events(&suite.client, &ns, "omero").await;
+        events.iter().any(|(reason, _)| reason == "InvalidDrainRequest").then_some(())
+    })
+    .await;
+    let k8s_node = format!("{ns}-0");
+    let check_status = |status: &str| {
+        assert!(
+            status.contains(&format!(
+                "Entry:     omero.{ns}.svc, ports 4063 (glacier2-tcp), 4064 (glacier2-ssl) (ClusterIP 10.0."
+            )),
+            "{status}"
+        );
+        assert!(status.contains("Image:     openmicroscopy/omero-server:5.6\n"), "{status}");
+        for node in ["rw", "ro-1", "ro-2"] {
+            let placed = status.lines().any(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                words.len() == 3
+                    && words[0] == node
+                    && words[1].starts_with(&format!("omero-{node}-"))
+                    && words[2] == k8s_node
+            });
+            assert!(placed, "{node}'s pod on {k8s_node}: {status}");
+        }
+        assert!(status.contains("Problems:\n  Degraded (InvalidDrainRequest): "), "{status}");
+        assert!(
+            status.contains("Warnings:\n  LAST SEEN  REASON") && status.contains("InvalidDrainRequest  "),
+            "{status}"
+        );
+    };
+    let (status, code) = plugin(&admin, &ns, &["status", "omero", "--request-timeout", "10s"]).await;
+    assert_eq!(code, Some(0), "{status}");
+    check_status(&status);
+
+    // `kubectl get omero -o wide`: the category in discovery, and the columns as the API server
+    // prints them (kubectl asks for a Table; the cells are the CRD's printer columns).
+    let discovery: serde_json::Value = suite
+        .client
+        .request(http::Request::get("/apis/omero.openmicroscopy.org/v1alpha1").body(vec![]).unwrap())
+        .await
+        .unwrap();
+    let resource = discovery["resources"].as_array().unwrap().iter().find(|r| r["name"] == "omeroclusters");
+    assert_eq!(resource.unwrap()["categories"], json!(["omero"]), "{discovery}");
+    let table: serde_json::Value = suite
+        .client
+        .request(
+            http::Request::get(format!(
+                "/apis/omero.openmicroscopy.org/v1alpha1/namespaces/{ns}/omeroclusters?includeObject=None"
+            ))
+            .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+            .body(vec![])
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let columns: Vec<&str> =
+        table["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        columns,
+        [
+            "Name",
+            "Ready",
+            "Status",
+            "Problem",
+            "Serving",
+            "Nodes",
+            "Up-To-Date",
+            "Pool",
+            "Age",
+            "Image",
+            "Draining"
+        ],
+        "{table}"
+    );
+    let cells = table["rows"][0]["cells"].as_array().unwrap();
+    println!("Table row: {cells:?}");
+    assert_eq!(cells[0], "omero");
+    assert_eq!(
+        (&cells[1], &cells[3], &cells[4], &cells[5]),
+        (&json!("True"), &json!("InvalidDrainRequest"), &json!(3), &json!(3))
+    );
+    assert_eq!(cells[9], "openmicroscopy/omero-server:5.6");
+    match kubectl_on_path() {
+        Some(kubectl) => {
+            let output = tokio::process::Command::new(&kubectl)
+                .args(["get", "omero", "-o", "wide", "-n", &ns])
+                .env("KUBECONFIG", &admin)
+                .output()
+                .await
+                .unwrap();
+            let out = String::from_utf8_lossy(&output.stdout);
+            println!("$ kubectl get omero -o wide -n {ns}\n{out}{}", String::from_utf8_lossy(&output.stderr));
+            let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
+            assert_eq!(
+                header,
+                [
+                    "NAME",
+                    "READY",
+                    "STATUS",
+                    "PROBLEM",
+                    "SERVING",
+                    "NODES",
+                    "UP-TO-DATE",
+                    "POOL",
+                    "AGE",
+                    "IMAGE",
+                    "DRAINING"
+                ]
+            );
+            assert!(out.lines().nth(1).is_some_and(|l| l.starts_with("omero ")), "{out}");
+        }
+        None => eprintln!(
+            "no kubectl on the PATH: `kubectl get omero -o wide` checked through the Table API only"
+        ),
+    }
+
+    // A user with the built-in view role in the namespace, by --as on the admin's credentials.
+    let viewer = format!("{ns}-viewer");
+    let binding = json!({"metadata": {"name": viewer},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": viewer}]});
+    suite
+        .api::<RoleBinding>()
+        .create(&PostParams::default(), &serde_json::from_value(binding).unwrap())
+        .await
+        .unwrap();
+    let roles: Api<ClusterRole> = Api::all(suite.client.clone());
+    eventually(60, "view aggregates omeroclusters", || async {
+        let rules = roles.get("view").await.ok()?.rules?;
+        rules.iter().any(|r| r.resources.iter().flatten().any(|x| x == "omeroclusters")).then_some(())
+    })
+    .await;
+    let (status, code) = plugin(&admin, &ns, &["--as", &viewer, "status", "omero"]).await;
+    assert_eq!(code, Some(0), "{status}");
+    check_status(&status);
+    let (out, code) = plugin(&admin, &ns, &["--as", &viewer, "undrain", "omero", "ro-1"]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(&format!("User \"{viewer}\" cannot patch")), "refused as the viewer: {out}");
+    let (out, code) = plugin(&admin, &ns, &["--as", &viewer, "version"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(
+            "Operator Version: unknown: you may not list Deployments in every namespace; may not list \
+                      Deployments in omero-system"
+        ),
+        "{out}"
+    );
+    let (out, code) = plugin(&admin, &ns, &["--as", &viewer, "version", "--operator-namespace", &ns]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("({ns}/{deployment}, 0 of 0 ready")), "{out}");
+    let nobody = format!("{ns}-nobody");
+    let (out, code) = plugin(&admin, &ns, &["--as", &nobody, "status", "omero"]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("forbidden") && out.contains(&nobody), "{out}");
+
+    // Completion as kubectl runs it, namespace and user on the line.
+    let kubeconfig = admin.to_string_lossy().into_owned();
+    let line = |words: &[&str]| -> Vec<String> {
+        ["--kubeconfig", kubeconfig.as_str(), "-n", ns.as_str()]
+            .iter()
+            .chain(words)
+            .map(|w| w.to_string())
+            .collect()
+    };
+    let run =
+        async |words: &[&str]| complete(&line(words).iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(run(&["drain", ""]).await, "omero\t3 nodes, 3 serving\n:4\n");
+    assert_eq!(run(&["--as", &viewer, "restart", "o"]).await, "omero\t3 nodes, 3 serving\n:4\n");
+    assert_eq!(
+        run(&["drain", "omero", "ro-1", ""]).await,
+        "rw\tread-write, Serving\nro-2\tread-only, Serving\n:4\n"
+    );
+    assert_eq!(run(&["--as", &nobody, "drain", ""]).await, ":4\n", "refused: nothing to offer");
+    // And through kubectl itself (1.26 and later): `kubectl __complete` is what its shell
+    // scripts run; it finds both binaries on the PATH.
+    match kubectl_on_path() {
+        Some(kubectl) => {
+            let bin = std::env::temp_dir().join(format!("{ns}-bin"));
+            std::fs::create_dir_all(&bin).unwrap();
+            for binary in [env!("CARGO_BIN_EXE_kubectl-omero"), env!("CARGO_BIN_EXE_kubectl_complete-omero")]
+            {
+                let link = bin.join(std::path::Path::new(binary).file_name().unwrap());
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(binary, &link).unwrap();
+            }
+            let path = std::env::join_paths(
+                std::iter::once(bin.clone()).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+            )
+            .unwrap();
+            let output = tokio::process::Command::new(&kubectl)
+                .args(["__complete", "omero", "-n", &ns, "drain", "omero", "ro-1", ""])
+                .env("PATH", path)
+                .env("KUBECONFIG", &admin)
+                .output()
+                .await
+                .unwrap();
+            let out = String::from_utf8_lossy(&output.stdout);
+            println!("$ {} __complete omero -n {ns} drain omero ro-1 ''\n{out}", kubectl.display());
+            assert_eq!(out, "rw\tread-write, Serving\nro-2\tread-only, Serving\n:4\n");
+            std::fs::remove_dir_all(&bin).unwrap();
+        }
+        None => eprintln!("no kubectl on the PATH: completion through kubectl itself not tried"),
+    }
+    annotate(&clusters, json!({DRAIN_ANNOTATION: null})).await;
+    suite.finish().await;
+}
+
+/// The `kubectl` on the PATH, if any.
+fn kubectl_on_path() -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join("kubectl")).find(|k| k.is_file())
+}
+
 /// `kubectl omero stop --wait` and `start --wait` against a real API server, the suite playing
 /// kubelet: every node leaves service at once and is scaled to zero once drained (here at its
 /// 10 s deadline: no probe), Services and budgets stay, the cluster says Stopped; started
@@ -1051,6 +1351,12 @@ async fn chart_operator_runs_a_cluster(install: Install) {
         Install::ClusterWide => "chart-all",
     };
     let Some(mut suite) = Suite::start(purpose, install).await else { return };
+    // The operator's own budget (two replicas by default), as the API server takes it: every
+    // field kept, unhealthyPodEvictionPolicy included (beta and on by default in 1.28).
+    let rendered = suite.apply_chart(&[], &["poddisruptionbudget.yaml"]).await;
+    let name = rendered[0]["metadata"]["name"].as_str().unwrap();
+    let operator_budget = suite.api::<PodDisruptionBudget>().get(name).await.unwrap().spec.unwrap();
+    assert_eq!(serde_json::to_value(&operator_budget).unwrap(), rendered[0]["spec"]);
     let kube_nodes = suite.play_kubelet(2).await;
     let ssa = PatchParams::apply("omero-operator-e2e").force();
     let mut cluster = serde_json::Value::Null;
@@ -1427,4 +1733,644 @@ async fn nothing_is_left_behind() {
         remaining = left().await;
     }
     assert!(remaining.is_empty(), "left behind: {remaining:?}");
+}
+
+/// The read-only pool on a real API server: scaled 2 -> 5 -> 2 through the `/scale`
+/// subresource (what `kubectl scale omc/omero --replicas=N` patches), with the suite playing
+/// kubelet and the session counter: the new nodes serve, the highest names leave through
+/// drains (one held by a session until it ends), `minReplicas` is refused by the API server,
+/// and a HorizontalPodAutoscaler targeting the cluster reads its scale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_pool_scales_through_the_scale_subresource_on_a_real_cluster() {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    let Some(mut suite) = Suite::start("pool", Install::OneNamespace).await else { return };
+    suite.play_kubelet(1).await;
+    let mut manifest = cluster_manifest(
+        &suite.ns,
+        "openmicroscopy/omero-server:5.6",
+        json!([{"name": "rw", "sessionProbe": {"type": "None"}}]),
+    );
+    manifest["spec"]["drain"] = json!({"timeout": "5m"});
+    manifest["spec"]["sessionCounter"] = json!({"credentialsSecret": {"name": "omero-counter"}});
+    manifest["spec"]["readOnlyPool"] = json!({"replicas": 2, "minReplicas": 1, "template": {"sessionProbe": {"type": "Counter", "interval": "2s"}}});
+    let ssa = PatchParams::apply("omero-operator-e2e").force();
+    let clusters = suite.clusters();
+    clusters.patch("omero", &ssa, &Patch::Apply(manifest)).await.unwrap();
+    let pool_replicas =
+        |c: &OmeroCluster| c.status.as_ref().and_then(|s| s.read_only_pool.as_ref()).map(|p| p.replicas);
+    let serving = |want: i32| {
+        let clusters = clusters.clone();
+        async move {
+            let c = clusters.get("omero").await.ok()?;
+            let status = c.status.as_ref()?;
+            (status.serving_nodes == want && status.observed_generation == c.metadata.generation).then_some(c)
+        }
+    };
+    let c = eventually(120, "rw and a pool of 2 serving", || serving(3)).await;
+    assert_eq!(pool_replicas(&c), Some(2));
+
+    // Scaled up through the scale subresource, as `kubectl scale --replicas=5` does.
+    let scale_to = |replicas: i32| {
+        let clusters = clusters.clone();
+        async move {
+            clusters
+                .patch_scale(
+                    "omero",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+                )
+                .await
+        }
+    };
+    scale_to(5).await.unwrap();
+    let c = eventually(120, "rw and a pool of 5 serving", || serving(6)).await;
+    assert_eq!(pool_replicas(&c), Some(5));
+    let scale = clusters.get_scale("omero").await.unwrap();
+    let (spec, status) = (scale.spec.unwrap(), scale.status.unwrap());
+    assert_eq!((spec.replicas, status.replicas), (Some(5), 5));
+    let selector = status.selector.expect("the scale subresource gives the pool's selector");
+    let pods: Api<Pod> = suite.api();
+    let pool_pods = pods.list(&ListParams::default().labels(&selector)).await.unwrap().items;
+    assert_eq!(pool_pods.len(), 5, "the selector selects the pool's pods: {selector}");
+
+    // Below minReplicas: the API server refuses the scale with the rule's message.
+    let refused = scale_to(0).await.expect_err("replicas below minReplicas is refused");
+    assert!(refused.to_string().contains("minReplicas"), "{refused}");
+
+    // Scaled down: ro-2 and ro-3 (no sessions) go; ro-4 drains until its session ends.
+    suite.set_sessions("ro-4", 1);
+    eventually(30, "ro-4's session counted", || async {
+        let c = clusters.get("omero").await.ok()?;
+        (c.status?.node("ro-4")?.sessions == Some(1)).then_some(())
+    })
+    .await;
+    scale_to(2).await.unwrap();
+    let deployments: Api<Deployment> = suite.api();
+    let names = || async {
+        let list = deployments.list(&ListParams::default()).await.ok()?;
+        Some(list.items.iter().map(|d| d.name_any()).collect::<BTreeSet<_>>())
+    };
+    eventually(120, "ro-2 and ro-3 removed, ro-4 draining", || async {
+        let c = clusters.get("omero").await.ok()?;
+        let ro4 = c.status.as_ref()?.node("ro-4")?.clone();
+        let left = names().await?;
+        let pool = c.status.as_ref()?.read_only_pool.clone()?;
+        let gone = !left.contains("omero-ro-2") && !left.contains("omero-ro-3");
+        let recorded = (pool.replicas, pool.leaving) == (3, vec!["ro-4".to_string()]);
+        (gone && recorded && ro4.leaving && ro4.phase == NodePhase::Draining && !ro4.routable).then_some(())
+    })
+    .await;
+    suite.set_sessions("ro-4", 0);
+    eventually(120, "ro-4 removed once its session ended", || async {
+        let left = names().await?;
+        (left == BTreeSet::from(["omero-rw".to_string(), "omero-ro-0".to_string(), "omero-ro-1".to_string()]))
+            .then_some(())
+    })
+    .await;
+    let removed = eventually(30, "a NodeRemoved Event for each of the three", || async {
+        let removed: Vec<String> = cluster_events(&suite.client, &suite.ns, "omero")
+            .await
+            .into_iter()
+            .filter(|(reason, _)| reason == "NodeRemoved")
+            .map(|(_, note)| note)
+            .collect();
+        (removed.len() == 3).then_some(removed)
+    })
+    .await;
+    let ro4_event = removed.iter().find(|n| n.contains("ro-4")).expect("ro-4's removal");
+    assert!(
+        !ro4_event.contains("deadline"),
+        "ro-4 left when its session ended, not at its deadline: {ro4_event}"
+    );
+
+    // A HorizontalPodAutoscaler targeting the cluster reads its scale subresource (no metrics
+    // API here, so it cannot compute a recommendation, and does not scale).
+    let hpas: Api<HorizontalPodAutoscaler> = suite.api();
+    let hpa = json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "omero-pool"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "omero.openmicroscopy.org/v1alpha1", "kind": "OmeroCluster", "name": "omero"},
+            "minReplicas": 2, "maxReplicas": 2,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]
+        }
+    });
+    hpas.create(&PostParams::default(), &serde_json::from_value(hpa).unwrap()).await.unwrap();
+    let conditions = eventually(90, "the HPA read the cluster's scale", || async {
+        let hpa = hpas.get("omero-pool").await.ok()?;
+        let status = hpa.status?;
+        let able = status.conditions.clone()?.into_iter().find(|c| c.type_ == "AbleToScale")?;
+        (able.status == "True" && able.reason.as_deref() == Some("SucceededGetScale"))
+            .then_some((status.current_replicas, status.conditions))
+    })
+    .await;
+    println!("HPA status: current replicas {:?}, conditions {:#?}", conditions.0, conditions.1);
+    assert_eq!(conditions.0, Some(2), "the HPA read status.replicas through the scale subresource");
+    suite.finish().await;
+}
+
+/// What the played kubelet's log endpoint was asked: the path, the query (percent-decoded) and
+/// the protocol the API server spoke to it (ALPN).
+#[derive(Clone, Debug)]
+struct ContainerLogRequest {
+    path: String,
+    query: BTreeMap<String, String>,
+    protocol: String,
+}
+
+/// The kubelet's container log endpoint (`GET /containerLogs/{ns}/{pod}/{container}`, which
+/// the API server calls for `pods/log`), played over TLS on a loopback port with a certificate
+/// made here that no CA vouches for. `omero-logs` answers records as the log container writes
+/// them, `omero-server` the image's start-up output; each line with its time when asked
+/// (`timestamps`), from `sinceTime` on (whole seconds, as the kubelet reads it), and with
+/// `follow` one more record half a second later, the stream then held open. Returns the port
+/// and the requests seen.
+async fn play_container_logs() -> (u16, Arc<Mutex<Vec<ContainerLogRequest>>>) {
+    use tokio_rustls::rustls;
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+    let mut tls =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key.into())
+            .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen: Arc<Mutex<Vec<ContainerLogRequest>>> = Arc::default();
+    // The times the played runtime gave the lines: within one second, so a resumed stream
+    // (sinceTime in whole seconds) gets them all again.
+    let base =
+        k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second() - 30)
+            .unwrap();
+    let at = move |millis: i64| base + k8s_openapi::jiff::SignedDuration::from_millis(millis);
+    tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else { return };
+                    let protocol = stream
+                        .get_ref()
+                        .1
+                        .alpn_protocol()
+                        .map_or("none".to_string(), |p| String::from_utf8_lossy(p).into_owned());
+                    let service = hyper::service::service_fn(
+                        move |request: http::Request<hyper::body::Incoming>| {
+                            let (seen, protocol) = (seen.clone(), protocol.clone());
+                            async move {
+                                let path = request.uri().path().to_string();
+                                let query: BTreeMap<String, String> = request
+                                    .uri()
+                                    .query()
+                                    .unwrap_or_default()
+                                    .split('&')
+                                    .filter_map(|p| p.split_once('='))
+                                    .map(|(k, v)| (k.to_string(), v.replace("%3A", ":")))
+                                    .collect();
+                                seen.lock().unwrap().push(ContainerLogRequest {
+                                    path: path.clone(),
+                                    query: query.clone(),
+                                    protocol,
+                                });
+                                let lines: Vec<(k8s_openapi::jiff::Timestamp, &str)> = if path
+                                    .ends_with("/omero-logs")
+                                {
+                                    vec![
+                                        (
+                                            at(0),
+                                            "omero-logs: following /opt/omero/server/OMERO.server/var/log/*.log, *.out, *.err",
+                                        ),
+                                        (
+                                            at(100),
+                                            "Blitz-0.log: 2024-01-02 13:45:10,000 INFO  [ome.services.blitz.Entry] (main) Blitz up",
+                                        ),
+                                        (
+                                            at(200),
+                                            "Tables-0.log: 2024-01-02 13:45:11,000 INFO  [omero.tables] (MainThread) Tables up",
+                                        ),
+                                        (
+                                            at(300),
+                                            "Blitz-0.log: 2024-01-02 13:45:12,000 ERROR [ome.services.X] (l.Server-7) failed\\n\tat ome.X.y(X.java:1)",
+                                        ),
+                                    ]
+                                } else {
+                                    vec![(at(0), "Running /startup/99-run.sh")]
+                                };
+                                let since = query
+                                    .get("sinceTime")
+                                    .map(|t| t.parse::<k8s_openapi::jiff::Timestamp>().unwrap());
+                                let line = |(time, text): &(k8s_openapi::jiff::Timestamp, &str)| {
+                                    let text = if query.contains_key("timestamps") {
+                                        format!("{time} {text}\n")
+                                    } else {
+                                        format!("{text}\n")
+                                    };
+                                    Ok::<_, std::convert::Infallible>(http_body::Frame::data(
+                                        bytes::Bytes::from(text),
+                                    ))
+                                };
+                                let mut frames: Vec<_> = lines
+                                    .iter()
+                                    .filter(|(t, _)| since.is_none_or(|s| *t >= s))
+                                    .map(line)
+                                    .collect();
+                                if query.get("follow").map(String::as_str) == Some("true")
+                                    && path.ends_with("/omero-logs")
+                                {
+                                    frames.push(line(&(at(900), "Blitz-0.log: 2024-01-02 13:45:13,000 INFO  [ome.services.X] (main) a followed record")));
+                                }
+                                let follow = query.get("follow").map(String::as_str) == Some("true");
+                                let (tx, rx) = futures::channel::mpsc::unbounded();
+                                tokio::spawn(async move {
+                                    let last = frames.pop();
+                                    for frame in frames {
+                                        let _ = tx.unbounded_send(frame);
+                                    }
+                                    if let Some(last) = last {
+                                        if follow {
+                                            tokio::time::sleep(Duration::from_millis(500)).await;
+                                        }
+                                        let _ = tx.unbounded_send(last);
+                                    }
+                                    if follow {
+                                        // Held open, as a running container's followed log is.
+                                        tokio::time::sleep(Duration::from_secs(60)).await;
+                                    }
+                                });
+                                Ok::<_, std::convert::Infallible>(http::Response::new(
+                                    http_body_util::StreamBody::new(rx),
+                                ))
+                            }
+                        },
+                    );
+                    let _ =
+                        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                });
+            }
+        }
+    });
+    (port, seen)
+}
+
+/// `kubectl omero logs` against a real API server, the suite playing the kubelet and its log
+/// endpoint: the node's pod (found by the operator's labels) passes restricted Pod Security
+/// with its `omero-logs` container, and the plugin reads that container's log through the API
+/// server's `pods/log` (which connects to the Node's InternalIP and kubelet port over TLS): one
+/// file's last record whole, a followed log that resumes without repeating a line, and a
+/// cluster with the log container off, whose server log is shown with a note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_omero_logs_on_a_real_cluster() {
+    let Some(mut suite) = Suite::start("logs", Install::OneNamespace).await else { return };
+    let nodes = suite.play_kubelet(1).await;
+    let (port, requests) = play_container_logs().await;
+    // Where the API server finds the kubelet: the Node's InternalIP and kubelet port.
+    let k8s_nodes: Api<Node> = Api::all(suite.client.clone());
+    let endpoint = json!({"status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                                     "daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}});
+    k8s_nodes.patch_status(&nodes[0], &PatchParams::default(), &Patch::Merge(endpoint)).await.unwrap();
+    let ssa = PatchParams::apply("omero-operator-e2e").force();
+    let none = json!({"type": "None"});
+    let image = "openmicroscopy/omero-server:5.6";
+    suite
+        .clusters()
+        .patch(
+            "omero",
+            &ssa,
+            &Patch::Apply(cluster_manifest(&suite.ns, image, json!([{"name": "rw", "sessionProbe": none}]))),
+        )
+        .await
+        .unwrap();
+    let mut plain = cluster_manifest(&suite.ns, image, json!([{"name": "rw", "sessionProbe": none}]));
+    plain["metadata"]["name"] = json!("plain");
+    plain["spec"]["serverLogs"] = json!({"mode": "None"});
+    suite.clusters().patch("plain", &ssa, &Patch::Apply(plain)).await.unwrap();
+    let pods: Api<Pod> = suite.api();
+    let pod = eventually(120, "both nodes' pods bound and running", || async {
+        let running: Vec<Pod> = pods
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .collect();
+        (running.len() == 2).then_some(())?;
+        running.into_iter().find(|p| p.labels().get(CLUSTER_LABEL).map(String::as_str) == Some("omero"))
+    })
+    .await;
+    let containers = &pod.spec.as_ref().unwrap().containers;
+    let logs = containers.iter().find(|c| c.name == "omero-logs").expect("an omero-logs container");
+    let var = logs.volume_mounts.iter().flatten().find(|m| m.name == "var").unwrap();
+    assert_eq!(var.read_only, Some(true), "var is read-only in the log container");
+    let pod_name = pod.name_any();
+    let admin = PathBuf::from(&suite.path);
+
+    let started = Instant::now();
+    let (out, code) =
+        plugin(&admin, &suite.ns, &["logs", "omero", "rw", "--file", "Blitz-0", "--tail", "1"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        out,
+        "2024-01-02 13:45:12,000 ERROR [ome.services.X] (l.Server-7) failed\n\tat ome.X.y(X.java:1)\n"
+    );
+    println!("logs --file Blitz-0 --tail 1: {:?}", started.elapsed());
+
+    // Followed: the first read, then a followed stream from the second of its last line, whose
+    // lines already shown are skipped; the plugin runs until killed.
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-omero"))
+        .arg("--kubeconfig")
+        .arg(&admin)
+        .args(["-n", &suite.ns, "logs", "omero", "rw", "-f", "--file", "Blitz-0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut followed = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !followed.contains("a followed record") && Instant::now() < deadline {
+        let mut buffer = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(1), stdout.read(&mut buffer)).await;
+        if let Ok(Ok(n)) = read {
+            followed.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+    }
+    child.kill().await.unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+    println!("$ kubectl omero logs omero rw -f --file Blitz-0 ({:?})\n{followed}{err}", started.elapsed());
+    assert_eq!(
+        followed,
+        "2024-01-02 13:45:10,000 INFO  [ome.services.blitz.Entry] (main) Blitz up\n\
+         2024-01-02 13:45:12,000 ERROR [ome.services.X] (l.Server-7) failed\n\tat ome.X.y(X.java:1)\n\
+         2024-01-02 13:45:13,000 INFO  [ome.services.X] (main) a followed record\n",
+        "each record once: {err}"
+    );
+
+    let (out, code) = plugin(&admin, &suite.ns, &["logs", "plain", "rw", "--tail", "5"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    // Its output, then its note (the helper shows stdout, then stderr).
+    assert!(out.starts_with("Running /startup/99-run.sh\n"), "{out}");
+    assert!(out.contains("spec.serverLogs.mode is None"), "{out}");
+
+    // What the API server asked the kubelet for.
+    let seen = requests.lock().unwrap().clone();
+    for request in &seen {
+        println!("kubelet asked: {} {:?} over {}", request.path, request.query, request.protocol);
+    }
+    let to_logs: Vec<&ContainerLogRequest> = seen
+        .iter()
+        .filter(|r| r.path == format!("/containerLogs/{}/{pod_name}/omero-logs", suite.ns))
+        .collect();
+    assert_eq!(to_logs.len(), 3, "--tail, then -f's first read and its followed stream: {seen:#?}");
+    assert!(
+        to_logs.iter().all(|r| r.query.get("timestamps").map(String::as_str) == Some("true")),
+        "{seen:#?}"
+    );
+    assert_eq!(to_logs[2].query.get("follow").map(String::as_str), Some("true"), "{seen:#?}");
+    assert!(to_logs[2].query.contains_key("sinceTime"), "{seen:#?}");
+    assert!(
+        seen.iter().any(|r| r.path.ends_with("/omero-server")
+            && r.query.get("tailLines").map(String::as_str) == Some("5")),
+        "{seen:#?}"
+    );
+    suite.finish().await;
+}
+
+/// A database for the e2e cluster's read-write node, with OMERO's tables, when the run has a
+/// PostgreSQL (`scripts/with-postgres.sh` sets `OMERO_OPERATOR_TEST_DATABASE_URL`): (host, port,
+/// database, user, password, a client of it, the admin client that drops it).
+async fn e2e_database(
+    ns: &str,
+) -> Option<(String, u16, String, String, String, tokio_postgres::Client, tokio_postgres::Client)> {
+    let url = std::env::var("OMERO_OPERATOR_TEST_DATABASE_URL").ok()?;
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let connect = |config: tokio_postgres::Config| async move {
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    };
+    let admin = connect(config.clone()).await;
+    let name = ns.replace('-', "_");
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).await.unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    let mut own = config.clone();
+    own.dbname(&name);
+    let db = connect(own).await;
+    db.batch_execute(include_str!("fixtures/omero-sessions-schema.sql")).await.unwrap();
+    let tokio_postgres::config::Host::Tcp(host) = &config.get_hosts()[0] else { panic!("a TCP host") };
+    let password = String::from_utf8(config.get_password().unwrap().to_vec()).unwrap();
+    Some((host.clone(), config.get_ports()[0], name, config.get_user().unwrap().into(), password, db, admin))
+}
+
+/// `kubectl omero sessions` against a real API server, through its real proxies: the played
+/// session counter's `/sessions/list` through the pod proxy to the pod's (loopback) IP; the
+/// operator's `/sessions/...` route through the service proxy, to the e2e operator process by a
+/// selectorless copy of the chart's metrics Service and an Endpoints object at its address. The
+/// read-write node's sessions come from a real PostgreSQL when the run has one
+/// (`scripts/with-postgres.sh`); without it the operator's failure to reach the database is
+/// what must come through. Then as namespace users: one bound to the built-in view role and
+/// listed in the chart's `sessionReaders` (the operator's Service answers; the pod proxy is
+/// refused, naming pods/proxy), one bound to edit (both proxies answer: the operator runs in
+/// the same namespace here), one bound to view alone (the service proxy is refused, naming
+/// services/proxy and sessionReaders).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_omero_sessions_on_a_real_cluster() {
+    use k8s_openapi::api::core::v1::Endpoints;
+    let Some(mut suite) = Suite::start("sessions", Install::OneNamespace).await else { return };
+    suite.apply_chart(&[], &["user-roles.yaml"]).await;
+    suite.play_kubelet(1).await;
+    let ns = suite.ns.clone();
+    let database = e2e_database(&ns).await;
+    let (host, port, name, user, password) = match &database {
+        Some((host, port, name, user, password, ..)) => {
+            (host.clone(), *port, name.clone(), user.clone(), password.clone())
+        }
+        // Nothing listens on port 1: the operator's connection is refused at once.
+        None => ("127.0.0.1".into(), 1, "omero".into(), "omero".into(), "unused".into()),
+    };
+    let secret = json!({"metadata": {"name": "omero-db"}, "stringData": {"password": password}});
+    suite
+        .api::<Secret>()
+        .create(&PostParams::default(), &serde_json::from_value(secret).unwrap())
+        .await
+        .unwrap();
+    let mut manifest = cluster_manifest(
+        &ns,
+        "openmicroscopy/omero-server:5.6",
+        json!([
+            {"name": "rw"},
+            {"name": "ro-1", "readOnly": {"db": true, "repo": true}},
+            {"name": "ro-2", "readOnly": {"db": true, "repo": true}, "sessionProbe": {"type": "None"}}
+        ]),
+    );
+    manifest["spec"]["database"] = json!({"host": host, "port": port, "name": name, "user": user,
+                                          "passwordSecret": {"name": "omero-db", "key": "password"}});
+    manifest["spec"]["sessionCounter"] = json!({"credentialsSecret": {"name": "omero-counter"}});
+    let ssa = PatchParams::apply("omero-operator-e2e").force();
+    let clusters = suite.clusters();
+    clusters.patch("omero", &ssa, &Patch::Apply(manifest)).await.unwrap();
+    suite.set_sessions("ro-1", 2);
+    let pods: Api<Pod> = suite.api();
+    let rw_ip = eventually(120, "ro-1 serving and rw's pod running", || async {
+        let c = clusters.get("omero").await.ok()?;
+        (c.status?.node("ro-1")?.phase == NodePhase::Serving).then_some(())?;
+        let rw = pods.list(&ListParams::default().labels(&format!("{NODE_LABEL}=rw"))).await.ok()?;
+        rw.items.iter().find_map(|p| p.status.as_ref()?.pod_ip.clone())
+    })
+    .await;
+    if let Some((.., db, _)) = &database {
+        // What rw's Blitz and its users would have written.
+        db.batch_execute(&format!(
+            "INSERT INTO experimenter (id, omename, firstname, lastname, email) VALUES \
+               (2, 'alice', 'Alice', 'Liddell', 'alice@example.org'), (3, 'bob', 'Bob', 'Ross', 'bob@example.org');
+             INSERT INTO node (id, conn, uuid) VALUES (1, 'n1 -t -e 1.1:tcp -h {rw_ip} -p 45678 -t 60000', 'node-1');
+             INSERT INTO session (id, uuid, node, useragent, owner, started) VALUES
+               (1, 'uuid-tables', 1, 'Python service', 0, now()),
+               (2, 'uuid-alice', 1, 'OMERO.insight', 2, now() - interval '2 hours'),
+               (3, 'uuid-bob', 1, 'OMERO.web', 3, now() - interval '5 minutes')"
+        ))
+        .await
+        .unwrap();
+    }
+
+    // The chart's metrics Service, without its selector (the operator runs here as a process on
+    // 127.0.0.1, not as the chart's pods), and an Endpoints object at the operator's address.
+    let log = suite.operator.as_ref().unwrap().log.clone();
+    let operator_port = eventually(60, "the operator's HTTP address in its log", || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let line = text.lines().find(|l| l.contains("serving /metrics"))?;
+        let at = line.find("127.0.0.1:")? + "127.0.0.1:".len();
+        line[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse::<u16>().ok()
+    })
+    .await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let helm = std::env::var_os("HELM").map_or_else(|| root.join("bin/helm"), PathBuf::from);
+    let out = Command::new(helm)
+        .current_dir(root)
+        .args(["template", &ns, "charts/omero-operator", "--namespace", &ns])
+        .args(["--kube-version", "1.28.0", "--show-only", "templates/service.yaml"])
+        .output()
+        .expect("helm runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut service: serde_json::Value =
+        serde_saphyr::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    service["spec"].as_object_mut().unwrap().remove("selector");
+    let service_name = service["metadata"]["name"].as_str().unwrap().to_string();
+    suite
+        .api::<Service>()
+        .create(&PostParams::default(), &serde_json::from_value(service).unwrap())
+        .await
+        .unwrap();
+    let endpoints = json!({"metadata": {"name": service_name},
+                           "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"name": "http", "port": operator_port}]}]});
+    suite
+        .api::<Endpoints>()
+        .create(&PostParams::default(), &serde_json::from_value(endpoints).unwrap())
+        .await
+        .unwrap();
+
+    let admin = PathBuf::from(&suite.path);
+    let rw_in_words = |out: &str| {
+        if database.is_some() {
+            assert!(
+                out.contains("rw (Serving), pod omero-rw-") || out.contains("rw (Starting), pod omero-rw-"),
+                "{out}"
+            );
+            assert!(out.contains(": 2 sessions, from OMERO's database through the operator"), "{out}");
+            for user in ["alice  OMERO.insight", "bob    OMERO.web"] {
+                assert!(out.contains(user), "{user}: {out}");
+            }
+        } else {
+            assert!(
+                out.contains("sessions not read: the operator: database omero@127.0.0.1:1/omero: "),
+                "{out}"
+            );
+        }
+    };
+    let (out, code) = plugin(&admin, &ns, &["sessions", "omero"]).await;
+    assert_eq!(code, Some(if database.is_some() { 0 } else { 1 }), "{out}");
+    rw_in_words(&out);
+    assert!(out.contains(": 2 sessions, from the session counter (sample ro-1-"), "{out}");
+    for person in ["ro-1-person-1  OMERO.web", "ro-1-person-2  OMERO.web"] {
+        assert!(out.contains(person), "{person}: {out}");
+    }
+    assert!(
+        out.contains("ro-2 (Serving), pod omero-ro-2-") && out.contains(": not counted: no session probe"),
+        "{out}"
+    );
+    assert!(!out.contains("uuid") && !out.contains("Liddell"), "{out}");
+    let (out, code) = plugin(&admin, &ns, &["sessions", "omero", "ro-1", "-o", "json"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed[0]["list"]["sessions"][1]["user"], "ro-1-person-2");
+
+    // Namespace users: the view role and sessionReaders; the edit role alone.
+    let viewer = format!("{ns}-viewer");
+    let editor = format!("{ns}-editor");
+    let outsider = format!("{ns}-outsider");
+    for (user, role) in [(&viewer, "view"), (&editor, "edit"), (&outsider, "view")] {
+        let binding = json!({"metadata": {"name": user},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]});
+        suite
+            .api::<RoleBinding>()
+            .create(&PostParams::default(), &serde_json::from_value(binding).unwrap())
+            .await
+            .unwrap();
+    }
+    suite.apply_chart(&[format!("sessionReaders.users={{{viewer}}}")], &["session-readers.yaml"]).await;
+    let roles: Api<ClusterRole> = Api::all(suite.client.clone());
+    eventually(60, "view aggregates omeroclusters", || async {
+        let rules = roles.get("view").await.ok()?.rules?;
+        rules.iter().any(|r| r.resources.iter().flatten().any(|x| x == "omeroclusters")).then_some(())
+    })
+    .await;
+    let as_user = |user: &str| ["--as".to_string(), user.to_string()];
+    let run_as = |user: String| {
+        let admin = admin.clone();
+        let ns = ns.clone();
+        async move {
+            let mut args = as_user(&user).to_vec();
+            args.extend(["sessions", "omero", "--operator-namespace", &ns].map(String::from));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            plugin(&admin, &ns, &args).await
+        }
+    };
+    let (out, code) = run_as(viewer.clone()).await;
+    assert_eq!(code, Some(1), "{out}");
+    rw_in_words(&out);
+    assert!(
+        out.contains(&format!("User \"{viewer}\" cannot get resource \"pods/proxy\""))
+            && out.contains(&format!("it needs get on pods/proxy in namespace {ns}, which the built-in edit and admin roles grant and view does not")),
+        "{out}"
+    );
+    // The edit role grants both proxies in its namespace, here the operator's too.
+    let (out, code) = run_as(editor.clone()).await;
+    assert_eq!(code, Some(if database.is_some() { 0 } else { 1 }), "{out}");
+    assert!(out.contains("ro-1-person-1  OMERO.web"), "the edit role reads the pod proxy: {out}");
+    rw_in_words(&out);
+    let (out, code) = run_as(outsider.clone()).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("User \"{outsider}\" cannot get resource \"services/proxy\""))
+            && out.contains(&format!(
+                "it needs get on services/proxy for {service_name}:http in namespace {ns} (the chart's sessionReaders value grants it)"
+            )),
+        "{out}"
+    );
+    if let Some((_, _, name, _, _, db, admin)) = database {
+        drop(db);
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.unwrap();
+    }
+    suite.finish().await;
 }

@@ -106,7 +106,7 @@ fn has_key(secret: &Secret, key: &str) -> bool {
 fn there_are_examples() {
     let names: Vec<String> =
         example_files().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    for expected in ["minimal.yaml", "read-only-replicas.yaml"] {
+    for expected in ["minimal.yaml", "read-only-replicas.yaml", "read-only-pool.yaml"] {
         assert!(names.iter().any(|n| n == expected), "examples/{expected} is missing: {names:?}");
     }
 }
@@ -193,6 +193,8 @@ fn every_example_cluster_renders_a_deployment_and_a_service_per_node_and_the_ent
     for path in example_files() {
         for cluster in &load(&path).clusters {
             let desired = omero_operator::render::render(cluster);
+            // The read-only pool's nodes are nodes like the others.
+            let cluster = &*omero_operator::pool::resolved(cluster);
             let name = cluster.metadata.name.clone().unwrap();
             let deployments: Vec<String> =
                 desired.deployments.iter().map(|d| d.metadata.name.clone().unwrap()).collect();

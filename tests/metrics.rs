@@ -34,6 +34,11 @@ spec:
   - name: ro-1
     readOnly: {db: true, repo: true}
     sessionProbe: {type: Metrics, port: 9449, interval: 10s, exporterUser: monitor}
+  readOnlyPool:
+    replicas: 1
+    namePrefix: pool
+    template:
+      sessionProbe: {type: Metrics, port: 9449, interval: 10s, exporterUser: monitor}
 "#;
 
 async fn reconcile(fake: &FakeCluster, ctx: &Arc<Ctx>) -> bool {
@@ -78,7 +83,7 @@ async fn a_reconcile_produces_every_declared_metric_with_its_labels() {
 
     // Bring-up.
     assert!(reconcile(&fake, &ctx).await);
-    for (node, ip) in [("rw", "10.0.0.1"), ("ro-1", "10.0.0.2")] {
+    for (node, ip) in [("rw", "10.0.0.1"), ("ro-1", "10.0.0.2"), ("pool-0", "10.0.0.3")] {
         fake.set_pod(node, ip, true);
         sessions.set(ip, Ok(2));
     }
@@ -128,6 +133,16 @@ async fn a_reconcile_produces_every_declared_metric_with_its_labels() {
         "{text}"
     );
     assert!(text.contains("omero_operator_leader 1\n"));
+    assert!(
+        text.contains("omero_operator_pool_sessions{namespace=\"omero\",omerocluster=\"omero\"} 2\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "omero_operator_pool_nodes{namespace=\"omero\",omerocluster=\"omero\",state=\"serving\"} 1\n"
+        ),
+        "{text}"
+    );
 
     assert!(!text.contains("drain_deadline_timestamp_seconds{"), "no deadline once drained: {text}");
     assert!(text.contains(

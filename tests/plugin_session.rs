@@ -74,6 +74,14 @@ async fn serve(fake: FakeCluster, verbs: Verbs, request: Request<Incoming>) -> R
     let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let path = parts.uri.path();
     let query = parts.uri.query().unwrap_or_default();
+    // What `status` reads beside the cluster (`plugin::status::read_objects`): the entry
+    // Service, the pods, the Warning Events.
+    if let Some(rest) = path.strip_prefix("/api/v1/namespaces/omero/") {
+        let (resource, name) = rest.split_once('/').map_or((rest, None), |(r, n)| (r, Some(n)));
+        let verb = if name.is_some() { "get" } else { "list" };
+        verbs.lock().unwrap().insert(format!("{resource} {verb}"));
+        return Ok(core_reply(&fake, resource, name, &percent_decoded(query)));
+    }
     let base = "/apis/omero.openmicroscopy.org/v1alpha1/namespaces/omero/omeroclusters";
     let resource = path.strip_prefix(base).map_or("other", |rest| {
         if rest.ends_with("/status") { "omeroclusters/status" } else { "omeroclusters" }
@@ -150,6 +158,62 @@ async fn serve(fake: FakeCluster, verbs: Verbs, request: Request<Incoming>) -> R
         }
         other => panic!("unexpected {other} {path}"),
     }
+}
+
+/// A core API answer from the fake: the Service by name, or the pods, or the Events (as the
+/// core API shows the operator's events.k8s.io Events, filtered by the field selector's type).
+fn core_reply(fake: &FakeCluster, resource: &str, name: Option<&str>, query: &str) -> Reply {
+    let not_found = || {
+        json_reply(
+            StatusCode::NOT_FOUND,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+                    "message": format!("{resource} {name:?} not found")}),
+        )
+    };
+    let state = fake.state();
+    let items: Vec<Value> = match (resource, name) {
+        ("services", Some(name)) => {
+            return state
+                .services
+                .get(name)
+                .map_or_else(not_found, |s| json_reply(StatusCode::OK, &json!(s)));
+        }
+        ("pods", None) => state
+            .pods
+            .values()
+            .map(|p| {
+                let mut pod = json!(p);
+                // Bound, as a scheduler would have (the simulation plays none).
+                pod["spec"]["nodeName"] = json!("k8s-node-1");
+                pod
+            })
+            .collect(),
+        ("events", None) => {
+            assert!(query.contains("involvedObject.kind=OmeroCluster,involvedObject.name=omero"), "{query}");
+            let warnings_only = query.contains("type=Warning");
+            let now = Timestamp::now().to_string();
+            state
+                .events
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| {
+                    !warnings_only || e.type_ == omero_operator::controller::port::EventType::Warning
+                })
+                .map(|(i, e)| {
+                    json!({"metadata": {"name": format!("omero.{i}")}, "type": format!("{:?}", e.type_),
+                           "involvedObject": {"kind": "OmeroCluster", "name": "omero"},
+                           "reason": e.reason, "message": e.note, "lastTimestamp": now, "count": 1})
+                })
+                .collect()
+        }
+        _ => return not_found(),
+    };
+    json_reply(StatusCode::OK, &json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}))
+}
+
+/// A query string as the server reads it (`%3D` is `=`, `%2C` is `,`).
+fn percent_decoded(query: &str) -> String {
+    query.replace("%3D", "=").replace("%2C", ",").replace("%2F", "/")
 }
 
 /// Runs `kubectl-omero ARGS` against the server; returns its output as a terminal would show
@@ -257,9 +321,22 @@ async fn a_drain_and_a_restart_with_the_real_binary_over_http() {
     let (status, code) = run("status omero").await;
     assert_eq!(code, Some(0), "{status}");
     assert!(status.contains("rw    read-write  Serving"), "{status}");
+    assert!(
+        status.contains("Entry:     omero.omero.svc, ports 4063 (glacier2-tcp), 4064 (glacier2-ssl)"),
+        "{status}"
+    );
+    assert!(status.contains("Image:     openmicroscopy/omero-server:5.6\n"), "{status}");
+    assert!(status.contains("ro-2  omero-ro-2-"), "each node's pod: {status}");
+    assert!(status.contains("Problems:  none\nWarnings:  none\n"), "{status}");
     let asked =
         |verbs: &[&str]| -> BTreeSet<String> { verbs.iter().map(|v| format!("omeroclusters {v}")).collect() };
-    assert_eq!(*verbs.lock().unwrap(), asked(&["get"]), "a status reads the cluster, nothing else");
+    let mut around = asked(&["get"]);
+    around.extend(["services get", "pods list", "events list"].map(String::from));
+    assert_eq!(
+        *verbs.lock().unwrap(),
+        around,
+        "a status reads the cluster, its entry Service, pods and Events, nothing else"
+    );
 
     let (drain, code) = run("drain omero ro-1 --wait").await;
     assert_eq!(code, Some(0), "{drain}");

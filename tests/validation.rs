@@ -1182,3 +1182,76 @@ fn a_python_2_image_is_refused_in_any_topology() {
         &["is OMERO.server 5.5.1, a Python 2 image without /opt/omero/server/venv3", "5.6.3 or later"],
     );
 }
+
+// --- the read-only pool ---
+
+#[test]
+fn a_pool_with_only_replicas_is_valid_and_makes_read_only_nodes() {
+    assert_valid("spec: {readOnlyPool: {replicas: 3}}");
+    assert_valid("spec: {readOnlyPool: {replicas: 0, minReplicas: 0, namePrefix: view}}");
+    let c = cluster("spec: {readOnlyPool: {replicas: 2, template: {resources: {limits: {memory: 8Gi}}}}}");
+    let resolved = omero_operator::pool::resolved(&c);
+    let names: Vec<&str> = resolved.spec.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["main", "ro-0", "ro-1"]);
+    assert!(resolved.spec.nodes[1..].iter().all(|n| n.read_only_db() && n.read_only_repo()));
+}
+
+#[test]
+fn a_pool_template_error_is_reported_once_at_the_template() {
+    // Checked as a node even while the pool has none.
+    for replicas in [0, 3] {
+        assert_error(
+            &format!(
+                "spec: {{readOnlyPool: {{replicas: {replicas}, template: {{resources: {{limits: {{memory: 1Gi}}}}}}}}}}"
+            ),
+            "spec.readOnlyPool.template.resources.limits.memory",
+            &["below the 3414Mi"],
+        );
+    }
+    assert_error(
+        "spec: {readOnlyPool: {replicas: 2, template: {sessionProbe: {type: Database}}}}",
+        "spec.readOnlyPool.template.sessionProbe.type",
+        &["read-only database node"],
+    );
+}
+
+#[test]
+fn a_pool_refuses_read_write_nodes_grid_topology_and_fewer_than_min_replicas() {
+    assert_error(
+        "spec: {readOnlyPool: {replicas: 1, template: {readOnly: {db: true, repo: false}}}}",
+        "spec.readOnlyPool.template.readOnly",
+        &["read-only", "leave readOnly out"],
+    );
+    assert_error(
+        "spec: {readOnlyPool: {replicas: 1, minReplicas: 2}}",
+        "spec.readOnlyPool.replicas",
+        &["below minReplicas (2)", "scale to at least 2"],
+    );
+    let errors =
+        errors("spec: {topology: Grid, readOnlyPool: {replicas: 1}, nodes: [{name: main, master: true}]}");
+    assert!(fields(&errors).contains(&"spec.readOnlyPool"), "{errors:#?}");
+}
+
+#[test]
+fn a_node_named_like_a_pool_node_is_refused_on_the_node() {
+    assert_error(
+        "spec: {readOnlyPool: {replicas: 1}, nodes: [{name: main}, {name: ro-4, readOnly: {db: true, repo: true}}]}",
+        "spec.nodes[1].name",
+        &["'ro-4'", "namePrefix"],
+    );
+    assert_valid(
+        "spec: {readOnlyPool: {replicas: 1, namePrefix: pool}, nodes: [{name: main}, {name: ro-4, readOnly: {db: true, repo: true}}]}",
+    );
+}
+
+#[test]
+fn a_pool_counts_towards_the_node_limit_and_the_name_length() {
+    assert_error(
+        "spec: {readOnlyPool: {replicas: 64}}",
+        "spec.readOnlyPool.replicas",
+        &["makes 65 nodes", "at most 64"],
+    );
+    let long = "c".repeat(58);
+    let errors = errors(&format!("metadata: {{name: {long}}}\nspec: {{readOnlyPool: {{replicas: 1}}}}"));
+    assert!(fields(&errors).contains(&"spec.readOnlyPool.namePrefix"), "{errors:#?}");
+}

@@ -6,12 +6,14 @@ mod image;
 pub mod ports;
 pub mod property;
 pub mod quantity;
+mod server_logs;
 pub mod servers;
 mod spec;
 mod status;
 mod validate;
 
 pub use duration::{Duration, DurationError};
+pub use server_logs::{SERVER_LOGS_CONTAINER, ServerLogsMode, ServerLogsSpec};
 pub use spec::*;
 pub use status::*;
 pub use validate::{GRID_DNS_SUFFIX, OMERO_CONTAINER, SESSION_COUNTER_CONTAINER, ValidationError, validate};
@@ -34,6 +36,11 @@ pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::
         node["env"]["items"]["properties"]["name"]["pattern"] = ENV_NAME_PATTERN.into();
         for map in ["limits", "requests"] {
             node["resources"]["properties"][map]["additionalProperties"]["pattern"] = QUANTITY_PATTERN.into();
+        }
+        let logs = &mut version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["serverLogs"]
+            ["properties"]["resources"]["properties"];
+        for map in ["limits", "requests"] {
+            logs[map]["additionalProperties"]["pattern"] = QUANTITY_PATTERN.into();
         }
     }
     // An optional enum is nullable, but null is not one of its values (schemars lists it).

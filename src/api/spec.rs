@@ -46,11 +46,18 @@ use super::{Duration, OmeroClusterStatus};
     printcolumn = r#"{"name":"Serving","type":"integer","jsonPath":".status.servingNodes","description":"Nodes that take new sessions"}"#,
     printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.nodeCount","description":"Nodes in the spec"}"#,
     printcolumn = r#"{"name":"Up-To-Date","type":"integer","jsonPath":".status.rollout.upToDateNodes","description":"Nodes whose pod runs the revision the spec asks for"}"#,
+    printcolumn = r#"{"name":"Pool","type":"integer","jsonPath":".spec.readOnlyPool.replicas","description":"Nodes the read-only pool is asked to have (spec.readOnlyPool.replicas, the scale subresource)"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Image","type":"string","priority":1,"jsonPath":".spec.image","description":"The OMERO.server image the spec asks for"}"#,
     printcolumn = r#"{"name":"Draining","type":"integer","priority":1,"jsonPath":".status.drainingNodes","description":"Nodes waiting for their sessions to end"}"#,
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("the cluster name prefixes Service names: use lower-case letters, digits and '-', starting with a letter"),
     validation = Rule::new("self.spec.nodes.all(n, size(self.metadata.name) + size(n.name) < 63)").message("'<cluster>-<node>' names a Service and must be at most 63 characters: shorten the cluster or node name").field_path(".spec.nodes"),
+    scale(
+        spec_replicas_path = ".spec.readOnlyPool.replicas",
+        status_replicas_path = ".status.readOnlyPool.replicas",
+        label_selector_path = ".status.readOnlyPool.selector"
+    ),
+    validation = Rule::new("!has(self.spec.readOnlyPool) || size(self.metadata.name) + (has(self.spec.readOnlyPool.namePrefix) ? size(self.spec.readOnlyPool.namePrefix) : 2) <= 59").message("'<cluster>-<namePrefix>-<index>' names a read-only pool node's Service and must be at most 63 characters: shorten the cluster name or spec.readOnlyPool.namePrefix").field_path(".spec.readOnlyPool"),
     validation = Rule::new("self.spec.topology != 'Grid' || size(self.metadata.name) <= 55").message("in grid topology '<cluster>-icegrid' names the Service that gives the grid master's pod a DNS name and must be at most 63 characters: shorten the cluster name to at most 55 characters")
 )]
 #[x_kube(
@@ -61,6 +68,11 @@ use super::{Duration, OmeroClusterStatus};
     validation = Rule::new("has(self.sessionCounter) || self.nodes.all(n, !has(n.sessionProbe) || n.sessionProbe.type != 'Counter')").message("a counter session probe needs spec.sessionCounter.credentialsSecret: the OMERO user the counter logs in as").field_path(".nodes"),
     validation = Rule::new("self.topology != 'Grid' || self.nodes.all(n, !has(n.servers) || size(n.servers) == 0)").message("servers is for independent topology: in grid topology the operator places every server (the master runs OMERO's set, each worker one Blitz); remove it").field_path(".nodes"),
     validation = Rule::new("self.topology != 'Grid' || self.nodes.all(n, n.name != 'icegrid')").message("in grid topology '<cluster>-icegrid' names the Service that gives the grid master's pod a DNS name: no node may be named icegrid").field_path(".nodes"),
+    validation = Rule::new("!has(self.readOnlyPool) || self.topology == 'Independent'").message("readOnlyPool is for independent topology: in grid topology every worker is listed in the master's application descriptor, so each scale would restart the master; list grid workers in nodes").field_path(".readOnlyPool"),
+    validation = Rule::new("!has(self.readOnlyPool) || !has(self.readOnlyPool.template.readOnly) || (self.readOnlyPool.template.readOnly.db && self.readOnlyPool.template.readOnly.repo)").message("a read-only pool's nodes are read-only: set readOnly.db and readOnly.repo to true, or leave readOnly out").field_path(".readOnlyPool.template.readOnly"),
+    validation = Rule::new("!has(self.readOnlyPool) || self.nodes.all(n, !n.name.matches('^' + (has(self.readOnlyPool.namePrefix) ? self.readOnlyPool.namePrefix : 'ro') + '-[0-9]+$'))").message("a node in nodes has a name of the read-only pool's form (<namePrefix>-<index>, namePrefix ro unless set): rename it, or set readOnlyPool.namePrefix").field_path(".nodes"),
+    validation = Rule::new("!has(self.readOnlyPool) || size(self.nodes) + self.readOnlyPool.replicas <= 64").message("nodes and the read-only pool's replicas make more than 64 nodes: at most 64 are supported").field_path(".readOnlyPool.replicas"),
+    validation = Rule::new("!has(self.readOnlyPool) || !has(self.readOnlyPool.template.sessionProbe) || self.readOnlyPool.template.sessionProbe.type != 'Counter' || has(self.sessionCounter)").message("a counter session probe needs spec.sessionCounter.credentialsSecret: the OMERO user the counter logs in as").field_path(".readOnlyPool.template.sessionProbe"),
     validation = Rule::new("self.topology == oldSelf.topology").message("topology cannot change on an existing cluster (a per-node Service's clusterIP is immutable, and every node would have to restart at once): create a new OmeroCluster with the other topology and move to it").field_path(".topology")
 )]
 #[serde(rename_all = "camelCase")]
@@ -120,6 +132,12 @@ pub struct OmeroClusterSpec {
     /// OMERO nodes off a Kubernetes node (needs the operator's `--watch-nodes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<MaintenanceSpec>,
+    /// OMERO's own log files (`var/log/Blitz-0.log`, `Tables-0.log`, `master.err`, ...) in the
+    /// container log stream: by default a small `omero-logs` container in every node's pod
+    /// follows them, one line per record with the file's name first, for `kubectl logs`,
+    /// `kubectl omero logs` and log collectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_logs: Option<super::ServerLogsSpec>,
     /// `true` stops the whole cluster, a downtime asked for (an OMERO upgrade that migrates the
     /// database, a restore, a storage move): every serving node is drained at once (no new
     /// sessions anywhere; open ones end by `drain.timeout`, then per `drain.onDeadline`), and
@@ -128,6 +146,98 @@ pub struct OmeroClusterSpec {
     /// the read-write node last, each group once the one before it serves (or failed).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped: bool,
+    /// Read-only nodes made from one template, as many as `replicas` says: `<prefix>-0` to
+    /// `<prefix>-<replicas - 1>` (prefix `ro` unless `namePrefix` says otherwise), beside the
+    /// nodes listed in `nodes`. `replicas` is the cluster's scale subresource, so `kubectl
+    /// scale omc/<name> --replicas=N`, a HorizontalPodAutoscaler or KEDA can set it. A node
+    /// leaving the pool (the highest names first) is drained like a node removed from `nodes`:
+    /// no new sessions at once, deleted once its sessions end (or at `drain.timeout`, per
+    /// `drain.onDeadline`); raising `replicas` again while it drains puts it back in service.
+    /// Independent topology only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_pool: Option<ReadOnlyPoolSpec>,
+    /// How many of `nodes`, at their end, were made from `readOnlyPool` by
+    /// [`crate::pool::resolved`]: 0 as read from the API server. Never serialised.
+    // Not `serde(skip)`: KubeSchema's copy of this struct (made to build the schema, keeping
+    // only serde and schemars attributes) would never read the field, a dead-code warning.
+    #[serde(skip_deserializing, skip_serializing_if = "never")]
+    #[schemars(skip)]
+    pub pool_nodes_listed: usize,
+}
+
+/// For `skip_serializing_if`: the field is never written out.
+fn never<T>(_: &T) -> bool {
+    true
+}
+
+/// A pool of read-only nodes made from one template.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(
+    validation = Rule::new("!has(self.minReplicas) || self.replicas >= self.minReplicas").message("replicas is below minReplicas: the pool never has fewer nodes than minReplicas; scale to at least minReplicas, or lower minReplicas").field_path(".replicas")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadOnlyPoolSpec {
+    /// How many nodes the pool has. Lowering it drains the highest-numbered nodes out.
+    #[schemars(range(min = 0, max = 64))]
+    pub replicas: i32,
+    /// The fewest nodes the pool may have: `replicas` below it is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 64))]
+    pub min_replicas: Option<i32>,
+    /// The pool's node names are `<namePrefix>-<index>` (default `ro`). No node in `nodes` may
+    /// have a name of that form. Cannot change while the pool has nodes: every node would be
+    /// replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name_prefix: Option<String>,
+    /// What every node of the pool runs: the fields of a node in `nodes`, but no `name`,
+    /// `master` or `varClaimName` (one claim cannot serve many pods). Read-only: `readOnly.db`
+    /// and `readOnly.repo` default to true and may not be false.
+    #[serde(default)]
+    pub template: PoolNodeTemplate,
+}
+
+/// The node every member of the read-only pool is made from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolNodeTemplate {
+    /// Left out: both true. Either false is refused (a pool node is read-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<ReadOnlySpec>,
+    /// OMERO properties for the pool's nodes; they override the cluster's `config`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// The OMERO servers each pool node runs (see `nodes[].servers`; default `[Blitz-0,
+    /// Tables-0]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(
+        pattern = r"^((Blitz|Indexer|PixelData|Processor|Tables)-[0-9]+|DropBox|MonitorServer|FileServer|Storm|TestDropBox)$"
+    )))]
+    #[schemars(inner(length(max = 32)), length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub servers: Vec<String>,
+    /// Compute resources of each pool node's OMERO container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Labels of the Kubernetes nodes the pool's pods may run on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pool's pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Affinity of the pool's pods (e.g. anti-affinity spreading them over Kubernetes nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Extra environment variables of each pool node's OMERO container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Extra containers in each pool node's pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sidecars: Vec<Container>,
+    /// How each pool node's open sessions are counted (see `nodes[].sessionProbe`; default
+    /// `Counter` with `spec.sessionCounter`, else `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_probe: Option<SessionProbe>,
 }
 
 /// Kubernetes node maintenance. A cordoned Kubernetes node (`spec.unschedulable`, which

@@ -56,6 +56,33 @@ pub struct OmeroClusterStatus {
     /// waits for its edit to show here, which tells it the operator runs and took it in.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub observed_requests: BTreeMap<String, String>,
+    /// The read-only pool, when the spec has one: what the scale subresource reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_pool: Option<ReadOnlyPoolStatus>,
+}
+
+/// Where the read-only pool stands.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadOnlyPoolStatus {
+    /// Pool nodes that exist: those the spec asks for and those still draining out (the scale
+    /// subresource's `status.replicas`).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pool nodes that take new sessions.
+    #[serde(default)]
+    pub serving_replicas: i32,
+    /// Pool nodes that left the pool (a scale-down) and wait for their sessions to end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaving: Vec<String>,
+    /// Open sessions on the pool's nodes, as last counted by their probes (absent while none
+    /// was counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<i64>,
+    /// A label selector of the pool's pods (the scale subresource's selector, which
+    /// HorizontalPodAutoscalers read).
+    #[serde(default)]
+    pub selector: String,
 }
 
 /// An object of the cluster that the operator does not write, and why.

@@ -47,9 +47,125 @@ const RESERVED_GRID_NAMES: &[&str] = &["master", "internal"];
 /// must leave room for it.
 pub const GRID_DNS_SUFFIX: &str = "icegrid";
 
-/// Checks the whole cluster; returns every problem found, in field order.
+/// Checks the whole cluster; returns every problem found, in field order. The read-only pool's
+/// template is checked as a node of the spec (at least one, even while the pool has none),
+/// and what is wrong with it is reported once, at `spec.readOnlyPool.template`.
 pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
+    let resolved = crate::pool::resolved_with(cluster, 1);
     let mut errors = Errors::default();
+    check_read_only_pool(&mut errors, &resolved);
+    let pool_errors_from = errors.0.len();
+    check_cluster(&mut errors, &resolved);
+    let explicit = resolved.spec.nodes.len() - resolved.spec.pool_nodes_listed;
+    let mut pool_errors = errors.0.split_off(pool_errors_from);
+    pool_errors.retain_mut(|e| match pool_node_field(&e.field, explicit) {
+        None => true,
+        // A pool node's name is the operator's: a clash is reported on the node in `nodes`.
+        Some(field) if field == "name" || field.starts_with("name.") => false,
+        Some(field) => {
+            e.field = format!("spec.readOnlyPool.template.{field}");
+            true
+        }
+    });
+    let mut seen = BTreeSet::new();
+    pool_errors
+        .retain(|e| !e.field.starts_with("spec.readOnlyPool.template.") || seen.insert(e.field.clone()));
+    errors.0.extend(pool_errors);
+    errors.finish()
+}
+
+/// The field under `spec.nodes[i].` when `i` is one of the pool's nodes (listed from
+/// `explicit` on).
+fn pool_node_field(field: &str, explicit: usize) -> Option<&str> {
+    let rest = field.strip_prefix("spec.nodes[")?;
+    let (index, field) = rest.split_once("].")?;
+    (index.parse::<usize>().ok()? >= explicit).then_some(field)
+}
+
+/// What only the read-only pool can get wrong; its template's fields are checked as a node's.
+fn check_read_only_pool(errors: &mut Errors, cluster: &OmeroCluster) {
+    let spec = &cluster.spec;
+    let Some(pool) = &spec.read_only_pool else { return };
+    if spec.topology != Topology::Independent {
+        errors.push(
+            "spec.readOnlyPool",
+            "is for independent topology: in grid topology every worker is listed in the master's application \
+             descriptor, so each scale would restart the master; list grid workers in nodes",
+        );
+    }
+    if pool.replicas < 0 {
+        errors.push("spec.readOnlyPool.replicas", "must be 0 or more");
+    }
+    if let Some(min) = pool.min_replicas {
+        if min < 0 {
+            errors.push("spec.readOnlyPool.minReplicas", "must be 0 or more");
+        } else if pool.replicas < min {
+            errors.push(
+                "spec.readOnlyPool.replicas",
+                format!(
+                    "is {}, below minReplicas ({min}): the pool never has fewer nodes than minReplicas; scale to at \
+                     least {min}, or lower minReplicas",
+                    pool.replicas
+                ),
+            );
+        }
+    }
+    let explicit = &spec.nodes[..spec.nodes.len() - spec.pool_nodes_listed];
+    if explicit.len() + pool.replicas() > MAX_NODES {
+        errors.push(
+            "spec.readOnlyPool.replicas",
+            format!(
+                "makes {} nodes with the {} in nodes: at most {MAX_NODES} are supported",
+                explicit.len() + pool.replicas(),
+                explicit.len()
+            ),
+        );
+    }
+    if !is_dns1123_label(pool.name_prefix()) {
+        errors.push(
+            "spec.readOnlyPool.namePrefix",
+            format!(
+                "'{}' cannot begin node names: use lower-case letters, digits and '-'",
+                pool.name_prefix()
+            ),
+        );
+    }
+    // Room for the largest index the schema allows (two digits).
+    let longest = crate::pool::node_name(pool, MAX_NODES - 1);
+    let cluster_name = cluster.name_any();
+    if cluster_name.len() + 1 + longest.len() > MAX_OBJECT_NAME {
+        errors.push(
+            "spec.readOnlyPool.namePrefix",
+            format!(
+                "'{cluster_name}-{longest}' (a pool node's Service) would be longer than {MAX_OBJECT_NAME} characters: \
+                 shorten the cluster name or the prefix"
+            ),
+        );
+    }
+    for (i, node) in explicit.iter().enumerate() {
+        if crate::pool::is_pool_name(pool, &node.name) {
+            errors.push(
+                format!("spec.nodes[{i}].name"),
+                format!(
+                    "'{}' has the form of a read-only pool node's name ({}-<index>): rename the node, or set \
+                     spec.readOnlyPool.namePrefix",
+                    node.name,
+                    pool.name_prefix()
+                ),
+            );
+        }
+    }
+    if let Some(read_only) = pool.template.read_only
+        && !(read_only.db && read_only.repo)
+    {
+        errors.push(
+            "spec.readOnlyPool.template.readOnly",
+            "a read-only pool's nodes are read-only: set db and repo to true, or leave readOnly out",
+        );
+    }
+}
+
+fn check_cluster(errors: &mut Errors, cluster: &OmeroCluster) {
     let spec = &cluster.spec;
     let cluster_name = cluster.name_any();
 
@@ -68,7 +184,7 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
         errors.push(
             "metadata.name",
             format!(
-                "'{cluster_name}-{GRID_DNS_SUFFIX}' (the Service that gives the grid master's pod a DNS name) is                  longer than {MAX_OBJECT_NAME} characters: shorten the cluster name to at most {} characters",
+                "'{cluster_name}-{GRID_DNS_SUFFIX}' (the Service that gives the grid master's pod a DNS name) is longer than {MAX_OBJECT_NAME} characters: shorten the cluster name to at most {} characters",
                 MAX_OBJECT_NAME - 1 - GRID_DNS_SUFFIX.len()
             ),
         );
@@ -83,20 +199,20 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
         errors.push("spec.database.host", "is empty: set the PostgreSQL host name");
     }
     let db = &spec.database;
-    check_port(&mut errors, "spec.database.port", db.port);
-    check_not_blank(&mut errors, "spec.database.name", db.name.as_ref(), "the database name");
-    check_not_blank(&mut errors, "spec.database.user", db.user.as_ref(), "the database user");
-    check_secret_ref(&mut errors, "spec.database.passwordSecret", &db.password_secret);
+    check_port(errors, "spec.database.port", db.port);
+    check_not_blank(errors, "spec.database.name", db.name.as_ref(), "the database name");
+    check_not_blank(errors, "spec.database.user", db.user.as_ref(), "the database user");
+    check_secret_ref(errors, "spec.database.passwordSecret", &db.password_secret);
     if let Some(secret) = &db.root_password_secret {
-        check_secret_ref(&mut errors, "spec.database.rootPasswordSecret", secret);
+        check_secret_ref(errors, "spec.database.rootPasswordSecret", secret);
     }
     if let Some(ro) = &db.read_only {
-        check_not_blank(&mut errors, "spec.database.readOnly.host", ro.host.as_ref(), "the read-only host");
-        check_port(&mut errors, "spec.database.readOnly.port", ro.port);
-        check_not_blank(&mut errors, "spec.database.readOnly.name", ro.name.as_ref(), "the database name");
-        check_not_blank(&mut errors, "spec.database.readOnly.user", ro.user.as_ref(), "the read-only user");
+        check_not_blank(errors, "spec.database.readOnly.host", ro.host.as_ref(), "the read-only host");
+        check_port(errors, "spec.database.readOnly.port", ro.port);
+        check_not_blank(errors, "spec.database.readOnly.name", ro.name.as_ref(), "the database name");
+        check_not_blank(errors, "spec.database.readOnly.user", ro.user.as_ref(), "the read-only user");
         if let Some(secret) = &ro.password_secret {
-            check_secret_ref(&mut errors, "spec.database.readOnly.passwordSecret", secret);
+            check_secret_ref(errors, "spec.database.readOnly.passwordSecret", secret);
         }
     }
     if spec.repository.claim_name.trim().is_empty() {
@@ -105,8 +221,8 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
             "is empty: name the existing PersistentVolumeClaim of the binary repository",
         );
     }
-    check_config(&mut errors, "spec.config", &spec.config, spec.topology, ConfigLevel::Cluster);
-    check_ports(&mut errors, spec);
+    check_config(errors, "spec.config", &spec.config, spec.topology, ConfigLevel::Cluster);
+    check_ports(errors, spec);
 
     if let Some(sessions) = &spec.sessions {
         for (field, value) in [
@@ -121,13 +237,14 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
                 );
             }
         }
-        check_user_lifetime_cap(&mut errors, sessions);
+        check_user_lifetime_cap(errors, sessions);
     }
-    check_user_idle_cap(&mut errors, spec);
-    check_nodes(&mut errors, cluster);
+    check_user_idle_cap(errors, spec);
+    check_nodes(errors, cluster);
     if let Some(counter) = &spec.session_counter {
-        check_session_counter(&mut errors, counter, spec);
+        check_session_counter(errors, counter, spec);
     }
+    errors.0.extend(super::server_logs::problems(spec));
 
     for (i, key) in spec.maintenance_taint_keys().iter().enumerate() {
         if !is_taint_key(key) {
@@ -177,7 +294,6 @@ pub fn validate(cluster: &OmeroCluster) -> Result<(), Vec<ValidationError>> {
             "must be from 1 to 86400 seconds (Kubernetes' limit)",
         );
     }
-    errors.finish()
 }
 
 fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
@@ -187,9 +303,10 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
         errors.push("spec.nodes", "is empty: declare at least one node");
         return;
     }
-    if spec.nodes.len() > MAX_NODES {
-        errors
-            .push("spec.nodes", format!("has {} nodes: at most {MAX_NODES} are supported", spec.nodes.len()));
+    // The pool's own count is checked with the pool.
+    let explicit = spec.nodes.len() - spec.pool_nodes_listed;
+    if explicit > MAX_NODES {
+        errors.push("spec.nodes", format!("has {explicit} nodes: at most {MAX_NODES} are supported"));
     }
     let mut seen = BTreeSet::new();
     for (i, node) in spec.nodes.iter().enumerate() {
@@ -249,6 +366,9 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
         if spec.session_probe_of(node).kind == SessionProbeKind::Counter {
             container_names.insert(SESSION_COUNTER_CONTAINER);
         }
+        if spec.server_logs_container() {
+            container_names.insert(super::SERVER_LOGS_CONTAINER);
+        }
         for (j, sidecar) in node.sidecars.iter().enumerate() {
             if !container_names.insert(sidecar.name.as_str()) {
                 errors.push(
@@ -277,7 +397,7 @@ fn check_nodes(errors: &mut Errors, cluster: &OmeroCluster) {
             errors.push(
                 at("name"),
                 format!(
-                    "'{GRID_DNS_SUFFIX}' would give this node's Service the name of the grid master's DNS Service                      ('{cluster_name}-{GRID_DNS_SUFFIX}'): pick another node name"
+                    "'{GRID_DNS_SUFFIX}' would give this node's Service the name of the grid master's DNS Service ('{cluster_name}-{GRID_DNS_SUFFIX}'): pick another node name"
                 ),
             );
         }

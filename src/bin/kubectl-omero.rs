@@ -3,12 +3,9 @@
 
 use std::{collections::BTreeMap, io::IsTerminal, process::ExitCode};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use k8s_openapi::jiff::Timestamp;
-use kube::{
-    Api, Client, Config,
-    config::{KubeConfigOptions, Kubeconfig},
-};
+use kube::{Api, Client};
 use omero_operator::{
     api::OmeroCluster,
     plugin::{self, Ending, Operation},
@@ -27,6 +24,20 @@ struct Cli {
     /// The namespace (default: the context's).
     #[arg(short, long, global = true)]
     namespace: Option<String>,
+    /// Act as this user (impersonation, as kubectl's --as): the API server authorizes every
+    /// request as that user.
+    #[arg(long = "as", global = true, value_name = "USER")]
+    as_user: Option<String>,
+    /// With --as: act as this group too; repeat for several.
+    #[arg(long = "as-group", global = true, value_name = "GROUP", requires = "as_user")]
+    as_group: Vec<String>,
+    /// With --as: act with this uid.
+    #[arg(long = "as-uid", global = true, value_name = "UID", requires = "as_user")]
+    as_uid: Option<String>,
+    /// How long each request to the API server may take (e.g. 10s, 1m; a bare number is
+    /// seconds), as kubectl's: 0 for no bound. A watch (--wait) only has to start in time.
+    #[arg(long, global = true, value_name = "DURATION", value_parser = plugin::connect::parse_request_timeout, default_value = "0")]
+    request_timeout: std::time::Duration,
     /// How long the operator has to acknowledge a request in status before the command says
     /// it is not running (exit 1).
     #[arg(long, global = true, value_parser = parse_duration, default_value = "30s")]
@@ -125,6 +136,71 @@ enum Command {
     ///
     /// Example: kubectl omero resume omero
     Resume { cluster: String },
+    /// OMERO's own logs of one node (Blitz-0.log, Tables-0.log, master.err, ...), from the
+    /// omero-logs container of its pod: each record whole, a stack trace with its line breaks.
+    ///
+    /// Example: kubectl omero logs omero ro-1 --file Blitz-0 --tail 50 -f
+    Logs {
+        cluster: String,
+        node: String,
+        /// Go on showing new records, across restarts of the node's pod, until Ctrl-C.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only this file's records: Blitz-0 (or Blitz-0.log), Tables-0, Processor-0, master
+        /// (master.out and master.err), ...
+        #[arg(long, value_name = "FILE")]
+        file: Option<String>,
+        /// Only the last N records (of that file, with --file).
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Only records logged within this long (e.g. 10m, 1h).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        since: Option<std::time::Duration>,
+    },
+    /// The plugin's version, the Kubernetes API server's, and the operator's as deployed (its
+    /// Deployments, found by the chart's labels); warns when the plugin and an operator differ
+    /// in minor version.
+    ///
+    /// Example: kubectl omero version
+    Version {
+        /// Print the versions as JSON or YAML.
+        #[arg(short, long)]
+        output: Option<Output>,
+        /// Look for the operator in this namespace only (default: every namespace, and where
+        /// Deployments may not be listed in every namespace, omero-system).
+        #[arg(long, env = "KUBECTL_OMERO_OPERATOR_NAMESPACE", value_name = "NAMESPACE")]
+        operator_namespace: Option<String>,
+    },
+    /// Print a completion script for kubectl-omero's commands and flags (bash, zsh or fish).
+    /// `kubectl omero` itself completes through kubectl_complete-omero, cluster and node names
+    /// too (README).
+    ///
+    /// Example: kubectl omero completion bash > ~/.local/share/bash-completion/completions/kubectl-omero
+    Completion { shell: clap_complete::Shell },
+    /// Who is on each node before a drain: the sessions its probe counts (user, agent, started,
+    /// last access, idle), read through the API server: the session counter's list through the
+    /// pod proxy (needs get on pods/proxy: the edit and admin roles), an exporter's count per
+    /// user likewise, and a database-probed node's from the operator through the service proxy
+    /// (needs get on services/proxy for its Service: the chart's sessionReaders). Exit 1 when a
+    /// counted node could not be read.
+    ///
+    /// Example: kubectl omero sessions omero ro-2
+    Sessions {
+        cluster: String,
+        /// Only this node.
+        node: Option<String>,
+        /// Print the sessions as JSON or YAML.
+        #[arg(short, long)]
+        output: Option<Output>,
+        /// The operator's namespace, where its Service is looked for (default: every namespace,
+        /// and where Services may not be listed in every namespace, omero-system).
+        #[arg(long, env = "KUBECTL_OMERO_OPERATOR_NAMESPACE", value_name = "NAMESPACE")]
+        operator_namespace: Option<String>,
+        /// The operator's metrics Service, when it cannot be found by the chart's labels
+        /// (default there: omero-operator-metrics).
+        #[arg(long, env = "KUBECTL_OMERO_OPERATOR_SERVICE", value_name = "SERVICE")]
+        operator_service: Option<String>,
+    },
 }
 
 #[derive(clap::Args, Clone, Copy, Default)]
@@ -150,6 +226,14 @@ enum Output {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `kubectl_complete-omero` (what kubectl runs to complete `kubectl omero ...`) passes the
+    // line here as it stands, unfinished and maybe invalid: read apart from clap's parsing.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("__complete") {
+        let plan = plugin::complete::plan(Cli::command(), &args[1..]);
+        print!("{}", plugin::complete::complete(plan).await);
+        return ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,
@@ -160,21 +244,32 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn client(cli: &Cli) -> Result<(Client, String), String> {
-    let options = KubeConfigOptions { context: cli.context.clone(), ..KubeConfigOptions::default() };
-    let config = match &cli.kubeconfig {
-        Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| e.to_string())?
-        }
-        None => Config::from_kubeconfig(&options).await.map_err(|e| format!("no usable kubeconfig: {e}"))?,
-    };
-    let namespace = cli.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
-    Ok((Client::try_from(config).map_err(|e| e.to_string())?, namespace))
+/// Where and as whom the global flags say to connect.
+fn connection(cli: &Cli) -> plugin::connect::Connection {
+    plugin::connect::Connection {
+        kubeconfig: cli.kubeconfig.clone(),
+        context: cli.context.clone(),
+        namespace: cli.namespace.clone(),
+        as_user: cli.as_user.clone(),
+        as_groups: cli.as_group.clone(),
+        as_uid: cli.as_uid.clone(),
+        request_timeout: cli.request_timeout,
+    }
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
-    let (client, namespace) = client(&cli).await?;
+    if let Command::Completion { shell } = cli.command {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "kubectl-omero", &mut script);
+        // Written at once, and a closed pipe (`| head`) is no error worth a panic.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (client, namespace) = plugin::connect::client(&connection(&cli)).await?;
+    if let Command::Version { output, operator_namespace } = &cli.command {
+        return version(&client, *output, operator_namespace.as_deref()).await;
+    }
+    let objects_client = client.clone();
     let ack_timeout = cli.ack_timeout;
     let api: Api<OmeroCluster> = Api::namespaced(client, &namespace);
     let set = |pairs: &[(&str, Option<String>)]| -> plugin::AnnotationChange {
@@ -191,11 +286,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     print!("{}", serde_saphyr::to_string(&found.status).map_err(|e| e.to_string())?)
                 }
                 None => {
-                    for line in plugin::conditions_in_words(&found) {
-                        println!("{line}");
-                    }
-                    println!();
-                    print!("{}", plugin::node_table(&found, Timestamp::now()));
+                    let objects = plugin::status::read_objects(&objects_client, &namespace, &found).await;
+                    print!("{}", plugin::status::in_words(&found, &objects, Timestamp::now()));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -253,7 +345,64 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Start { cluster, wait } => stop(&api, ack_timeout, &cluster, false, wait).await,
         Command::Pause { cluster } => pause(&api, ack_timeout, &cluster, true).await,
         Command::Resume { cluster } => pause(&api, ack_timeout, &cluster, false).await,
+        Command::Logs { cluster, node, follow, file, tail, since } => {
+            let options = plugin::logs::LogsOptions { follow, file, tail, since };
+            let (mut out, mut notes) = (std::io::stdout(), std::io::stderr());
+            plugin::logs::logs(objects_client, &namespace, &cluster, &node, &options, &mut out, &mut notes)
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sessions { cluster, node, output, operator_namespace, operator_service } => {
+            let found = plugin::get(&api, &cluster).await?;
+            let options = plugin::sessions::SessionsOptions { node, operator_namespace, operator_service };
+            let nodes = plugin::sessions::read(&objects_client, &namespace, &found, &options).await?;
+            match output {
+                Some(Output::Json) => {
+                    println!("{}", serde_json::to_string_pretty(&nodes).map_err(|e| e.to_string())?)
+                }
+                Some(Output::Yaml) => {
+                    print!("{}", serde_saphyr::to_string(&nodes).map_err(|e| e.to_string())?)
+                }
+                None => print!("{}", plugin::sessions::in_words(&nodes, Timestamp::now())),
+            }
+            Ok(if nodes.iter().any(|n| n.failed()) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Version { .. } | Command::Completion { .. } => unreachable!("answered before"),
     }
+}
+
+/// `kubectl omero version`: the versions, and a warning on standard error for each operator
+/// whose minor version is not the plugin's (kubectl only warns of skew: exit 0).
+async fn version(
+    client: &Client,
+    output: Option<Output>,
+    operator_namespace: Option<&str>,
+) -> Result<ExitCode, String> {
+    use plugin::version;
+    let plugin_version = version::PluginVersion::current();
+    let server_version = match client.apiserver_version().await {
+        Ok(info) => info,
+        Err(e) => {
+            // As `kubectl version`: what is known, then the error.
+            if output.is_none() {
+                print!("{}", version::plugin_in_words(&plugin_version));
+            }
+            return Err(format!("the Kubernetes API server's version: {}", plugin::describe("", &e)));
+        }
+    };
+    let operator = version::find_operators(client, operator_namespace).await;
+    let versions = version::Versions { plugin_version, server_version, operator };
+    match output {
+        Some(Output::Json) => {
+            println!("{}", serde_json::to_string_pretty(&versions).map_err(|e| e.to_string())?)
+        }
+        Some(Output::Yaml) => print!("{}", serde_saphyr::to_string(&versions).map_err(|e| e.to_string())?),
+        None => print!("{}", version::in_words(&versions)),
+    }
+    for warning in versions.warnings() {
+        eprintln!("WARNING: {warning}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Sets (or removes) the pause annotation and waits for the operator to acknowledge it.

@@ -7,7 +7,10 @@
 //! go; the status to record; the writes and Events. Once acting has said what the API server
 //! and OMERO answered, [`Decision::settle`] says what the record must say instead.
 
-use std::{collections::BTreeMap, time::Duration as StdDuration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration as StdDuration,
+};
 
 use k8s_openapi::{api::apps::v1::Deployment, jiff::Timestamp};
 use kube::{Resource, ResourceExt};
@@ -181,7 +184,7 @@ pub fn decide(cluster: &OmeroCluster, observation: &Observation, now: Timestamp)
         force: request.force,
         force_nodes: &request.force_nodes,
     };
-    let departures::Departures { moves, rollout: restarts, .. } =
+    let departures::Departures { moves, rollout: restarts, removals_started, .. } =
         departures::decide(&placements, &hosts, requests, &limits);
 
     // Each node's step, with what the cluster's `spec.stopped` asks of it.
@@ -198,7 +201,7 @@ pub fn decide(cluster: &OmeroCluster, observation: &Observation, now: Timestamp)
         .iter()
         .map(|f| {
             let power = powers.remove(&f.name).unwrap_or(stopping::Power::Run);
-            node_input(cluster, f, observation, &request, (&restarts, &moves), power)
+            node_input(cluster, f, observation, &request, (&restarts, &moves, &removals_started), power)
         })
         .collect();
     let policy = Policy {
@@ -249,6 +252,7 @@ pub fn decide(cluster: &OmeroCluster, observation: &Observation, now: Timestamp)
         rollout: Some(rollout_status),
         requests: request::observed(cluster.annotations()),
         stopped: cluster.spec.stopped && !request.paused,
+        read_only_pool: cluster.spec.read_only_pool.clone().map(|pool| (pool, cluster.name_any())),
     };
 
     // The writes these decisions call for.
@@ -301,6 +305,7 @@ fn invalid(
         invalid: errors,
         requests: request::observed(cluster.annotations()),
         stopped: cluster.spec.stopped,
+        // An invalid spec changes nothing: the pool's status is the one before it.
         ..Default::default()
     };
     let next = status::next_status(&old, &assessment, now);
@@ -336,7 +341,7 @@ fn node_input<'a>(
     fact: &'a NodeFacts<'a>,
     observation: &Observation,
     request: &request::Request,
-    (restarts, moves): (&rollout::Plan, &'a maintenance::Plan),
+    (restarts, moves, removals): (&rollout::Plan, &'a maintenance::Plan, &BTreeSet<String>),
     power: stopping::Power,
 ) -> NodeInput<'a> {
     let probe = observation.probes.get(&fact.name);
@@ -352,7 +357,7 @@ fn node_input<'a>(
         target_revision: fact.target_revision,
         deployment_exists: fact.deployment.is_some(),
         deployment_revision: fact.deployment_revision(),
-        selected: restarts.selected.contains(&fact.name),
+        selected: restarts.selected.contains(&fact.name) || removals.contains(&fact.name),
         leaving: fact.spec.is_none(),
         force: request.force_nodes.contains(&fact.name),
         maintenance: moves.moves.get(&fact.name).map(String::as_str),

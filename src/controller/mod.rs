@@ -200,12 +200,16 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
     metrics: Arc<Metrics>,
 ) -> Result<(), Error> {
     use futures::FutureExt;
-    let endpoints = crate::http::Endpoints::new(metrics.clone());
+    // `/sessions/...` reads through the operator's own client: every replica answers it.
+    let lister = crate::http::sessions::SessionLister::new(client.clone(), options.namespace.clone());
+    let endpoints = crate::http::Endpoints::new(metrics.clone()).with_sessions(lister);
     let shutdown = shutdown_signal().shared();
     let listener = tokio::net::TcpListener::bind(&options.http_address)
         .await
         .map_err(|source| Error::Http { address: options.http_address.clone(), source })?;
-    info!(address = %options.http_address, "serving /metrics, /healthz and /readyz");
+    // The bound address, port 0 resolved (the e2e suite finds the port here).
+    let bound = listener.local_addr().map_or_else(|_| options.http_address.clone(), |a| a.to_string());
+    info!(address = %bound, "serving /metrics, /healthz, /readyz and /sessions");
     let server = tokio::spawn(crate::http::serve(listener, endpoints.clone(), shutdown.clone()));
 
     if options.apply_crd {

@@ -41,34 +41,37 @@ pub async fn reconcile<P: ClusterPort, O: OmeroPort>(
     ctx: Arc<Context<P, O>>,
 ) -> Result<StdDuration, Error> {
     let ns = cluster.namespace().ok_or_else(|| Error::MissingNamespace(cluster.name_any()))?;
+    // From here on the read-only pool's nodes are nodes of the spec like any other.
+    let cluster = crate::pool::resolved(&cluster);
+    let cluster: &OmeroCluster = &cluster;
     let now = ctx.clock.now();
-    let observation = observe(&ctx, &cluster, now).await?;
-    let decision = decide(&cluster, &observation, now)?;
-    let Recorded::At(recorded) = record(&ctx.port, &cluster, &decision).await? else {
+    let observation = observe(&ctx, cluster, now).await?;
+    let decision = decide(cluster, &observation, now)?;
+    let Recorded::At(recorded) = record(&ctx.port, cluster, &decision).await? else {
         return Ok(STALE_RETRY);
     };
-    let outcome = act(&ctx, &cluster, &decision.actions).await?;
+    let outcome = act(&ctx, cluster, &decision.actions).await?;
     let mut events = decision.events.clone();
     let status = match decision.settle(&outcome, now) {
         None => decision.status.clone(),
         Some(settled) => {
-            let mut current = (*cluster).clone();
+            let mut current = cluster.clone();
             current.metadata.resource_version = recorded;
             if ctx.port.write_status(&current, &settled).await? == StatusWrite::Stale {
                 // The first write recorded its transitions: their Events go out all the same;
                 // what acting found is recorded (and announced) by the next reconcile.
-                ctx.probe_memory.remember(&cluster, &decision.status);
+                ctx.probe_memory.remember(cluster, &decision.status);
                 events.extend(decision.transition_events(&decision.status));
-                publish(&ctx.port, &cluster, &events).await;
+                publish(&ctx.port, cluster, &events).await;
                 return Ok(STALE_RETRY);
             }
             settled
         }
     };
-    ctx.probe_memory.remember(&cluster, &status);
+    ctx.probe_memory.remember(cluster, &status);
     events.extend(decision.transition_events(&status));
     ctx.metrics.observe_status(&ns, &cluster.name_any(), &decision.old, &status, now);
-    publish(&ctx.port, &cluster, &events).await;
+    publish(&ctx.port, cluster, &events).await;
     Ok(decision.requeue)
 }
 

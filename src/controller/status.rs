@@ -36,6 +36,8 @@ pub struct Assessment {
     pub requests: std::collections::BTreeMap<String, String>,
     /// The spec stops the cluster (`spec.stopped`).
     pub stopped: bool,
+    /// The read-only pool and the cluster's name (its pods' selector), when the spec has one.
+    pub read_only_pool: Option<(crate::api::ReadOnlyPoolSpec, String)>,
 }
 
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
@@ -205,6 +207,11 @@ pub fn next_status(old: &OmeroClusterStatus, a: &Assessment, now: Timestamp) -> 
             old.object_problems.clone()
         },
         observed_requests: a.requests.clone(),
+        read_only_pool: if a.invalid.is_empty() {
+            a.read_only_pool.as_ref().map(|(pool, name)| crate::pool::status(pool, name, &a.nodes))
+        } else {
+            old.read_only_pool.clone()
+        },
     }
 }
 

@@ -20,6 +20,17 @@ use super::{DatabaseCredentials, ProbeError, ProbeTimeouts, error, ice_proxy};
 const LIVE_NODES_SQL: &str =
     "SELECT id, uuid, conn FROM node WHERE down IS NULL AND id <> 0 ORDER BY up DESC";
 
+/// The rule of [`OPEN_SESSIONS_SQL`] (sessions `s` on the nodes `$1`), as a literal so that the
+/// count and the listing (`super::session_list`) are built from one text and cannot drift apart.
+macro_rules! open_sessions_where {
+    () => {
+        "s.node = ANY($1) AND s.closed IS NULL \
+         AND NOT (s.owner = 0 AND s.useragent IS NOT DISTINCT FROM 'Python service') \
+         AND NOT EXISTS (SELECT 1 FROM share sh WHERE sh.session_id = s.id)"
+    };
+}
+pub(super) use open_sessions_where;
+
 /// Open sessions of people on the nodes `$1` (bigint[]): not closed, not a share, and not one
 /// of OMERO's own service sessions.
 ///
@@ -33,10 +44,7 @@ const LIVE_NODES_SQL: &str =
 /// (another agent string), those sessions count and a drain ends at its deadline instead: never
 /// too early. A JVM's own internal session has no user agent and lives on the placeholder node 0,
 /// which is never a pod's node, so it needs no rule.
-pub const OPEN_SESSIONS_SQL: &str = "SELECT count(*) FROM session s \
-     WHERE s.node = ANY($1) AND s.closed IS NULL \
-     AND NOT (s.owner = 0 AND s.useragent IS NOT DISTINCT FROM 'Python service') \
-     AND NOT EXISTS (SELECT 1 FROM share sh WHERE sh.session_id = s.id)";
+pub const OPEN_SESSIONS_SQL: &str = concat!("SELECT count(*) FROM session s WHERE ", open_sessions_where!());
 
 /// Connections per pool: probes of one database run one at a time per node and briefly.
 const POOL_SIZE: usize = 2;

@@ -11,6 +11,7 @@ mod ice_proxy;
 mod metrics;
 pub mod prometheus_text;
 mod redirect;
+pub mod session_list;
 
 use std::net::IpAddr;
 use std::sync::Arc;

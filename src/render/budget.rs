@@ -23,6 +23,7 @@ pub fn protects(status: Option<&NodeStatus>) -> bool {
 
 /// The budgets of every node of the spec, from the nodes' statuses as decided by this reconcile.
 pub fn budgets(cluster: &OmeroCluster, statuses: &[NodeStatus]) -> Vec<PodDisruptionBudget> {
+    let cluster = &*crate::pool::resolved(cluster);
     let name = cluster.name_any();
     cluster
         .spec

@@ -33,7 +33,7 @@ const COMPONENT: &str = "session-counter";
 const VOLUME: &str = "session-counter";
 const MOUNT_DIR: &str = "/opt/omero-operator/session-counter";
 /// The Python of the official image's venv, which has omero-py and Ice.
-const PYTHON: &str = "/opt/omero/server/venv3/bin/python";
+pub(super) const PYTHON: &str = "/opt/omero/server/venv3/bin/python";
 /// The least time between two samples, in seconds: the counter samples only when the operator's
 /// probe asks, and a request sooner than this after the last sample reads that one again.
 const MIN_SAMPLE_INTERVAL: &str = "5";
@@ -207,7 +207,7 @@ mod tests {
         let server = &pod.containers[0];
         assert_eq!(
             pod.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
-            ["omero-server", "session-counter"]
+            ["omero-server", "session-counter", "omero-logs"]
         );
         assert_eq!(c.image, server.image, "the node's own image");
         assert_eq!(c.security_context, server.security_context, "the server container's security settings");

@@ -14,7 +14,7 @@ use k8s_openapi::{
 };
 use kube::ResourceExt;
 
-use super::{config, counter, grid, labels, probes, volumes};
+use super::{config, counter, grid, labels, probes, server_logs, volumes};
 use crate::api::{NodeSpec, OmeroCluster, keys};
 
 /// The container every node runs.
@@ -38,6 +38,12 @@ const PROGRESS_DEADLINE_SECONDS: i32 = probes::STARTUP_BUDGET_SECONDS + 600;
 pub(crate) fn deployment(cluster: &OmeroCluster, node: &NodeSpec, restart_token: Option<&str>) -> Deployment {
     let cluster_name = cluster.name_any();
     let labels = labels::node_labels(&cluster_name, &node.name);
+    // Only the pod's: the Deployment's selector never changes, and the scale subresource's
+    // selector reads pods.
+    let mut pod_labels = labels.clone();
+    if crate::pool::is_pool_node(&cluster.spec, &node.name) {
+        pod_labels.insert(crate::pool::POOL_LABEL.to_string(), crate::pool::READ_ONLY_POOL.to_string());
+    }
     let mut annotations = BTreeMap::new();
     if let Some(token) = restart_token {
         annotations.insert(keys::RESTART_TOKEN_ANNOTATION.to_string(), token.to_string());
@@ -47,7 +53,7 @@ pub(crate) fn deployment(cluster: &OmeroCluster, node: &NodeSpec, restart_token:
     }
     let mut template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(labels.clone()),
+            labels: Some(pod_labels),
             annotations: (!annotations.is_empty()).then_some(annotations),
             ..ObjectMeta::default()
         }),
@@ -92,9 +98,13 @@ fn pod_spec(cluster: &OmeroCluster, node: &NodeSpec) -> PodSpec {
         .as_ref()
         .filter(|_| counter::runs_on(cluster, node))
         .map(|c| counter::container(cluster, node, c, &server));
+    let logs = server_logs::runs(cluster).then(|| server_logs::container(cluster, node, &server));
     let mut pod_volumes = volumes::volumes(cluster, node);
     if counter.is_some() {
         pod_volumes.push(counter::volume(cluster));
+    }
+    if logs.is_some() {
+        pod_volumes.push(server_logs::volume());
     }
     let (hostname, subdomain) = grid::master_pod_dns(cluster, node).unzip();
     PodSpec {
@@ -104,6 +114,7 @@ fn pod_spec(cluster: &OmeroCluster, node: &NodeSpec) -> PodSpec {
         // Sidecars get the restricted settings they leave unset (validation refused the rest).
         containers: std::iter::once(server)
             .chain(counter)
+            .chain(logs)
             .chain(node.sidecars.iter().map(crate::pod_security::restrict))
             .collect(),
         init_containers: Some(vec![prepare_var(cluster, node)]),
@@ -246,7 +257,8 @@ mod tests {
         let yaml = BASE.replace("  image: openmicroscopy/omero-server:5.6\n", "  image: registry.example/omero:5.6.11\n  imagePullPolicy: Always\n  imagePullSecrets: [{name: regcred}]\n");
         let desired = render(&cluster(&yaml));
         let pod = pod_spec(&desired, "rw");
-        assert_eq!(pod.containers.len(), 1);
+        // The server, then the container that follows its log files (render::server_logs).
+        assert_eq!(pod.containers.len(), 2);
         let c = &pod.containers[0];
         assert_eq!(c.name, "omero-server");
         assert_eq!(c.image.as_deref(), Some("registry.example/omero:5.6.11"));
@@ -369,8 +381,8 @@ mod tests {
         }));
         let pod = pod_spec(&desired, "rw");
         let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["omero-server", "sessions-exporter"]);
-        let context = pod.containers[1].security_context.clone().expect("restricted settings filled in");
+        assert_eq!(names, ["omero-server", "omero-logs", "sessions-exporter"]);
+        let context = pod.containers[2].security_context.clone().expect("restricted settings filled in");
         assert_eq!(context.allow_privilege_escalation, Some(false));
         assert_eq!(context.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
     }

@@ -12,6 +12,7 @@ mod grid;
 mod labels;
 mod probes;
 pub mod revision;
+mod server_logs;
 mod servers;
 mod service;
 mod value;
@@ -57,6 +58,7 @@ pub fn render(cluster: &OmeroCluster) -> Desired {
 /// [`render`], with the restart token each node's pod runs for (by node name; see
 /// `crate::request`): part of the pod template, so a new token restarts the node.
 pub fn render_with_restarts(cluster: &OmeroCluster, restart_tokens: &BTreeMap<String, String>) -> Desired {
+    let cluster = &*crate::pool::resolved(cluster);
     let nodes = &cluster.spec.nodes;
     let deployments = nodes
         .iter()
@@ -85,6 +87,7 @@ pub struct Names {
 
 pub fn object_names(cluster: &OmeroCluster) -> Names {
     use kube::ResourceExt;
+    let cluster = &*crate::pool::resolved(cluster);
     let name = cluster.name_any();
     let nodes: Vec<String> = cluster.spec.nodes.iter().map(|n| node_object_name(&name, &n.name)).collect();
     let counter = cluster.spec.nodes.iter().any(|n| counter::runs_on(cluster, n));

@@ -147,7 +147,8 @@ mod tests {
         let volumes = pod_spec(&desired, "ro").volumes.clone().unwrap();
         let repo = volumes[0].persistent_volume_claim.as_ref().unwrap();
         assert_eq!((repo.claim_name.as_str(), repo.read_only), ("omero-repo", Some(true)));
-        for v in &volumes[1..] {
+        // The log container's own scratch volume aside (render::server_logs).
+        for v in volumes[1..].iter().filter(|v| v.name != "omero-logs-state") {
             assert_eq!(v.empty_dir, Some(EmptyDirVolumeSource::default()), "{}", v.name);
         }
     }
@@ -187,6 +188,8 @@ mod tests {
                 .unwrap()
                 .iter()
                 .map(|v| v.name.clone())
+                // The log container's own scratch volume, mounted by it alone.
+                .chain(["omero-logs-state".to_string()])
                 .collect();
             assert_eq!(volumes, mounts);
         }

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod defaults;
+pub mod drive;
 pub mod objects;
 pub mod sim;
 

@@ -1,13 +1,29 @@
+{{- /* As `helm create` makes them: nameOverride replaces the chart's name (in the full name and
+the app.kubernetes.io/name label), fullnameOverride the whole full name; both cut to 63
+characters, a DNS label. */ -}}
 {{- define "omero-operator.name" -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{- define "omero-operator.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* "<full name>-<suffix>" (dict "context" . "suffix" "metrics"), the full name cut so that the
+whole is still 63 characters at most: a Service's name must be a DNS label, and every object
+of the release is named alike. */ -}}
+{{- define "omero-operator.suffixedName" -}}
+{{- $fullname := include "omero-operator.fullname" .context -}}
+{{- printf "%s-%s" ($fullname | trunc (int (sub 62 (len .suffix))) | trimSuffix "-") .suffix -}}
 {{- end -}}
 
 {{- define "omero-operator.selectorLabels" -}}
@@ -19,7 +35,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ include "omero-operator.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end -}}
 
 {{- define "omero-operator.serviceAccountName" -}}
@@ -32,4 +48,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{- define "omero-operator.leaseName" -}}
 {{- default (include "omero-operator.fullname" .) .Values.leaderElection.leaseName -}}
+{{- end -}}
+
+{{- /* A digest, when set, pins the image: the tag is left out. */ -}}
+{{- define "omero-operator.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
 {{- end -}}
