@@ -1082,8 +1082,12 @@ async fn kubectl_omero_version_status_as_and_completion_on_a_real_cluster() {
     assert_eq!(cells[9], "openmicroscopy/omero-server:5.6");
     match kubectl_on_path() {
         Some(kubectl) => {
+            // A discovery cache of its own, as a new user's kubectl has: one written before the
+            // CRD existed holds no category `omero` (`kubectl api-resources` refreshes it).
+            let cache = std::env::temp_dir().join(format!("{ns}-kubectl-cache"));
             let output = tokio::process::Command::new(&kubectl)
-                .args(["get", "omero", "-o", "wide", "-n", &ns])
+                .args(["get", "omero", "-o", "wide", "-n", &ns, "--cache-dir"])
+                .arg(&cache)
                 .env("KUBECONFIG", &admin)
                 .output()
                 .await
@@ -1108,6 +1112,7 @@ async fn kubectl_omero_version_status_as_and_completion_on_a_real_cluster() {
                 ]
             );
             assert!(out.lines().nth(1).is_some_and(|l| l.starts_with("omero ")), "{out}");
+            let _ = std::fs::remove_dir_all(&cache);
         }
         None => eprintln!(
             "no kubectl on the PATH: `kubectl get omero -o wide` checked through the Table API only"
