@@ -3,6 +3,9 @@
 //! server in this test that notes every request it gets (with its impersonation headers), or
 //! one that never answers.
 
+#[path = "support/kubeconfig.rs"]
+mod kubeconfig;
+
 use std::{
     convert::Infallible,
     sync::{Arc, Mutex},
@@ -67,18 +70,8 @@ async fn serve(name: &str, answers: Answers) -> ServedApi {
             }
         }
     });
-    let dir = std::env::temp_dir().join(format!("omero-plugin-basics-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: scripted\n  cluster: {{server: \"http://{address}\"}}\n\
-             users:\n- name: admin\n  user: {{}}\ncontexts:\n- name: scripted\n  context: {{cluster: scripted, user: admin, namespace: omero}}\n\
-             current-context: scripted\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig =
+        kubeconfig::at_server(&format!("omero-plugin-basics-{name}"), &format!("http://{address}"));
     ServedApi { kubeconfig, seen, server }
 }
 

@@ -5,6 +5,9 @@
 //! request is noted as the verb an API server would authorize, and must be among those
 //! `src/rbac.rs` lists for `logs`.
 
+#[path = "support/kubeconfig.rs"]
+mod kubeconfig;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     convert::Infallible,
@@ -225,18 +228,8 @@ async fn served(name: &str, world: World) -> Served {
             }
         }
     });
-    let dir = std::env::temp_dir().join(format!("omero-plugin-logs-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: scripted\n  cluster: {{server: \"http://{address}\"}}\n\
-             users:\n- name: admin\n  user: {{}}\ncontexts:\n- name: scripted\n  context: {{cluster: scripted, user: admin, namespace: omero}}\n\
-             current-context: scripted\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig =
+        kubeconfig::at_server(&format!("omero-plugin-logs-{name}"), &format!("http://{address}"));
     Served { world, kubeconfig, server }
 }
 

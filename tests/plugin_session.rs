@@ -285,18 +285,7 @@ async fn a_drain_and_a_restart_with_the_real_binary_over_http() {
             }
         }
     });
-    let dir = std::env::temp_dir().join(format!("omero-plugin-session-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: scripted\n  cluster: {{server: \"http://{address}\"}}\n\
-             users:\n- name: admin\n  user: {{}}\ncontexts:\n- name: scripted\n  context: {{cluster: scripted, user: admin, namespace: omero}}\n\
-             current-context: scripted\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig = support::kubeconfig::at_server("omero-plugin-session", &format!("http://{address}"));
 
     let mut transcript = String::new();
     let mut run = async |args: &str| {

@@ -15,6 +15,9 @@
 //! Every request the plugin makes is noted as the verb an API server would authorize, and must be
 //! among those `src/rbac.rs` lists for `sessions`.
 
+#[path = "support/kubeconfig.rs"]
+mod kubeconfig;
+
 use std::{
     collections::BTreeSet,
     convert::Infallible,
@@ -360,18 +363,7 @@ async fn sessions_of_every_kind_of_node_through_the_api_servers_proxies() {
     );
     let front_url = serve(world.clone(), front).await;
 
-    let dir = std::env::temp_dir().join(format!("omero-plugin-sessions-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: served\n  cluster: {{server: \"{front_url}\"}}\n\
-             users:\n- name: admin\n  user: {{}}\ncontexts:\n- name: served\n  context: {{cluster: served, user: admin, namespace: omero}}\n\
-             current-context: served\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig = kubeconfig::at_server("omero-plugin-sessions", &front_url);
     let needs: BTreeSet<String> = omero_operator::rbac::PLUGIN_COMMANDS
         .iter()
         .find(|c| c.name == "sessions")

@@ -11,6 +11,7 @@
 
 pub mod defaults;
 pub mod drive;
+pub mod kubeconfig;
 pub mod objects;
 pub mod sim;
 
