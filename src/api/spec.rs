@@ -352,6 +352,16 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
+impl SecretKeyRef {
+    /// The key's value in `secret` (read from the API server, so in `data`; `stringData` too,
+    /// as a double or an unsaved object holds it), or `None` when it has no such key.
+    pub fn value_in(&self, secret: &k8s_openapi::api::core::v1::Secret) -> Option<Vec<u8>> {
+        secret.data.as_ref().and_then(|d| d.get(&self.key)).map(|b| b.0.clone()).or_else(|| {
+            secret.string_data.as_ref().and_then(|d| d.get(&self.key)).map(|s| s.clone().into_bytes())
+        })
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {

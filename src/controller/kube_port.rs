@@ -316,15 +316,7 @@ impl ClusterPort for KubePort {
     async fn secret_value(&self, ns: &str, secret: &SecretKeyRef) -> Result<String, Error> {
         let found = self.api::<Secret>(ns).get(&secret.name).await?;
         let missing = || Error::SecretKeyMissing { name: secret.name.clone(), key: secret.key.clone() };
-        let bytes = found
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&secret.key))
-            .map(|b| b.0.clone())
-            .or_else(|| {
-                found.string_data.as_ref().and_then(|d| d.get(&secret.key)).map(|s| s.clone().into_bytes())
-            })
-            .ok_or_else(missing)?;
+        let bytes = secret.value_in(&found).ok_or_else(missing)?;
         String::from_utf8(bytes)
             .map_err(|_| Error::SecretNotUtf8 { name: secret.name.clone(), key: secret.key.clone() })
     }

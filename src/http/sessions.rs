@@ -209,14 +209,8 @@ impl SessionLister {
             .get(&secret.name)
             .await
             .map_err(|e| format!("Secret {}: {e}", secret.name))?;
-        let bytes = found
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&secret.key))
-            .map(|b| b.0.clone())
-            .or_else(|| {
-                found.string_data.as_ref().and_then(|d| d.get(&secret.key)).map(|s| s.clone().into_bytes())
-            })
+        let bytes = secret
+            .value_in(&found)
             .ok_or_else(|| format!("Secret {} has no key {}", secret.name, secret.key))?;
         String::from_utf8(bytes)
             .map_err(|_| format!("Secret {} key {} is not UTF-8", secret.name, secret.key))

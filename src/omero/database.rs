@@ -209,6 +209,22 @@ pub(super) async fn live_nodes_at(
     Ok(if matching.is_empty() { Err(other_hosts) } else { Ok(matching) })
 }
 
+/// A read-only transaction that sees one snapshot (so the live nodes and what is read of their
+/// sessions agree, even when a node goes down in between), bounded by `statement_timeout`.
+pub(super) async fn snapshot(
+    client: &mut ClientWrapper,
+    statement_timeout: Duration,
+) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    let transaction = client
+        .build_transaction()
+        .read_only(true)
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .start()
+        .await?;
+    set_statement_timeout(&transaction, statement_timeout).await?;
+    Ok(transaction)
+}
+
 /// LOCAL: the setting ends with the transaction and never leaks into a pooled connection.
 pub(super) async fn set_statement_timeout(
     transaction: &Transaction<'_>,
@@ -236,14 +252,7 @@ async fn query(
     pod_ip: IpAddr,
     statement_timeout: Duration,
 ) -> Result<Result<u64, Vec<String>>, tokio_postgres::Error> {
-    // One snapshot for both queries, so a node that goes down in between is seen consistently.
-    let transaction = client
-        .build_transaction()
-        .read_only(true)
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .start()
-        .await?;
-    set_statement_timeout(&transaction, statement_timeout).await?;
+    let transaction = snapshot(client, statement_timeout).await?;
     let outcome = match live_nodes_at(&transaction, pod_ip).await? {
         Ok(nodes) => {
             let ids: Vec<i64> = nodes.iter().map(|n| n.id).collect();

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use deadpool_postgres::ClientWrapper;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::IsolationLevel;
 
 use super::database::{self, OPEN_SESSIONS_SQL, open_sessions_where};
 use super::metrics::sum_metric;
@@ -275,13 +274,7 @@ async fn list(
     limit: i64,
 ) -> Result<Result<SessionList, Vec<String>>, tokio_postgres::Error> {
     // One snapshot for the nodes, the list and the count, so they agree.
-    let transaction = client
-        .build_transaction()
-        .read_only(true)
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .start()
-        .await?;
-    database::set_statement_timeout(&transaction, statement_timeout).await?;
+    let transaction = database::snapshot(client, statement_timeout).await?;
     let outcome = match database::live_nodes_at(&transaction, pod_ip).await? {
         Ok(nodes) => {
             let ids: Vec<i64> = nodes.iter().map(|n| n.id).collect();
