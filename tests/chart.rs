@@ -613,6 +613,8 @@ fn bad_values_are_refused_naming_the_value() {
         ("extraEnv[0].value=x", "extraEnv.0: name is required"),
         ("extraEnv[0].name=X,extraEnv[0].value=1", "extraEnv.0.value"),
         ("extraArgs[0]=1", "extraArgs.0"),
+        ("extraVolumes[0].configMap.name=x", "extraVolumes.0: name is required"),
+        ("extraVolumeMounts[0].name=x", "extraVolumeMounts.0: mountPath is required"),
         ("sessionReaders.users[0]=", "sessionReaders.users.0"),
         ("sessionReaders.group[0]=admins", "Additional property group is not allowed"),
         ("metrics.prometheusRule.rolloutStuckAfter=3 hours", "metrics.prometheusRule.rolloutStuckAfter"),
@@ -1090,11 +1092,23 @@ fn a_digest_pins_the_image_whatever_the_tag() {
 }
 
 #[test]
-fn extra_env_and_args_reach_the_operators_container_after_the_charts() {
+fn extra_env_args_and_volumes_reach_the_operators_pod_after_the_charts() {
     let container =
         |docs: &[Value]| one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0].clone();
     let chart_only = container(&rendered(None));
-    let extended = container(&rendered(Some("charts/omero-operator/ci/operator-pod-values.yaml")));
+    let extended_pod = rendered(Some("charts/omero-operator/ci/operator-pod-values.yaml"));
+    let extended = container(&extended_pod);
+    let pod = |docs: &[Value]| one(docs, "Deployment")["spec"]["template"]["spec"].clone();
+    assert_eq!(pod(&rendered(None)).get("volumes"), None, "the chart's pod has no volume of its own");
+    assert_eq!(chart_only.get("volumeMounts"), None);
+    assert_eq!(
+        pod(&extended_pod)["volumes"],
+        serde_json::json!([{"name": "proxy-ca", "configMap": {"name": "proxy-ca"}}])
+    );
+    assert_eq!(
+        extended["volumeMounts"],
+        serde_json::json!([{"name": "proxy-ca", "mountPath": "/etc/proxy-ca", "readOnly": true}])
+    );
     assert_eq!(extended["args"], serde_json::json!(["run", "--log-level=omero_operator=debug"]));
     let (chart_env, env) = (chart_only["env"].as_array().unwrap(), extended["env"].as_array().unwrap());
     assert_eq!(env[..chart_env.len()], chart_env[..], "the chart's own first, unchanged");
