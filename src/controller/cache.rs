@@ -99,9 +99,34 @@ pub fn slim_look_up_entry<K>(entry: &mut PartialObjectMeta<K>) {
 /// own JSON, so a watch of `Cached<K>` reads the same API as a watch of `K`.
 pub struct Cached<K> {
     pub metadata: ObjectMeta,
-    /// `K` without its metadata, as JSON.
+    /// `K` without its metadata, as JSON, each [`SharedText`] it held replaced by its token.
     rest: Box<str>,
+    /// Which [`SharedText`]s `rest` holds as tokens (bit `i`: `shared_texts()[i]`).
+    shared: u8,
     kind: PhantomData<fn() -> K>,
+}
+
+/// A long string the operator writes alike into many objects, kept once in memory instead of
+/// once per cached object: the log follower script in every node's Deployment (`omero-logs`'
+/// argument, 6.9 KB) and the session counter script in every cluster's ConfigMap (24.8 KB).
+/// Without this, 600 clusters of 3 nodes kept 1,800 copies of the one and 600 of the other.
+struct SharedText {
+    /// The text as a JSON string value (quoted and escaped), as it stands in `rest`.
+    json: String,
+    /// What stands in `rest` instead: a JSON string no object of ours holds (checked: an object
+    /// that already held it keeps its text as it is).
+    token: &'static str,
+}
+
+fn shared_texts() -> &'static [SharedText] {
+    static TEXTS: std::sync::LazyLock<Vec<SharedText>> = std::sync::LazyLock::new(|| {
+        let json = |text: &str| serde_json::to_string(text).unwrap_or_default();
+        vec![
+            SharedText { json: json(&crate::render::LOG_FOLLOWER_SCRIPT), token: "\"\\u0000omero-logs\"" },
+            SharedText { json: json(crate::render::counter::SCRIPT), token: "\"\\u0000session-counter\"" },
+        ]
+    });
+    &TEXTS
 }
 
 impl<K: Cacheable> Cached<K> {
@@ -111,15 +136,37 @@ impl<K: Cacheable> Cached<K> {
         metadata.managed_fields = None;
         // Serializing a k8s-openapi object to a string cannot fail (string keys, no maps with
         // other keys); were it to, an empty text makes `object` report it at the read.
-        let rest = serde_json::to_string(&object).unwrap_or_default().into_boxed_str();
-        Self { metadata, rest, kind: PhantomData }
+        let mut rest = serde_json::to_string(&object).unwrap_or_default();
+        let mut shared = 0;
+        for (i, text) in shared_texts().iter().enumerate() {
+            if rest.contains(&text.json) && !rest.contains(text.token) {
+                rest = rest.replace(&text.json, text.token);
+                shared |= 1 << i;
+            }
+        }
+        Self { metadata, rest: rest.into_boxed_str(), shared, kind: PhantomData }
     }
 
     /// The whole object again (slimmed: see [`Cacheable::slim`]).
     pub fn object(&self) -> Result<K, serde_json::Error> {
-        let mut object: K = serde_json::from_str(&self.rest)?;
+        let mut object: K = if self.shared == 0 {
+            serde_json::from_str(&self.rest)?
+        } else {
+            let mut rest = self.rest.to_string();
+            for (i, text) in shared_texts().iter().enumerate() {
+                if self.shared & (1 << i) != 0 {
+                    rest = rest.replace(text.token, &text.json);
+                }
+            }
+            serde_json::from_str(&rest)?
+        };
         *object.meta_mut() = self.metadata.clone();
         Ok(object)
+    }
+
+    /// Bytes this entry keeps beside its metadata (for the cache's benchmark and tests).
+    pub fn rest_len(&self) -> usize {
+        self.rest.len()
     }
 }
 
@@ -131,7 +178,12 @@ impl<'de, K: Cacheable> Deserialize<'de> for Cached<K> {
 
 impl<K> Clone for Cached<K> {
     fn clone(&self) -> Self {
-        Self { metadata: self.metadata.clone(), rest: self.rest.clone(), kind: PhantomData }
+        Self {
+            metadata: self.metadata.clone(),
+            rest: self.rest.clone(),
+            shared: self.shared,
+            kind: PhantomData,
+        }
     }
 }
 
@@ -218,6 +270,43 @@ mod tests {
                        "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
                                        "lastUpdateTime": "2026-11-30T06:00:05Z", "lastTransitionTime": "2026-11-30T06:00:05Z"}]}
         })
+    }
+
+    /// The follower script in each Deployment and the counter script in the ConfigMap are kept
+    /// once, not per object, and every object reads back exactly as it was rendered.
+    #[test]
+    fn the_scripts_every_node_and_cluster_carry_are_kept_once_and_read_back_whole() {
+        let yaml = format!(
+            "{}  sessionCounter:\n    credentialsSecret: {{name: omero-monitor}}\n",
+            crate::render::tests::BASE
+        );
+        let desired = crate::render::render(&crate::render::tests::cluster(&yaml));
+        assert!(!desired.deployments.is_empty() && desired.config_maps.len() == 1);
+        for deployment in &desired.deployments {
+            let json = serde_json::to_string(deployment).unwrap();
+            assert!(json.contains(&shared_texts()[0].json), "the follower is in the template");
+            let cached = Cached::new(deployment.clone());
+            assert_eq!(cached.shared, 0b01);
+            assert!(
+                cached.rest_len() + crate::render::LOG_FOLLOWER_SCRIPT.len() < json.len(),
+                "{}",
+                cached.rest_len()
+            );
+            assert_eq!(&cached.object().unwrap(), deployment);
+        }
+        let map = &desired.config_maps[0];
+        let cached = Cached::new(map.clone());
+        assert_eq!(cached.shared, 0b10);
+        assert!(cached.rest_len() < 200, "{}", cached.rest_len());
+        assert_eq!(&cached.object().unwrap(), map);
+
+        // An object that already holds a token keeps its text as it is.
+        let mut odd = map.clone();
+        odd.data.as_mut().unwrap().insert("note".into(), "\u{0}omero-logs".into());
+        odd.data.as_mut().unwrap().insert("copy".into(), crate::render::LOG_FOLLOWER_SCRIPT.clone());
+        let cached = Cached::new(odd.clone());
+        assert_eq!(cached.shared, 0b10, "the follower left as it is, the counter kept once");
+        assert_eq!(cached.object().unwrap(), odd);
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub use grid::{REDIRECT_PLACEHOLDER, REDIRECT_PLACEHOLDER_SQL};
 pub use labels::{
     cluster_selector, entry_service_name, grid_dns_service_name, node_object_name, node_selector_labels,
 };
+/// The log follower as every node's `omero-logs` container runs it (the cache keeps it once).
+pub(crate) use server_logs::SHIPPED as LOG_FOLLOWER_SCRIPT;
 
 /// Everything the operator creates for one cluster. `apiVersion`/`kind` are left to the
 /// caller (server-side apply adds them); names, namespace, labels and owners are set.
