@@ -1825,6 +1825,15 @@ async fn a_read_only_pool_scales_through_the_scale_subresource_on_a_real_cluster
         (gone && recorded && ro4.leaving && ro4.phase == NodePhase::Draining && !ro4.routable).then_some(())
     })
     .await;
+    // `kubectl omero status` shows the pool: wanted, existing, serving, and who leaves.
+    let (status, code) = plugin(&PathBuf::from(&suite.path), &suite.ns, &["status", "omero"]).await;
+    assert_eq!(code, Some(0), "{status}");
+    assert!(
+        status.contains(
+            "\nPool:      2 wanted (at least 1), 3 exist, 2 serving, leaving (draining first): ro-4"
+        ),
+        "{status}"
+    );
     suite.set_sessions("ro-4", 0);
     eventually(120, "ro-4 removed once its session ended", || async {
         let left = names().await?;
