@@ -164,8 +164,9 @@ impl<K: Cacheable> Cached<K> {
         Ok(object)
     }
 
-    /// Bytes this entry keeps beside its metadata (for the cache's benchmark and tests).
-    pub fn rest_len(&self) -> usize {
+    /// Bytes this entry keeps beside its metadata.
+    #[cfg(test)]
+    fn rest_len(&self) -> usize {
         self.rest.len()
     }
 }
