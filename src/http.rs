@@ -7,7 +7,7 @@
 //! while the old one still does.
 
 use std::sync::{
-    Arc,
+    Arc, OnceLock,
     atomic::{AtomicBool, Ordering},
 };
 
@@ -23,18 +23,19 @@ pub struct Endpoints {
     pub metrics: Arc<Metrics>,
     /// Set once every watch cache has been filled.
     pub caches_ready: Arc<AtomicBool>,
-    /// What answers `/sessions/...`; without it the route answers 404.
-    pub sessions: Option<sessions::SessionLister>,
+    /// What answers `/sessions/...`, set once the pod cache it reads is filled; until then the
+    /// route answers 503.
+    pub sessions: Arc<OnceLock<sessions::SessionLister>>,
 }
 
 impl Endpoints {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics, caches_ready: Arc::default(), sessions: None }
+        Self { metrics, caches_ready: Arc::default(), sessions: Arc::default() }
     }
 
-    /// Serves `/sessions/...` with `lister`.
-    pub fn with_sessions(self, lister: sessions::SessionLister) -> Self {
-        Self { sessions: Some(lister), ..self }
+    /// Serves `/sessions/...` with `lister` from now on (the first lister set stays).
+    pub fn serve_sessions(&self, lister: sessions::SessionLister) {
+        let _ = self.sessions.set(lister);
     }
 
     pub fn set_ready(&self) {

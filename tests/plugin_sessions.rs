@@ -161,8 +161,8 @@ async fn counter(path: &str) -> Reply {
     reply(StatusCode::from_u16(code).unwrap(), body.to_string())
 }
 
-/// The API the operator's own client talks to: the cluster by a list with a field selector, the
-/// rw node's pods by label, the database password.
+/// The API the operator's own client talks to: the cluster by a list with a field selector and
+/// the database password (the node's pods come from the operator's pod cache, [`pod_cache`]).
 async fn back(world: World, request: Request<Incoming>) -> Result<Reply, Infallible> {
     let path = request.uri().path().to_string();
     let query =
@@ -176,15 +176,6 @@ async fn back(world: World, request: Request<Incoming>) -> Result<Reply, Infalli
             assert!(query.contains("fieldSelector=metadata.name=omero"), "{query}");
             list("OmeroClusterList", vec![world.cluster.clone()])
         }
-        "/api/v1/namespaces/omero/pods" => {
-            assert!(query.contains("omero.openmicroscopy.org/node=rw"), "{query}");
-            let pod = |name: &str, phase: &str, ip: &str| json!({"metadata": {"name": name, "namespace": "omero"}, "status": {"phase": phase, "podIP": ip}});
-            // The old pod of a restart, still terminating, is not the node's.
-            list(
-                "PodList",
-                vec![pod("omero-rw-old", "Failed", "10.9.9.9"), pod("omero-rw-a", "Running", RW_POD_IP)],
-            )
-        }
         "/api/v1/namespaces/omero/secrets/omero-db" => {
             let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "omero-db"},
                                 "data": {"password": base64_of(&world.password)}});
@@ -192,6 +183,29 @@ async fn back(world: World, request: Request<Incoming>) -> Result<Reply, Infalli
         }
         other => panic!("the operator asked for {other}?{query}"),
     })
+}
+
+/// The operator's pod cache as its watch fills it: rw's pods (the old pod of a restart, failed,
+/// is not the node's) and a running pod of another cluster's node of the same name.
+fn pod_cache()
+-> kube::runtime::reflector::Store<omero_operator::controller::cache::Cached<k8s_openapi::api::core::v1::Pod>>
+{
+    use omero_operator::controller::cache::Cached;
+    let (store, mut writer) = kube::runtime::reflector::store();
+    let pod = |name: &str, cluster: &str, phase: &str, ip: &str| {
+        let labels = omero_operator::render::node_selector_labels(cluster, "rw");
+        let pod = json!({"metadata": {"name": name, "namespace": "omero", "labels": labels},
+                         "status": {"phase": phase, "podIP": ip}});
+        Cached::new(serde_json::from_value::<k8s_openapi::api::core::v1::Pod>(pod).unwrap())
+    };
+    for cached in [
+        pod("omero-rw-old", "omero", "Failed", "10.9.9.9"),
+        pod("other-rw-a", "other", "Running", "10.9.9.8"),
+        pod("omero-rw-a", "omero", "Running", RW_POD_IP),
+    ] {
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(cached));
+    }
+    store
 }
 
 fn base64_of(text: &str) -> String {
@@ -357,10 +371,10 @@ async fn sessions_of_every_kind_of_node_through_the_api_servers_proxies() {
     let back_url = serve(world.clone(), back).await;
     let operator_client = kube::Client::try_from(kube::Config::new(back_url.parse().unwrap()))
         .expect("a client of the served API");
-    let lister = omero_operator::http::sessions::SessionLister::new(operator_client, None);
-    world.operator = omero_operator::http::router(
-        omero_operator::http::Endpoints::new(Arc::default()).with_sessions(lister),
-    );
+    let lister = omero_operator::http::sessions::SessionLister::new(operator_client, pod_cache(), None);
+    let endpoints = omero_operator::http::Endpoints::new(Arc::default());
+    endpoints.serve_sessions(lister);
+    world.operator = omero_operator::http::router(endpoints);
     let front_url = serve(world.clone(), front).await;
 
     let kubeconfig = kubeconfig::at_server("omero-plugin-sessions", &front_url);

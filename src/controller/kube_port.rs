@@ -169,7 +169,7 @@ fn related_reference(cluster: &OmeroCluster, related: &Related) -> ObjectReferen
 }
 
 /// The cached objects of one namespace that carry every label of `selector`, decoded.
-fn of_cluster<K: Cacheable>(
+pub(crate) fn of_cluster<K: Cacheable>(
     store: &Store<Cached<K>>,
     ns: &str,
     selector: &std::collections::BTreeMap<String, String>,

@@ -200,9 +200,7 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
     metrics: Arc<Metrics>,
 ) -> Result<(), Error> {
     use futures::FutureExt;
-    // `/sessions/...` reads through the operator's own client: every replica answers it.
-    let lister = crate::http::sessions::SessionLister::new(client.clone(), options.namespace.clone());
-    let endpoints = crate::http::Endpoints::new(metrics.clone()).with_sessions(lister);
+    let endpoints = crate::http::Endpoints::new(metrics.clone());
     let shutdown = shutdown_signal().shared();
     let listener = tokio::net::TcpListener::bind(&options.http_address)
         .await
@@ -327,6 +325,12 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
         nodes.wait_until_ready().await.map_err(|e| Error::CacheClosed(e.to_string()))?;
     }
     endpoints.set_ready();
+    // `/sessions/...` finds pods in this replica's cache: every replica answers it, a standby too.
+    endpoints.serve_sessions(crate::http::sessions::SessionLister::new(
+        client.clone(),
+        caches.pods.clone(),
+        options.namespace.clone(),
+    ));
     info!("watch caches filled: ready; waiting for the leader lease");
 
     let work_metrics = metrics.clone();

@@ -4,10 +4,10 @@
 //! service proxy to the operator's Service, so what a person may read is what their RBAC grants
 //! on `services/proxy` (the chart's `sessionReaders`).
 //!
-//! Each request reads what it needs from the API server (the cluster by a list with a field
-//! selector and the node's pods by label, both verbs the operator holds already; the password by
-//! GET): any replica answers, a standby too, whose caches hold no clusters. Listings are rare, so
-//! a few reads per request cost nothing worth caching. At most [`MAX_AT_ONCE`] run at once: the
+//! The node's pod comes from the pod cache every replica keeps (a standby too); the cluster is
+//! read by a list with a field selector (only the leader caches clusters, and any replica
+//! answers) and the password by GET, both verbs the operator holds already. Listings are rare:
+//! two reads per request cost nothing worth caching. At most [`MAX_AT_ONCE`] run at once: the
 //! route needs no credentials of its caller, and the database must not pay for a flood.
 //!
 //! The answer is OMERO's user names, user agents and times (`omero::session_list`): never a
@@ -23,11 +23,12 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::{Api, Client, ResourceExt, api::ListParams};
+use kube::{Api, Client, ResourceExt, api::ListParams, runtime::reflector::Store};
 
 use super::Endpoints;
 use crate::{
     api::{OmeroCluster, SecretKeyRef, SessionProbeKind},
+    controller::{cache::Cached, kube_port::of_cluster},
     omero::{
         self, DatabaseCredentials,
         session_list::{OPERATOR_SESSIONS_FORMAT, OperatorSessionsAnswer, reasons},
@@ -46,6 +47,8 @@ const WAIT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct SessionLister {
     client: Client,
+    /// The operator's pod cache (`controller::run`'s), where the node's pod is looked up.
+    pods: Store<Cached<Pod>>,
     omero: omero::Client,
     /// The namespace the operator watches; all when none.
     watched: Option<String>,
@@ -53,9 +56,10 @@ pub struct SessionLister {
 }
 
 impl SessionLister {
-    pub fn new(client: Client, watched: Option<String>) -> Self {
+    pub fn new(client: Client, pods: Store<Cached<Pod>>, watched: Option<String>) -> Self {
         Self {
             client,
+            pods,
             omero: omero::Client::default(),
             watched,
             turns: Arc::new(tokio::sync::Semaphore::new(MAX_AT_ONCE)),
@@ -173,14 +177,11 @@ impl SessionLister {
         node: &str,
         status: Option<&crate::api::NodeStatus>,
     ) -> Result<(String, String), (StatusCode, OperatorSessionsAnswer)> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let selector: Vec<String> =
-            node_selector_labels(cluster, node).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let listed = pods.list(&ListParams::default().labels(&selector.join(","))).await.map_err(|e| {
-            refused(StatusCode::BAD_GATEWAY, reasons::API_FAILED, format!("listing the node's pods: {e}"))
-        })?;
-        let running: Vec<(String, String)> = listed
-            .items
+        let cached =
+            of_cluster(&self.pods, namespace, &node_selector_labels(cluster, node)).map_err(|e| {
+                refused(StatusCode::BAD_GATEWAY, reasons::API_FAILED, format!("reading the node's pods: {e}"))
+            })?;
+        let running: Vec<(String, String)> = cached
             .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .filter_map(|p| {
@@ -233,11 +234,36 @@ pub async fn list(
     State(endpoints): State<Endpoints>,
     Path((namespace, cluster, node)): Path<(String, String, String)>,
 ) -> Response {
-    let (status, answer) = match &endpoints.sessions {
+    let (status, answer) = match endpoints.sessions.get() {
         Some(lister) => lister.answer(&namespace, &cluster, &node).await,
-        None => refused(StatusCode::NOT_FOUND, reasons::NOT_FOUND, "this server lists no sessions".into()),
+        None => refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            reasons::BUSY,
+            "the operator is starting: its pod cache is not filled yet; try again".into(),
+        ),
     };
     let body = serde_json::to_vec(&answer).expect("plain data serialises");
     (status, [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body)
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// Before the pod cache is filled there is no lister: the route says so (503), and a
+    /// client is told to try again rather than that the node is unknown.
+    #[tokio::test]
+    async fn the_route_answers_503_until_the_pod_cache_is_filled() {
+        let router = crate::http::router(crate::http::Endpoints::new(Arc::default()));
+        let request = http::Request::get("/sessions/omero/omero/rw").body(Body::empty()).unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        let answer: OperatorSessionsAnswer = serde_json::from_slice(&body).unwrap();
+        assert!(!answer.ok && answer.format == OPERATOR_SESSIONS_FORMAT, "{answer:?}");
+    }
 }
