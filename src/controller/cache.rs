@@ -1,13 +1,15 @@
-//! What the watch caches keep of each object: its metadata as it is (the stores filter on
-//! labels and the controller maps owner references on every change), and the rest (spec,
-//! status, data) as compact JSON text, decoded again only when a reconcile reads the object.
+//! What the watch caches keep of each object: the few metadata fields kube's machinery reads
+//! and the labels the caches select on, as structs, and the rest (spec, status, data, the
+//! rest of the metadata) as compact JSON, compressed, decoded again only when a reconcile
+//! reads the object.
 //!
 //! Why text: k8s-openapi's structs hold every optional field inline, set or not. A `Volume` is
 //! 3.2 KiB and a `Container` 2.1 KiB whatever they say, so one cached OMERO Deployment (a 4 to 6
 //! KiB JSON object) took about 25 KiB, and 300 clusters of 3 nodes kept about 25 MB of mostly
-//! empty fields. As text the same Deployment is its JSON length. Reading one back costs about
-//! 20 us (a 4 KiB Deployment, `cargo bench --bench render`), paid for the dozen objects of the
-//! one cluster a reconcile reads.
+//! empty fields. As text the same Deployment is its JSON length; compressed (LZ4, fast enough
+//! that a read is still mostly the JSON decoding), about a third of that. Reading one back
+//! costs about 20 us (a 4 KiB Deployment, `cargo bench --bench render`), paid for the dozen
+//! objects of the one cluster a reconcile reads.
 
 use std::{borrow::Cow, collections::BTreeMap, fmt, marker::PhantomData};
 
@@ -94,17 +96,35 @@ pub fn slim_look_up_entry<K>(entry: &mut PartialObjectMeta<K>) {
     };
 }
 
-/// One cached object of kind `K`: its metadata (managed fields stripped: they are most of an
-/// object's size and never read) and the rest of it as compact JSON. It deserializes from `K`'s
-/// own JSON, so a watch of `Cached<K>` reads the same API as a watch of `K`.
+/// One cached object of kind `K`: the metadata kube's machinery and the caches' look-ups read
+/// ([`Cached::metadata`]), the labels the caches select on ([`Cached::selected_label`]), and
+/// the rest of it (spec, status, data, and the rest of its metadata) as compact JSON,
+/// compressed. It deserializes from `K`'s own JSON, so a watch of `Cached<K>` reads the same
+/// API as a watch of `K`.
+///
+/// Why so little as structs: an `ObjectMeta` with its labels is about 1.2 KiB whatever it
+/// holds (a `BTreeMap` node takes room for 11 entries; each label two allocations), and 600
+/// clusters keep about 8,400 objects (heaptrack: 4.6 MB in label maps alone). As text, the same
+/// labels and annotations are their JSON length, then compressed with the rest.
 pub struct Cached<K> {
+    /// Name, namespace, uid, resourceVersion and owner references only: what the reflector's
+    /// keys, the watcher's resume, the controller's owner mapping and a look-up read without
+    /// decoding. Everything else of the metadata is in `rest` (managed fields are dropped).
     pub metadata: ObjectMeta,
-    /// `K` without its metadata, as JSON, each [`SharedText`] it held replaced by its token.
-    rest: Box<str>,
+    /// The values of [`SELECTED_LABELS`] the object carries, in that order.
+    selected: [Option<Box<str>>; SELECTED_LABELS.len()],
+    /// `K` without the metadata above, as JSON, each [`SharedText`] it held replaced by its
+    /// token, LZ4-compressed (`lz4_flex`'s block format, its length prepended).
+    rest: Box<[u8]>,
     /// Which [`SharedText`]s `rest` holds as tokens (bit `i`: `shared_texts()[i]`).
     shared: u8,
     kind: PhantomData<fn() -> K>,
 }
+
+/// The labels a cache is ever selected on without decoding (`kube_port::of_cluster`: a
+/// cluster's and a node's selectors; the pod mapper: the cluster): only these are kept beside
+/// the text. `selection_labels_are_the_ones_kept` keeps the selectors within them.
+pub const SELECTED_LABELS: [&str; 3] = [keys::MANAGED_BY_LABEL, keys::CLUSTER_LABEL, keys::NODE_LABEL];
 
 /// A long string the operator writes alike into many objects, kept once in memory instead of
 /// once per cached object: the log follower script in every node's Deployment (`omero-logs`'
@@ -132,8 +152,18 @@ fn shared_texts() -> &'static [SharedText] {
 impl<K: Cacheable> Cached<K> {
     pub fn new(mut object: K) -> Self {
         object.slim();
-        let mut metadata = std::mem::take(object.meta_mut());
-        metadata.managed_fields = None;
+        let meta = object.meta_mut();
+        meta.managed_fields = None;
+        let selected = SELECTED_LABELS
+            .map(|key| meta.labels.as_ref().and_then(|labels| labels.get(key)).map(|v| v.as_str().into()));
+        let metadata = ObjectMeta {
+            name: meta.name.take(),
+            namespace: meta.namespace.take(),
+            uid: meta.uid.take(),
+            resource_version: meta.resource_version.take(),
+            owner_references: meta.owner_references.take(),
+            ..ObjectMeta::default()
+        };
         // Serializing a k8s-openapi object to a string cannot fail (string keys, no maps with
         // other keys); were it to, an empty text makes `object` report it at the read.
         let mut rest = serde_json::to_string(&object).unwrap_or_default();
@@ -144,24 +174,42 @@ impl<K: Cacheable> Cached<K> {
                 shared |= 1 << i;
             }
         }
-        Self { metadata, rest: rest.into_boxed_str(), shared, kind: PhantomData }
+        let rest = lz4_flex::block::compress_prepend_size(rest.as_bytes()).into_boxed_slice();
+        Self { metadata, selected, rest, shared, kind: PhantomData }
     }
 
     /// The whole object again (slimmed: see [`Cacheable::slim`]).
     pub fn object(&self) -> Result<K, serde_json::Error> {
+        let text = lz4_flex::block::decompress_size_prepended(&self.rest).map_err(|e| {
+            <serde_json::Error as serde::de::Error>::custom(format!(
+                "a cached object that does not decompress: {e}"
+            ))
+        })?;
         let mut object: K = if self.shared == 0 {
-            serde_json::from_str(&self.rest)?
+            serde_json::from_slice(&text)?
         } else {
-            let mut rest = self.rest.to_string();
-            for (i, text) in shared_texts().iter().enumerate() {
+            let mut rest = String::from_utf8_lossy(&text).into_owned();
+            for (i, shared) in shared_texts().iter().enumerate() {
                 if self.shared & (1 << i) != 0 {
-                    rest = rest.replace(text.token, &text.json);
+                    rest = rest.replace(shared.token, &shared.json);
                 }
             }
             serde_json::from_str(&rest)?
         };
-        *object.meta_mut() = self.metadata.clone();
+        let meta = object.meta_mut();
+        meta.name.clone_from(&self.metadata.name);
+        meta.namespace.clone_from(&self.metadata.namespace);
+        meta.uid.clone_from(&self.metadata.uid);
+        meta.resource_version.clone_from(&self.metadata.resource_version);
+        meta.owner_references.clone_from(&self.metadata.owner_references);
         Ok(object)
+    }
+
+    /// The value of `key`, one of [`SELECTED_LABELS`] (any other label: decode the object).
+    pub fn selected_label(&self, key: &str) -> Option<&str> {
+        let i = SELECTED_LABELS.iter().position(|k| *k == key);
+        debug_assert!(i.is_some(), "{key} is not one of the labels kept beside the text");
+        i.and_then(|i| self.selected[i].as_deref())
     }
 
     /// Bytes this entry keeps beside its metadata.
@@ -181,6 +229,7 @@ impl<K> Clone for Cached<K> {
     fn clone(&self) -> Self {
         Self {
             metadata: self.metadata.clone(),
+            selected: self.selected.clone(),
             rest: self.rest.clone(),
             shared: self.shared,
             kind: PhantomData,
@@ -190,7 +239,11 @@ impl<K> Clone for Cached<K> {
 
 impl<K> fmt::Debug for Cached<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Cached").field("metadata", &self.metadata).field("rest", &self.rest).finish()
+        f.debug_struct("Cached")
+            .field("metadata", &self.metadata)
+            .field("selected", &self.selected)
+            .field("rest_len", &self.rest.len())
+            .finish()
     }
 }
 
@@ -298,7 +351,7 @@ mod tests {
         let map = &desired.config_maps[0];
         let cached = Cached::new(map.clone());
         assert_eq!(cached.shared, 0b10);
-        assert!(cached.rest_len() < 200, "{}", cached.rest_len());
+        assert!(cached.rest_len() < 1024, "the script is not in the text: {}", cached.rest_len());
         assert_eq!(&cached.object().unwrap(), map);
 
         // An object that already holds a token keeps its text as it is.
@@ -324,6 +377,36 @@ mod tests {
         json["metadata"].as_object_mut().unwrap().remove("managedFields");
         json["spec"]["template"]["metadata"].as_object_mut().unwrap().remove("creationTimestamp");
         assert_eq!(serde_json::to_value(&read).unwrap(), json);
+    }
+
+    /// What the caches select on is kept beside the text, and is all they select on.
+    #[test]
+    fn selection_labels_are_the_ones_kept() {
+        let selectors =
+            [crate::render::cluster_selector("omero"), crate::render::node_selector_labels("omero", "rw")];
+        for key in selectors.iter().flat_map(|s| s.keys()) {
+            assert!(SELECTED_LABELS.contains(&key.as_str()), "{key} is selected on but not kept");
+        }
+        let mut json = deployment();
+        json["metadata"]["labels"] = json!({"app.kubernetes.io/managed-by": "omero-operator",
+            "omero.openmicroscopy.org/cluster": "omero", "omero.openmicroscopy.org/node": "rw", "other": "x"});
+        let cached: Cached<Deployment> = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(cached.selected_label(keys::CLUSTER_LABEL), Some("omero"));
+        assert_eq!(cached.selected_label(keys::NODE_LABEL), Some("rw"));
+        assert_eq!(cached.selected_label(keys::MANAGED_BY_LABEL), Some("omero-operator"));
+        assert_eq!(cached.metadata.labels, None, "no label map beside the text");
+        assert_eq!(cached.metadata.annotations, None);
+        let labels = cached.object().unwrap().metadata.labels.unwrap();
+        assert_eq!(labels.get("other").map(String::as_str), Some("x"), "every label reads back");
+    }
+
+    /// The text is kept compressed: a Deployment as the API server returns it takes well under
+    /// its JSON length.
+    #[test]
+    fn the_text_is_kept_compressed() {
+        let cached: Cached<Deployment> = serde_json::from_value(deployment()).unwrap();
+        let text = serde_json::to_string(&cached.object().unwrap()).unwrap();
+        assert!(cached.rest_len() * 3 < text.len() * 2, "{} of {}", cached.rest_len(), text.len());
     }
 
     /// A watch event's object may arrive before its type (serde then buffers it): the same.

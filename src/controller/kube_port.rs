@@ -178,9 +178,7 @@ pub(crate) fn of_cluster<K: Cacheable>(
         .state()
         .into_iter()
         .filter(|o| o.metadata.namespace.as_deref() == Some(ns))
-        .filter(|o| {
-            selector.iter().all(|(k, v)| o.metadata.labels.as_ref().and_then(|l| l.get(k)) == Some(v))
-        })
+        .filter(|o| selector.iter().all(|(k, v)| o.selected_label(k) == Some(v.as_str())))
         .map(|o| {
             o.object().map_err(|source| Error::Serialize {
                 what: format!(

@@ -384,7 +384,7 @@ pub async fn run<O: OmeroPort, L: LeaderLease>(
             .owns_shared_stream(budget_events)
             // Pods are owned by ReplicaSets, so map them to their cluster by label.
             .watches_shared_stream(pod_events, |pod| {
-                let cluster = pod.labels().get(keys::CLUSTER_LABEL).cloned();
+                let cluster = pod.selected_label(keys::CLUSTER_LABEL).map(String::from);
                 let ns = pod.namespace();
                 cluster.map(|c| ObjectRef::<OmeroCluster>::new(&c).within(ns.as_deref().unwrap_or_default()))
             })
@@ -605,7 +605,7 @@ fn clusters_on(
             pod.and_then(|p| p.spec?.node_name).as_deref() == Some(host)
         })
         .filter_map(|p| {
-            let cluster = p.labels().get(keys::CLUSTER_LABEL)?;
+            let cluster = p.selected_label(keys::CLUSTER_LABEL)?;
             Some(ObjectRef::new(cluster).within(p.namespace().as_deref().unwrap_or_default()))
         })
         .collect();
