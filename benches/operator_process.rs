@@ -1108,6 +1108,7 @@ fn start_operator(kubeconfig: &std::path::Path, http: &str, ns: &str) -> Child {
         .env("KUBECONFIG", kubeconfig)
         // As the chart runs it.
         .env("MALLOC_ARENA_MAX", "2")
+        .env("MALLOC_MMAP_THRESHOLD_", "65536")
         .stdout(Stdio::null())
         .stderr(if std::env::var_os("OMERO_BENCH_OPERATOR_LOG").is_some() {
             Stdio::inherit()

@@ -430,6 +430,7 @@ fn default_values_render_a_working_install() {
     assert_eq!(get("POD_NAME").unwrap()["fieldRef"]["fieldPath"], "metadata.name");
     assert_eq!(get("OMERO_OPERATOR_HTTP_ADDRESS"), Some("0.0.0.0:8080".into()));
     assert_eq!(get("MALLOC_ARENA_MAX"), Some("2".into()), "the arenas the memory figures were measured with");
+    assert_eq!(get("MALLOC_MMAP_THRESHOLD_"), Some("65536".into()), "the threshold they were measured with");
     assert_eq!(get("OMERO_OPERATOR_CONCURRENCY"), Some("16".into()));
     assert_eq!(get("OMERO_OPERATOR_MAX_API_REQUESTS"), Some("32".into()));
     // Every variable the chart sets is one `omero-operator run` reads.
