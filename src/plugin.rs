@@ -85,26 +85,13 @@ pub fn node_table(cluster: &OmeroCluster, now: Timestamp) -> String {
             out,
             "{}\t{role}\t{}\t{}\t{}\t{sessions}\t{revision}\t{deadline}\t{}",
             node.name,
-            phase(node.phase),
+            node.phase.as_str(),
             yes_no(node.ready),
             yes_no(node.routable),
             node.message.as_deref().unwrap_or("")
         );
     }
     String::from_utf8(out.into_inner().unwrap_or_default()).unwrap_or_default()
-}
-
-fn phase(phase: NodePhase) -> &'static str {
-    match phase {
-        NodePhase::Pending => "Pending",
-        NodePhase::Starting => "Starting",
-        NodePhase::Serving => "Serving",
-        NodePhase::Draining => "Draining",
-        NodePhase::Drained => "Drained",
-        NodePhase::Restarting => "Restarting",
-        NodePhase::Failed => "Failed",
-        NodePhase::Stopped => "Stopped",
-    }
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -354,9 +341,9 @@ pub fn progress(cluster: &OmeroCluster, op: &Operation, now: Timestamp) -> (Vec<
             && matches!(op, Operation::Drain(_))
             && node.message.as_deref().is_some_and(|m| m.starts_with(crate::lifecycle::DRAIN_REFUSED));
         if node.phase == NodePhase::Failed || refused {
-            failures.push(format!("{name}: {}", node.message.as_deref().unwrap_or(phase(node.phase))));
+            failures.push(format!("{name}: {}", node.message.as_deref().unwrap_or(node.phase.as_str())));
         }
-        let mut state = phase(node.phase).to_string();
+        let mut state = node.phase.as_str().to_string();
         if let Some(n) = node.sessions {
             state.push_str(&format!(", {n} session{}", if n == 1 { "" } else { "s" }));
         }

@@ -188,6 +188,20 @@ pub enum NodePhase {
 }
 
 impl NodePhase {
+    /// The phase as status spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Starting => "Starting",
+            Self::Serving => "Serving",
+            Self::Draining => "Draining",
+            Self::Drained => "Drained",
+            Self::Restarting => "Restarting",
+            Self::Failed => "Failed",
+            Self::Stopped => "Stopped",
+        }
+    }
+
     /// Out of service for new sessions on purpose.
     pub fn is_out_of_service(self) -> bool {
         matches!(self, Self::Draining | Self::Drained | Self::Restarting | Self::Stopped)
