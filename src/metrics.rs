@@ -394,17 +394,17 @@ impl Metrics {
             omerocluster: key.omerocluster.clone(),
             node: node.clone(),
         };
-        let now_present: BTreeSet<Shared> = next
+        let nodes: Vec<(&NodeStatus, Shared)> = next
             .nodes
             .iter()
-            .map(|n| known.get(n.name.as_str()).cloned().unwrap_or_else(|| n.name.as_str().into()))
+            .map(|n| (n, known.get(n.name.as_str()).cloned().unwrap_or_else(|| n.name.as_str().into())))
             .collect();
+        let now_present: BTreeSet<Shared> = nodes.iter().map(|(_, name)| name.clone()).collect();
         for gone in known.iter().filter(|n| !now_present.contains(*n)) {
             self.forget_node(&node_key(gone));
         }
-        for node in &next.nodes {
-            let labels =
-                node_key(now_present.get(node.name.as_str()).unwrap_or(&Shared::from(node.name.as_str())));
+        for (node, name) in &nodes {
+            let labels = node_key(name);
             match node.sessions {
                 Some(sessions) => {
                     self.node_sessions.get_or_create(&labels).set(sessions);
