@@ -10,15 +10,15 @@
 //! and a test checks both against what a reconcile produces.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::{Arc, Mutex, atomic::AtomicI64},
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex, RwLock, atomic::AtomicI64},
     time::Duration,
 };
 
 use k8s_openapi::jiff::Timestamp;
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, text::encode},
+    metrics::{MetricType, counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -74,6 +74,85 @@ const PHASES: [NodePhase; 8] = [
     NodePhase::Failed,
     NodePhase::Stopped,
 ];
+/// [`PHASES`] as `node_phase`'s `phase` label spells them.
+const PHASE_NAMES: [&str; PHASES.len()] = {
+    let mut names = [""; PHASES.len()];
+    let mut i = 0;
+    while i < PHASES.len() {
+        names[i] = PHASES[i].as_str();
+        i += 1;
+    }
+    names
+};
+
+/// A one-hot gauge: for each key, a series for every value of a fixed vocabulary, 1 for the
+/// key's current value and 0 for the others. It prints what a `Family<_, Gauge>` with a series
+/// per value prints, but holds one entry per key: a node's phase is one entry, not eight. With
+/// 600 clusters that is 1,800 entries for `node_phase` instead of 14,400, and 3,000 for
+/// `cluster_condition` instead of 9,000 (some 2 MB of series, about 100 bytes each).
+#[derive(Clone)]
+struct OneHot<K, L> {
+    values: &'static [&'static str],
+    current: Arc<RwLock<HashMap<K, &'static str>>>,
+    /// A series' labels: the key's, and the value's.
+    labels: fn(&K, &'static str) -> L,
+}
+
+impl<K, L> OneHot<K, L>
+where
+    K: std::hash::Hash + Eq,
+{
+    fn new(values: &'static [&'static str], labels: fn(&K, &'static str) -> L) -> Self {
+        Self { values, current: Arc::default(), labels }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<K, &'static str>> {
+        self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<K, &'static str>> {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes `value` the key's current one (0 for every value when it is none of the vocabulary).
+    fn set(&self, key: K, value: &'static str) {
+        self.write().insert(key, value);
+    }
+
+    fn remove(&self, key: &K) {
+        self.write().remove(key);
+    }
+}
+
+impl<K, L> std::fmt::Debug for OneHot<K, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OneHot").field("values", &self.values).finish_non_exhaustive()
+    }
+}
+
+impl<K, L> EncodeMetric for OneHot<K, L>
+where
+    K: std::hash::Hash + Eq,
+    L: EncodeLabelSet,
+{
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (key, current) in self.read().iter() {
+            for value in self.values {
+                let labels = (self.labels)(key, value);
+                encoder.encode_family(&labels)?.encode_gauge(&i64::from(value == current))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+
+    fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+}
 
 /// A label value every series of one cluster repeats (its namespace, its name, a node's name):
 /// one allocation that they all share. 600 clusters hold about 30,000 series; with a `String`
@@ -183,7 +262,7 @@ pub struct Metrics {
     reconciles: Family<ResultLabels, Counter>,
     reconcile_duration: Histogram,
     node_sessions: Family<NodeLabels, Gauge>,
-    node_phase: Family<PhaseLabels, Gauge>,
+    node_phase: OneHot<NodeLabels, PhaseLabels>,
     drains_started: Family<DrainLabels, Counter>,
     drains_finished: Family<DrainEndLabels, Counter>,
     drain_duration: HistogramFamily<DrainDurationLabels>,
@@ -192,7 +271,7 @@ pub struct Metrics {
     rollout_pending: Family<ClusterLabels, Gauge>,
     probe_failures: Family<NodeLabels, Counter>,
     leader: Gauge<i64, AtomicI64>,
-    cluster_condition: Family<ConditionLabels, Gauge>,
+    cluster_condition: OneHot<(ClusterLabels, &'static str), ConditionLabels>,
     drain_deadline: Family<NodeLabels, Gauge>,
     sessions_since: Family<NodeLabels, Gauge>,
     pool_sessions: Family<ClusterLabels, Gauge>,
@@ -237,7 +316,7 @@ impl Metrics {
             "Open sessions of a node at its last successful session probe",
             node_sessions.clone(),
         );
-        let node_phase = Family::<PhaseLabels, Gauge>::default();
+        let node_phase = OneHot::new(&PHASE_NAMES, phase_labels);
         registry.register(
             "node_phase",
             "1 for the node's phase, 0 for every other phase",
@@ -280,7 +359,7 @@ impl Metrics {
         registry.register("session_probe_failures", "Session probes that failed", probe_failures.clone());
         let leader = Gauge::<i64, AtomicI64>::default();
         registry.register("leader", "1 while this replica holds the leader lease and acts", leader.clone());
-        let cluster_condition = Family::<ConditionLabels, Gauge>::default();
+        let cluster_condition = OneHot::new(&CONDITION_STATUSES, condition_labels);
         registry.register(
             "cluster_condition",
             "1 for each condition's status (true, false, unknown), 0 for the others: Ready, Progressing, \
@@ -413,10 +492,7 @@ impl Metrics {
                     self.node_sessions.remove(&labels);
                 }
             }
-            for phase in PHASES {
-                let value = i64::from(node.phase == phase);
-                self.node_phase.get_or_create(&phase_labels(&labels, phase)).set(value);
-            }
+            self.node_phase.set(labels.clone(), node.phase.as_str());
             let deadline = node.drain_deadline.as_ref().filter(|_| node.phase == NodePhase::Draining);
             set_or_remove(&self.drain_deadline, &labels, deadline.map(|t| t.0.as_second()));
             set_or_remove(
@@ -435,11 +511,14 @@ impl Metrics {
             .set(rollout.map_or(0, |r| i64::try_from(r.pending.len()).unwrap_or(i64::MAX)));
         self.observe_pool(&key, next.read_only_pool.as_ref());
         for condition in CONDITIONS {
-            let status = next.condition(condition).map_or("unknown".to_string(), |c| c.status.to_lowercase());
-            for value in CONDITION_STATUSES {
-                let labels = condition_labels(&key, condition, value);
-                self.cluster_condition.get_or_create(&labels).set(i64::from(status == value));
-            }
+            let status = match next.condition(condition).map(|c| c.status.as_str()) {
+                Some("True") => "true",
+                Some("False") => "false",
+                Some("Unknown") | None => "unknown",
+                // Not a condition status: 0 for all three.
+                Some(_) => "",
+            };
+            self.cluster_condition.set((key.clone(), condition), status);
         }
         nodes_of.insert(key, now_present);
     }
@@ -489,9 +568,7 @@ impl Metrics {
         self.rollout_pending.remove(&key);
         self.forget_pool(&key);
         for condition in CONDITIONS {
-            for value in CONDITION_STATUSES {
-                self.cluster_condition.remove(&condition_labels(&key, condition, value));
-            }
+            self.cluster_condition.remove(&(key.clone(), condition));
         }
     }
 
@@ -506,9 +583,7 @@ impl Metrics {
         self.drain_deadline.remove(labels);
         self.sessions_since.remove(labels);
         self.probe_failures.remove(labels);
-        for phase in PHASES {
-            self.node_phase.remove(&phase_labels(labels, phase));
-        }
+        self.node_phase.remove(labels);
     }
 
     fn count_transitions(
@@ -569,8 +644,7 @@ fn pool_node_labels(cluster: &ClusterLabels, state: &'static str) -> PoolNodeLab
 }
 
 fn condition_labels(
-    cluster: &ClusterLabels,
-    condition: &'static str,
+    (cluster, condition): &(ClusterLabels, &'static str),
     status: &'static str,
 ) -> ConditionLabels {
     ConditionLabels {
@@ -593,12 +667,12 @@ fn set_or_remove(family: &Family<NodeLabels, Gauge>, labels: &NodeLabels, value:
     }
 }
 
-fn phase_labels(node: &NodeLabels, phase: NodePhase) -> PhaseLabels {
+fn phase_labels(node: &NodeLabels, phase: &'static str) -> PhaseLabels {
     PhaseLabels {
         namespace: node.namespace.clone(),
         omerocluster: node.omerocluster.clone(),
         node: node.node.clone(),
-        phase: phase.as_str(),
+        phase,
     }
 }
 
@@ -652,17 +726,57 @@ mod tests {
             (k.clone(), n.clone())
         };
         let rw = nodes.get("rw").unwrap().clone();
-        let phase = PhaseLabels {
-            namespace: held.namespace.clone(),
-            omerocluster: held.omerocluster.clone(),
-            node: rw.clone(),
-            phase: "Serving",
-        };
-        assert!(metrics.node_phase.get(&phase).is_some());
-        // Three handles to the node's name: the known set, the lookup above, and the series'
-        // keys; a copy per series would leave the count at two.
-        assert!(Arc::strong_count(&rw) > 2 + PHASES.len(), "{}", Arc::strong_count(&rw));
-        assert!(Arc::strong_count(&held.omerocluster) > 20, "{}", Arc::strong_count(&held.omerocluster));
+        // The phase series' key holds the same copies of the cluster's and the node's names.
+        let phases = metrics.node_phase.read();
+        let (series, phase) = phases
+            .get_key_value(&NodeLabels {
+                namespace: "ns".into(),
+                omerocluster: "omero".into(),
+                node: "rw".into(),
+            })
+            .unwrap();
+        assert_eq!(*phase, "Serving");
+        assert!(Arc::ptr_eq(&series.node, &rw));
+        assert!(Arc::ptr_eq(&series.omerocluster, &held.omerocluster));
+        assert!(Arc::ptr_eq(&series.namespace, &held.namespace));
+        // And so do the conditions' keys.
+        let conditions = metrics.cluster_condition.read();
+        for ((cluster, _), _) in conditions.iter() {
+            assert!(Arc::ptr_eq(&cluster.omerocluster, &held.omerocluster));
+        }
+        assert_eq!(conditions.len(), CONDITIONS.len());
+    }
+
+    /// A one-hot gauge prints a series for every value, 1 for the current one only; a key that
+    /// goes takes all its series with it.
+    #[test]
+    fn a_one_hot_gauge_prints_every_value_once_per_key() {
+        let metrics = Metrics::new();
+        let status =
+            OmeroClusterStatus { nodes: vec![node("ro", NodePhase::Draining)], ..Default::default() };
+        let now = at("2026-01-01T00:00:00Z");
+        metrics.observe_status("ns", "omero", &OmeroClusterStatus::default(), &status, now);
+        let text = metrics.encode();
+        let phase_lines: Vec<&str> =
+            text.lines().filter(|l| l.starts_with("omero_operator_node_phase{")).collect();
+        assert_eq!(phase_lines.len(), PHASES.len(), "{text}");
+        for phase in PHASE_NAMES {
+            let value = if phase == "Draining" { 1 } else { 0 };
+            let line = format!(
+                "omero_operator_node_phase{{namespace=\"ns\",omerocluster=\"omero\",node=\"ro\",phase=\"{phase}\"}} {value}"
+            );
+            assert!(phase_lines.contains(&line.as_str()), "{line} not in {text}");
+        }
+        let condition_lines =
+            text.lines().filter(|l| l.starts_with("omero_operator_cluster_condition{")).count();
+        assert_eq!(condition_lines, CONDITIONS.len() * CONDITION_STATUSES.len(), "{text}");
+        assert!(text.contains(
+            "omero_operator_cluster_condition{namespace=\"ns\",omerocluster=\"omero\",condition=\"Ready\",status=\"unknown\"} 1"
+        ));
+        metrics.forget_cluster("ns", "omero");
+        let text = metrics.encode();
+        assert!(!text.contains("omero_operator_node_phase{"), "{text}");
+        assert!(!text.contains("omero_operator_cluster_condition{"), "{text}");
     }
 
     #[test]

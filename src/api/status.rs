@@ -189,7 +189,7 @@ pub enum NodePhase {
 
 impl NodePhase {
     /// The phase as status spells it.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "Pending",
             Self::Starting => "Starting",
