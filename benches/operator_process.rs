@@ -32,7 +32,7 @@
 //!     OMERO_BENCH_WRAPPER="valgrind --tool=massif" cargo bench --bench operator_process
 //!         # the operator's heap over the first run, then stop (use a dev build for symbols)
 //!     OMERO_BENCH_OPERATOR_LOG=1 ...                          # the operator's warnings on stderr
-//!     OMERO_BENCH_PROGRESS=1 ...                              # clusters reconciled at each look
+//!     OMERO_BENCH_PROGRESS=1 ...                              # clusters reconciled, once a second
 //!     OMERO_BENCH_OPERATOR_ARGS="--concurrency 8" ...         # more arguments for the operator
 //!     OMERO_BENCH_DIRECT=1 OMERO_BENCH_KUBECONFIG=... ...     # the operator talks to the real
 //!         # API server itself, not through the counting proxy: times, memory, and its TCP
@@ -1173,7 +1173,7 @@ fn start_operator(kubeconfig: &std::path::Path, http: &str, ns: &str) -> Child {
         .expect("the operator starts")
 }
 
-/// With `OMERO_BENCH_PROGRESS` set, how many clusters are reconciled at each look, on stderr:
+/// With `OMERO_BENCH_PROGRESS` set, how many clusters are reconciled, once a second, on stderr:
 /// the ramp shows whether a run is bound by throughput (a straight line) or by a tail.
 fn progress(started: Instant, reconciled: usize) -> usize {
     // At most one line a second.
