@@ -570,6 +570,14 @@ impl Metrics {
         for condition in CONDITIONS {
             self.cluster_condition.remove(&(key.clone(), condition));
         }
+        for reason in DRAIN_REASONS.map(drain_reason) {
+            let (namespace, omerocluster) = (key.namespace.clone(), key.omerocluster.clone());
+            self.drains_started.remove(&DrainLabels { namespace, omerocluster, reason });
+            for outcome in DRAIN_OUTCOMES {
+                let (namespace, omerocluster) = (key.namespace.clone(), key.omerocluster.clone());
+                self.drains_finished.remove(&DrainEndLabels { namespace, omerocluster, reason, outcome });
+            }
+        }
     }
 
     /// The clusters whose series are held, as (namespace, name).
@@ -611,7 +619,8 @@ impl Metrics {
             && next.drain_reason == Some(DrainReason::Stop)
             && old.is_some_and(|o| o.phase == NodePhase::Draining);
         if (next.phase == NodePhase::Drained && !was_drained) || stopped_now {
-            let outcome = if next.deadline_reached { "deadline" } else { "sessions_ended" };
+            let [sessions_ended, deadline] = DRAIN_OUTCOMES;
+            let outcome = if next.deadline_reached { deadline } else { sessions_ended };
             self.drains_finished
                 .get_or_create(&DrainEndLabels {
                     namespace: cluster.namespace.clone(),
@@ -675,6 +684,18 @@ fn phase_labels(node: &NodeLabels, phase: &'static str) -> PhaseLabels {
         phase,
     }
 }
+
+/// Every reason a drain has, for removing a deleted cluster's drain counters.
+const DRAIN_REASONS: [DrainReason; 5] = [
+    DrainReason::Requested,
+    DrainReason::Rollout,
+    DrainReason::Removal,
+    DrainReason::Maintenance,
+    DrainReason::Stop,
+];
+
+/// How a drain ends: its sessions ended, or its deadline came first.
+const DRAIN_OUTCOMES: [&str; 2] = ["sessions_ended", "deadline"];
 
 fn drain_reason(reason: DrainReason) -> &'static str {
     match reason {
@@ -874,10 +895,22 @@ mod tests {
         };
         let mut one = two.clone();
         one.nodes.pop();
+        // b drained before it left: the cluster has drain counters too.
+        let mut draining = two.clone();
+        draining.nodes[1].phase = NodePhase::Draining;
+        draining.nodes[1].drain_reason = Some(DrainReason::Removal);
+        draining.nodes[1].drain_started_at = Some(Time(at("2025-12-31T23:50:00Z")));
+        let mut drained = draining.clone();
+        drained.nodes[1].phase = NodePhase::Drained;
         let now = at("2026-01-01T00:00:00Z");
         metrics.observe_status("ns", "c", &OmeroClusterStatus::default(), &two, now);
         assert!(metrics.encode().contains("node=\"b\""));
-        metrics.observe_status("ns", "c", &two, &one, now);
+        metrics.observe_status("ns", "c", &two, &draining, now);
+        metrics.observe_status("ns", "c", &draining, &drained, now);
+        let text = metrics.encode();
+        assert!(text.contains("omero_operator_drains_started_total{namespace=\"ns\",omerocluster=\"c\",reason=\"Removal\"} 1\n"), "{text}");
+        assert!(text.contains("omero_operator_drains_finished_total{namespace=\"ns\",omerocluster=\"c\",reason=\"Removal\",outcome=\"sessions_ended\"} 1\n"), "{text}");
+        metrics.observe_status("ns", "c", &drained, &one, now);
         let text = metrics.encode();
         assert!(!text.contains("node=\"b\""), "{text}");
         assert!(

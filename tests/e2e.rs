@@ -117,6 +117,31 @@ struct Operator {
 }
 
 impl Operator {
+    /// The port the operator serves `/metrics` and its routes on, as its log says (it binds
+    /// `127.0.0.1:0`).
+    async fn http_port(&self) -> u16 {
+        eventually(60, "the operator's HTTP address in its log", || async {
+            let text = std::fs::read_to_string(&self.log).ok()?;
+            let line = text.lines().find(|l| l.contains("serving /metrics"))?;
+            let at = line.find("127.0.0.1:")? + "127.0.0.1:".len();
+            line[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse::<u16>().ok()
+        })
+        .await
+    }
+
+    /// The operator's `/metrics` text, or none when it does not answer.
+    async fn metrics(&self, port: u16) -> Option<String> {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    }
+
     /// Stops the operator and returns its log.
     fn stop(&mut self) -> String {
         let _ = self.child.kill();
@@ -749,6 +774,32 @@ async fn operator_on_a_real_cluster() {
     })
     .await;
 
+    // The metrics say what the status written to the API server says: ro-1's one-hot phase, and
+    // each condition's status once.
+    let operator = suite.operator.as_ref().unwrap();
+    let port = operator.http_port().await;
+    let cluster_labels = format!("namespace=\"{ns}\",omerocluster=\"omero\"");
+    let phases_of =
+        |node: &str| format!("omero_operator_node_phase{{{cluster_labels},node=\"{node}\",phase=");
+    let drained = format!("{}\"Drained\"}} 1\n", phases_of("ro-1"));
+    let text = eventually(30, "ro-1 Drained in /metrics", || async {
+        let text = operator.metrics(port).await?;
+        text.contains(&drained).then_some(text)
+    })
+    .await;
+    let ro_1: Vec<&str> = text.lines().filter(|l| l.starts_with(&phases_of("ro-1"))).collect();
+    assert_eq!(ro_1.len(), 8, "a series per phase: {ro_1:?}");
+    assert_eq!(ro_1.iter().filter(|l| l.ends_with(" 1")).count(), 1, "one phase at 1: {ro_1:?}");
+    let ready = clusters.get("omero").await.unwrap().status.unwrap();
+    let ready = ready.conditions.iter().find(|c| c.type_ == "Ready").unwrap().status.to_lowercase();
+    for status in ["true", "false", "unknown"] {
+        let line = format!(
+            "omero_operator_cluster_condition{{{cluster_labels},condition=\"Ready\",status=\"{status}\"}}"
+        );
+        let value = if status == ready { 1 } else { 0 };
+        assert!(text.contains(&format!("{line} {value}\n")), "{line} {value} not in:\n{text}");
+    }
+
     // Removing a node removes its objects.
     let only_rw = json!([{"name": "rw"}]);
     clusters.patch("omero", &ssa, &Patch::Apply(cluster_manifest(&ns, &image, only_rw))).await.unwrap();
@@ -759,11 +810,24 @@ async fn operator_on_a_real_cluster() {
         gone.then_some(())
     })
     .await;
+    // And its series with them; rw's stay.
+    let ro_1_series = format!("{cluster_labels},node=\"ro-1\"");
+    eventually(30, "ro-1's series gone from /metrics", || async {
+        let text = operator.metrics(port).await?;
+        (!text.contains(&ro_1_series) && text.contains(&phases_of("rw"))).then_some(())
+    })
+    .await;
 
     // Deleting the cluster lets the garbage collector take its children.
     clusters.delete("omero", &DeleteParams::default()).await.unwrap();
     eventually(120, "children garbage-collected", || async {
         deployments.list(&owned).await.ok()?.items.is_empty().then_some(())
+    })
+    .await;
+    // A deleted cluster's series go with it.
+    eventually(30, "the cluster's series gone from /metrics", || async {
+        let text = operator.metrics(port).await?;
+        (!text.contains(&cluster_labels)).then_some(())
     })
     .await;
     suite.finish().await;
@@ -2259,14 +2323,7 @@ async fn kubectl_omero_sessions_on_a_real_cluster() {
 
     // The chart's metrics Service, without its selector (the operator runs here as a process on
     // 127.0.0.1, not as the chart's pods), and an Endpoints object at the operator's address.
-    let log = suite.operator.as_ref().unwrap().log.clone();
-    let operator_port = eventually(60, "the operator's HTTP address in its log", || async {
-        let text = std::fs::read_to_string(&log).ok()?;
-        let line = text.lines().find(|l| l.contains("serving /metrics"))?;
-        let at = line.find("127.0.0.1:")? + "127.0.0.1:".len();
-        line[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse::<u16>().ok()
-    })
-    .await;
+    let operator_port = suite.operator.as_ref().unwrap().http_port().await;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let helm = std::env::var_os("HELM").map_or_else(|| root.join("bin/helm"), PathBuf::from);
     let out = Command::new(helm)
