@@ -599,7 +599,8 @@ impl Watched {
         fn run<S: futures::Stream + Send + 'static>(stream: S) {
             tokio::spawn(stream.for_each(|_| std::future::ready(())));
         }
-        let ours = watcher::Config::default().labels("app.kubernetes.io/managed-by=omero-operator");
+        use omero_operator::api::keys::{MANAGED_BY_LABEL, MANAGER};
+        let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
         let (clusters, writer) = reflector::store();
         run(reflector(
             writer,
